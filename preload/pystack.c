@@ -1,0 +1,624 @@
+/* Python frame walking from inside the traced process (preload/pystack.h).
+ *
+ * Version independent: no Python headers. The layout comes from
+ *   - 3.13+: _Py_DebugOffsets at the start of _PyRuntime (cookie
+ *     "xdebugpy", version == Py_Version), read with the 3.13 layout of that
+ *     struct and accepted only if self-consistent, so a later release with
+ *     the same debug-offsets layout needs no new code;
+ *   - else preload/pyoffsets.h, generated from each version's headers.
+ * The few things the debug offsets do not give are taken from the table
+ * when the version is in it, else handled without them (see walk_iframes).
+ *
+ * Units of mt_pyframe.instr: the byte offset of the executing instruction
+ * in co_code (3.9: f_lasti; 3.10: f_lasti * 2; 3.11/3.12: (prev_instr -
+ * co_code_adaptive) in bytes; 3.13+: (instr_ptr - co_code_adaptive) in
+ * bytes). That is the `addrq` PyCode_Addr2Line takes, and what
+ * mt_linetable_line expects for every format.
+ *
+ * Calling thread's state: PyGILState_GetThisThreadState() on every
+ * version. It is pthread_getspecific on the GIL-state TSS key (checked in
+ * the 3.9-3.13 and Debian 3.11 binaries: no allocation, no lock), is NULL
+ * before initialization and for threads Python never saw, and, unlike
+ * _PyThreadState_GET() (3.9-3.11: the GIL holder) or 3.12+'s
+ * _Py_tss_tstate (NULL while the thread has released the GIL), it is this
+ * thread's own state whether or not it holds the GIL. We also check
+ * tstate->thread_id == pthread_self().
+ */
+#define _GNU_SOURCE
+#include "pystack.h"
+#include "pyoffsets.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <string.h>
+#include <unistd.h>
+
+enum walk_kind {
+    WALK_FRAMEOBJ = 1,  /* 3.9/3.10: PyFrameObject via tstate->frame */
+    WALK_CFRAME = 2,    /* 3.11/3.12: _PyInterpreterFrame via tstate->cframe */
+    WALK_TSTATE = 3,    /* 3.13+: _PyInterpreterFrame via tstate->current_frame */
+};
+
+/* The resolved layout; written once by mt_py_setup, then read-only. */
+static struct {
+    int enabled;
+    enum walk_kind kind;
+    unsigned minor;
+    uint8_t lt_format;
+    uint8_t lasti_mul;          /* 3.10: f_lasti is in code units */
+    uintptr_t runtime;          /* &_PyRuntime */
+    uintptr_t code_type, str_type, bytes_type, none;
+    void *(*this_tstate)(void);
+    int32_t ob_type, finalizing;
+    int32_t ts_thread_id, ts_frame, ts_cframe, cf_current, ts_current;
+    int32_t fr_back, fr_code, fr_lasti;
+    int32_t if_previous, if_code, if_instr, if_owner, if_is_entry;
+    int32_t owned_by_gen, owned_by_cstack;   /* -1: unknown */
+    int32_t co_name, co_qualname, co_filename, co_firstlineno, co_linetable;
+    int32_t co_code, co_adaptive, co_firsttraceable;
+    int32_t by_size, by_sval;
+    int32_t st_length, st_state, st_ascii_size, st_compact_size;
+    int32_t st_utf8_length, st_utf8;
+    uint32_t st_kind_mask, st_compact_mask, st_ascii_mask;
+    char version[24];
+} L;
+
+/* ---- small helpers: no libc beyond write/memcpy, no allocation ---- */
+
+static uintptr_t ld_ptr(uintptr_t base, int32_t off)
+{
+    uintptr_t v;
+    memcpy(&v, (const void *)(base + (uintptr_t)off), sizeof v);
+    return v;
+}
+
+static int64_t ld_i64(uintptr_t base, int32_t off)
+{
+    int64_t v;
+    memcpy(&v, (const void *)(base + (uintptr_t)off), sizeof v);
+    return v;
+}
+
+static int32_t ld_i32(uintptr_t base, int32_t off)
+{
+    int32_t v;
+    memcpy(&v, (const void *)(base + (uintptr_t)off), sizeof v);
+    return v;
+}
+
+static uint32_t ld_u32(uintptr_t base, int32_t off)
+{
+    uint32_t v;
+    memcpy(&v, (const void *)(base + (uintptr_t)off), sizeof v);
+    return v;
+}
+
+static uint8_t ld_u8(uintptr_t base, int32_t off)
+{
+    return *(const uint8_t *)(base + (uintptr_t)off);
+}
+
+/* Objects and frames are at least 8-byte aligned; anything else (or a
+ * pointer into the first page) is garbage and ends the walk. */
+static int plausible(uintptr_t p)
+{
+    return p >= 4096 && (p & 7) == 0;
+}
+
+static char *put_str(char *p, char *end, const char *s)
+{
+    while (*s && p < end)
+        *p++ = *s++;
+    return p;
+}
+
+static char *put_uint(char *p, char *end, unsigned long v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && n < (int)sizeof tmp);
+    while (n && p < end)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* The one "memtap: ..." line of mt_py_setup's -1 contract. */
+static int refuse(const char *why)
+{
+    char buf[200];
+    char *p = buf, *end = buf + sizeof buf - 1;
+    p = put_str(p, end, "memtap: python ");
+    p = put_str(p, end, L.version[0] ? L.version : "(unknown version)");
+    p = put_str(p, end, ": ");
+    p = put_str(p, end, why);
+    p = put_str(p, end, "; recording native stacks only");
+    *p++ = '\n';
+    ssize_t r = write(2, buf, (size_t)(p - buf));
+    (void)r;
+    L.enabled = 0;
+    return -1;
+}
+
+/* ---- setup ---- */
+
+static void set_version(unsigned major, unsigned minor, unsigned micro)
+{
+    char *p = L.version, *end = L.version + sizeof L.version - 1;
+    p = put_uint(p, end, major);
+    p = put_str(p, end, ".");
+    p = put_uint(p, end, minor);
+    p = put_str(p, end, ".");
+    p = put_uint(p, end, micro);
+    *p = 0;
+}
+
+/* "3.9.18 (main, ...)" -> 3, 9, 18. Py_GetVersion formats into a static
+ * buffer with PyOS_snprintf ("%.80s"): no allocation. */
+static int parse_version(const char *s, unsigned v[3])
+{
+    for (int i = 0; i < 3; i++) {
+        if (*s < '0' || *s > '9')
+            return -1;
+        v[i] = 0;
+        while (*s >= '0' && *s <= '9')
+            v[i] = v[i] * 10 + (unsigned)(*s++ - '0');
+        if (i < 2 && *s++ != '.')
+            return i == 1 ? 0 : -1;  /* "3.9a1"-style: micro 0 */
+    }
+    return 0;
+}
+
+static void from_table(const struct mt_pyoffsets *t)
+{
+    L.ob_type = t->ob_type;
+    L.finalizing = t->runtime_finalizing;
+    L.ts_thread_id = t->tstate_thread_id;
+    L.ts_frame = t->tstate_frame;
+    L.ts_cframe = t->tstate_cframe;
+    L.cf_current = t->cframe_current_frame;
+    L.ts_current = t->tstate_current_frame;
+    L.fr_back = t->frame_back;
+    L.fr_code = t->frame_code;
+    L.fr_lasti = t->frame_lasti;
+    L.if_previous = t->iframe_previous;
+    L.if_code = t->iframe_code;
+    L.if_instr = t->iframe_instr;
+    L.if_owner = t->iframe_owner;
+    L.if_is_entry = t->iframe_is_entry;
+    L.owned_by_gen = t->owned_by_generator;
+    L.owned_by_cstack = t->owned_by_cstack;
+    L.co_name = t->code_name;
+    L.co_qualname = t->code_qualname;
+    L.co_filename = t->code_filename;
+    L.co_firstlineno = t->code_firstlineno;
+    L.co_linetable = t->code_linetable;
+    L.co_code = t->code_code;
+    L.co_adaptive = t->code_adaptive;
+    L.co_firsttraceable = t->code_firsttraceable;
+    L.by_size = t->bytes_size;
+    L.by_sval = t->bytes_sval;
+    L.st_length = t->str_length;
+    L.st_state = t->str_state;
+    L.st_ascii_size = t->str_ascii_size;
+    L.st_compact_size = t->str_compact_size;
+    L.st_utf8_length = t->str_utf8_length;
+    L.st_utf8 = t->str_utf8;
+    L.st_kind_mask = (uint32_t)t->str_kind_mask;
+    L.st_compact_mask = (uint32_t)t->str_compact_mask;
+    L.st_ascii_mask = (uint32_t)t->str_ascii_mask;
+}
+
+/* One field of _Py_DebugOffsets (3.13 layout), checked to lie inside the
+ * struct it describes. @return the offset, or -1. */
+static int32_t dbg_field(uintptr_t dbg, int32_t field, uint64_t size)
+{
+    uint64_t v;
+    memcpy(&v, (const void *)(dbg + (uintptr_t)field), sizeof v);
+    return v < size && v < 65536 ? (int32_t)v : -1;
+}
+
+static uint64_t dbg_u64(uintptr_t dbg, int32_t field)
+{
+    uint64_t v;
+    memcpy(&v, (const void *)(dbg + (uintptr_t)field), sizeof v);
+    return v;
+}
+
+/* Reads _Py_DebugOffsets (3.13+). @return 1 used, 0 absent, -1 present but
+ * not usable (message written). */
+static int from_debug_offsets(unsigned long hexversion)
+{
+    const struct mt_pydbg_layout *d = &mt_pydbg_layout_313;
+    uintptr_t dbg = L.runtime;  /* first member of _PyRuntimeState */
+    if (memcmp((const void *)dbg, "xdebugpy", 8) != 0)
+        return 0;
+    if (dbg_u64(dbg, d->version) != hexversion)
+        return refuse("_Py_DebugOffsets version differs from Py_Version");
+    if (dbg_u64(dbg, d->free_threaded) != 0)
+        return refuse("free-threaded builds are not supported");
+    uint64_t rt = dbg_u64(dbg, d->runtime_state_size);
+    uint64_t ts = dbg_u64(dbg, d->thread_state_size);
+    uint64_t fr = dbg_u64(dbg, d->interpreter_frame_size);
+    uint64_t co = dbg_u64(dbg, d->code_object_size);
+    uint64_t ob = dbg_u64(dbg, d->pyobject_size);
+    uint64_t by = dbg_u64(dbg, d->bytes_object_size);
+    uint64_t st = dbg_u64(dbg, d->unicode_object_size);
+    int32_t ascii = dbg_field(dbg, d->unicode_object_asciiobject_size, st + 1);
+    int32_t f[] = {
+        L.finalizing = dbg_field(dbg, d->runtime_state_finalizing, rt),
+        L.ts_current = dbg_field(dbg, d->thread_state_current_frame, ts),
+        L.ts_thread_id = dbg_field(dbg, d->thread_state_thread_id, ts),
+        L.if_previous = dbg_field(dbg, d->interpreter_frame_previous, fr),
+        L.if_code = dbg_field(dbg, d->interpreter_frame_executable, fr),
+        L.if_instr = dbg_field(dbg, d->interpreter_frame_instr_ptr, fr),
+        L.if_owner = dbg_field(dbg, d->interpreter_frame_owner, fr),
+        L.co_filename = dbg_field(dbg, d->code_object_filename, co),
+        L.co_name = dbg_field(dbg, d->code_object_name, co),
+        L.co_qualname = dbg_field(dbg, d->code_object_qualname, co),
+        L.co_linetable = dbg_field(dbg, d->code_object_linetable, co),
+        L.co_firstlineno = dbg_field(dbg, d->code_object_firstlineno, co),
+        L.co_adaptive = dbg_field(dbg, d->code_object_co_code_adaptive, co + 1),
+        L.ob_type = dbg_field(dbg, d->pyobject_ob_type, ob),
+        L.by_size = dbg_field(dbg, d->bytes_object_ob_size, by),
+        L.by_sval = dbg_field(dbg, d->bytes_object_ob_sval, by),
+        L.st_state = dbg_field(dbg, d->unicode_object_state, st),
+        L.st_length = dbg_field(dbg, d->unicode_object_length, st),
+        L.st_ascii_size = ascii,
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (f[i] < 0)
+            return refuse("_Py_DebugOffsets has a layout memtap does not know");
+    /* A plausibility check of the whole struct's layout: these have not
+     * changed since 3.0 and would be off if the layout of
+     * _Py_DebugOffsets itself had changed. */
+    if (L.ob_type != 8 || ob != 16 || L.st_length != 16 || L.by_size != 16)
+        return refuse("_Py_DebugOffsets has a layout memtap does not know");
+    /* Not in the debug offsets: PyCompactUnicodeObject appends utf8_length
+     * and utf8 to PyASCIIObject, and the state bits are stable. */
+    L.st_utf8_length = ascii;
+    L.st_utf8 = ascii + 8;
+    L.st_compact_size = ascii + 16;
+    L.st_kind_mask = 0x1c;
+    L.st_compact_mask = 0x20;
+    L.st_ascii_mask = 0x40;
+    return 1;
+}
+
+static const struct mt_pyoffsets *find_row(unsigned major, unsigned minor)
+{
+    for (size_t i = 0; i < sizeof mt_pyoffsets_table / sizeof mt_pyoffsets_table[0]; i++)
+        if (mt_pyoffsets_table[i].major == major && mt_pyoffsets_table[i].minor == minor)
+            return &mt_pyoffsets_table[i];
+    return NULL;
+}
+
+int mt_py_setup(void)
+{
+    memset(&L, 0, sizeof L);
+    const char *(*get_version)(void) =
+        (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
+    if (!get_version)
+        return 0;  /* not Python (or libpython not loaded yet) */
+
+    unsigned v[3];
+    unsigned long hexversion = 0;
+    const unsigned long *py_version = dlsym(RTLD_DEFAULT, "Py_Version");
+    if (py_version) {  /* 3.11+ */
+        hexversion = *py_version;
+        v[0] = (unsigned)(hexversion >> 24) & 0xff;
+        v[1] = (unsigned)(hexversion >> 16) & 0xff;
+        v[2] = (unsigned)(hexversion >> 8) & 0xff;
+    } else if (parse_version(get_version(), v) < 0) {
+        return refuse("cannot parse Py_GetVersion()");
+    }
+    set_version(v[0], v[1], v[2]);
+
+    L.runtime = (uintptr_t)dlsym(RTLD_DEFAULT, "_PyRuntime");
+    L.code_type = (uintptr_t)dlsym(RTLD_DEFAULT, "PyCode_Type");
+    L.str_type = (uintptr_t)dlsym(RTLD_DEFAULT, "PyUnicode_Type");
+    L.bytes_type = (uintptr_t)dlsym(RTLD_DEFAULT, "PyBytes_Type");
+    L.none = (uintptr_t)dlsym(RTLD_DEFAULT, "_Py_NoneStruct");
+    L.this_tstate = (void *(*)(void))dlsym(RTLD_DEFAULT,
+                                           "PyGILState_GetThisThreadState");
+    if (v[0] != 3 || v[1] < 9)
+        return refuse("versions before 3.9 are not supported");
+    if (!L.runtime || !L.code_type || !L.str_type || !L.bytes_type ||
+        !L.none || !L.this_tstate)
+        return refuse("interpreter symbols not found");
+
+    L.minor = v[1];
+    const struct mt_pyoffsets *row = find_row(v[0], v[1]);
+    if (row)
+        from_table(row);
+    if (v[1] >= 13) {
+        int r = from_debug_offsets(hexversion);
+        if (r < 0)
+            return -1;
+        if (r == 0 && !row)
+            return refuse("no _Py_DebugOffsets and no built-in layout");
+        if (!row) {
+            /* Unknown to the table: no incomplete-frame test, C-stack shim
+             * frames recognized by their executable (None). */
+            L.co_firsttraceable = -1;
+            L.owned_by_gen = -1;
+            L.owned_by_cstack = -1;
+            L.if_is_entry = -1;
+        }
+        L.kind = WALK_TSTATE;
+    } else if (!row) {
+        return refuse("layout unknown to this memtap");
+    } else {
+        L.kind = v[1] >= 11 ? WALK_CFRAME : WALK_FRAMEOBJ;
+    }
+    L.lt_format = v[1] == 9 ? MT_LT_LNOTAB : v[1] == 10 ? MT_LT_LINETABLE310
+                                                        : MT_LT_LOCATIONS311;
+    L.lasti_mul = v[1] == 10 ? 2 : 1;
+    /* Bind lazily-resolved PLT entries inside libpython
+     * (PyThread_tss_get, pthread_getspecific) now, not in a hook. */
+    (void)L.this_tstate();
+    L.enabled = 1;
+    return 1;
+}
+
+const char *mt_py_version(void)
+{
+    return L.version[0] ? L.version : NULL;
+}
+
+int mt_py_finalizing(void)
+{
+    if (!L.runtime || L.finalizing < 0)
+        return 0;
+    return __atomic_load_n((uintptr_t *)(L.runtime + (uintptr_t)L.finalizing),
+                           __ATOMIC_RELAXED) != 0;
+}
+
+/* ---- walking ---- */
+
+/* Bounds the frames visited, skipped ones included: a garbage or cyclic
+ * chain ends here rather than looping. */
+#define MAX_STEPS(max) ((max) * 2 + 64)
+
+static int is_code(uintptr_t obj)
+{
+    return plausible(obj) && ld_ptr(obj, L.ob_type) == L.code_type;
+}
+
+static uint32_t clamp_instr(int64_t bytes)
+{
+    if (bytes < 0)
+        return 0;
+    return bytes > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
+}
+
+static int walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max)
+{
+    uintptr_t f = ld_ptr(tstate, L.ts_frame);
+    int n = 0;
+    for (int steps = 0; plausible(f) && n < max && steps < MAX_STEPS(max); steps++) {
+        uintptr_t code = ld_ptr(f, L.fr_code);
+        if (is_code(code)) {
+            out[n].code = (const void *)code;
+            out[n].instr = clamp_instr((int64_t)ld_i32(f, L.fr_lasti) * L.lasti_mul);
+            out[n].flags = MT_PYF_ENTRY;  /* each frame has its own C eval call */
+            n++;
+        }
+        f = ld_ptr(f, L.fr_back);
+    }
+    return n;
+}
+
+static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
+{
+    int n = 0;
+    for (int steps = 0; plausible(frame) && n < max && steps < MAX_STEPS(max); steps++) {
+        uintptr_t prev = ld_ptr(frame, L.if_previous);
+        int owner = ld_u8(frame, L.if_owner);
+        /* 3.13 f_executable is a PyObject *, 3.14+ a _PyStackRef whose
+         * low bits are tags. */
+        uintptr_t code = ld_ptr(frame, L.if_code) & ~(uintptr_t)3;
+        if ((L.owned_by_cstack >= 0 && owner == L.owned_by_cstack) ||
+            (L.owned_by_cstack < 0 && L.kind == WALK_TSTATE && code == L.none)) {
+            /* The shim frame a C-level evaluation pushes (3.12+): the
+             * frame inside it started that evaluation. */
+            if (n > 0)
+                out[n - 1].flags |= MT_PYF_ENTRY;
+            frame = prev;
+            continue;
+        }
+        if (!is_code(code)) {  /* 3.13+: non-code executables */
+            frame = prev;
+            continue;
+        }
+        uintptr_t start = code + (uintptr_t)L.co_adaptive;
+        uintptr_t instr = ld_ptr(frame, L.if_instr);
+        /* Incomplete frames (pushed, first instruction not run yet). */
+        if (L.co_firsttraceable >= 0 && owner != L.owned_by_gen &&
+            instr < start + 2 * (uintptr_t)ld_i32(code, L.co_firsttraceable)) {
+            frame = prev;
+            continue;
+        }
+        out[n].code = (const void *)code;
+        out[n].instr = clamp_instr((int64_t)(instr - start));
+        out[n].flags = (L.if_is_entry >= 0 && ld_u8(frame, L.if_is_entry))
+                           ? MT_PYF_ENTRY : 0;
+        n++;
+        frame = prev;
+    }
+    return n;
+}
+
+int mt_py_walk(struct mt_pyframe *out, int max)
+{
+    if (!L.enabled || max <= 0 || mt_py_finalizing())
+        return 0;
+    uintptr_t tstate = (uintptr_t)L.this_tstate();
+    if (!plausible(tstate) ||
+        (unsigned long)ld_i64(tstate, L.ts_thread_id) != (unsigned long)pthread_self())
+        return 0;
+    switch (L.kind) {
+    case WALK_FRAMEOBJ:
+        return walk_frameobjs(tstate, out, max);
+    case WALK_CFRAME: {
+        uintptr_t cframe = ld_ptr(tstate, L.ts_cframe);
+        if (!plausible(cframe))
+            return 0;
+        return walk_iframes(ld_ptr(cframe, L.cf_current), out, max);
+    }
+    case WALK_TSTATE:
+        return walk_iframes(ld_ptr(tstate, L.ts_current), out, max);
+    }
+    return 0;
+}
+
+/* ---- code objects ---- */
+
+/* UTF-8 of one code point into p (< end). @return the new p, or p
+ * unchanged when it does not fit (strings are cut at a character). */
+static char *put_utf8(char *p, char *end, uint32_t c)
+{
+    if (c < 0x80 && end - p >= 1) {
+        *p++ = (char)c;
+    } else if (c < 0x800 && end - p >= 2) {
+        *p++ = (char)(0xc0 | (c >> 6));
+        *p++ = (char)(0x80 | (c & 0x3f));
+    } else if (c >= 0x800 && c < 0x10000 && end - p >= 3) {
+        *p++ = (char)(0xe0 | (c >> 12));
+        *p++ = (char)(0x80 | ((c >> 6) & 0x3f));
+        *p++ = (char)(0x80 | (c & 0x3f));
+    } else if (c >= 0x10000 && end - p >= 4) {
+        *p++ = (char)(0xf0 | ((c >> 18) & 0x07));
+        *p++ = (char)(0x80 | ((c >> 12) & 0x3f));
+        *p++ = (char)(0x80 | ((c >> 6) & 0x3f));
+        *p++ = (char)(0x80 | (c & 0x3f));
+    }
+    return p;
+}
+
+/* A str object as UTF-8: in place when ASCII or its utf8 cache is set,
+ * else encoded into scratch[*used..cap). @return 0, or -1 not a str. */
+static int read_str(uintptr_t s, const char **ptr, size_t *len,
+                    char *scratch, size_t cap, size_t *used)
+{
+    *ptr = "";
+    *len = 0;
+    if (!plausible(s) || ld_ptr(s, L.ob_type) != L.str_type)
+        return -1;
+    uint32_t state = ld_u32(s, L.st_state);
+    int64_t length = ld_i64(s, L.st_length);
+    if (length < 0 || !(state & L.st_compact_mask))
+        return 0;  /* legacy (non-compact) str: never a code object's name */
+    if (state & L.st_ascii_mask) {
+        *ptr = (const char *)(s + (uintptr_t)L.st_ascii_size);
+        *len = (size_t)length;
+        return 0;
+    }
+    uintptr_t utf8 = ld_ptr(s, L.st_utf8);
+    if (utf8) {
+        int64_t n = ld_i64(s, L.st_utf8_length);
+        *ptr = (const char *)utf8;
+        *len = n > 0 ? (size_t)n : 0;
+        return 0;
+    }
+    uint32_t kind = (state & L.st_kind_mask) / (L.st_kind_mask & -L.st_kind_mask);
+    if (kind != 1 && kind != 2 && kind != 4)
+        return 0;
+    const uint8_t *data = (const uint8_t *)(s + (uintptr_t)L.st_compact_size);
+    char *start = scratch ? scratch + *used : NULL;
+    char *p = start, *end = scratch ? scratch + cap : NULL;
+    for (int64_t i = 0; p && i < length; i++) {
+        uint32_t c;
+        if (kind == 1) {
+            c = data[i];
+        } else if (kind == 2) {
+            uint16_t u;
+            memcpy(&u, data + 2 * i, 2);
+            c = u;
+        } else {
+            memcpy(&c, data + 4 * i, 4);
+        }
+        char *q = put_utf8(p, end, c);
+        if (q == p)
+            break;  /* scratch full: cut */
+        p = q;
+    }
+    if (p) {
+        *ptr = start;
+        *len = (size_t)(p - start);
+        *used += *len;
+    }
+    return 0;
+}
+
+int mt_py_code_view(const void *code, struct mt_code_view *out,
+                    char *scratch, size_t cap)
+{
+    uintptr_t co = (uintptr_t)code;
+    memset(out, 0, sizeof *out);
+    out->name = out->qualname = out->filename = "";
+    if (!L.enabled || !is_code(co))
+        return -1;
+    size_t used = 0;
+    if (!scratch)
+        cap = 0;
+    read_str(ld_ptr(co, L.co_name), &out->name, &out->name_len, scratch, cap, &used);
+    if (L.co_qualname >= 0)
+        read_str(ld_ptr(co, L.co_qualname), &out->qualname, &out->qualname_len,
+                 scratch, cap, &used);
+    else {
+        out->qualname = out->name;
+        out->qualname_len = out->name_len;
+    }
+    read_str(ld_ptr(co, L.co_filename), &out->filename, &out->filename_len,
+             scratch, cap, &used);
+    out->firstlineno = ld_i32(co, L.co_firstlineno);
+    uintptr_t lt = ld_ptr(co, L.co_linetable);
+    out->linetable_format = MT_LT_NONE;
+    if (plausible(lt) && ld_ptr(lt, L.ob_type) == L.bytes_type) {
+        int64_t n = ld_i64(lt, L.by_size);
+        if (n > 0) {
+            out->linetable = (const uint8_t *)(lt + (uintptr_t)L.by_sval);
+            out->linetable_len = (size_t)n;
+            out->linetable_format = L.lt_format;
+        } else if (n == 0) {
+            /* An empty table still says "no line changes". */
+            out->linetable_format = L.lt_format;
+        }
+    }
+    return 0;
+}
+
+static uint64_t mix(uint64_t h, uint64_t v)
+{
+    h ^= v;
+    h *= 0x100000001b3ull;
+    return h ^ (h >> 29);
+}
+
+uint64_t mt_py_code_fingerprint(const void *code)
+{
+    uintptr_t co = (uintptr_t)code;
+    uint64_t h = 0xcbf29ce484222325ull;
+    if (!L.enabled || !is_code(co))
+        return 1;
+    h = mix(h, (uint64_t)(uint32_t)ld_i32(co, L.co_firstlineno));
+    h = mix(h, ld_ptr(co, L.co_name));
+    h = mix(h, ld_ptr(co, L.co_filename));
+    uintptr_t lt = ld_ptr(co, L.co_linetable);
+    h = mix(h, lt);
+    if (plausible(lt) && ld_ptr(lt, L.ob_type) == L.bytes_type) {
+        int64_t n = ld_i64(lt, L.by_size);
+        const uint8_t *b = (const uint8_t *)(lt + (uintptr_t)L.by_sval);
+        h = mix(h, (uint64_t)n);
+        /* The table's content, bounded: tables are short, and the length
+         * plus the first 64 bytes tell nearly all code objects apart. */
+        for (int64_t i = 0; i < n && i < 64; i++)
+            h = mix(h, b[i]);
+    }
+    if (L.co_code >= 0)
+        h = mix(h, ld_ptr(co, L.co_code));
+    return h ? h : 1;
+}
