@@ -380,7 +380,7 @@ int mt_py_finalizing(void)
 
 /* Bounds the frames visited, skipped ones included: a garbage or cyclic
  * chain ends here rather than looping. */
-#define MAX_STEPS(max) ((max) * 2 + 64)
+#define MAX_STEPS(max) ((long)(max) * 2 + 64)
 
 static int is_code(uintptr_t obj)
 {
@@ -398,7 +398,7 @@ static int walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max)
 {
     uintptr_t f = ld_ptr(tstate, L.ts_frame);
     int n = 0;
-    for (int steps = 0; plausible(f) && n < max && steps < MAX_STEPS(max); steps++) {
+    for (long steps = 0; plausible(f) && n < max && steps < MAX_STEPS(max); steps++) {
         uintptr_t code = ld_ptr(f, L.fr_code);
         if (is_code(code)) {
             out[n].code = (const void *)code;
@@ -414,7 +414,7 @@ static int walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max)
 static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
 {
     int n = 0;
-    for (int steps = 0; plausible(frame) && n < max && steps < MAX_STEPS(max); steps++) {
+    for (long steps = 0; plausible(frame) && n < max && steps < MAX_STEPS(max); steps++) {
         uintptr_t prev = ld_ptr(frame, L.if_previous);
         int owner = ld_u8(frame, L.if_owner);
         /* 3.13 f_executable is a PyObject *, 3.14+ a _PyStackRef whose
