@@ -244,7 +244,7 @@ static char *demangle(struct mt_symbolizer *s, const char *name)
     }
     /* Rust legacy: _ZN...17h<16 hex>E */
     size_t len = strlen(name);
-    if (len > 21 && strncmp(name + len - 21, "17h", 3) == 0 &&
+    if (len > 20 && strncmp(name + len - 20, "17h", 3) == 0 &&
         name[len - 1] == 'E')
         rust_legacy_cleanup(d);
     return d;
