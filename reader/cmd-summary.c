@@ -1,0 +1,145 @@
+/* memtap summary: one row per location (function, file, line) with the
+ * bytes and allocations whose innermost frame is there (own) and those with
+ * the location anywhere on their stack (total), under the chosen metric. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "report.h"
+
+static const char usage[] =
+    "memtap summary FILE [--leaks|--temporary [N]] [-n ROWS] [--sort own|total|count] "
+    "[--split-threads] [--json] [--show-internals]";
+
+#define DEFAULT_ROWS 20
+
+static void print_json(struct mt_report *r, const struct mt_row *rows, uint32_t n)
+{
+    const struct mt_analysis *a = mt_report_analysis(r);
+    const struct mt_report_opts *o = mt_report_options(r);
+    printf("{\"mode\": \"%s\", \"peak_memory_bytes\": %llu, \"total_bytes\": %llu, "
+           "\"complete\": %s, \"rows\": [",
+           mt_metric_name(o->metric), (unsigned long long)a->peak_bytes,
+           (unsigned long long)mt_report_total_bytes(r), a->complete ? "true" : "false");
+    for (uint32_t i = 0; i < n; i++) {
+        const struct mt_loc *l = mt_report_loc(r, rows[i].loc);
+        printf("%s\n  {\"function\": ", i ? "," : "");
+        mt_json_string(stdout, l->function);
+        printf(", \"file\": ");
+        mt_json_string(stdout, l->file[0] ? l->file : l->object);
+        printf(", \"line\": %d, \"own_bytes\": %llu, \"own_count\": %llu, "
+               "\"total_bytes\": %llu, \"total_count\": %llu}",
+               (int)l->line, (unsigned long long)rows[i].own_bytes,
+               (unsigned long long)rows[i].own_count,
+               (unsigned long long)rows[i].total_bytes,
+               (unsigned long long)rows[i].total_count);
+    }
+    printf("%s]}\n", n ? "\n" : "");
+}
+
+static void print_header(struct mt_report *r, int color)
+{
+    const struct mt_analysis *a = mt_report_analysis(r);
+    const struct mt_report_opts *o = mt_report_options(r);
+    char s1[32], s2[32];
+    const char *b = color ? "\033[1m" : "", *e = color ? "\033[0m" : "";
+
+    mt_format_size(a->peak_bytes, s1, sizeof s1);
+    mt_format_size(mt_report_total_bytes(r), s2, sizeof s2);
+    switch (o->metric) {
+    case MT_M_LEAKS:
+        printf("%sLeaks:%s %s alive at the end%s (peak %s)\n", b, e, s2,
+               a->end_marked ? " of the program, before interpreter teardown" : "", s1);
+        break;
+    case MT_M_TEMPORARY:
+        printf("%sTemporary allocations:%s %s freed within %u allocation%s on their "
+               "thread (peak %s)\n", b, e, s2, o->temporary_n,
+               o->temporary_n == 1 ? "" : "s", s1);
+        break;
+    default:
+        printf("%sPeak memory:%s %s", b, e, s1);
+        if (a->peak_time_us)
+            printf(" at %.2f s", (double)a->peak_time_us / 1e6);
+        printf(" (%llu allocations in total)\n", (unsigned long long)a->total_allocations);
+        break;
+    }
+    if (!a->complete)
+        printf("%s(incomplete capture: the program or the collector was killed)%s\n", b, e);
+}
+
+static void print_table(struct mt_report *r, const struct mt_row *rows, uint32_t n,
+                        uint32_t all)
+{
+    int color = mt_use_color(stdout);
+    const char *bold = color ? "\033[1m" : "", *dim = color ? "\033[2m" : "";
+    const char *cyan = color ? "\033[36m" : "", *yel = color ? "\033[33m" : "";
+    const char *off = color ? "\033[0m" : "";
+    uint64_t total = mt_report_total_bytes(r);
+
+    print_header(r, color);
+    if (n == 0) {
+        printf("no allocations\n");
+        return;
+    }
+    printf("\n%s%10s %7s %9s %10s %9s  %s%s\n", bold, "OWN", "%", "COUNT", "TOTAL",
+           "COUNT", "LOCATION", off);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct mt_loc *l = mt_report_loc(r, rows[i].loc);
+        char own[32], tot[32], pct[16];
+        mt_format_size(rows[i].own_bytes, own, sizeof own);
+        mt_format_size(rows[i].total_bytes, tot, sizeof tot);
+        snprintf(pct, sizeof pct, "%.1f%%",
+                 total ? 100.0 * (double)rows[i].own_bytes / (double)total : 0.0);
+        printf("%s%10s%s %7s %9llu %10s %9llu  %s%s%s", yel, own, off, pct,
+               (unsigned long long)rows[i].own_count, tot,
+               (unsigned long long)rows[i].total_count, cyan, l->function, off);
+        if (l->file[0] && l->line > 0)
+            printf("  %s%s:%d%s\n", dim, l->file, (int)l->line, off);
+        else if (l->file[0])
+            printf("  %s%s%s\n", dim, l->file, off);
+        else if (l->object[0] && !l->is_python)
+            printf("  %s(%s)%s\n", dim, l->object, off);
+        else
+            putchar('\n');
+    }
+    if (n < all)
+        printf("%s... %u more location%s (use -n)%s\n", dim, all - n,
+               all - n == 1 ? "" : "s", off);
+}
+
+int cmd_summary(int argc, char **argv)
+{
+    struct mt_report_opts o;
+    int rc = mt_report_parse_args(argc, argv,
+                                  MT_O_METRIC | MT_O_ROWS | MT_O_SORT | MT_O_JSON | MT_O_SPLIT,
+                                  usage, &o);
+    if (rc >= 0) return rc;
+    struct mt_report *r = mt_report_open(&o);
+    if (!r) return 1;
+
+    struct mt_rows rows = {0};
+    uint32_t ng;
+    const uint32_t *order = mt_report_sorted_groups(r, &ng);
+    const struct mt_analysis *a = mt_report_analysis(r);
+    for (uint32_t i = 0; i < ng; i++) {
+        const struct mt_group *g = &a->groups[order[i]];
+        const uint32_t *stack;
+        int depth = mt_report_stack(r, g, &stack);
+        if (mt_rows_add(&rows, stack, depth, mt_report_bytes(r, g), mt_report_count(r, g))) {
+            fputs("memtap: out of memory\n", stderr);
+            exit(1);
+        }
+    }
+    uint32_t n;
+    struct mt_row *sorted = mt_rows_sorted(&rows, o.sort, &n);
+    uint32_t shown = n;
+    if (o.rows >= 0 && (uint64_t)o.rows < n) shown = (uint32_t)o.rows;
+    else if (o.rows < 0 && !o.json && n > DEFAULT_ROWS) shown = DEFAULT_ROWS;
+
+    if (o.json) print_json(r, sorted, shown);
+    else print_table(r, sorted, shown, n);
+
+    free(sorted);
+    mt_rows_release(&rows);
+    mt_report_free(r);
+    return mt_output_close(stdout, "-") ? 1 : 0;
+}

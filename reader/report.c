@@ -1,0 +1,1100 @@
+/* Report plumbing shared by the reporters: see report.h. */
+#include "report.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "symbols.h"
+
+#define MAX_DEPTH 4096   /* frames per side (Python, native) we resolve */
+
+/* ---- small utilities --------------------------------------------------------- */
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fputs("memtap: out of memory\n", stderr);
+        exit(1);
+    }
+    return q;
+}
+
+static uint64_t hash_bytes(const void *p, size_t n, uint64_t h)
+{
+    const unsigned char *s = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= s[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+static const char *base_name(const char *path)
+{
+    if (!path) return "";
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+static int starts_with(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* ---- options ------------------------------------------------------------------ */
+
+const char *mt_metric_name(enum mt_metric m)
+{
+    switch (m) {
+    case MT_M_LEAKS: return "leaks";
+    case MT_M_TEMPORARY: return "temporary";
+    default: return "peak";
+    }
+}
+
+static int usage_error(const char *cmd, const char *usage, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "memtap %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nusage: %s\n", usage);
+    return 2;
+}
+
+static int parse_ulong(const char *s, unsigned long *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-' || *s == '+') return -1;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+int mt_report_parse_args(int argc, char **argv, unsigned allowed,
+                         const char *usage, struct mt_report_opts *o)
+{
+    const char *cmd = argc > 0 ? argv[0] : "report";
+    int only_files = 0;
+    memset(o, 0, sizeof *o);
+    o->rows = -1;
+    o->temporary_n = 1;
+    allowed |= MT_O_INTERNALS;
+
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        const char *val = NULL;
+        char name[64];
+
+        if (only_files || arg[0] != '-' || !strcmp(arg, "-")) {
+            if (o->file)
+                return usage_error(cmd, usage, "unexpected argument '%s'", arg);
+            o->file = arg;
+            continue;
+        }
+        if (!strcmp(arg, "--")) { only_files = 1; continue; }
+        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+            printf("usage: %s\n", usage);
+            return 0;
+        }
+        /* --name=value */
+        snprintf(name, sizeof name, "%s", arg);
+        char *eq = strchr(name, '=');
+        if (eq && starts_with(arg, "--")) {
+            *eq = 0;
+            val = arg + (eq - name) + 1;
+        }
+#define NEEDS(flag) \
+        if (!(allowed & (flag))) \
+            return usage_error(cmd, usage, "unknown option '%s'", name)
+#define TAKE_VALUE() \
+        do { \
+            if (!val) { \
+                if (i + 1 >= argc) \
+                    return usage_error(cmd, usage, "option '%s' needs a value", name); \
+                val = argv[++i]; \
+            } \
+        } while (0)
+
+        if (!strcmp(name, "--leaks")) {
+            NEEDS(MT_O_METRIC);
+            if (o->metric == MT_M_TEMPORARY)
+                return usage_error(cmd, usage, "--leaks and --temporary exclude each other");
+            o->metric = MT_M_LEAKS;
+        } else if (!strcmp(name, "--temporary")) {
+            unsigned long n;
+            NEEDS(MT_O_METRIC);
+            if (o->metric == MT_M_LEAKS)
+                return usage_error(cmd, usage, "--leaks and --temporary exclude each other");
+            o->metric = MT_M_TEMPORARY;
+            if (val) {
+                if (parse_ulong(val, &n) || n == 0 || n > 1000000000ul)
+                    return usage_error(cmd, usage, "bad --temporary value '%s'", val);
+                o->temporary_n = (unsigned)n;
+            } else if (i + 1 < argc && parse_ulong(argv[i + 1], &n) == 0) {
+                /* the optional N: a bare number after --temporary */
+                if (n == 0 || n > 1000000000ul)
+                    return usage_error(cmd, usage, "bad --temporary value '%s'", argv[i + 1]);
+                o->temporary_n = (unsigned)n;
+                i++;
+            }
+        } else if (!strcmp(name, "--split-threads")) {
+            NEEDS(MT_O_SPLIT);
+            o->split_threads = 1;
+        } else if (!strcmp(name, "-n") || !strcmp(name, "--rows")) {
+            unsigned long n;
+            NEEDS(MT_O_ROWS);
+            TAKE_VALUE();
+            if (parse_ulong(val, &n) || n > 100000000ul)
+                return usage_error(cmd, usage, "bad row count '%s'", val);
+            o->rows = (long)n;
+        } else if (!strcmp(name, "-o") || !strcmp(name, "--output")) {
+            NEEDS(MT_O_OUTPUT);
+            TAKE_VALUE();
+            o->output = val;
+        } else if (!strcmp(name, "--json")) {
+            NEEDS(MT_O_JSON);
+            o->json = 1;
+        } else if (!strcmp(name, "--sort")) {
+            NEEDS(MT_O_SORT);
+            TAKE_VALUE();
+            if (!strcmp(val, "own")) o->sort = MT_S_OWN;
+            else if (!strcmp(val, "total")) o->sort = MT_S_TOTAL;
+            else if (!strcmp(val, "count")) o->sort = MT_S_COUNT;
+            else return usage_error(cmd, usage, "bad --sort value '%s' (own, total or count)", val);
+        } else if (!strcmp(name, "--inverted")) {
+            NEEDS(MT_O_INVERTED);
+            o->inverted = 1;
+        } else if (!strcmp(name, "--format") || !strcmp(name, "-f")) {
+            NEEDS(MT_O_FORMAT);
+            TAKE_VALUE();
+            o->format = val;
+        } else if (!strcmp(name, "--show-internals")) {
+            o->show_internals = 1;
+        } else {
+            return usage_error(cmd, usage, "unknown option '%s'", name);
+        }
+#undef NEEDS
+#undef TAKE_VALUE
+    }
+    if (!o->file)
+        return usage_error(cmd, usage, "no capture file given");
+    return -1;
+}
+
+/* ---- interning ----------------------------------------------------------------- */
+
+struct strtab {
+    char **slots; uint32_t cap, n;
+};
+
+static const char *intern(struct strtab *t, const char *s)
+{
+    if (!s) s = "";
+    if (t->n * 2 >= t->cap) {
+        uint32_t ncap = t->cap ? t->cap * 2 : 1024;
+        char **ns = calloc(ncap, sizeof *ns);
+        if (!ns) { fputs("memtap: out of memory\n", stderr); exit(1); }
+        for (uint32_t i = 0; i < t->cap; i++) {
+            if (!t->slots[i]) continue;
+            uint64_t h = hash_bytes(t->slots[i], strlen(t->slots[i]), 14695981039346656037ull);
+            uint32_t j = (uint32_t)h & (ncap - 1);
+            while (ns[j]) j = (j + 1) & (ncap - 1);
+            ns[j] = t->slots[i];
+        }
+        free(t->slots);
+        t->slots = ns;
+        t->cap = ncap;
+    }
+    size_t len = strlen(s);
+    uint64_t h = hash_bytes(s, len, 14695981039346656037ull);
+    uint32_t j = (uint32_t)h & (t->cap - 1);
+    while (t->slots[j]) {
+        if (!strcmp(t->slots[j], s)) return t->slots[j];
+        j = (j + 1) & (t->cap - 1);
+    }
+    char *c = xrealloc(NULL, len + 1);
+    memcpy(c, s, len + 1);
+    t->slots[j] = c;
+    t->n++;
+    return c;
+}
+
+static void strtab_release(struct strtab *t)
+{
+    for (uint32_t i = 0; i < t->cap; i++) free(t->slots[i]);
+    free(t->slots);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- the report ------------------------------------------------------------------ */
+
+struct ipcache_slot { uint64_t ip; uint32_t start, n; int used; };
+
+struct mt_report {
+    struct mt_report_opts o;
+    struct mt_analysis *a;
+    struct mt_symbolizer *sym;
+    struct strtab strings;
+
+    struct mt_loc *locs; uint32_t nlocs, loccap;
+    uint32_t *lochash; uint32_t lochcap;        /* slots hold loc ids */
+
+    /* native ip -> symbolized frames (interned strings) */
+    struct ipcache_slot *ipc; uint32_t ipccap, ipcn;
+    struct mt_rframe *ipframes; uint32_t nipframes, ipframecap;
+
+    uint32_t *sorted; uint32_t nsorted; int sorted_done;
+    uint64_t total_bytes; int total_done;
+
+    const char *python_object;  /* object name used for the main program */
+
+    /* scratch for one stack */
+    struct mt_frame pyraw[MAX_DEPTH];
+    uint64_t ips[MAX_DEPTH];
+    struct mt_rframe py[MAX_DEPTH];
+    struct mt_rframe *nat; uint32_t natcap;
+    struct mt_rframe *merged; uint32_t mergedcap;
+    uint32_t *stack; uint32_t stackcap;
+};
+
+const struct mt_analysis *mt_report_analysis(const struct mt_report *r) { return r->a; }
+const struct mt_report_opts *mt_report_options(const struct mt_report *r) { return &r->o; }
+
+static void warn_incomplete(const struct mt_analysis *a, const char *file)
+{
+    if (!a->complete) {
+        fprintf(stderr, "memtap: warning: '%s' is incomplete (truncated at byte %llu: %s); "
+                "reporting what it holds\n", file,
+                (unsigned long long)a->stop_offset,
+                a->stop_error ? mt_strerror(a->stop_error) : "no trailer");
+    } else if (a->trailer.exit.signal) {
+        fprintf(stderr, "memtap: note: the program was killed by signal %d; "
+                "leaks are what was alive at the kill\n", a->trailer.exit.signal);
+    }
+    if (a->complete && a->trailer.lost_events)
+        fprintf(stderr, "memtap: warning: %llu events were lost\n",
+                (unsigned long long)a->trailer.lost_events);
+}
+
+struct mt_report *mt_report_open(const struct mt_report_opts *o)
+{
+    struct mt_analysis_opts ao = {0};
+    struct mt_analysis *a = NULL;
+    uint32_t found = 0;
+
+    ao.split_threads = o->split_threads;
+    ao.temporary_n = o->temporary_n ? o->temporary_n : 1;
+    ao.progress = isatty(2);
+    int err = mt_analyze(o->file, &ao, &a, &found);
+    if (err != MT_OK) {
+        if (err == MT_E_VERSION)
+            fprintf(stderr, "memtap: cannot read '%s': format version %u is newer than this "
+                    "memtap's %u\n", o->file, found, (unsigned)MT_FORMAT_VERSION);
+        else if (err == MT_E_IO)
+            fprintf(stderr, "memtap: cannot read '%s': %s\n", o->file, strerror(errno));
+        else
+            fprintf(stderr, "memtap: cannot read '%s': %s\n", o->file, mt_strerror(err));
+        return NULL;
+    }
+    warn_incomplete(a, o->file);
+
+    struct mt_report *r = calloc(1, sizeof *r);
+    if (!r) { mt_analysis_free(a); fputs("memtap: out of memory\n", stderr); return NULL; }
+    r->o = *o;
+    r->a = a;
+    if (a->nnativenodes > 1) {
+        r->sym = mt_symbolizer_new();
+        for (uint32_t i = 0; r->sym && i < a->nobjects; i++) {
+            const struct mt_object_info *ob = &a->objects[i];
+            struct mt_segment segs[64];
+            size_t ns = ob->nseg < 64 ? ob->nseg : 64;
+            for (size_t s = 0; s < ns; s++)
+                segs[s] = (struct mt_segment){ ob->seg[2 * s], ob->seg[2 * s + 1], 0 };
+            mt_symbolizer_add_object(r->sym, ob->path ? ob->path : "", ob->base,
+                                     ob->build_id, ob->build_id_len, segs, ns);
+        }
+    }
+    /* The main program is recorded with an empty path; when it is Python,
+     * classify its frames as the interpreter's own. */
+    r->python_object = (a->header.python_version && a->header.python_version[0])
+                       ? "python" : "";
+    /* location 0: "<unknown>" */
+    r->loccap = 256;
+    r->locs = xrealloc(NULL, r->loccap * sizeof *r->locs);
+    r->locs[0] = (struct mt_loc){ intern(&r->strings, "<unknown>"), intern(&r->strings, ""),
+                                  0, 0, intern(&r->strings, "") };
+    r->nlocs = 1;
+    return r;
+}
+
+void mt_report_free(struct mt_report *r)
+{
+    if (!r) return;
+    mt_symbolizer_free(r->sym);
+    mt_analysis_free(r->a);
+    strtab_release(&r->strings);
+    free(r->locs); free(r->lochash); free(r->ipc); free(r->ipframes);
+    free(r->sorted); free(r->nat); free(r->merged); free(r->stack);
+    free(r);
+}
+
+uint64_t mt_report_bytes(const struct mt_report *r, const struct mt_group *g)
+{
+    switch (r->o.metric) {
+    case MT_M_LEAKS: return g->end_bytes;
+    case MT_M_TEMPORARY: return g->temp_bytes;
+    default: return g->peak_bytes;
+    }
+}
+
+uint64_t mt_report_count(const struct mt_report *r, const struct mt_group *g)
+{
+    switch (r->o.metric) {
+    case MT_M_LEAKS: return g->end_count;
+    case MT_M_TEMPORARY: return g->temp_count;
+    default: return g->peak_count;
+    }
+}
+
+uint64_t mt_report_total_bytes(const struct mt_report *r)
+{
+    struct mt_report *w = (struct mt_report *)r;
+    if (!w->total_done) {
+        uint64_t t = 0;
+        for (uint32_t i = 0; i < r->a->ngroups; i++) t += mt_report_bytes(r, &r->a->groups[i]);
+        w->total_bytes = t;
+        w->total_done = 1;
+    }
+    return w->total_bytes;
+}
+
+static const struct mt_report *sort_ctx;
+static int cmp_groups(const void *x, const void *y)
+{
+    const struct mt_group *g = &sort_ctx->a->groups[*(const uint32_t *)x];
+    const struct mt_group *h = &sort_ctx->a->groups[*(const uint32_t *)y];
+    uint64_t a = mt_report_bytes(sort_ctx, g), b = mt_report_bytes(sort_ctx, h);
+    if (a != b) return a > b ? -1 : 1;
+    a = mt_report_count(sort_ctx, g); b = mt_report_count(sort_ctx, h);
+    if (a != b) return a > b ? -1 : 1;
+    return *(const uint32_t *)x < *(const uint32_t *)y ? -1 : 1;
+}
+
+const uint32_t *mt_report_sorted_groups(struct mt_report *r, uint32_t *n)
+{
+    if (!r->sorted_done) {
+        r->sorted = xrealloc(NULL, (r->a->ngroups + 1) * sizeof *r->sorted);
+        r->nsorted = 0;
+        for (uint32_t i = 0; i < r->a->ngroups; i++)
+            if (mt_report_bytes(r, &r->a->groups[i]) || mt_report_count(r, &r->a->groups[i]))
+                r->sorted[r->nsorted++] = i;
+        sort_ctx = r;
+        qsort(r->sorted, r->nsorted, sizeof *r->sorted, cmp_groups);
+        r->sorted_done = 1;
+    }
+    *n = r->nsorted;
+    return r->sorted;
+}
+
+/* ---- locations ------------------------------------------------------------------ */
+
+const struct mt_loc *mt_report_loc(const struct mt_report *r, uint32_t id)
+{
+    return &r->locs[id < r->nlocs ? id : 0];
+}
+
+uint32_t mt_report_nlocs(const struct mt_report *r) { return r->nlocs; }
+
+static uint64_t loc_hash(const struct mt_loc *l)
+{
+    uint64_t h = mix64((uintptr_t)l->function);
+    h = mix64(h ^ (uintptr_t)l->file);
+    h = mix64(h ^ (uint32_t)l->line ^ ((uint64_t)l->is_python << 40));
+    h = mix64(h ^ (uintptr_t)l->object);
+    return h;
+}
+
+static int loc_eq(const struct mt_loc *a, const struct mt_loc *b)
+{
+    return a->function == b->function && a->file == b->file && a->line == b->line &&
+           a->is_python == b->is_python && a->object == b->object;
+}
+
+/* f's strings must be interned already. */
+static uint32_t loc_id(struct mt_report *r, const struct mt_rframe *f)
+{
+    struct mt_loc l = { f->function, f->file, f->line, f->is_python, f->object };
+    if (r->nlocs * 2 >= r->lochcap) {
+        uint32_t ncap = r->lochcap ? r->lochcap * 2 : 1024;
+        free(r->lochash);
+        r->lochash = calloc(ncap, sizeof *r->lochash);
+        if (!r->lochash) { fputs("memtap: out of memory\n", stderr); exit(1); }
+        r->lochcap = ncap;
+        for (uint32_t id = 1; id < r->nlocs; id++) {
+            uint32_t j = (uint32_t)loc_hash(&r->locs[id]) & (ncap - 1);
+            while (r->lochash[j]) j = (j + 1) & (ncap - 1);
+            r->lochash[j] = id;
+        }
+    }
+    uint32_t j = (uint32_t)loc_hash(&l) & (r->lochcap - 1);
+    while (r->lochash[j]) {
+        if (loc_eq(&r->locs[r->lochash[j]], &l)) return r->lochash[j];
+        j = (j + 1) & (r->lochcap - 1);
+    }
+    if (r->nlocs == r->loccap) {
+        r->loccap *= 2;
+        r->locs = xrealloc(r->locs, r->loccap * sizeof *r->locs);
+    }
+    r->locs[r->nlocs] = l;
+    r->lochash[j] = r->nlocs;
+    return r->nlocs++;
+}
+
+char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap)
+{
+    if (l->file && l->file[0] && l->line > 0)
+        snprintf(buf, cap, "%s (%s:%d)", l->function, l->file, (int)l->line);
+    else if (l->file && l->file[0])
+        snprintf(buf, cap, "%s (%s)", l->function, l->file);
+    else if (!l->is_python && l->object && l->object[0] && !strstr(l->function, " ("))
+        snprintf(buf, cap, "%s (%s)", l->function, l->object);
+    else
+        snprintf(buf, cap, "%s", l->function);
+    return buf;
+}
+
+/* ---- classification and the hybrid merge -------------------------------------------- */
+
+static int is_python_object(const char *object)
+{
+    const char *b = base_name(object);
+    return starts_with(b, "python") || starts_with(b, "libpython");
+}
+
+enum mt_frame_kind mt_classify_native(const char *function, const char *object)
+{
+    static const char *const allocators[] = {
+        "malloc", "calloc", "realloc", "reallocarray", "free", "posix_memalign",
+        "aligned_alloc", "memalign", "valloc", "pvalloc", "mmap", "mmap64", "munmap",
+        "mremap", "__libc_malloc", "__libc_calloc", "__libc_realloc", "__libc_memalign",
+        "__libc_valloc", "__libc_pvalloc", "__posix_memalign", "__mmap", "__munmap",
+        "__mremap", "__GI___libc_malloc", NULL,
+    };
+    /* CPython's public/internal call and run machinery: exported names. */
+    static const char *const internal_prefixes[] = {
+        "_PyEval_", "PyEval_", "_PyObject_Call", "PyObject_Call", "_PyObject_Vectorcall",
+        "PyObject_Vectorcall", "_PyObject_MakeTpCall", "_PyFunction_Vectorcall",
+        "PyVectorcall_", "_PyVectorcall_", "PyRun_", "_PyRun_", "Py_RunMain", "Py_BytesMain",
+        "Py_Main", "_Py_RunMain", "PyCFunction_Call", "_PyCFunction_", NULL,
+    };
+    /* static helpers: only trusted inside the interpreter (or an unknown object) */
+    static const char *const static_prefixes[] = {
+        "method_vectorcall", "cfunction_call", "cfunction_vectorcall", "vectorcall_",
+        "slot_tp_call", "slot_tp_init", "type_call", "run_mod", "run_eval_code_obj",
+        "pyrun_", "pymain_", "builtin_exec", "exec_code_in_module", "_PyObject_VectorcallTstate",
+        "object_vacall", "call_function", "do_call_core", "function_code_fastcall",
+        "partial_call", "partial_vectorcall", "wrapper_call", "wrapperdescr_call",
+        "method_vectorcall_", "builtin___build_class__", "bounded_lru_cache_wrapper",
+        "lru_cache_call", NULL,
+    };
+    if (!function) function = "";
+    const char *obj = base_name(object);
+
+    if (strstr(obj, "memtap") && strstr(obj, ".so"))
+        return MT_K_SHIM;
+    if (starts_with(function, "mt_shim_") || starts_with(function, "mt_hook_"))
+        return MT_K_SHIM;
+    if (starts_with(obj, "libunwind") || starts_with(function, "_ULx86_64_") ||
+        starts_with(function, "_ULaarch64_") || !strcmp(function, "unw_backtrace"))
+        return MT_K_SHIM;
+    if (starts_with(function, "_PyEval_EvalFrameDefault"))
+        return MT_K_EVAL;
+    for (int i = 0; allocators[i]; i++)
+        if (!strcmp(function, allocators[i])) return MT_K_ALLOCATOR;
+    if (starts_with(function, "operator new") || starts_with(function, "_Znwm") ||
+        starts_with(function, "_Znam"))
+        return MT_K_ALLOCATOR;
+    for (int i = 0; internal_prefixes[i]; i++)
+        if (starts_with(function, internal_prefixes[i])) return MT_K_INTERNAL;
+    int in_python = is_python_object(object);
+    if (in_python || !obj[0]) {
+        for (int i = 0; static_prefixes[i]; i++)
+            if (starts_with(function, static_prefixes[i])) return MT_K_INTERNAL;
+    }
+    if (in_python && (starts_with(function, "_Py") || !strcmp(function, "main")))
+        return MT_K_INTERNAL;
+    if (!strcmp(function, "_start") || starts_with(function, "__libc_start_main") ||
+        starts_with(function, "__libc_start_call_main"))
+        return MT_K_INTERNAL;
+    return MT_K_NORMAL;
+}
+
+int mt_hybrid_merge(const struct mt_rframe *nat, int nn,
+                    const struct mt_rframe *py, int np, int show_internals,
+                    struct mt_rframe *out, int max)
+{
+    int n = 0;
+    if (nn <= 0) {
+        for (int i = 0; i < np && n < max; i++) out[n++] = py[i];
+        return n;
+    }
+    /* Python segments, innermost first: [seg_lo[k], seg_hi[k]) */
+    enum { MAXSEG = 1024 };
+    int seg_lo[MAXSEG], seg_hi[MAXSEG], nseg = 0, s = 0;
+    for (int i = 0; i < np; i++) {
+        if (py[i].is_entry || i == np - 1) {
+            if (nseg < MAXSEG) {
+                seg_lo[nseg] = s; seg_hi[nseg] = i + 1; nseg++;
+            } else {
+                seg_hi[nseg - 1] = i + 1;   /* fold the rest into the last */
+            }
+            s = i + 1;
+        }
+    }
+    /* eval groups: consecutive frames with one ip, any of them EVAL */
+    int neval = 0;
+    for (int i = 0; i < nn;) {
+        int j = i, ev = 0;
+        while (j < nn && nat[j].ip == nat[i].ip) ev |= nat[j].kind == MT_K_EVAL, j++;
+        neval += ev;
+        i = j;
+    }
+
+    int evalno = 0, leading = 1;
+#define EMIT(f) do { if (n < max) out[n++] = (f); } while (0)
+    for (int i = 0; i < nn;) {
+        int j = i, ev = 0;
+        while (j < nn && nat[j].ip == nat[i].ip) ev |= nat[j].kind == MT_K_EVAL, j++;
+        if (ev) {
+            if (evalno < nseg) {
+                int last = (evalno == neval - 1) ? nseg - 1 : evalno;
+                for (int k = evalno; k <= last; k++)
+                    for (int p = seg_lo[k]; p < seg_hi[k]; p++) EMIT(py[p]);
+                leading = 0;
+            }
+            if (show_internals)
+                for (int k = i; k < j; k++) EMIT(nat[k]);
+            evalno++;
+        } else {
+            for (int k = i; k < j; k++) {
+                const struct mt_rframe *f = &nat[k];
+                if (f->kind == MT_K_SHIM) continue;
+                if (f->kind == MT_K_ALLOCATOR && leading) continue;
+                if (f->kind == MT_K_INTERNAL && !show_internals) continue;
+                leading = 0;
+                EMIT(*f);
+            }
+        }
+        i = j;
+    }
+    if (neval == 0)
+        for (int k = 0; k < nseg; k++)
+            for (int p = seg_lo[k]; p < seg_hi[k]; p++) EMIT(py[p]);
+#undef EMIT
+    return n;
+}
+
+/* ---- resolving stacks ----------------------------------------------------------------- */
+
+static const char *object_of(struct mt_report *r, uint64_t ip, uint64_t *rel)
+{
+    const struct mt_analysis *a = r->a;
+    for (uint32_t i = 0; i < a->nobjects; i++) {
+        const struct mt_object_info *o = &a->objects[i];
+        for (uint32_t s = 0; s < o->nseg; s++) {
+            uint64_t lo = o->base + o->seg[2 * s], hi = lo + o->seg[2 * s + 1];
+            if (ip >= lo && ip < hi) {
+                *rel = ip - o->base;
+                return o->path ? o->path : "";
+            }
+        }
+    }
+    *rel = ip;
+    return NULL;
+}
+
+/* Symbolizes ip into r->ipframes (cached); returns first index and count. */
+static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_t *n)
+{
+    if (r->ipcn * 2 >= r->ipccap) {
+        uint32_t ncap = r->ipccap ? r->ipccap * 2 : 4096;
+        struct ipcache_slot *ns = calloc(ncap, sizeof *ns);
+        if (!ns) { fputs("memtap: out of memory\n", stderr); exit(1); }
+        for (uint32_t i = 0; i < r->ipccap; i++) {
+            if (!r->ipc[i].used) continue;
+            uint32_t j = (uint32_t)mix64(r->ipc[i].ip) & (ncap - 1);
+            while (ns[j].used) j = (j + 1) & (ncap - 1);
+            ns[j] = r->ipc[i];
+        }
+        free(r->ipc);
+        r->ipc = ns;
+        r->ipccap = ncap;
+    }
+    uint32_t j = (uint32_t)mix64(ip) & (r->ipccap - 1);
+    while (r->ipc[j].used) {
+        if (r->ipc[j].ip == ip) { *start = r->ipc[j].start; *n = r->ipc[j].n; return; }
+        j = (j + 1) & (r->ipccap - 1);
+    }
+
+    struct mt_symbol sf[64];
+    int k = r->sym ? mt_symbolizer_resolve(r->sym, ip, sf, 64) : 0;
+    if (k > 64) k = 64;
+    uint64_t rel;
+    const char *objpath = object_of(r, ip, &rel);
+    if (k <= 0) {
+        memset(sf, 0, sizeof sf[0]);
+        sf[0].object = objpath;
+        sf[0].address = rel;
+        k = 1;
+    }
+    if (r->nipframes + (uint32_t)k > r->ipframecap) {
+        r->ipframecap = (r->ipframecap + k) * 2;
+        r->ipframes = xrealloc(r->ipframes, r->ipframecap * sizeof *r->ipframes);
+    }
+    uint32_t s0 = r->nipframes;
+    for (int i = 0; i < k; i++) {
+        const char *op = sf[i].object ? sf[i].object : (objpath ? objpath : "");
+        /* the main program is captured with an empty path */
+        const char *cls_obj = op[0] ? op : r->python_object;
+        char buf[64];
+        const char *fn = sf[i].function;
+        if (!fn || !fn[0]) {
+            /* degraded: the address addr2line wants, with the object shown
+             * next to it by mt_loc_format */
+            snprintf(buf, sizeof buf, "0x%llx", (unsigned long long)sf[i].address);
+            fn = buf;
+        }
+        struct mt_rframe *f = &r->ipframes[r->nipframes++];
+        f->function = intern(&r->strings, fn);
+        f->file = intern(&r->strings, sf[i].file ? sf[i].file : "");
+        f->line = (int32_t)sf[i].line;
+        f->object = intern(&r->strings, op[0] ? base_name(op) : "");
+        f->is_python = 0;
+        f->is_entry = 0;
+        f->kind = (uint8_t)mt_classify_native(f->function, cls_obj);
+        f->ip = ip;
+    }
+    r->ipc[j] = (struct ipcache_slot){ ip, s0, (uint32_t)k, 1 };
+    r->ipcn++;
+    *start = s0;
+    *n = (uint32_t)k;
+}
+
+int mt_report_stack(struct mt_report *r, const struct mt_group *g,
+                    const uint32_t **out)
+{
+    int np = 0, nn = 0, nips = 0;
+    if (g->py_stack) {
+        np = mt_analysis_py_frames(r->a, g->py_stack, r->pyraw, MAX_DEPTH);
+        for (int i = 0; i < np; i++) {
+            const struct mt_frame *f = &r->pyraw[i];
+            r->py[i] = (struct mt_rframe){
+                intern(&r->strings, f->function), intern(&r->strings, f->file),
+                intern(&r->strings, ""), f->line, 1, (uint8_t)(f->is_entry != 0),
+                MT_K_NORMAL, 0 };
+        }
+    }
+    if (g->native_stack)
+        nips = mt_analysis_native_ips(r->a, g->native_stack, r->ips, MAX_DEPTH);
+    nn = 0;
+    for (int i = 0; i < nips; i++) {
+        uint32_t s, k;
+        symbolize(r, r->ips[i], &s, &k);
+        if ((uint32_t)nn + k > r->natcap) {
+            r->natcap = (nn + k) * 2;
+            r->nat = xrealloc(r->nat, r->natcap * sizeof *r->nat);
+        }
+        memcpy(r->nat + nn, r->ipframes + s, k * sizeof *r->nat);
+        nn += (int)k;
+    }
+    uint32_t need = (uint32_t)(np + nn + 1);
+    if (need > r->mergedcap) {
+        r->mergedcap = need * 2;
+        r->merged = xrealloc(r->merged, r->mergedcap * sizeof *r->merged);
+        r->stack = xrealloc(r->stack, r->mergedcap * sizeof *r->stack);
+    }
+    int n = mt_hybrid_merge(r->nat, nn, r->py, np, r->o.show_internals,
+                            r->merged, (int)r->mergedcap);
+    for (int i = 0; i < n; i++) r->stack[i] = loc_id(r, &r->merged[i]);
+    if (n == 0) r->stack[n++] = 0;
+    *out = r->stack;
+    return n;
+}
+
+/* ---- rows --------------------------------------------------------------------------------- */
+
+int mt_rows_add(struct mt_rows *rows, const uint32_t *stack, int n,
+                uint64_t bytes, uint64_t count)
+{
+    if (n <= 0) return 0;
+    uint32_t maxid = 0;
+    for (int i = 0; i < n; i++) if (stack[i] > maxid) maxid = stack[i];
+    if (maxid >= rows->cap) {
+        uint32_t ncap = rows->cap ? rows->cap : 256;
+        while (ncap <= maxid) ncap *= 2;
+        struct mt_row *nr = realloc(rows->rows, ncap * sizeof *nr);
+        if (!nr) return -1;
+        memset(nr + rows->cap, 0, (ncap - rows->cap) * sizeof *nr);
+        for (uint32_t i = rows->cap; i < ncap; i++) nr[i].loc = i;
+        rows->rows = nr;
+        rows->cap = ncap;
+    }
+    rows->stamp++;
+    rows->rows[stack[0]].own_bytes += bytes;
+    rows->rows[stack[0]].own_count += count;
+    for (int i = 0; i < n; i++) {
+        struct mt_row *row = &rows->rows[stack[i]];
+        if (row->seen == rows->stamp) continue;   /* recursion: count once */
+        row->seen = rows->stamp;
+        row->total_bytes += bytes;
+        row->total_count += count;
+    }
+    return 0;
+}
+
+void mt_rows_release(struct mt_rows *rows)
+{
+    free(rows->rows);
+    memset(rows, 0, sizeof *rows);
+}
+
+static enum mt_sort row_sort;
+static int cmp_rows(const void *x, const void *y)
+{
+    const struct mt_row *a = x, *b = y;
+    uint64_t ka, kb, ta, tb;
+    switch (row_sort) {
+    case MT_S_TOTAL: ka = a->total_bytes; kb = b->total_bytes; ta = a->own_bytes; tb = b->own_bytes; break;
+    case MT_S_COUNT: ka = a->own_count; kb = b->own_count; ta = a->total_count; tb = b->total_count; break;
+    default: ka = a->own_bytes; kb = b->own_bytes; ta = a->total_bytes; tb = b->total_bytes; break;
+    }
+    if (ka != kb) return ka > kb ? -1 : 1;
+    if (ta != tb) return ta > tb ? -1 : 1;
+    return a->loc < b->loc ? -1 : a->loc > b->loc;
+}
+
+struct mt_row *mt_rows_sorted(const struct mt_rows *rows, enum mt_sort sort, uint32_t *n)
+{
+    struct mt_row *out = xrealloc(NULL, (rows->cap + 1) * sizeof *out);
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < rows->cap; i++)
+        if (rows->rows[i].total_bytes || rows->rows[i].total_count)
+            out[k++] = rows->rows[i];
+    row_sort = sort;
+    qsort(out, k, sizeof *out, cmp_rows);
+    *n = k;
+    return out;
+}
+
+/* ---- output helpers ----------------------------------------------------------------------- */
+
+char *mt_format_size(uint64_t bytes, char *buf, size_t cap)
+{
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+    if (bytes < 1024) {
+        snprintf(buf, cap, "%llu B", (unsigned long long)bytes);
+        return buf;
+    }
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024.0 && u < 6) { v /= 1024.0; u++; }
+    /* three significant digits; rounding up to 1024 moves to the next unit */
+    for (;;) {
+        int prec = v < 9.995 ? 2 : v < 99.95 ? 1 : 0;
+        double shown = prec == 2 ? (double)(long long)(v * 100 + 0.5) / 100
+                     : prec == 1 ? (double)(long long)(v * 10 + 0.5) / 10
+                     : (double)(long long)(v + 0.5);
+        if (shown >= 1024.0 && u < 6) { v /= 1024.0; u++; continue; }
+        snprintf(buf, cap, "%.*f %s", prec, shown, units[u]);
+        return buf;
+    }
+}
+
+int mt_use_color(FILE *f)
+{
+    const char *nc = getenv("NO_COLOR");
+    if (nc && nc[0]) return 0;
+    return isatty(fileno(f));
+}
+
+static void json_string(FILE *f, const char *s, int html)
+{
+    putc('"', f);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        switch (*p) {
+        case '"': fputs("\\\"", f); break;
+        case '\\': fputs("\\\\", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        case '<':   /* "</script>" must not appear inside a <script> */
+            if (html) fputs("\\u003c", f);
+            else putc('<', f);
+            break;
+        default:
+            if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+            else putc(*p, f);
+        }
+    }
+    putc('"', f);
+}
+
+void mt_json_string(FILE *f, const char *s) { json_string(f, s, 0); }
+void mt_json_html_string(FILE *f, const char *s) { json_string(f, s, 1); }
+
+FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
+{
+    const char *path = o->output ? o->output : fallback;
+    if (!path || !strcmp(path, "-")) return stdout;
+    FILE *f = fopen(path, "w");
+    if (!f) fprintf(stderr, "memtap: cannot write '%s': %s\n", path, strerror(errno));
+    return f;
+}
+
+int mt_output_close(FILE *f, const char *path)
+{
+    int bad = ferror(f);
+    if (f == stdout) bad |= fflush(f) != 0;
+    else bad |= fclose(f) != 0;
+    if (bad) {
+        fprintf(stderr, "memtap: cannot write '%s': %s\n",
+                path && strcmp(path, "-") ? path : "<stdout>", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+char *mt_default_output(const char *kind, const char *capture,
+                        const char *ext, char *buf, size_t cap)
+{
+    const char *b = base_name(capture);
+    size_t len = strlen(b);
+    if (len > 4 && !strcmp(b + len - 4, ".bin")) len -= 4;
+    snprintf(buf, cap, "memtap-%s-%.*s.%s", kind, (int)len, b, ext);
+    return buf;
+}
+
+char *mt_allocators_format(uint32_t mask, char *buf, size_t cap)
+{
+    static const char *const names[MT_A_COUNT] = {
+        [MT_A_MALLOC] = "malloc", [MT_A_CALLOC] = "calloc", [MT_A_REALLOC] = "realloc",
+        [MT_A_REALLOCARRAY] = "reallocarray", [MT_A_POSIX_MEMALIGN] = "posix_memalign",
+        [MT_A_ALIGNED_ALLOC] = "aligned_alloc", [MT_A_MEMALIGN] = "memalign",
+        [MT_A_VALLOC] = "valloc", [MT_A_PVALLOC] = "pvalloc", [MT_A_MMAP] = "mmap",
+        [MT_A_MMAP_FILE] = "mmap(file)", [MT_A_MMAP_RESERVE] = "mmap(reserve)",
+        [MT_A_PYMALLOC] = "pymalloc",
+    };
+    size_t used = 0;
+    buf[0] = 0;
+    for (unsigned i = 1; i < MT_A_COUNT; i++) {
+        if (!(mask & (1u << i)) || !names[i]) continue;
+        int w = snprintf(buf + used, cap - used, "%s%s", used ? "," : "", names[i]);
+        if (w < 0 || (size_t)w >= cap - used) break;
+        used += (size_t)w;
+    }
+    return buf;
+}
+
+int mt_write_template(FILE *f, const char *tmpl,
+                      int (*fill)(FILE *f, const char *name, void *arg), void *arg)
+{
+    const char *p = tmpl;
+    for (;;) {
+        const char *q = strstr(p, "@@");
+        if (!q) { fputs(p, f); return 0; }
+        const char *e = strstr(q + 2, "@@");
+        if (!e || e - q - 2 > 40 || e == q + 2) {
+            fwrite(p, 1, (size_t)(q - p) + 2, f);
+            p = q + 2;
+            continue;
+        }
+        char name[48];
+        memcpy(name, q + 2, (size_t)(e - q - 2));
+        name[e - q - 2] = 0;
+        int ok = 1;
+        for (char *c = name; *c; c++)
+            if (!((*c >= 'A' && *c <= 'Z') || *c == '_')) ok = 0;
+        if (!ok) {
+            fwrite(p, 1, (size_t)(q - p) + 2, f);
+            p = q + 2;
+            continue;
+        }
+        fwrite(p, 1, (size_t)(q - p), f);
+        if (fill(f, name, arg)) return -1;
+        p = e + 2;
+    }
+}
+
+/* ---- call trees ------------------------------------------------------------------------- */
+
+uint32_t mt_report_thread_loc(struct mt_report *r, uint32_t thread)
+{
+    char buf[256];
+    const char *name = mt_analysis_thread_name(r->a, thread);
+    uint32_t tid = 0;
+    for (uint32_t i = 0; i < r->a->nthreads; i++)
+        if (r->a->threads[i].index == thread) tid = r->a->threads[i].tid;
+    if (tid && !strstr(name, "thread "))
+        snprintf(buf, sizeof buf, "%s (thread %u)", name, tid);
+    else
+        snprintf(buf, sizeof buf, "%s", name);
+    struct mt_rframe f = { intern(&r->strings, buf), intern(&r->strings, ""),
+                           intern(&r->strings, ""), 0, 0, 0, 0, 0 };
+    return loc_id(r, &f);
+}
+
+int mt_tree_init(struct mt_tree *t)
+{
+    memset(t, 0, sizeof *t);
+    t->cap = 1024;
+    t->nodes = calloc(t->cap, sizeof *t->nodes);
+    t->hcap = 2048;
+    t->hash = calloc(t->hcap, sizeof *t->hash);
+    if (!t->nodes || !t->hash) return -1;
+    t->n = 1;   /* the root */
+    return 0;
+}
+
+void mt_tree_release(struct mt_tree *t)
+{
+    free(t->nodes);
+    free(t->hash);
+    memset(t, 0, sizeof *t);
+}
+
+static uint32_t tree_slot(const struct mt_tree *t, uint32_t parent, uint32_t loc)
+{
+    return (uint32_t)mix64(((uint64_t)parent << 32) | loc) & (t->hcap - 1);
+}
+
+static int tree_grow_hash(struct mt_tree *t)
+{
+    uint32_t ncap = t->hcap * 2;
+    uint32_t *nh = calloc(ncap, sizeof *nh);
+    if (!nh) return -1;
+    free(t->hash);
+    t->hash = nh;
+    t->hcap = ncap;
+    for (uint32_t i = 1; i < t->n; i++) {
+        uint32_t j = tree_slot(t, t->nodes[i].parent, t->nodes[i].loc);
+        while (t->hash[j]) j = (j + 1) & (t->hcap - 1);
+        t->hash[j] = i;
+    }
+    return 0;
+}
+
+static uint32_t tree_child(struct mt_tree *t, uint32_t parent, uint32_t loc)
+{
+    if (t->n * 2 >= t->hcap && tree_grow_hash(t)) return 0;
+    uint32_t j = tree_slot(t, parent, loc);
+    while (t->hash[j]) {
+        struct mt_tree_node *c = &t->nodes[t->hash[j]];
+        if (c->parent == parent && c->loc == loc) return t->hash[j];
+        j = (j + 1) & (t->hcap - 1);
+    }
+    if (t->n == t->cap) {
+        struct mt_tree_node *nn = realloc(t->nodes, t->cap * 2 * sizeof *nn);
+        if (!nn) return 0;
+        t->nodes = nn;
+        t->cap *= 2;
+    }
+    uint32_t id = t->n++;
+    struct mt_tree_node *c = &t->nodes[id];
+    memset(c, 0, sizeof *c);
+    c->loc = loc;
+    c->parent = parent;
+    c->next_sibling = t->nodes[parent].first_child;
+    t->nodes[parent].first_child = id;
+    t->hash[j] = id;
+    return id;
+}
+
+int mt_tree_add(struct mt_tree *t, const uint32_t *path, int n,
+                uint64_t bytes, uint64_t count)
+{
+    uint32_t cur = 0;
+    t->nodes[0].bytes += bytes;
+    t->nodes[0].count += count;
+    for (int i = 0; i < n; i++) {
+        cur = tree_child(t, cur, path[i]);
+        if (!cur) return -1;
+        t->nodes[cur].bytes += bytes;
+        t->nodes[cur].count += count;
+    }
+    t->nodes[cur].self_bytes += bytes;
+    t->nodes[cur].self_count += count;
+    return 0;
+}
+
+static const struct mt_tree *tree_sort_ctx;
+static int cmp_tree_children(const void *x, const void *y)
+{
+    const struct mt_tree_node *a = &tree_sort_ctx->nodes[*(const uint32_t *)x];
+    const struct mt_tree_node *b = &tree_sort_ctx->nodes[*(const uint32_t *)y];
+    if (a->bytes != b->bytes) return a->bytes > b->bytes ? -1 : 1;
+    if (a->count != b->count) return a->count > b->count ? -1 : 1;
+    return a->loc < b->loc ? -1 : a->loc > b->loc;
+}
+
+void mt_tree_sort(struct mt_tree *t)
+{
+    uint32_t *kids = NULL, cap = 0;
+    tree_sort_ctx = t;
+    for (uint32_t i = 0; i < t->n; i++) {
+        uint32_t k = 0;
+        for (uint32_t c = t->nodes[i].first_child; c; c = t->nodes[c].next_sibling) {
+            if (k == cap) { cap = cap ? cap * 2 : 64; kids = xrealloc(kids, cap * sizeof *kids); }
+            kids[k++] = c;
+        }
+        if (k < 2) continue;
+        qsort(kids, k, sizeof *kids, cmp_tree_children);
+        t->nodes[i].first_child = kids[0];
+        for (uint32_t j = 0; j < k; j++)
+            t->nodes[kids[j]].next_sibling = j + 1 < k ? kids[j + 1] : 0;
+    }
+    free(kids);
+}
+
+int mt_report_build_tree(struct mt_report *r, struct mt_tree *t,
+                         const uint32_t *order, uint32_t n, int inverted)
+{
+    uint32_t *path = NULL, cap = 0;
+    if (!order) order = mt_report_sorted_groups(r, &n);
+    if (mt_tree_init(t)) return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct mt_group *g = &r->a->groups[order[i]];
+        const uint32_t *stack;
+        int depth = mt_report_stack(r, g, &stack);
+        if ((uint32_t)depth + 1 > cap) {
+            cap = (uint32_t)depth * 2 + 2;
+            path = xrealloc(path, cap * sizeof *path);
+        }
+        int k = 0;
+        if (r->o.split_threads) path[k++] = mt_report_thread_loc(r, g->thread);
+        for (int d = 0; d < depth; d++)
+            path[k++] = inverted ? stack[d] : stack[depth - 1 - d];
+        if (mt_tree_add(t, path, k, mt_report_bytes(r, g), mt_report_count(r, g))) {
+            free(path);
+            return -1;
+        }
+    }
+    free(path);
+    mt_tree_sort(t);
+    return 0;
+}
