@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "symbols.h"
+#include "util.h"
 
 #define MAX_DEPTH 4096   /* frames per side (Python, native) we resolve */
 
@@ -302,16 +303,8 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     ao.temporary_n = o->temporary_n ? o->temporary_n : 1;
     ao.progress = isatty(2);
     int err = mt_analyze(o->file, &ao, &a, &found);
-    if (err != MT_OK) {
-        if (err == MT_E_VERSION)
-            fprintf(stderr, "memtap: cannot read '%s': format version %u is newer than this "
-                    "memtap's %u\n", o->file, found, (unsigned)MT_FORMAT_VERSION);
-        else if (err == MT_E_IO)
-            fprintf(stderr, "memtap: cannot read '%s': %s\n", o->file, strerror(errno));
-        else
-            fprintf(stderr, "memtap: cannot read '%s': %s\n", o->file, mt_strerror(err));
-        return NULL;
-    }
+    if (err != MT_OK)
+        die_capture(o->file, err, found);   /* exits */
     warn_incomplete(a, o->file);
 
     struct mt_report *r = calloc(1, sizeof *r);
@@ -332,7 +325,7 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     }
     /* The main program is recorded with an empty path; when it is Python,
      * classify its frames as the interpreter's own. */
-    r->python_object = (a->header.python_version && a->header.python_version[0])
+    r->python_object = (a->python_version && a->python_version[0])
                        ? "python" : "";
     /* location 0: "<unknown>" */
     r->loccap = 256;
@@ -833,7 +826,7 @@ int mt_use_color(FILE *f)
     return isatty(fileno(f));
 }
 
-static void json_string(FILE *f, const char *s, int html)
+static void json_str(FILE *f, const char *s, int html)
 {
     putc('"', f);
     for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
@@ -855,8 +848,8 @@ static void json_string(FILE *f, const char *s, int html)
     putc('"', f);
 }
 
-void mt_json_string(FILE *f, const char *s) { json_string(f, s, 0); }
-void mt_json_html_string(FILE *f, const char *s) { json_string(f, s, 1); }
+void mt_json_string(FILE *f, const char *s) { json_str(f, s, 0); }
+void mt_json_html_string(FILE *f, const char *s) { json_str(f, s, 1); }
 
 FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
 {
@@ -955,7 +948,7 @@ uint32_t mt_report_thread_loc(struct mt_report *r, uint32_t thread)
     else
         snprintf(buf, sizeof buf, "%s", name);
     struct mt_rframe f = { intern(&r->strings, buf), intern(&r->strings, ""),
-                           intern(&r->strings, ""), 0, 0, 0, 0, 0 };
+                           intern(&r->strings, ""), 0, 2, 0, 0, 0 };
     return loc_id(r, &f);
 }
 
@@ -1097,4 +1090,41 @@ int mt_report_build_tree(struct mt_report *r, struct mt_tree *t,
     free(path);
     mt_tree_sort(t);
     return 0;
+}
+
+void mt_report_json_locs(struct mt_report *r, FILE *f, int html)
+{
+    /* string pointer -> index, by open addressing over interned pointers */
+    uint32_t cap = 1024;
+    while (cap < r->nlocs * 4 + 16) cap *= 2;
+    const char **keys = calloc(cap, sizeof *keys);
+    uint32_t *vals = calloc(cap, sizeof *vals);
+    uint32_t *idx = xrealloc(NULL, (size_t)r->nlocs * 2 * sizeof *idx);
+    uint32_t nstr = 0;
+    if (!keys || !vals) { fputs("memtap: out of memory\n", stderr); exit(1); }
+
+    fputs("\"strings\": [", f);
+    for (uint32_t id = 0; id < r->nlocs; id++) {
+        const struct mt_loc *l = &r->locs[id];
+        /* a native frame without source shows its object instead */
+        const char *strs[2] = { l->function,
+                                l->file[0] || l->is_python ? l->file : l->object };
+        for (int k = 0; k < 2; k++) {
+            uint32_t j = (uint32_t)mix64((uintptr_t)strs[k]) & (cap - 1);
+            while (keys[j] && keys[j] != strs[k]) j = (j + 1) & (cap - 1);
+            if (!keys[j]) {
+                keys[j] = strs[k];
+                vals[j] = nstr;
+                if (nstr++) putc(',', f);
+                json_str(f, strs[k], html);
+            }
+            idx[2 * id + k] = vals[j];
+        }
+    }
+    fputs("],\n\"locs\": [", f);
+    for (uint32_t id = 0; id < r->nlocs; id++)
+        fprintf(f, "%s%u,%u,%d,%u", id ? "," : "", idx[2 * id], idx[2 * id + 1],
+                (int)r->locs[id].line, (unsigned)r->locs[id].is_python);
+    fputs("]", f);
+    free(keys); free(vals); free(idx);
 }

@@ -61,9 +61,10 @@ const char *mt_metric_name(enum mt_metric m);
 struct mt_report;   /* opaque */
 
 /* Analyses o->file (progress on a TTY) and prepares symbolization.
- * Prints one line on stderr and returns NULL when the file cannot be read
- * ("cannot read 'x': not a memtap capture"); prints a warning when the
- * capture is incomplete or the program was killed, and goes on.
+ * When the file cannot be read, dies with one line on stderr (exit 1,
+ * util.h's die_capture); returns NULL only when out of memory. Prints a
+ * warning when the capture is incomplete or the program was killed, and
+ * goes on.
  * o is copied. Free the result with mt_report_free. */
 struct mt_report *mt_report_open(const struct mt_report_opts *o);
 
@@ -92,7 +93,7 @@ struct mt_loc {
     const char *function;  /* never NULL */
     const char *file;      /* "" when unknown */
     int32_t line;          /* 0 when unknown */
-    uint8_t is_python;
+    uint8_t is_python;     /* 1 Python, 0 native, 2 a thread (--split-threads) */
     const char *object;    /* native: object basename ("" unknown); Python: "" */
 };
 
@@ -110,6 +111,11 @@ int mt_report_stack(struct mt_report *r, const struct mt_group *g,
 /* A pseudo-location naming thread index `thread` ("thread-name (tid)"),
  * for the first level of --split-threads trees. */
 uint32_t mt_report_thread_loc(struct mt_report *r, uint32_t thread);
+
+/* Writes `"strings": [...], "locs": [function, file, line, kind, ...]` (flat,
+ * four numbers per location id, strings as indices, kind as is_python) for
+ * the HTML reports and exports; escapes '<' when html. */
+void mt_report_json_locs(struct mt_report *r, FILE *f, int html);
 
 /* "function (file:line)", "function (file)" or "function" into buf.
  * @return buf. */
