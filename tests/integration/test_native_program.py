@@ -1,0 +1,174 @@
+"""A C program calling every intercepted function, traced with `memtap run ./prog`.
+
+tests/programs/alloc_all.c is built here with `cc -O0 -g`.  The C library
+allocates a little on its own (glibc 2.36: pthread_create's calloc(18, 16) for
+the new thread's DTV, through the shim because ld.so uses the interposed
+calloc), so per-allocator numbers are compared with the same program's
+"baseline" mode, which starts and joins the same thread and allocates nothing
+itself.  What the program itself asks for, per call of exercise() (run on the
+main thread and on a pthread, so everything below is doubled):
+
+  malloc         1001, 2002                     count 2  bytes  3003
+  calloc         7 x 111 (the overflowing one fails)  1       777
+  realloc        2002 -> 3003, realloc(NULL, 4004)    2      7007
+                 (realloc(p, 0) frees: nothing allocated)
+  reallocarray   5 x 1001, 6 x 1001 (glibc's reallocarray calls realloc
+                 through the PLT: recorded once, as reallocarray)
+                                                 2     11011
+  posix_memalign 6007 (the EINVAL one fails)     1      6007
+  aligned_alloc  7040                            1      7040
+  memalign       8008                            1      8008
+  valloc         9009                            1      9009
+  pvalloc        10010, page-rounded             1     12288
+  mmap           3 pages + 100 (page-rounded: 4 pages) and mmap64 of 5 pages
+                                                 2     36864
+  mmap_file      2 pages of /proc/self/exe       1      8192
+  mmap_reserve   1 MiB PROT_NONE|MAP_NORESERVE   1   1048576
+(page = 4096 on this machine; computed from os.sysconf below.)
+Failed calls (malloc/mmap of 2^63 bytes, overflowing calloc/reallocarray,
+posix_memalign with alignment 3) record nothing.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    PROGRAMS, TIMEOUT, assert_location, clean_env, describe_locations, line_of,
+    memtap_stats,
+)
+
+SOURCE = PROGRAMS / "alloc_all.c"
+PAGE = os.sysconf("SC_PAGESIZE")
+
+
+def expected_per_exercise():
+    return {
+        "malloc": (2, 1001 + 2002),
+        "calloc": (1, 7 * 111),
+        "realloc": (2, 3003 + 4004),
+        "reallocarray": (2, 5 * 1001 + 6 * 1001),
+        "posix_memalign": (1, 6007),
+        "aligned_alloc": (1, 7040),
+        "memalign": (1, 8008),
+        "valloc": (1, 9009),
+        "pvalloc": (1, -(-10010 // PAGE) * PAGE),
+        "mmap": (2, 4 * PAGE + 5 * PAGE),
+        "mmap_file": (1, 2 * PAGE),
+        "mmap_reserve": (1, 1 << 20),
+    }
+
+
+@pytest.fixture(scope="module")
+def prog(tmp_path_factory):
+    """alloc_all built with `cc -O0 -g` into a temporary directory."""
+    cc = shutil.which("cc")
+    assert cc, "no C compiler (cc) on PATH"
+    d = tmp_path_factory.mktemp("native")
+    exe = d / "alloc_all"
+    subprocess.run([cc, "-O0", "-g", "-pthread", "-o", str(exe), str(SOURCE)],
+                   check=True, timeout=TIMEOUT)
+    return exe
+
+
+def run_prog(memtap, prog, tmp_path, mode, expect_rc=0, extra=()):
+    """`memtap run ./alloc_all MODE` in tmp_path; returns (proc, stats)."""
+    work = tmp_path / mode
+    work.mkdir()
+    shutil.copy2(prog, work / "alloc_all")
+    out = work / "capture.bin"
+    proc = subprocess.run([str(memtap), "run", "-o", str(out), *extra, "./alloc_all", mode],
+                          cwd=work, env=clean_env(), capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == expect_rc, (proc.returncode, proc.stderr.decode(errors="replace"))
+    assert proc.stdout == b"", "alloc_all prints nothing"
+    return proc, memtap_stats(out)
+
+
+def allocator(stats, name):
+    a = stats["allocators"].get(name, {"count": 0, "bytes": 0})
+    return a["count"], a["bytes"]
+
+
+@pytest.fixture(scope="module")
+def baseline(memtap, prog, tmp_path_factory):
+    return run_prog(memtap, prog, tmp_path_factory.mktemp("baseline"), "baseline")[1]
+
+
+def test_every_intercepted_function_exact(memtap, prog, tmp_path, baseline):
+    proc, stats = run_prog(memtap, prog, tmp_path, "all")
+    assert stats["python_version"] is None
+    assert stats["complete"] is True
+    assert stats["exit"] == {"code": 0}
+    got, want = {}, {}
+    for name, (count, nbytes) in expected_per_exercise().items():
+        base = allocator(baseline, name)
+        full = allocator(stats, name)
+        got[name] = (full[0] - base[0], full[1] - base[1])
+        want[name] = (2 * count, 2 * nbytes)  # main thread + pthread
+    assert got == want, "per-allocator (count, bytes) over the baseline run"
+    # nothing under any other name
+    assert set(stats["allocators"]) <= set(expected_per_exercise())
+    # everything the program allocated itself was freed or unmapped
+    assert stats["end_memory_bytes"] == baseline["end_memory_bytes"]
+
+
+def test_baseline_is_only_libc(baseline):
+    # the shim records none of its own allocations: what is left is libc's,
+    # a few hundred bytes, through malloc/calloc only
+    assert baseline["python_version"] is None
+    assert set(baseline["allocators"]) <= {"malloc", "calloc", "realloc"}, baseline["allocators"]
+    assert baseline["total_allocated_bytes"] < 64 * 1024
+
+
+def test_mremap(memtap, prog, tmp_path, baseline):
+    # 4 pages mapped, the 2nd cut out, the 1st grown to 5 pages (may move),
+    # the last two shrunk to one; all left mapped at exit
+    proc, stats = run_prog(memtap, prog, tmp_path, "mremap")
+    live_end = 5 * PAGE + 1 * PAGE
+    live_peak = 5 * PAGE + 2 * PAGE
+    assert stats["end_memory_bytes"] - baseline["end_memory_bytes"] == live_end
+    assert stats["peak_memory_bytes"] >= live_peak
+    assert stats["peak_memory_bytes"] <= live_peak + baseline["peak_memory_bytes"]
+    # NEEDSWORK: the spec does not say how mremap shows in "allocators"; read
+    # like realloc (design.md §2: free(old) + alloc(new), under "mmap"):
+    # mmap 4 pages, then 5 pages, then 1 page
+    count, nbytes = allocator(stats, "mmap")
+    assert (count, nbytes) == (3, 4 * PAGE + 5 * PAGE + 1 * PAGE)
+
+
+def test_native_locations_and_thread_name(memtap, prog, tmp_path):
+    proc, stats = run_prog(memtap, prog, tmp_path, "locations")
+    text = SOURCE.read_text()
+    # innermost frame outside libc and the shim: the caller's own line
+    assert_location(stats, "alloc_all.c", line_of(text, "loc_main"), 3000001, 1, function="main")
+    assert_location(stats, "alloc_all.c", line_of(text, "loc_leaf"), 1000003, 1, function="leaf_alloc")
+    assert_location(stats, "alloc_all.c", line_of(text, "loc_thread"), 2000002, 1, function="loc_worker")
+    rows = stats["top_locations"]
+    assert [(r["line"], r["bytes"]) for r in rows[:3]] == [
+        (line_of(text, "loc_main"), 3000001),
+        (line_of(text, "loc_thread"), 2000002),
+        (line_of(text, "loc_leaf"), 1000003)], describe_locations(stats)
+    assert "mt-worker" in [t["name"] for t in stats["threads"]], stats["threads"]
+    assert len(stats["threads"]) >= 2
+    assert stats["end_memory_bytes"] >= 3000001 + 2000002 + 1000003
+
+
+def test_native_exit_code_preserved(memtap, prog, tmp_path):
+    proc, stats = run_prog(memtap, prog, tmp_path, "exit7", expect_rc=7)
+    assert stats["exit"] == {"code": 7}
+    assert stats["complete"] is True
+    assert stats["python_version"] is None
+
+
+def test_native_default_output_name(memtap, prog, tmp_path):
+    shutil.copy2(prog, tmp_path / "alloc_all")
+    proc = subprocess.run([str(memtap), "run", "./alloc_all", "baseline"], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    caps = sorted(p.name for p in tmp_path.glob("*.bin"))
+    assert len(caps) == 1 and caps[0].startswith("memtap-alloc_all.") and caps[0].endswith(".bin"), caps
+    stats = memtap_stats(tmp_path / caps[0])
+    assert caps[0] == "memtap-alloc_all.%d.bin" % stats["pid"]
