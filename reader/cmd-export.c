@@ -1,0 +1,258 @@
+/* memtap export: the chosen metric's stacks in formats other tools read:
+ *   collapsed   "root;...;leaf BYTES" per stack (flamegraph.pl, inferno...),
+ *               frames as "function (file:line)";
+ *   austin      Austin 3's sample format in full mode,
+ *               "P<pid>;T<iid>:<tid>;file:function:line;... 0,0,BYTES" (time,
+ *               idle, memory) after "# key: value" metadata lines;
+ *   speedscope  speedscope's JSON file format (sampled profiles, unit bytes);
+ *   csv         one row per stack: thread, bytes, count, allocators, the
+ *               innermost location and the whole stack. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "report.h"
+
+static const char usage[] =
+    "memtap export --format collapsed|austin|speedscope|csv FILE [-o OUT] "
+    "[--leaks|--temporary [N]] [--split-threads] [--show-internals]";
+
+enum fmt { F_COLLAPSED, F_AUSTIN, F_SPEEDSCOPE, F_CSV };
+
+/* Writes s with the characters that would break a line-oriented format
+ * (';' separates frames, newlines separate samples) replaced. */
+static void put_clean(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        char c = *s;
+        if (c == ';') c = ',';
+        else if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+        putc(c, f);
+    }
+}
+
+static void put_csv(FILE *f, const char *s)
+{
+    putc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') putc('"', f);
+        putc(*s, f);
+    }
+    putc('"', f);
+}
+
+static uint32_t thread_tid(const struct mt_analysis *a, uint32_t index)
+{
+    for (uint32_t i = 0; i < a->nthreads; i++)
+        if (a->threads[i].index == index) return a->threads[i].tid;
+    return a->nthreads ? a->threads[0].tid : (uint32_t)a->header.pid;
+}
+
+static void write_collapsed(struct mt_report *r, FILE *f, int austin)
+{
+    const struct mt_analysis *a = mt_report_analysis(r);
+    const struct mt_report_opts *o = mt_report_options(r);
+    uint32_t ng;
+    const uint32_t *order = mt_report_sorted_groups(r, &ng);
+    char buf[4096];
+
+    if (austin) {
+        /* "full" mode (time,idle,memory per sample) rather than "memory":
+         * austin-python 2.x reads a lone metric as time, so a memory-mode
+         * file would load as empty memory statistics there. */
+        fputs("# austin: 3.6.0\n# interval: 1\n# mode: full\n", f);
+        fprintf(f, "# memtap: %s\n", mt_metric_name(o->metric));
+        if (a->header.command) {
+            fputs("# command: ", f);
+            put_clean(f, a->header.command);
+            putc('\n', f);
+        }
+        if (a->python_version) fprintf(f, "# python: %s\n", a->python_version);
+        putc('\n', f);
+    }
+    for (uint32_t i = 0; i < ng; i++) {
+        const struct mt_group *g = &a->groups[order[i]];
+        uint64_t bytes = mt_report_bytes(r, g);
+        if (!bytes) continue;
+        const uint32_t *stack;
+        int depth = mt_report_stack(r, g, &stack);
+        if (austin) {
+            /* iid 0: one interpreter; the thread id in hex, as Austin writes it */
+            fprintf(f, "P%d;T0:%x", (int)a->header.pid,
+                    thread_tid(a, o->split_threads ? g->thread : 0));
+            for (int d = depth - 1; d >= 0; d--) {
+                const struct mt_loc *l = mt_report_loc(r, stack[d]);
+                putc(';', f);
+                put_clean(f, l->file[0] ? l->file : l->object[0] ? l->object : "?");
+                putc(':', f);
+                put_clean(f, l->function);
+                fprintf(f, ":%d", (int)l->line);
+            }
+        } else {
+            int first = 1;
+            if (o->split_threads) {
+                put_clean(f, mt_report_loc(r, mt_report_thread_loc(r, g->thread))->function);
+                first = 0;
+            }
+            for (int d = depth - 1; d >= 0; d--) {
+                if (!first) putc(';', f);
+                first = 0;
+                put_clean(f, mt_loc_format(mt_report_loc(r, stack[d]), buf, sizeof buf));
+            }
+        }
+        fprintf(f, austin ? " 0,0,%llu\n" : " %llu\n", (unsigned long long)bytes);
+    }
+}
+
+static void write_speedscope(struct mt_report *r, FILE *f)
+{
+    const struct mt_analysis *a = mt_report_analysis(r);
+    const struct mt_report_opts *o = mt_report_options(r);
+    uint32_t ng;
+    const uint32_t *order = mt_report_sorted_groups(r, &ng);
+    uint32_t nprof = o->split_threads ? (a->nthreads ? a->nthreads : 1) : 1;
+    char name[256];
+
+    /* resolve every stack first so that every location has an id */
+    struct { uint32_t *ids; int n; } *st = calloc(ng + 1, sizeof *st);
+    if (!st) { fputs("memtap: out of memory\n", stderr); exit(1); }
+    for (uint32_t i = 0; i < ng; i++) {
+        const uint32_t *stack;
+        int depth = mt_report_stack(r, &a->groups[order[i]], &stack);
+        st[i].ids = malloc(sizeof *st[i].ids * (size_t)depth);
+        if (!st[i].ids) { fputs("memtap: out of memory\n", stderr); exit(1); }
+        memcpy(st[i].ids, stack, sizeof *stack * (size_t)depth);
+        st[i].n = depth;
+    }
+
+    fputs("{\"$schema\": \"https://www.speedscope.app/file-format-schema.json\",\n", f);
+    fputs("\"exporter\": \"memtap\", \"name\": ", f);
+    snprintf(name, sizeof name, "memtap %s: %s", mt_metric_name(o->metric),
+             a->header.command ? a->header.command : o->file);
+    mt_json_string(f, name);
+    fputs(", \"activeProfileIndex\": 0,\n\"shared\": {\"frames\": [", f);
+    uint32_t nlocs = mt_report_nlocs(r);
+    for (uint32_t id = 0; id < nlocs; id++) {
+        const struct mt_loc *l = mt_report_loc(r, id);
+        fputs(id ? ",\n" : "\n", f);
+        fputs("{\"name\": ", f);
+        mt_json_string(f, l->function);
+        if (l->file[0] || (!l->is_python && l->object[0])) {
+            fputs(", \"file\": ", f);
+            mt_json_string(f, l->file[0] ? l->file : l->object);
+        }
+        if (l->line > 0) fprintf(f, ", \"line\": %d", (int)l->line);
+        putc('}', f);
+    }
+    fputs("]},\n\"profiles\": [", f);
+    for (uint32_t p = 0; p < nprof; p++) {
+        uint32_t tindex = o->split_threads && a->nthreads ? a->threads[p].index : 0;
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < ng; i++) {
+            const struct mt_group *g = &a->groups[order[i]];
+            if (!o->split_threads || g->thread == tindex) sum += mt_report_bytes(r, g);
+        }
+        if (o->split_threads)
+            snprintf(name, sizeof name, "%s (%s)", mt_metric_name(o->metric),
+                     mt_analysis_thread_name(a, tindex));
+        else
+            snprintf(name, sizeof name, "%s", mt_metric_name(o->metric));
+        fputs(p ? ",\n{" : "\n{", f);
+        fputs("\"type\": \"sampled\", \"name\": ", f);
+        mt_json_string(f, name);
+        fprintf(f, ", \"unit\": \"bytes\", \"startValue\": 0, \"endValue\": %llu,\n\"samples\": [",
+                (unsigned long long)sum);
+        int first = 1;
+        for (uint32_t i = 0; i < ng; i++) {
+            const struct mt_group *g = &a->groups[order[i]];
+            if (o->split_threads && g->thread != tindex) continue;
+            fputs(first ? "[" : ",\n[", f);
+            first = 0;
+            for (int d = st[i].n - 1; d >= 0; d--)
+                fprintf(f, "%u%s", st[i].ids[d], d ? "," : "");
+            putc(']', f);
+        }
+        fputs("],\n\"weights\": [", f);
+        first = 1;
+        for (uint32_t i = 0; i < ng; i++) {
+            const struct mt_group *g = &a->groups[order[i]];
+            if (o->split_threads && g->thread != tindex) continue;
+            fprintf(f, "%s%llu", first ? "" : ",", (unsigned long long)mt_report_bytes(r, g));
+            first = 0;
+        }
+        fputs("]}", f);
+    }
+    fputs("]}\n", f);
+    for (uint32_t i = 0; i < ng; i++) free(st[i].ids);
+    free(st);
+}
+
+static void write_csv(struct mt_report *r, FILE *f)
+{
+    const struct mt_analysis *a = mt_report_analysis(r);
+    uint32_t ng;
+    const uint32_t *order = mt_report_sorted_groups(r, &ng);
+    char buf[4096], al[256];
+
+    fputs("thread,bytes,count,allocators,function,file,line,stack\n", f);
+    for (uint32_t i = 0; i < ng; i++) {
+        const struct mt_group *g = &a->groups[order[i]];
+        const uint32_t *stack;
+        int depth = mt_report_stack(r, g, &stack);
+        const struct mt_loc *leaf = mt_report_loc(r, stack[0]);
+        put_csv(f, mt_report_options(r)->split_threads ? mt_analysis_thread_name(a, g->thread)
+                                                        : "all");
+        fprintf(f, ",%llu,%llu,", (unsigned long long)mt_report_bytes(r, g),
+                (unsigned long long)mt_report_count(r, g));
+        put_csv(f, mt_allocators_format(g->allocators, al, sizeof al));
+        putc(',', f);
+        put_csv(f, leaf->function);
+        putc(',', f);
+        put_csv(f, leaf->file[0] ? leaf->file : leaf->object);
+        fprintf(f, ",%d,\"", (int)leaf->line);
+        for (int d = depth - 1; d >= 0; d--) {
+            mt_loc_format(mt_report_loc(r, stack[d]), buf, sizeof buf);
+            for (const char *s = buf; *s; s++) {
+                if (*s == '"') putc('"', f);
+                putc(*s == ';' ? ',' : *s, f);
+            }
+            if (d) putc(';', f);
+        }
+        fputs("\"\n", f);
+    }
+}
+
+int cmd_export(int argc, char **argv)
+{
+    struct mt_report_opts o;
+    enum fmt fmt;
+    int rc = mt_report_parse_args(argc, argv,
+                                  MT_O_METRIC | MT_O_OUTPUT | MT_O_FORMAT | MT_O_SPLIT,
+                                  usage, &o);
+    if (rc >= 0) return rc;
+    if (!o.format) {
+        fprintf(stderr, "memtap export: no --format given\nusage: %s\n", usage);
+        return 2;
+    }
+    if (!strcmp(o.format, "collapsed")) fmt = F_COLLAPSED;
+    else if (!strcmp(o.format, "austin")) fmt = F_AUSTIN;
+    else if (!strcmp(o.format, "speedscope")) fmt = F_SPEEDSCOPE;
+    else if (!strcmp(o.format, "csv")) fmt = F_CSV;
+    else {
+        fprintf(stderr, "memtap export: unknown format '%s' (collapsed, austin, speedscope "
+                "or csv)\n", o.format);
+        return 2;
+    }
+    struct mt_report *r = mt_report_open(&o);
+    if (!r) return 1;
+    FILE *f = mt_output_open(&o, "-");
+    if (!f) { mt_report_free(r); return 1; }
+    switch (fmt) {
+    case F_COLLAPSED: write_collapsed(r, f, 0); break;
+    case F_AUSTIN: write_collapsed(r, f, 1); break;
+    case F_SPEEDSCOPE: write_speedscope(r, f); break;
+    case F_CSV: write_csv(r, f); break;
+    }
+    rc = mt_output_close(f, o.output ? o.output : "-") ? 1 : 0;
+    mt_report_free(r);
+    return rc;
+}
