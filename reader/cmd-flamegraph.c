@@ -82,30 +82,9 @@ static int fill(FILE *f, const char *name, void *arg)
         return 0;
     }
     if (strcmp(name, "DATA")) return -1;
-    fprintf(f, "{\"mode\": \"%s\", \"inverted\": %s, \"split_threads\": %s, \"command\": ",
-            mt_metric_name(o->metric), o->inverted ? "true" : "false",
-            o->split_threads ? "true" : "false");
-    mt_json_html_string(f, a->header.command ? a->header.command : "");
-    fprintf(f, ", \"pid\": %d, \"python\": ", (int)a->header.pid);
-    mt_json_html_string(f, a->python_version ? a->python_version : "");
-    fprintf(f, ", \"peak_bytes\": %llu, \"peak_time_us\": %llu, \"peak_rss_bytes\": %llu, "
-               "\"allocations\": %llu, \"complete\": %s, \"warning\": ",
-            (unsigned long long)a->peak_bytes, (unsigned long long)a->peak_time_us,
-            (unsigned long long)a->peak_rss_bytes, (unsigned long long)a->total_allocations,
-            a->complete ? "true" : "false");
-    if (!a->complete) {
-        char w[160];
-        snprintf(w, sizeof w, "Incomplete capture (truncated at byte %llu): the program or "
-                 "the collector was killed. Showing what it holds.",
-                 (unsigned long long)a->stop_offset);
-        mt_json_html_string(f, w);
-    } else if (a->trailer.exit.signal) {
-        char w[120];
-        snprintf(w, sizeof w, "The program was killed by signal %d.", a->trailer.exit.signal);
-        mt_json_html_string(f, w);
-    } else {
-        fputs("\"\"", f);
-    }
+    fprintf(f, "{\"inverted\": %s, \"split_threads\": %s, ",
+            o->inverted ? "true" : "false", o->split_threads ? "true" : "false");
+    mt_report_json_meta(g->r, f);
     fputs(",\n\"samples\": [", f);
     for (uint32_t i = 0; i < a->nsamples; i++)
         fprintf(f, "%s[%llu,%llu,%llu]", i ? "," : "",

@@ -1128,3 +1128,27 @@ void mt_report_json_locs(struct mt_report *r, FILE *f, int html)
     fputs("]", f);
     free(keys); free(vals); free(idx);
 }
+
+void mt_report_json_meta(struct mt_report *r, FILE *f)
+{
+    const struct mt_analysis *a = r->a;
+    char w[200];
+
+    fprintf(f, "\"mode\": \"%s\", \"command\": ", mt_metric_name(r->o.metric));
+    json_str(f, a->header.command ? a->header.command : "", 1);
+    fprintf(f, ", \"pid\": %d, \"python\": ", (int)a->header.pid);
+    json_str(f, a->python_version ? a->python_version : "", 1);
+    fprintf(f, ", \"peak_bytes\": %llu, \"peak_time_us\": %llu, \"peak_rss_bytes\": %llu, "
+               "\"allocations\": %llu, \"complete\": %s, \"warning\": ",
+            (unsigned long long)a->peak_bytes, (unsigned long long)a->peak_time_us,
+            (unsigned long long)a->peak_rss_bytes, (unsigned long long)a->total_allocations,
+            a->complete ? "true" : "false");
+    w[0] = 0;
+    if (!a->complete)
+        snprintf(w, sizeof w, "Incomplete capture (truncated at byte %llu): the program or "
+                 "the collector was killed. Showing what it holds.",
+                 (unsigned long long)a->stop_offset);
+    else if (a->trailer.exit.signal)
+        snprintf(w, sizeof w, "The program was killed by signal %d.", a->trailer.exit.signal);
+    json_str(f, w, 1);
+}

@@ -117,6 +117,11 @@ uint32_t mt_report_thread_loc(struct mt_report *r, uint32_t thread);
  * the HTML reports and exports; escapes '<' when html. */
 void mt_report_json_locs(struct mt_report *r, FILE *f, int html);
 
+/* Writes `"mode": ..., "command": ..., "pid", "python", "peak_bytes",
+ * "peak_time_us", "peak_rss_bytes", "allocations", "complete", "warning"`
+ * (no braces; '<' escaped) for the HTML reports. */
+void mt_report_json_meta(struct mt_report *r, FILE *f);
+
 /* "function (file:line)", "function (file)" or "function" into buf.
  * @return buf. */
 char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap);
