@@ -1,0 +1,63 @@
+# memtap's front door. `make` installs missing Debian build dependencies
+# (as root; otherwise it prints the command), configures with meson and
+# builds into build/. `make demo` traces a bundled example and reports on
+# it; `make test` runs every test.
+PREFIX ?= /usr/local
+BUILD ?= build
+PYTHON ?= python3
+DEBIAN_DEPS := gcc pkg-config meson ninja-build libunwind-dev liblz4-dev \
+               libdw-dev python3-dev python3-venv
+TEST_VENV := $(BUILD)/test-venv
+
+.PHONY: all deps demo test unit integration install sanitize clean
+
+all: $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+deps:
+	@missing=$$(for p in $(DEBIAN_DEPS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing: $$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing >/dev/null || \
+	    { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; \
+	  else \
+	    echo "memtap needs: sudo apt-get install -y $$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD)/build.ninja: meson.build | deps
+	meson setup --reconfigure $(BUILD) >/dev/null 2>&1 || meson setup $(BUILD)
+
+demo: all
+	@rm -f $(BUILD)/demo.bin
+	$(BUILD)/memtap run -o $(BUILD)/demo.bin -f examples/demo.py
+	$(BUILD)/memtap stats $(BUILD)/demo.bin
+	@if [ -x "$$(command -v true)" ] && $(BUILD)/memtap summary --help >/dev/null 2>&1; then \
+	  $(BUILD)/memtap summary $(BUILD)/demo.bin; fi
+
+$(TEST_VENV)/bin/pytest:
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install -q pytest
+
+unit: all
+	meson test -C $(BUILD) --print-errorlogs
+
+integration: all $(TEST_VENV)/bin/pytest
+	MEMTAP_BUILD=$(abspath $(BUILD)) $(TEST_VENV)/bin/pytest -q tests/integration
+
+test: unit integration
+
+install: all
+	meson configure $(BUILD) --prefix=$(PREFIX) >/dev/null
+	meson install -C $(BUILD)
+
+sanitize:
+	$(MAKE) BUILD=build-sanitize all
+	meson configure build-sanitize -Db_sanitize=address,undefined >/dev/null
+	$(MAKE) BUILD=build-sanitize test
+
+clean:
+	rm -rf $(BUILD) build-sanitize

@@ -1,0 +1,278 @@
+/* The interposed functions. Each one forwards to the real function and
+ * reports to the tracker (preload/tracker.h); the logic lives there.
+ *
+ * Until the real functions are found, dlsym's own calloc is served from a
+ * static bootstrap arena, whose blocks are never passed to the real free. */
+/* mmap and mmap64 are both interposed: keep their names apart. */
+#undef _FILE_OFFSET_BITS
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include "../src/format.h"
+#include "real.h"
+#include "tracker.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+struct mt_real mt_real;
+
+/* ---- bootstrap ------------------------------------------------------- */
+
+static _Alignas(64) uint8_t bootstrap[64 * 1024];
+static size_t bootstrap_used;
+static int resolving;
+
+static int bootstrap_owns(const void *p)
+{
+    return (const uint8_t *)p >= bootstrap &&
+           (const uint8_t *)p < bootstrap + sizeof bootstrap;
+}
+
+static void *bootstrap_alloc(size_t size)
+{
+    size_t at = (__atomic_fetch_add(&bootstrap_used, (size + 15) & ~(size_t)15,
+                                    __ATOMIC_RELAXED));
+    if (at + size > sizeof bootstrap)
+        return NULL;
+    return bootstrap + at;  /* static storage: already zero */
+}
+
+void mt_real_resolve(void)
+{
+    if (mt_real.free)
+        return;
+    resolving = 1;
+#define R(name) mt_real.name = (__typeof__(mt_real.name))dlsym(RTLD_NEXT, #name)
+    R(malloc); R(calloc); R(realloc); R(reallocarray); R(posix_memalign);
+    R(aligned_alloc); R(memalign); R(valloc); R(pvalloc);
+    R(mmap); R(mmap64); R(munmap); R(mremap); R(prctl); R(pthread_setname_np);
+#undef R
+    __atomic_store_n(&mt_real.free, (void (*)(void *))dlsym(RTLD_NEXT, "free"),
+                     __ATOMIC_RELEASE);
+    resolving = 0;
+}
+
+static inline int ready(void)
+{
+    if (__builtin_expect(mt_real.free != NULL, 1))
+        return 1;
+    if (resolving)
+        return 0;
+    mt_real_resolve();
+    return mt_real.free != NULL;
+}
+
+/* ---- the free family ------------------------------------------------- */
+
+EXPORT void *malloc(size_t size)
+{
+    if (!ready())
+        return bootstrap_alloc(size);
+    struct mt_thread *t = mt_enter();
+    void *p = mt_real.malloc(size);
+    mt_record_alloc(t, MT_A_MALLOC, p, size);
+    return p;
+}
+
+EXPORT void free(void *ptr)
+{
+    if (ptr == NULL || bootstrap_owns(ptr))
+        return;
+    struct mt_thread *t = mt_enter();
+    /* The number is taken before the block goes back: once freed, another
+     * thread may be handed the same address and must come after us. */
+    uint64_t seq = mt_order(t);
+    mt_real.free(ptr);
+    mt_record_free(t, seq, ptr);
+}
+
+EXPORT void *calloc(size_t n, size_t size)
+{
+    if (!ready())
+        return bootstrap_alloc(n * size);
+    struct mt_thread *t = mt_enter();
+    void *p = mt_real.calloc(n, size);
+    size_t bytes;
+    if (__builtin_mul_overflow(n, size, &bytes))
+        bytes = 0;  /* the real calloc failed: nothing is recorded */
+    mt_record_alloc(t, MT_A_CALLOC, p, bytes);
+    return p;
+}
+
+static void *realloc_bootstrapped(void *old, size_t size)
+{
+    void *p = malloc(size);
+    if (p && old)
+        memcpy(p, old, size < (size_t)(bootstrap + sizeof bootstrap - (uint8_t *)old)
+                           ? size : (size_t)(bootstrap + sizeof bootstrap - (uint8_t *)old));
+    return p;
+}
+
+EXPORT void *realloc(void *old, size_t size)
+{
+    if (!ready())
+        return bootstrap_alloc(size);
+    if (bootstrap_owns(old))
+        return realloc_bootstrapped(old, size);
+    struct mt_thread *t = mt_enter();
+    uint64_t seq = mt_order(t);  /* old may be freed inside: see free() */
+    void *p = mt_real.realloc(old, size);
+    mt_record_realloc(t, seq, MT_A_REALLOC, old, p, size);
+    return p;
+}
+
+EXPORT void *reallocarray(void *old, size_t n, size_t size)
+{
+    size_t bytes;
+    if (!ready() || bootstrap_owns(old)) {
+        if (__builtin_mul_overflow(n, size, &bytes)) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        return realloc(old, bytes);
+    }
+    struct mt_thread *t = mt_enter();
+    uint64_t seq = mt_order(t);
+    void *p = mt_real.reallocarray(old, n, size);
+    if (__builtin_mul_overflow(n, size, &bytes))
+        bytes = 0;
+    mt_record_realloc(t, seq, MT_A_REALLOCARRAY, old, p, bytes);
+    return p;
+}
+
+EXPORT int posix_memalign(void **out, size_t align, size_t size)
+{
+    if (!ready())
+        return ENOMEM;
+    struct mt_thread *t = mt_enter();
+    int rc = mt_real.posix_memalign(out, align, size);
+    mt_record_alloc(t, MT_A_POSIX_MEMALIGN, rc == 0 ? *out : NULL, size);
+    return rc;
+}
+
+EXPORT void *aligned_alloc(size_t align, size_t size)
+{
+    if (!ready())
+        return NULL;
+    struct mt_thread *t = mt_enter();
+    void *p = mt_real.aligned_alloc(align, size);
+    mt_record_alloc(t, MT_A_ALIGNED_ALLOC, p, size);
+    return p;
+}
+
+EXPORT void *memalign(size_t align, size_t size)
+{
+    if (!ready())
+        return NULL;
+    struct mt_thread *t = mt_enter();
+    void *p = mt_real.memalign(align, size);
+    mt_record_alloc(t, MT_A_MEMALIGN, p, size);
+    return p;
+}
+
+EXPORT void *valloc(size_t size)
+{
+    if (!ready())
+        return NULL;
+    struct mt_thread *t = mt_enter();
+    void *p = mt_real.valloc(size);
+    mt_record_alloc(t, MT_A_VALLOC, p, size);
+    return p;
+}
+
+EXPORT void *pvalloc(size_t size)
+{
+    if (!ready())
+        return NULL;
+    struct mt_thread *t = mt_enter();
+    void *p = mt_real.pvalloc(size);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    mt_record_alloc(t, MT_A_PVALLOC, p, (size + page - 1) & ~(page - 1));
+    return p;
+}
+
+/* ---- mappings -------------------------------------------------------- */
+
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    if (!ready())
+        return mt_raw_mmap(addr, len, prot, flags, fd, off);
+    struct mt_thread *t = mt_enter();
+    void *p = mt_real.mmap(addr, len, prot, flags, fd, off);
+    mt_record_mmap(t, p, len, prot, flags);
+    return p;
+}
+
+EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    if (!ready())
+        return mt_raw_mmap(addr, len, prot, flags, fd, off);
+    struct mt_thread *t = mt_enter();
+    void *p = mt_real.mmap64(addr, len, prot, flags, fd, off);
+    mt_record_mmap(t, p, len, prot, flags);
+    return p;
+}
+
+EXPORT int munmap(void *addr, size_t len)
+{
+    if (!ready())
+        return mt_raw_munmap(addr, len);
+    struct mt_thread *t = mt_enter();
+    uint64_t seq = mt_order(t);  /* the range may be reused at once */
+    int rc = mt_real.munmap(addr, len);
+    mt_record_munmap(t, seq, addr, len, rc == 0);
+    return rc;
+}
+
+EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+    void *want = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        want = va_arg(ap, void *);
+        va_end(ap);
+    }
+    if (!ready())
+        return MAP_FAILED;
+    struct mt_thread *t = mt_enter();
+    uint64_t seq = mt_order(t);
+    void *p = mt_real.mremap(old, old_len, new_len, flags, want);
+    mt_record_mremap(t, seq, old, old_len, p, new_len);
+    return p;
+}
+
+/* ---- thread names ---------------------------------------------------- */
+
+EXPORT int prctl(int option, ...)
+{
+    va_list ap;
+    va_start(ap, option);
+    unsigned long a2 = va_arg(ap, unsigned long), a3 = va_arg(ap, unsigned long);
+    unsigned long a4 = va_arg(ap, unsigned long), a5 = va_arg(ap, unsigned long);
+    va_end(ap);
+    if (!ready())
+        return -1;
+    int rc = mt_real.prctl(option, a2, a3, a4, a5);
+    if (rc == 0 && option == PR_SET_NAME)
+        mt_record_thread_name(mt_enter(), (const char *)a2);
+    return rc;
+}
+
+EXPORT int pthread_setname_np(pthread_t thread, const char *name)
+{
+    if (!ready())
+        return ENOSYS;
+    int rc = mt_real.pthread_setname_np(thread, name);
+    if (rc == 0 && pthread_equal(thread, pthread_self()))
+        mt_record_thread_name(mt_enter(), name);
+    return rc;
+}

@@ -1,0 +1,698 @@
+/* The shim's core: per-thread state, stack tries, the rings it fills.
+ * Runs inside allocation hooks: no malloc, no stdio, no lock shared with
+ * other threads on the hot path. See preload/tracker.h for the protocol. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../src/format.h"
+#include "../src/transport.h"
+#include "native.h"
+#include "pystack.h"
+#include "real.h"
+#include "tracker.h"
+
+#define MT_MAX_PY 2048
+#define MT_MAX_NATIVE 512
+#define MT_STARTING ((struct mt_thread *)1)  /* mt_self while it is built */
+#define MT_GONE ((struct mt_thread *)2)      /* the thread ended, or no slot */
+
+/* One entry of a thread's last stack, outermost first. */
+struct cached_frame {
+    uint64_t a;       /* code object address or return address */
+    uint32_t b;       /* instruction offset (Python) */
+    uint32_t flags;
+    uint32_t node;    /* trie node of the stack up to and including it */
+};
+
+/* Open-addressing tables in the tracker's own mappings. */
+struct node_entry { uint64_t a; uint32_t parent, b, flags, id; };
+struct node_table { struct node_entry *e; uint32_t cap, used, next_id; };
+struct code_entry { uint64_t addr, fingerprint; uint32_t id, pad; };
+struct code_table { struct code_entry *e; uint32_t cap, used, next_id; };
+
+struct mt_thread {
+    int busy;                       /* the re-entry guard */
+    unsigned slot;
+    uint8_t *ring;
+    uint64_t head, tail_seen;
+    struct node_table pynodes, nativenodes;
+    struct code_table codes;
+    uint32_t npy, nnative;
+    struct cached_frame py[MT_MAX_PY];
+    struct cached_frame native[MT_MAX_NATIVE];
+    struct mt_pyframe walk[MT_MAX_PY];
+    uintptr_t ips[MT_MAX_NATIVE];
+    char scratch[4096];
+};
+
+static __thread struct mt_thread *mt_self
+    __attribute__((tls_model("initial-exec")));
+
+static struct mt_shm *shm;
+static int active;              /* recording; 0 in forked children */
+static int python;              /* the frame walker is usable */
+static int native;              /* record native stacks */
+static int ended;               /* the END marker was written */
+static pthread_key_t thread_key;
+static uintptr_t self_lo, self_hi;  /* the shim's own code, cut from stacks */
+
+/* ---- failure --------------------------------------------------------- */
+
+static void say(const char *msg)
+{
+    ssize_t rc = write(2, msg, strlen(msg));
+    (void)rc;
+}
+
+static void stop_tracking(const char *why)
+{
+    if (__atomic_exchange_n(&active, 0, __ATOMIC_RELAXED)) {
+        say("memtap: ");
+        say(why);
+        say("; tracking stopped, the program continues\n");
+        if (shm)
+            atomic_store(&shm->disabled, 1);
+    }
+}
+
+/* ---- rings ----------------------------------------------------------- */
+
+static int collector_alive(void)
+{
+    return getppid() == shm->collector_pid;
+}
+
+/* Room for len contiguous bytes in the thread's ring; waits for the
+ * collector when the ring is full (design.md §1: never drop silently).
+ * @return NULL when the collector is gone. */
+static void *ring_reserve(struct mt_thread *t, uint32_t len)
+{
+    struct mt_slot *s = &shm->slots[t->slot];
+    uint64_t pos = t->head & (MT_RING_BYTES - 1);
+    uint64_t pad = MT_RING_BYTES - pos < len ? MT_RING_BYTES - pos : 0;
+    unsigned spins = 0;
+    while (t->head + pad + len - t->tail_seen > MT_RING_BYTES) {
+        t->tail_seen = atomic_load_explicit(&s->tail, memory_order_acquire);
+        if (t->head + pad + len - t->tail_seen <= MT_RING_BYTES)
+            break;
+        if (++spins < 64) {
+            sched_yield();
+            continue;
+        }
+        if ((spins & 1023) == 0 && !collector_alive()) {
+            stop_tracking("the collector is gone");
+            return NULL;
+        }
+        struct timespec ts = {0, 50 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (pad) {
+        struct mt_rhdr *h = (struct mt_rhdr *)(t->ring + pos);
+        h->type = MT_R_PAD;
+        h->kind = 0;
+        h->len = (uint32_t)pad;
+        t->head += pad;
+    }
+    return t->ring + (t->head & (MT_RING_BYTES - 1));
+}
+
+static void ring_commit(struct mt_thread *t, uint32_t len)
+{
+    t->head += len;
+    atomic_store_explicit(&shm->slots[t->slot].head, t->head,
+                          memory_order_release);
+}
+
+static uint32_t align8(size_t n)
+{
+    return (uint32_t)((n + 7) & ~(size_t)7);
+}
+
+/* ---- tables ---------------------------------------------------------- */
+
+static void *table_map(size_t bytes)
+{
+    void *p = mt_raw_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
+static int node_table_grow(struct node_table *t)
+{
+    uint32_t cap = t->cap ? t->cap * 2 : 4096;
+    struct node_entry *e = table_map((size_t)cap * sizeof *e);
+    if (!e)
+        return -1;
+    for (uint32_t i = 0; i < t->cap; i++) {
+        struct node_entry *o = &t->e[i];
+        if (!o->id)
+            continue;
+        uint64_t j = mix(o->a ^ ((uint64_t)o->parent << 32) ^ o->b) & (cap - 1);
+        while (e[j].id)
+            j = (j + 1) & (cap - 1);
+        e[j] = *o;
+    }
+    if (t->e)
+        mt_raw_munmap(t->e, (size_t)t->cap * sizeof *t->e);
+    t->e = e;
+    t->cap = cap;
+    return 0;
+}
+
+/* The id of node (parent, a, b, flags) in this thread's trie; a new id is
+ * announced to the collector with a node record first. 0 on failure. */
+static uint32_t node_intern(struct mt_thread *th, struct node_table *t,
+                            uint16_t type, uint32_t parent, uint64_t a,
+                            uint32_t b, uint32_t flags)
+{
+    if (t->used * 2 >= t->cap && node_table_grow(t) < 0)
+        return 0;
+    uint64_t j = mix(a ^ ((uint64_t)parent << 32) ^ b) & (t->cap - 1);
+    for (; t->e[j].id; j = (j + 1) & (t->cap - 1)) {
+        struct node_entry *e = &t->e[j];
+        if (e->a == a && e->parent == parent && e->b == b && e->flags == flags)
+            return e->id;
+    }
+    struct mt_rnode *r = ring_reserve(th, sizeof *r);
+    if (!r)
+        return 0;
+    uint32_t id = ++t->next_id;
+    t->e[j] = (struct node_entry){a, parent, b, flags, id};
+    t->used++;
+    *r = (struct mt_rnode){{type, 0, sizeof *r}, id, parent, a, b, flags};
+    ring_commit(th, sizeof *r);
+    return id;
+}
+
+static int code_table_grow(struct code_table *t)
+{
+    uint32_t cap = t->cap ? t->cap * 2 : 1024;
+    struct code_entry *e = table_map((size_t)cap * sizeof *e);
+    if (!e)
+        return -1;
+    for (uint32_t i = 0; i < t->cap; i++) {
+        if (!t->e[i].id)
+            continue;
+        uint64_t j = mix(t->e[i].addr) & (cap - 1);
+        while (e[j].id)
+            j = (j + 1) & (cap - 1);
+        e[j] = t->e[i];
+    }
+    if (t->e)
+        mt_raw_munmap(t->e, (size_t)t->cap * sizeof *t->e);
+    t->e = e;
+    t->cap = cap;
+    return 0;
+}
+
+static int code_announce(struct mt_thread *th, uint32_t id, const void *code)
+{
+    struct mt_code_view v;
+    if (mt_py_code_view(code, &v, th->scratch, sizeof th->scratch) < 0)
+        memset(&v, 0, sizeof v);
+    if (v.linetable_len > MT_RING_BYTES / 8)  /* pathological: keep names */
+        v.linetable_len = 0;
+    size_t len = sizeof(struct mt_rcode) + v.name_len + v.qualname_len +
+                 v.filename_len + v.linetable_len;
+    uint32_t total = align8(len);
+    struct mt_rcode *r = ring_reserve(th, total);
+    if (!r)
+        return -1;
+    *r = (struct mt_rcode){{MT_R_CODE, 0, total}, id, v.firstlineno,
+                           (uint32_t)v.name_len, (uint32_t)v.qualname_len,
+                           (uint32_t)v.filename_len, (uint32_t)v.linetable_len,
+                           v.linetable_format, {0}};
+    uint8_t *p = (uint8_t *)(r + 1);
+    memcpy(p, v.name, v.name_len), p += v.name_len;
+    memcpy(p, v.qualname, v.qualname_len), p += v.qualname_len;
+    memcpy(p, v.filename, v.filename_len), p += v.filename_len;
+    memcpy(p, v.linetable, v.linetable_len);
+    ring_commit(th, total);
+    return 0;
+}
+
+/* This thread's id for a code object; announces new (or reused-address)
+ * objects. 0 on failure. */
+static uint32_t code_intern(struct mt_thread *th, const void *code)
+{
+    struct code_table *t = &th->codes;
+    if (t->used * 2 >= t->cap && code_table_grow(t) < 0)
+        return 0;
+    uint64_t fp = mt_py_code_fingerprint(code);
+    uint64_t j = mix((uintptr_t)code) & (t->cap - 1);
+    for (; t->e[j].id; j = (j + 1) & (t->cap - 1))
+        if (t->e[j].addr == (uintptr_t)code)
+            break;
+    struct code_entry *e = &t->e[j];
+    if (e->id && e->fingerprint == fp)
+        return e->id;
+    uint32_t id = ++t->next_id;
+    if (code_announce(th, id, code) < 0)
+        return 0;
+    if (!e->id)
+        t->used++;
+    *e = (struct code_entry){(uintptr_t)code, fp, id, 0};
+    return id;
+}
+
+/* ---- stacks ---------------------------------------------------------- */
+
+/* Brings the cached stack up to date with the frames just walked
+ * (frames[0] innermost) and returns the leaf node. Only frames that differ
+ * from the previous stack, counted from the outermost, cost a lookup. */
+static uint32_t python_stack(struct mt_thread *t)
+{
+    int n = mt_py_walk(t->walk, MT_MAX_PY);
+    uint32_t k = 0, lim = (uint32_t)n < t->npy ? (uint32_t)n : t->npy;
+    while (k < lim) {
+        const struct mt_pyframe *f = &t->walk[n - 1 - k];
+        const struct cached_frame *c = &t->py[k];
+        if (c->a != (uintptr_t)f->code || c->b != f->instr || c->flags != f->flags)
+            break;
+        k++;
+    }
+    for (uint32_t i = k; i < (uint32_t)n; i++) {
+        const struct mt_pyframe *f = &t->walk[n - 1 - i];
+        uint32_t code = code_intern(t, f->code);
+        uint32_t node = code ? node_intern(t, &t->pynodes, MT_R_PYNODE,
+                                           i ? t->py[i - 1].node : 0, code,
+                                           f->instr, f->flags)
+                             : 0;
+        if (!node) {
+            t->npy = i;
+            return i ? t->py[i - 1].node : 0;
+        }
+        t->py[i] = (struct cached_frame){(uintptr_t)f->code, f->instr,
+                                         f->flags, node};
+    }
+    t->npy = (uint32_t)n;
+    return n ? t->py[n - 1].node : 0;
+}
+
+static void object_announce(const struct mt_object_view *v, void *arg)
+{
+    struct mt_thread *t = arg;
+    size_t len = sizeof(struct mt_robject) + v->path_len + v->build_id_len +
+                 (size_t)v->nsegments * 16;
+    uint32_t total = align8(len);
+    struct mt_robject *r = ring_reserve(t, total);
+    if (!r)
+        return;
+    *r = (struct mt_robject){{MT_R_OBJECT, 0, total}, v->base,
+                             (uint32_t)v->path_len, (uint32_t)v->build_id_len,
+                             v->nsegments, 0};
+    uint8_t *p = (uint8_t *)(r + 1);
+    memcpy(p, v->path, v->path_len), p += v->path_len;
+    memcpy(p, v->build_id, v->build_id_len), p += v->build_id_len;
+    for (uint32_t i = 0; i < v->nsegments; i++) {
+        memcpy(p, &v->seg[i].vaddr, 8);
+        memcpy(p + 8, &v->seg[i].memsz, 8);
+        p += 16;
+    }
+    ring_commit(t, total);
+}
+
+static uint32_t native_stack(struct mt_thread *t)
+{
+    if (mt_native_objects_changed())
+        mt_native_objects_each(object_announce, t);
+    int got = mt_native_backtrace(t->ips, MT_MAX_NATIVE, 0);
+    int skip = 0;
+    while (skip < got && t->ips[skip] >= self_lo && t->ips[skip] < self_hi)
+        skip++;
+    uint32_t n = (uint32_t)(got - skip);
+    const uintptr_t *ips = t->ips + skip;
+    uint32_t k = 0, lim = n < t->nnative ? n : t->nnative;
+    while (k < lim && t->native[k].a == ips[n - 1 - k])
+        k++;
+    for (uint32_t i = k; i < n; i++) {
+        uint32_t node = node_intern(t, &t->nativenodes, MT_R_NATIVENODE,
+                                    i ? t->native[i - 1].node : 0,
+                                    ips[n - 1 - i], 0, 0);
+        if (!node) {
+            t->nnative = i;
+            return i ? t->native[i - 1].node : 0;
+        }
+        t->native[i] = (struct cached_frame){ips[n - 1 - i], 0, 0, node};
+    }
+    t->nnative = n;
+    return n ? t->native[n - 1].node : 0;
+}
+
+/* ---- threads --------------------------------------------------------- */
+
+static void thread_announce(struct mt_thread *t, const char *name)
+{
+    size_t nlen = strnlen(name, 64);
+    uint32_t total = align8(sizeof(struct mt_rthread) + nlen);
+    struct mt_rthread *r = ring_reserve(t, total);
+    if (!r)
+        return;
+    *r = (struct mt_rthread){{MT_R_THREAD, 0, total}, (uint32_t)gettid(),
+                             (uint32_t)nlen};
+    memcpy(r + 1, name, nlen);
+    ring_commit(t, total);
+}
+
+static void thread_end(void *arg)
+{
+    struct mt_thread *t = arg;
+    mt_self = MT_GONE;
+    atomic_store_explicit(&shm->slots[t->slot].state, MT_SLOT_CLOSED,
+                          memory_order_release);
+    if (t->pynodes.e)
+        mt_raw_munmap(t->pynodes.e, (size_t)t->pynodes.cap * sizeof(struct node_entry));
+    if (t->nativenodes.e)
+        mt_raw_munmap(t->nativenodes.e, (size_t)t->nativenodes.cap * sizeof(struct node_entry));
+    if (t->codes.e)
+        mt_raw_munmap(t->codes.e, (size_t)t->codes.cap * sizeof(struct code_entry));
+    mt_raw_munmap(t, sizeof *t);
+}
+
+static int slot_claim(void)
+{
+    unsigned start = (unsigned)gettid() % MT_SLOTS;
+    for (unsigned i = 0; i < MT_SLOTS; i++) {
+        unsigned s = (start + i) % MT_SLOTS;
+        uint32_t want = MT_SLOT_FREE;
+        if (atomic_compare_exchange_strong(&shm->slots[s].state, &want,
+                                           MT_SLOT_OWNED))
+            return (int)s;
+    }
+    return -1;
+}
+
+static struct mt_thread *thread_start(void)
+{
+    mt_self = MT_STARTING;  /* our own calls below are not recorded */
+    struct mt_thread *t = table_map(sizeof *t);
+    int slot = t ? slot_claim() : -1;
+    if (slot < 0) {
+        static int told;
+        if (t)
+            mt_raw_munmap(t, sizeof *t);
+        if (!__atomic_exchange_n(&told, 1, __ATOMIC_RELAXED))
+            say(slot < 0 && t ? "memtap: too many threads at once; "
+                                "threads beyond " "256" " are not recorded\n"
+                              : "memtap: out of memory for a thread's state\n");
+        mt_self = MT_GONE;
+        return NULL;
+    }
+    t->slot = (unsigned)slot;
+    t->ring = mt_shm_ring(shm, (unsigned)slot);
+    t->head = t->tail_seen = atomic_load(&shm->slots[slot].head);
+    shm->slots[slot].tid = (uint32_t)gettid();
+    t->busy = 1;
+    pthread_setspecific(thread_key, t);
+    char name[17] = {0};
+    if (syscall(SYS_prctl, PR_GET_NAME, name, 0, 0, 0) != 0)
+        name[0] = 0;
+    thread_announce(t, name);
+    mt_self = t;
+    return t;
+}
+
+/* ---- the recording API ----------------------------------------------- */
+
+static void event_write(struct mt_thread *t, uint16_t type, unsigned kind,
+                        uint64_t seq, uint64_t addr, uint64_t size,
+                        uint32_t py, uint32_t nat)
+{
+    struct mt_revent *e = ring_reserve(t, sizeof *e);
+    if (!e)
+        return;
+    *e = (struct mt_revent){{type, (uint16_t)kind, sizeof *e}, seq, addr, size,
+                            py, nat};
+    ring_commit(t, sizeof *e);
+}
+
+static uint64_t seq_take(void)
+{
+    return atomic_fetch_add_explicit(&shm->seq, 1, memory_order_relaxed);
+}
+
+/* Python's teardown began: what is alive now is what the program left
+ * (design.md §6). Marked once, before the event that noticed it. */
+static void end_check(struct mt_thread *t)
+{
+    if (python && !ended && mt_py_finalizing() &&
+        !__atomic_exchange_n(&ended, 1, __ATOMIC_RELAXED))
+        event_write(t, MT_R_END, 0, seq_take(), 0, 0, 0, 0);
+}
+
+struct mt_thread *mt_enter(void)
+{
+    if (!__builtin_expect(active, 1))
+        return NULL;
+    struct mt_thread *t = mt_self;
+    if ((uintptr_t)t <= (uintptr_t)MT_GONE) {
+        if (t != NULL)
+            return NULL;
+        t = thread_start();
+        if (!t)
+            return NULL;
+    } else if (t->busy) {
+        return NULL;
+    } else {
+        t->busy = 1;
+    }
+    end_check(t);
+    return t;
+}
+
+void mt_leave(struct mt_thread *t)
+{
+    if (t)
+        t->busy = 0;
+}
+
+uint64_t mt_order(struct mt_thread *t)
+{
+    return t ? seq_take() : 0;
+}
+
+static void stacks(struct mt_thread *t, uint32_t *py, uint32_t *nat)
+{
+    *py = python ? python_stack(t) : 0;
+    *nat = native ? native_stack(t) : 0;
+}
+
+void mt_record_alloc(struct mt_thread *t, unsigned allocator, void *ptr,
+                     size_t size)
+{
+    if (!t)
+        return;
+    if (ptr) {
+        uint32_t py, nat;
+        stacks(t, &py, &nat);
+        event_write(t, MT_R_ALLOC, allocator, seq_take(), (uintptr_t)ptr, size,
+                    py, nat);
+    }
+    t->busy = 0;
+}
+
+void mt_record_free(struct mt_thread *t, uint64_t seq, void *ptr)
+{
+    if (!t)
+        return;
+    event_write(t, MT_R_FREE, 0, seq, (uintptr_t)ptr, 0, 0, 0);
+    t->busy = 0;
+}
+
+static void realloc_write(struct mt_thread *t, uint16_t type, unsigned kind,
+                          uint64_t seq, uint64_t old, uint64_t old_size,
+                          uint64_t addr, uint64_t size)
+{
+    uint32_t py = 0, nat = 0;
+    if (addr)
+        stacks(t, &py, &nat);
+    struct mt_rrealloc *r = ring_reserve(t, sizeof *r);
+    if (!r)
+        return;
+    *r = (struct mt_rrealloc){{{type, (uint16_t)kind, sizeof *r}, seq, addr,
+                               size, py, nat}, old, old_size};
+    ring_commit(t, sizeof *r);
+}
+
+void mt_record_realloc(struct mt_thread *t, uint64_t seq, unsigned allocator,
+                       void *old, void *new_ptr, size_t size)
+{
+    if (!t)
+        return;
+    if (new_ptr || (old && size == 0))  /* NULL for size 0: old was freed */
+        realloc_write(t, MT_R_REALLOC, allocator, seq, (uintptr_t)old, 0,
+                      (uintptr_t)new_ptr, size);
+    else
+        event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
+    t->busy = 0;
+}
+
+static size_t page_round(size_t len)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return (len + page - 1) & ~(page - 1);
+}
+
+static unsigned mapping_kind(int prot, int flags)
+{
+    if (!(flags & MAP_ANONYMOUS))
+        return MT_A_MMAP_FILE;
+    if (prot == PROT_NONE || (flags & MAP_NORESERVE))
+        return MT_A_MMAP_RESERVE;
+    return MT_A_MMAP;
+}
+
+void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
+                    int flags)
+{
+    if (!t)
+        return;
+    if (addr != MAP_FAILED) {
+        uint32_t py, nat;
+        stacks(t, &py, &nat);
+        event_write(t, MT_R_ALLOC, mapping_kind(prot, flags), seq_take(),
+                    (uintptr_t)addr, page_round(len), py, nat);
+    }
+    t->busy = 0;
+}
+
+void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,
+                      size_t len, int ok)
+{
+    if (!t)
+        return;
+    if (ok)
+        event_write(t, MT_R_MUNMAP, 0, seq, (uintptr_t)addr, page_round(len),
+                    0, 0);
+    else
+        event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
+    t->busy = 0;
+}
+
+void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
+                      size_t old_len, void *new_addr, size_t new_len)
+{
+    if (!t)
+        return;
+    if (new_addr != MAP_FAILED)
+        realloc_write(t, MT_R_MREMAP, MT_A_MMAP, seq, (uintptr_t)old,
+                      page_round(old_len), (uintptr_t)new_addr,
+                      page_round(new_len));
+    else
+        event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
+    t->busy = 0;
+}
+
+void mt_record_thread_name(struct mt_thread *t, const char *name)
+{
+    if (!t)
+        return;
+    if (name)
+        thread_announce(t, name);
+    t->busy = 0;
+}
+
+/* ---- set-up ---------------------------------------------------------- */
+
+/* A forked child must not write into its parent's rings (design.md §2):
+ * it runs on, unrecorded. */
+static void fork_child(void)
+{
+    active = 0;
+}
+
+static int find_self(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    Dl_info *me = arg;
+    if ((void *)info->dlpi_addr != me->dli_fbase &&
+        !(info->dlpi_addr == 0 && me->dli_fbase == NULL))
+        return 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *p = &info->dlpi_phdr[i];
+        if (p->p_type == PT_LOAD && (p->p_flags & PF_X)) {
+            self_lo = info->dlpi_addr + p->p_vaddr;
+            self_hi = self_lo + p->p_memsz;
+        }
+    }
+    return 1;
+}
+
+/* Maps the transport named by MEMTAP_SHM, if it is really ours: the
+ * descriptor must still be the memfd memtap run created (a later exec'd
+ * program may have reused the number for a file of its own). */
+static struct mt_shm *attach(void)
+{
+    const char *env = getenv(MT_ENV_SHM);
+    if (!env)
+        return NULL;
+    char *end;
+    long fd = strtol(env, &end, 10);
+    if (*end != ':')
+        return NULL;
+    unsigned long long ino = strtoull(end + 1, &end, 10);
+    struct stat st;
+    if (fd < 0 || fstat((int)fd, &st) != 0 || st.st_ino != ino ||
+        (uint64_t)st.st_size != MT_SHM_BYTES)
+        return NULL;
+    void *p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE,
+                          MAP_SHARED, (int)fd, 0);
+    close((int)fd);
+    if (p == MAP_FAILED)
+        return NULL;
+    struct mt_shm *s = p;
+    int32_t none = 0;
+    if (s->magic != MT_SHM_MAGIC || s->version != MT_SHM_VERSION ||
+        !atomic_compare_exchange_strong(&s->producer_pid, &none, getpid())) {
+        mt_raw_munmap(p, MT_SHM_BYTES);
+        return NULL;
+    }
+    return s;
+}
+
+__attribute__((constructor)) static void mt_setup(void)
+{
+    mt_real_resolve();
+    shm = attach();
+    if (!shm)
+        return;  /* dormant: not the process memtap run started */
+    if (pthread_key_create(&thread_key, thread_end) != 0 ||
+        pthread_atfork(NULL, NULL, fork_child) != 0) {
+        say("memtap: cannot set up thread bookkeeping; nothing is recorded\n");
+        return;
+    }
+    Dl_info me;
+    if (dladdr((void *)mt_setup, &me))
+        dl_iterate_phdr(find_self, &me);
+    python = mt_py_setup() == 1;
+    native = (shm->flags & MT_SHMF_NATIVE) || !python;
+    if (native && mt_native_setup() < 0)
+        native = 0;
+    const char *version = python ? mt_py_version() : NULL;
+    if (version)
+        strncpy(shm->python_version, version, sizeof shm->python_version - 1);
+    atomic_store_explicit(&shm->ready, 1, memory_order_release);
+    active = 1;
+}

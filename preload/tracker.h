@@ -1,0 +1,62 @@
+/* The shim's one recording API: preload/hooks.c calls these and nothing
+ * else. Every function here is safe inside an allocation hook: no malloc,
+ * no stdio, no locks shared between threads.
+ *
+ * Pattern of a hook (design.md §2):
+ *   t = mt_enter();                  NULL: do not record (guard, disabled)
+ *   seq = mt_order(t);               frees: the number before the real call
+ *   result = real call;
+ *   mt_record_*(t, seq, ...);        writes the record, leaves the guard
+ * An allocation takes its number inside mt_record_alloc, after the call.
+ */
+#ifndef MT_TRACKER_H
+#define MT_TRACKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct mt_thread;
+
+/* Enters the tracker on this thread. @return the thread's state with its
+ * re-entry guard set, or NULL when this call must not be recorded (tracking
+ * off, re-entered from our own code or the real allocator, or the process
+ * is not the one memtap started). Pair with exactly one mt_record_* or
+ * mt_leave when not NULL. */
+struct mt_thread *mt_enter(void);
+
+/* Leaves without recording (t may be NULL). */
+void mt_leave(struct mt_thread *t);
+
+/* The next event number, for calls that end a block (taken before the
+ * real call). 0 when t is NULL. */
+uint64_t mt_order(struct mt_thread *t);
+
+/* A successful allocation of size bytes at ptr by allocator (enum
+ * mt_allocator); ptr NULL records nothing. Leaves the guard. */
+void mt_record_alloc(struct mt_thread *t, unsigned allocator, void *ptr,
+                     size_t size);
+
+/* ptr freed (by the free family); seq from mt_order. Leaves the guard. */
+void mt_record_free(struct mt_thread *t, uint64_t seq, void *ptr);
+
+/* realloc/reallocarray ended: old -> new (new NULL: failed when size > 0,
+ * or freed when size == 0). Leaves the guard. */
+void mt_record_realloc(struct mt_thread *t, uint64_t seq, unsigned allocator,
+                       void *old, void *new_ptr, size_t size);
+
+/* mmap result (MAP_FAILED records nothing). Leaves the guard. */
+void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
+                    int flags);
+
+/* munmap of [addr, addr+len) returned ok (0) or failed. Leaves the guard. */
+void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,
+                      size_t len, int ok);
+
+/* mremap result (MAP_FAILED: nothing changed). Leaves the guard. */
+void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
+                      size_t old_len, void *new_addr, size_t new_len);
+
+/* The calling thread was named (prctl / pthread_setname_np). */
+void mt_record_thread_name(struct mt_thread *t, const char *name);
+
+#endif

@@ -1,0 +1,458 @@
+/* memtap run: starts the program with the shim preloaded and collects its
+ * events beside it, in this process (design.md §1), then ends the way the
+ * program ended. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../src/collector.h"
+#include "commands.h"
+#include "util.h"
+
+struct run_opts {
+    const char *output;
+    int force, native, quiet;
+    const char *python;
+};
+
+/* What to exec, and the name the default capture is called after. */
+struct target {
+    char **argv;
+    char name[128];
+    int is_python;
+};
+
+static const char run_usage[] =
+    "usage: memtap run [-o FILE] [-f|--force] [--native] [--python PY] [-q]\n"
+    "                  (SCRIPT | -m MODULE | -c CODE | EXECUTABLE) [ARGS...]";
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static uint64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* The file on PATH (or the path itself when it has a slash), or NULL. */
+static char *find_on_path(const char *cmd)
+{
+    if (strchr(cmd, '/'))
+        return access(cmd, F_OK) == 0 ? strdup(cmd) : NULL;
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/usr/bin:/bin";
+    while (*path) {
+        size_t n = strcspn(path, ":");
+        char buf[PATH_MAX];
+        snprintf(buf, sizeof buf, "%.*s/%s", (int)n, n ? path : ".", cmd);
+        if (access(buf, X_OK) == 0)
+            return strdup(buf);
+        path += n + (path[n] == ':');
+    }
+    return NULL;
+}
+
+/* The interpreter a "#!" line names, when it names a Python, else NULL. */
+static char *python_shebang(const char *file)
+{
+    FILE *f = fopen(file, "re");
+    if (!f)
+        return NULL;
+    char line[PATH_MAX + 64] = {0};
+    char *got = fgets(line, sizeof line, f);
+    fclose(f);
+    if (!got || strncmp(line, "#!", 2) != 0)
+        return NULL;
+    char *p = line + 2 + strspn(line + 2, " \t");
+    char *interp = strsep(&p, " \t\r\n");
+    char *arg = p ? strsep(&p, " \t\r\n") : NULL;
+    const char *base = strrchr(interp, '/') ? strrchr(interp, '/') + 1 : interp;
+    if (!strcmp(base, "env") && arg && *arg)
+        base = interp = arg;  /* #!/usr/bin/env python3 */
+    if (strncmp(base, "python", 6) != 0)
+        return NULL;
+    return strdup(interp);
+}
+
+static int is_elf(const char *file)
+{
+    char magic[4] = {0};
+    FILE *f = fopen(file, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    return n == 4 && !memcmp(magic, "\x7f" "ELF", 4);
+}
+
+/* The interpreter binary itself. A launcher script on PATH (pyenv's shims,
+ * wrappers) would be traced in place of Python and exec it untraced; ask
+ * such a launcher where the real interpreter is. */
+static char *python_binary(const char *python)
+{
+    char *file = find_on_path(python);
+    if (!file)
+        die("cannot find the Python interpreter '%s'", python);
+    if (is_elf(file))
+        return file;
+    char cmd[PATH_MAX + 128];
+    snprintf(cmd, sizeof cmd,
+             "'%s' -c 'import sys; sys.stdout.write(sys.executable)' 2>/dev/null",
+             file);
+    FILE *p = popen(cmd, "r");
+    char exe[PATH_MAX] = {0};
+    size_t n = p ? fread(exe, 1, sizeof exe - 1, p) : 0;
+    if (p)
+        pclose(p);
+    exe[n] = 0;
+    if (n == 0 || !is_elf(exe))
+        return file;
+    free(file);
+    return strdup(exe);
+}
+
+static void name_from(struct target *t, const char *path)
+{
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    snprintf(t->name, sizeof t->name, "%s", base);
+    char *dot = strrchr(t->name, '.');
+    if (dot && !strcmp(dot, ".py"))
+        *dot = 0;
+    for (char *c = t->name; *c; c++)
+        if (*c == '/' || *c == ' ')
+            *c = '_';
+}
+
+static char **python_argv(const char *python, char **rest, int nrest,
+                          const char *flag)
+{
+    char **argv = calloc((size_t)nrest + 3, sizeof *argv);
+    int n = 0;
+    argv[n++] = (char *)python;
+    if (flag)
+        argv[n++] = (char *)flag;
+    for (int i = 0; i < nrest; i++)
+        argv[n++] = rest[i];
+    return argv;
+}
+
+/* Works out what to run: a Python script, -m, -c, a script whose "#!"
+ * names a Python (pytest), or any other executable. */
+static void target_resolve(struct target *t, const struct run_opts *o,
+                           int argc, char **argv)
+{
+    const char *first = argv[0];
+    if (!strcmp(first, "-m") || !strcmp(first, "-c")) {
+        if (argc < 2)
+            die_usage("'%s' needs an argument\n%s", first, run_usage);
+        t->argv = python_argv(python_binary(o->python ? o->python : "python3"),
+                              argv + 1, argc - 1, first);
+        name_from(t, first[1] == 'm' ? argv[1] : "python");
+        t->is_python = 1;
+        return;
+    }
+    size_t len = strlen(first);
+    if (len > 3 && !strcmp(first + len - 3, ".py")) {
+        if (access(first, F_OK) != 0)
+            die("cannot run '%s': %s", first, strerror(errno));
+        t->argv = python_argv(python_binary(o->python ? o->python : "python3"),
+                              argv, argc, NULL);
+        name_from(t, first);
+        t->is_python = 1;
+        return;
+    }
+    char *file = find_on_path(first);
+    if (!file)
+        die("cannot run '%s': no such file or command", first);
+    name_from(t, file);
+    char *interp = is_elf(file) ? NULL : python_shebang(file);
+    if (interp) {
+        argv[0] = file;
+        t->argv = python_argv(python_binary(o->python ? o->python : interp),
+                              argv, argc, NULL);
+        t->is_python = 1;
+        return;
+    }
+    t->argv = argv;
+    argv[0] = file;
+}
+
+static const char *shim_path(void)
+{
+    static char path[PATH_MAX + 64];
+    const char *dir = self_dir();
+    snprintf(path, sizeof path, "%s/libmemtap.so", dir);
+    if (access(path, R_OK) == 0)
+        return path;
+    snprintf(path, sizeof path, "%s/../lib/memtap/libmemtap.so", dir);
+    if (access(path, R_OK) == 0)
+        return path;
+    snprintf(path, sizeof path, "%s/../lib64/memtap/libmemtap.so", dir);
+    if (access(path, R_OK) == 0)
+        return path;
+    die("cannot find the shim libmemtap.so next to '%s'", dir);
+}
+
+static char *join_argv(char **argv)
+{
+    size_t n = 1;
+    for (char **a = argv; *a; a++)
+        n += strlen(*a) + 1;
+    char *s = calloc(1, n);
+    for (char **a = argv; *a; a++) {
+        if (a != argv)
+            strcat(s, " ");
+        strcat(s, *a);
+    }
+    return s;
+}
+
+/* The child: waits until the capture is ready, then becomes the program. */
+static void child_exec(struct target *t, int go, int shm_fd, int trace)
+{
+    char token;
+    ssize_t n;
+    do
+        n = read(go, &token, 1);
+    while (n < 0 && errno == EINTR);
+    close(go);
+    if (n == 1 && token == 'T' && trace) {
+        /* High and inheritable only until the shim maps it and closes it. */
+        int fd = fcntl(shm_fd, F_DUPFD, 500);
+        struct stat st;
+        if (fd >= 0 && fstat(fd, &st) == 0) {
+            char env[64];
+            snprintf(env, sizeof env, "%d:%llu", fd,
+                     (unsigned long long)st.st_ino);
+            setenv(MT_ENV_SHM, env, 1);
+            const char *old = getenv("LD_PRELOAD");
+            char *pre = malloc(strlen(shim_path()) + (old ? strlen(old) : 0) + 2);
+            sprintf(pre, "%s%s%s", shim_path(), old && *old ? ":" : "",
+                    old ? old : "");
+            setenv("LD_PRELOAD", pre, 1);
+        }
+    } else if (n != 1) {
+        _exit(127);  /* memtap gave up before starting the program */
+    }
+    close(shm_fd);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    execvp(t->argv[0], t->argv);
+    fprintf(stderr, "memtap: cannot run '%s': %s\n", t->argv[0], strerror(errno));
+    _exit(errno == ENOENT ? 127 : 126);
+}
+
+static volatile sig_atomic_t forward_pid;
+
+static void forward(int sig)
+{
+    if (forward_pid > 0)
+        kill((pid_t)forward_pid, sig);
+}
+
+static uint64_t read_rss(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    unsigned long long size, resident;
+    if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
+        return 0;
+    return resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Drains until the program ends; @return its wait status. */
+static int collect(struct mt_collector *c, struct mt_writer *w, pid_t pid,
+                   const char *output, uint64_t start)
+{
+    uint64_t last_flush = start, last_sample = 0;
+    int status = 0, told = 0;
+    for (;;) {
+        long moved = mt_collector_drain(c);
+        uint64_t now = now_us();
+        if (now - last_sample >= 10000) {
+            mt_collector_sample(c, now - start, read_rss(pid));
+            last_sample = now;
+        }
+        if (now - last_flush >= 100000) {
+            mt_writer_flush(w);
+            last_flush = now;
+        }
+        if (moved < 0 && !told) {
+            error("cannot write '%s': %s; the program continues untracked",
+                  output, strerror(errno));
+            told = 1;
+        }
+        pid_t got = waitpid(pid, &status, WNOHANG);
+        if (got == pid)
+            return status;
+        if (got < 0 && errno != EINTR)
+            return 0;
+        if (moved == 0) {
+            struct timespec ts = {0, 500 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+/* Ends this process the way the program ended. */
+static __attribute__((noreturn)) void end_like(int status)
+{
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        struct rlimit none = {0, 0};
+        setrlimit(RLIMIT_CORE, &none);  /* the program's core, not ours */
+        signal(sig, SIG_DFL);
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, sig);
+        sigprocmask(SIG_UNBLOCK, &set, NULL);
+        raise(sig);
+        exit(128 + sig);
+    }
+    exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
+static void parse(int argc, char **argv, struct run_opts *o, int *first)
+{
+    static const struct option longopts[] = {
+        {"output", required_argument, NULL, 'o'},
+        {"force", no_argument, NULL, 'f'},
+        {"native", no_argument, NULL, 'N'},
+        {"python", required_argument, NULL, 'P'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    /* "+": options stop at the program; -m and -c are its options too. */
+    while ((ch = getopt_long(argc, argv, "+o:fqh", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'o': o->output = optarg; break;
+        case 'f': o->force = 1; break;
+        case 'N': o->native = 1; break;
+        case 'P': o->python = optarg; break;
+        case 'q': o->quiet = 1; break;
+        case 'h': puts(run_usage); exit(0);
+        default: die_usage("%s", run_usage);
+        }
+    }
+    if (optind >= argc)
+        die_usage("nothing to run\n%s", run_usage);
+    *first = optind;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    struct run_opts o = {0};
+    int first;
+    parse(argc, argv, &o, &first);
+    struct target t = {0};
+    target_resolve(&t, &o, argc - first, argv + first);
+
+    struct mt_collector *c;
+    int shm_fd;
+    uint32_t flags = o.native ? MT_SHMF_NATIVE : 0;
+    if (mt_collector_new(flags, (int)getpid(), &c, &shm_fd) != MT_OK)
+        die("cannot set up shared memory: %s", strerror(errno));
+    if (o.output && !o.force && access(o.output, F_OK) == 0)
+        die("'%s' exists; use -f to overwrite it", o.output);
+
+    int go[2];
+    if (pipe2(go, O_CLOEXEC) != 0)
+        die("cannot create a pipe: %s", strerror(errno));
+    signal(SIGINT, SIG_IGN);   /* Ctrl-C is the program's to handle */
+    signal(SIGQUIT, SIG_IGN);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        die("cannot fork: %s", strerror(errno));
+    if (pid == 0) {
+        close(go[1]);
+        child_exec(&t, go[0], shm_fd, 1);
+    }
+    close(go[0]);
+    forward_pid = pid;
+    signal(SIGTERM, forward);
+    signal(SIGHUP, forward);
+
+    char output[PATH_MAX];
+    if (o.output)
+        snprintf(output, sizeof output, "%s", o.output);
+    else
+        snprintf(output, sizeof output, "memtap-%s.%d.bin", t.name, (int)pid);
+    uint64_t start = now_us();
+    struct mt_header h = {
+        .flags = o.native ? MT_HF_NATIVE : 0,
+        .pid = (int32_t)pid,
+        .start_time_us = wall_us(),
+        .command = join_argv(t.argv),
+    };
+    struct mt_writer *w = NULL;
+    int rc = mt_writer_open(output, o.force, &h, &w);
+    if (rc == MT_E_EXISTS) {
+        close(go[1]);  /* the child exits without running the program */
+        waitpid(pid, NULL, 0);
+        die("'%s' exists; use -f to overwrite it", output);
+    }
+    if (rc != MT_OK) {
+        error("cannot create '%s': %s; running the program untracked", output,
+              rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
+        if (write(go[1], "U", 1) != 1) { /* the child sees EOF and stops */ }
+        close(go[1]);
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        mt_collector_free(c);
+        end_like(status);
+    }
+    mt_collector_attach(c, w);
+    if (write(go[1], "T", 1) != 1)
+        die("cannot start '%s': %s", t.argv[0], strerror(errno));
+    close(go[1]);
+    close(shm_fd);
+
+    int status = collect(c, w, pid, output, start);
+    mt_collector_finish(c);
+    struct mt_trailer tr = {
+        .exit = {WIFEXITED(status) ? WEXITSTATUS(status) : 0,
+                 WIFSIGNALED(status) ? WTERMSIG(status) : 0},
+        .duration_us = now_us() - start,
+        .events = mt_collector_events(c),
+        .lost_events = mt_collector_lost(c),
+    };
+    uint64_t events = tr.events;
+    rc = mt_writer_close(w, &tr);
+    mt_collector_free(c);
+    if (rc != MT_OK)
+        error("cannot finish '%s': %s", output, strerror(errno));
+    else if (!o.quiet)
+        fprintf(stderr, "memtap: wrote %llu events to '%s'; "
+                "next: memtap stats %s\n", (unsigned long long)events,
+                output, output);
+    end_like(status);
+}

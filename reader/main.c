@@ -1,0 +1,47 @@
+/* memtap: the command-line program. One table of subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+#include "util.h"
+#include "version.h"
+
+struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *help;
+};
+
+static const struct command commands[] = {
+    {"run", cmd_run, "run a program and capture its allocations"},
+    {"stats", cmd_stats, "totals, peak, allocators, threads, top locations"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: memtap <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\nmemtap <command> --help shows a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return MT_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("memtap %s (capture format %d)\n", MT_VERSION, MT_FORMAT_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    error("'%s' is not a memtap command; see 'memtap --help'", argv[1]);
+    return MT_EXIT_USAGE;
+}

@@ -1,0 +1,33 @@
+/* The CLI's error chokepoint and small shared helpers. Messages are one
+ * lowercase line, "memtap: <problem>", the subject in quotes.
+ * Exit codes: 0 ok, 1 runtime failure (bad file, I/O), 2 usage. */
+#ifndef MT_UTIL_H
+#define MT_UTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define MT_EXIT_FAIL 1
+#define MT_EXIT_USAGE 2
+
+/* Prints "memtap: <message>" and exits with MT_EXIT_FAIL. */
+__attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt, ...);
+/* Prints "memtap: <message>" and exits with MT_EXIT_USAGE. */
+__attribute__((noreturn, format(printf, 1, 2))) void die_usage(const char *fmt, ...);
+/* Prints "memtap: <message>"; returns -1 so callers can `return error(...)`. */
+__attribute__((format(printf, 1, 2))) int error(const char *fmt, ...);
+
+/* Dies with a message for an mt_err from opening/reading `path`. */
+__attribute__((noreturn)) void die_capture(const char *path, int err,
+                                           uint32_t found_version);
+
+/* "12.3 MiB" etc. into buf (at least 32 bytes); returns buf. */
+char *fmt_size(char *buf, uint64_t bytes);
+
+/* Writes s as a JSON string (with quotes) to f. */
+void json_string(FILE *f, const char *s);
+
+/* Directory holding the running memtap binary (static buffer). */
+const char *self_dir(void);
+
+#endif

@@ -1,0 +1,116 @@
+/* The capture file: writing it (the collector) and reading it back (the
+ * reader). See docs/format.md for the bytes. Nothing here prints or exits. */
+#ifndef MT_CAPTURE_H
+#define MT_CAPTURE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "format.h"
+#include "mt_err.h"
+
+struct mt_header {
+    uint32_t format_version;
+    uint32_t flags;            /* MT_HF_* */
+    int32_t pid;
+    uint64_t start_time_us;    /* wall clock, microseconds since the epoch */
+    const char *command;       /* argv joined by spaces */
+};
+
+/* Exit of the traced program, stored in the trailer. */
+struct mt_exit {
+    int code;                  /* valid when signal == 0 */
+    int signal;                /* killed by this signal, 0 when it exited */
+};
+
+struct mt_trailer {
+    struct mt_exit exit;
+    uint64_t duration_us;
+    uint64_t events;           /* allocation and free events written */
+    uint64_t lost_events;      /* numbers taken but never written */
+};
+
+/* One decoded record. Pointers point into the reader's buffer and stay
+ * valid until the next mt_reader_next call. */
+struct mt_record {
+    enum mt_tag tag;
+    uint32_t thread;           /* events: index of the thread (THREAD) */
+    union {
+        struct {               /* ALLOC FREE REALLOC MUNMAP MREMAP */
+            uint8_t allocator; /* enum mt_allocator; FREE: of the free call */
+            uint64_t addr, size;
+            uint64_t old_addr, old_size;   /* REALLOC, MREMAP */
+            uint32_t py_stack, native_stack;
+        } ev;
+        struct { uint32_t index; uint32_t tid; const char *name; } thread;
+        struct {
+            uint32_t id; int32_t firstlineno; uint8_t linetable_format;
+            const char *name, *qualname, *filename;
+            const uint8_t *linetable; uint32_t linetable_len;
+        } code;
+        struct { uint32_t id, parent; uint64_t a; uint32_t b, flags; } node;
+        struct {
+            const char *path; uint64_t base;
+            const uint8_t *build_id; uint32_t build_id_len;
+            uint32_t nseg; const uint64_t *seg; /* nseg × {vaddr, memsz} */
+            uint32_t unload;
+        } object;
+        struct { uint64_t time_us, rss_bytes; } sample;
+        struct { const char *python_version; } program;  /* "" if not Python */
+        struct mt_trailer trailer;
+    } u;
+};
+
+/* ---- writing ---------------------------------------------------------- */
+
+struct mt_writer;
+
+/* Creates `path` (O_EXCL|O_NOFOLLOW unless force, mode 0644 less umask) and
+ * writes the header. On success *out owns the file; finish it with
+ * mt_writer_close. @return MT_OK, MT_E_EXISTS, MT_E_IO (errno set). */
+int mt_writer_open(const char *path, int force, const struct mt_header *h,
+                   struct mt_writer **out);
+
+/* Appends one record (tag and fields from rec; `thread` of events is used to
+ * emit THREAD_SWITCH when it changes). Buffers; compresses a block when full.
+ * @return MT_OK or MT_E_IO (the writer then stays failed: later calls
+ * return MT_E_IO without writing). Not thread-safe: one writer, one thread. */
+int mt_writer_add(struct mt_writer *w, const struct mt_record *rec);
+
+/* Compresses and writes what is buffered as one block (done at least every
+ * ~100 ms by the collector so a killed collector loses little). */
+int mt_writer_flush(struct mt_writer *w);
+
+/* Writes the trailer, flushes, closes and frees w (NULL is accepted).
+ * trailer NULL: close without a trailer (the capture reads as incomplete). */
+int mt_writer_close(struct mt_writer *w, const struct mt_trailer *trailer);
+
+/* Bytes written to the file so far. */
+uint64_t mt_writer_bytes(const struct mt_writer *w);
+
+/* ---- reading ---------------------------------------------------------- */
+
+struct mt_reader;
+
+/* Opens a capture and reads its header. @return MT_OK and *out (close with
+ * mt_reader_close), or MT_E_IO/NOT_CAPTURE/VERSION/EMPTY/CORRUPT/TRUNCATED.
+ * On MT_E_VERSION, *found_version (if not NULL) gets the file's version. */
+int mt_reader_open(const char *path, struct mt_reader **out,
+                   uint32_t *found_version);
+
+const struct mt_header *mt_reader_header(const struct mt_reader *r);
+
+/* Decodes the next record into *rec. @return 1 for a record, 0 at a clean
+ * end (after the trailer), or MT_E_TRUNCATED (the file stops early: the
+ * records before are good), MT_E_CORRUPT, MT_E_IO. Memory use is bounded by
+ * one block, whatever the file's size. */
+int mt_reader_next(struct mt_reader *r, struct mt_record *rec);
+
+/* Byte offset in the file of the block being decoded (for messages). */
+uint64_t mt_reader_offset(const struct mt_reader *r);
+
+/* File size and bytes consumed so far (for progress). */
+uint64_t mt_reader_file_size(const struct mt_reader *r);
+
+void mt_reader_close(struct mt_reader *r);
+
+#endif

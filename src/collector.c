@@ -1,0 +1,494 @@
+/* See collector.h. The rings are read in place; an event leaves its ring
+ * only when its number is the next one, so the capture is in exactly the
+ * order design.md §2 defines. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "collector.h"
+#include "map.h"
+
+/* Thread-local ids of one slot's owner -> capture-wide ids. */
+struct idmap { uint32_t *to; uint32_t cap; };
+
+struct slot_state {
+    int listed;
+    int broken;          /* a record did not parse: skip this owner */
+    uint32_t thread;     /* capture-wide thread index, 0 until known */
+    uint64_t tail;
+    struct idmap codes, pynodes, nativenodes;
+};
+
+struct mt_collector {
+    struct mt_shm *shm;
+    struct mt_writer *w;
+    int err;
+    uint64_t next_seq, events, lost;
+    uint32_t threads;
+    int program_written;
+    unsigned nlisted;
+    unsigned listed[MT_SLOTS];
+    struct slot_state slots[MT_SLOTS];
+    struct mt_imap codes, pynodes, nativenodes, objects;
+};
+
+static int idmap_set(struct idmap *m, uint32_t local, uint32_t global)
+{
+    if (local >= m->cap) {
+        uint32_t cap = m->cap ? m->cap : 1024;
+        while (cap <= local)
+            cap *= 2;
+        uint32_t *to = realloc(m->to, (size_t)cap * sizeof *to);
+        if (!to)
+            return MT_E_NOMEM;
+        memset(to + m->cap, 0, (size_t)(cap - m->cap) * sizeof *to);
+        m->to = to;
+        m->cap = cap;
+    }
+    m->to[local] = global;
+    return MT_OK;
+}
+
+static uint32_t idmap_get(const struct idmap *m, uint32_t local)
+{
+    return local < m->cap ? m->to[local] : 0;
+}
+
+int mt_collector_new(uint32_t flags, int collector_pid,
+                     struct mt_collector **out, int *fd_out)
+{
+    struct mt_collector *c = calloc(1, sizeof *c);
+    if (!c)
+        return MT_E_NOMEM;
+    int fd = memfd_create("memtap", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)MT_SHM_BYTES) != 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        free(c);
+        errno = e;
+        return MT_E_IO;
+    }
+    void *p = mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        free(c);
+        errno = e;
+        return MT_E_IO;
+    }
+    c->shm = p;
+    c->shm->magic = MT_SHM_MAGIC;
+    c->shm->version = MT_SHM_VERSION;
+    c->shm->flags = flags;
+    c->shm->collector_pid = collector_pid;
+    *out = c;
+    *fd_out = fd;
+    return MT_OK;
+}
+
+void mt_collector_attach(struct mt_collector *c, struct mt_writer *w)
+{
+    c->w = w;
+}
+
+static void put(struct mt_collector *c, const struct mt_record *r)
+{
+    if (c->err == MT_OK)
+        c->err = mt_writer_add(c->w, r);
+}
+
+static uint32_t thread_of(struct mt_collector *c, struct slot_state *st)
+{
+    if (!st->thread)
+        st->thread = ++c->threads;
+    return st->thread;
+}
+
+static void on_thread(struct mt_collector *c, struct slot_state *st,
+                      const struct mt_rthread *t)
+{
+    char name[65];
+    uint32_t n = t->name_len < 64 ? t->name_len : 64;
+    if (sizeof *t + n > t->h.len)
+        n = 0;
+    memcpy(name, t + 1, n);
+    name[n] = 0;
+    struct mt_record r = {.tag = MT_T_THREAD};
+    r.u.thread.index = thread_of(c, st);
+    r.u.thread.tid = t->tid;
+    r.u.thread.name = name;
+    put(c, &r);
+}
+
+static char *copy_str(const uint8_t **p, uint32_t n)
+{
+    char *s = malloc((size_t)n + 1);
+    if (s) {
+        memcpy(s, *p, n);
+        s[n] = 0;
+    }
+    *p += n;
+    return s;
+}
+
+static int on_code(struct mt_collector *c, struct slot_state *st,
+                   const struct mt_rcode *k)
+{
+    uint64_t total = (uint64_t)k->name_len + k->qualname_len + k->filename_len +
+                     k->linetable_len;
+    if (sizeof *k + total > k->h.len)
+        return MT_E_CORRUPT;
+    const uint8_t *p = (const uint8_t *)(k + 1);
+    uint64_t key[3] = {mt_hash_bytes(p, total, 1), mt_hash_bytes(p, total, 2),
+                       ((uint64_t)(uint32_t)k->firstlineno << 32) |
+                           (((uint64_t)k->name_len << 16) ^ k->linetable_format)};
+    int is_new;
+    uint32_t id = mt_imap_intern(&c->codes, key, &is_new);
+    if (!id)
+        return MT_E_NOMEM;
+    if (is_new) {
+        struct mt_record r = {.tag = MT_T_CODE};
+        r.u.code.id = id;
+        r.u.code.firstlineno = k->firstlineno;
+        r.u.code.linetable_format = k->linetable_format;
+        char *name = copy_str(&p, k->name_len);
+        char *qual = copy_str(&p, k->qualname_len);
+        char *file = copy_str(&p, k->filename_len);
+        if (name && qual && file) {
+            r.u.code.name = name;
+            r.u.code.qualname = qual;
+            r.u.code.filename = file;
+            r.u.code.linetable = p;
+            r.u.code.linetable_len = k->linetable_len;
+            put(c, &r);
+        }
+        free(name);
+        free(qual);
+        free(file);
+    }
+    return idmap_set(&st->codes, k->id, id);
+}
+
+static int on_node(struct mt_collector *c, struct slot_state *st,
+                   const struct mt_rnode *n)
+{
+    int py = n->h.type == MT_R_PYNODE;
+    struct idmap *m = py ? &st->pynodes : &st->nativenodes;
+    uint32_t parent = idmap_get(m, n->parent);
+    uint64_t a = py ? idmap_get(&st->codes, (uint32_t)n->a) : n->a;
+    uint64_t key[3] = {parent, a, ((uint64_t)n->flags << 32) | n->b};
+    int is_new;
+    uint32_t id = mt_imap_intern(py ? &c->pynodes : &c->nativenodes, key, &is_new);
+    if (!id)
+        return MT_E_NOMEM;
+    if (is_new) {
+        struct mt_record r = {.tag = py ? MT_T_PYNODE : MT_T_NATIVENODE};
+        r.u.node.id = id;
+        r.u.node.parent = parent;
+        r.u.node.a = a;
+        r.u.node.b = n->b;
+        r.u.node.flags = n->flags;
+        put(c, &r);
+    }
+    return idmap_set(m, n->id, id);
+}
+
+static int on_object(struct mt_collector *c, const struct mt_robject *o)
+{
+    uint64_t seg_bytes = (uint64_t)o->nseg * 16;
+    if (o->nseg > 32 ||
+        sizeof *o + (uint64_t)o->path_len + o->build_id_len + seg_bytes > o->h.len)
+        return MT_E_CORRUPT;
+    const uint8_t *p = (const uint8_t *)(o + 1);
+    uint64_t key[3] = {mt_hash_bytes(p, o->path_len, 3), o->base,
+                       mt_hash_bytes(p + o->path_len, o->build_id_len, 4)};
+    int is_new;
+    if (!mt_imap_intern(&c->objects, key, &is_new))
+        return MT_E_NOMEM;
+    if (!is_new)
+        return MT_OK;
+    char path[PATH_MAX + 1];
+    uint32_t n = o->path_len < PATH_MAX ? o->path_len : PATH_MAX;
+    memcpy(path, p, n);
+    path[n] = 0;
+    if (n == 0) {  /* the main program: name it while it still runs */
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/%d/exe",
+                 (int)atomic_load(&c->shm->producer_pid));
+        ssize_t k = readlink(proc, path, PATH_MAX);
+        path[k > 0 ? k : 0] = 0;
+    }
+    uint64_t seg[64];
+    memcpy(seg, p + o->path_len + o->build_id_len, seg_bytes);
+    struct mt_record r = {.tag = MT_T_OBJECT};
+    r.u.object.path = path;
+    r.u.object.base = o->base;
+    r.u.object.build_id = p + o->path_len;
+    r.u.object.build_id_len = o->build_id_len;
+    r.u.object.nseg = o->nseg;
+    r.u.object.seg = seg;
+    r.u.object.unload = o->unload;
+    put(c, &r);
+    return MT_OK;
+}
+
+static void on_event(struct mt_collector *c, struct slot_state *st,
+                     const struct mt_revent *e)
+{
+    static const enum mt_tag tags[] = {
+        [MT_R_ALLOC] = MT_T_ALLOC, [MT_R_FREE] = MT_T_FREE,
+        [MT_R_REALLOC] = MT_T_REALLOC, [MT_R_MUNMAP] = MT_T_MUNMAP,
+        [MT_R_MREMAP] = MT_T_MREMAP, [MT_R_END] = MT_T_END,
+    };
+    struct mt_record r = {.tag = tags[e->h.type]};
+    r.thread = thread_of(c, st);
+    r.u.ev.allocator = (uint8_t)e->h.kind;
+    r.u.ev.addr = e->addr;
+    r.u.ev.size = e->size;
+    r.u.ev.py_stack = idmap_get(&st->pynodes, e->py_stack);
+    r.u.ev.native_stack = idmap_get(&st->nativenodes, e->native_stack);
+    if (e->h.type == MT_R_REALLOC || e->h.type == MT_R_MREMAP) {
+        const struct mt_rrealloc *x = (const struct mt_rrealloc *)e;
+        r.u.ev.old_addr = x->old_addr;
+        r.u.ev.old_size = x->old_size;
+    }
+    put(c, &r);
+    if (e->h.type != MT_R_END)
+        c->events++;
+}
+
+static int is_event(uint16_t type)
+{
+    return type == MT_R_ALLOC || type == MT_R_FREE || type == MT_R_REALLOC ||
+           type == MT_R_MUNMAP || type == MT_R_MREMAP || type == MT_R_NOP ||
+           type == MT_R_END;
+}
+
+static size_t event_size(uint16_t type)
+{
+    return type == MT_R_REALLOC || type == MT_R_MREMAP
+               ? sizeof(struct mt_rrealloc) : sizeof(struct mt_revent);
+}
+
+/* Consumes the record at the slot's tail. @return 1 consumed, 0 the next
+ * event must wait for an earlier number, -1 the ring is empty. */
+static int slot_step(struct mt_collector *c, unsigned i, uint64_t head)
+{
+    struct slot_state *st = &c->slots[i];
+    if (st->tail == head)
+        return -1;
+    uint8_t *ring = mt_shm_ring(c->shm, i);
+    uint64_t pos = st->tail & (MT_RING_BYTES - 1);
+    const struct mt_rhdr *h = (const struct mt_rhdr *)(ring + pos);
+    if (st->broken || h->len < sizeof *h || (h->len & 7) ||
+        h->len > MT_RING_BYTES - pos || h->len > head - st->tail ||
+        (is_event(h->type) && h->len < event_size(h->type))) {
+        st->broken = 1;  /* a damaged ring: drop what is left of it */
+        st->tail = head;
+        return 1;
+    }
+    int rc = MT_OK;
+    switch (h->type) {
+    case MT_R_PAD:
+        break;
+    case MT_R_CODE:
+        rc = h->len >= sizeof(struct mt_rcode)
+                 ? on_code(c, st, (const struct mt_rcode *)h) : MT_E_CORRUPT;
+        break;
+    case MT_R_PYNODE:
+    case MT_R_NATIVENODE:
+        rc = h->len >= sizeof(struct mt_rnode)
+                 ? on_node(c, st, (const struct mt_rnode *)h) : MT_E_CORRUPT;
+        break;
+    case MT_R_THREAD:
+        if (h->len >= sizeof(struct mt_rthread))
+            on_thread(c, st, (const struct mt_rthread *)h);
+        break;
+    case MT_R_OBJECT:
+        rc = h->len >= sizeof(struct mt_robject)
+                 ? on_object(c, (const struct mt_robject *)h) : MT_E_CORRUPT;
+        break;
+    default:
+        if (!is_event(h->type)) {
+            rc = MT_E_CORRUPT;
+            break;
+        }
+        const struct mt_revent *e = (const struct mt_revent *)h;
+        if (e->seq != c->next_seq)
+            return 0;
+        c->next_seq++;
+        if (h->type != MT_R_NOP)
+            on_event(c, st, e);
+    }
+    if (rc == MT_E_NOMEM)
+        c->err = rc;
+    else if (rc != MT_OK)
+        st->broken = 1;
+    st->tail += h->len;
+    return 1;
+}
+
+static void list_slots(struct mt_collector *c)
+{
+    for (unsigned i = 0; i < MT_SLOTS; i++) {
+        if (c->slots[i].listed ||
+            atomic_load_explicit(&c->shm->slots[i].state, memory_order_acquire)
+                == MT_SLOT_FREE)
+            continue;
+        c->slots[i].listed = 1;
+        c->listed[c->nlisted++] = i;
+    }
+}
+
+static void slot_release(struct mt_collector *c, unsigned k)
+{
+    unsigned i = c->listed[k];
+    struct slot_state *st = &c->slots[i];
+    free(st->codes.to);
+    free(st->pynodes.to);
+    free(st->nativenodes.to);
+    uint64_t tail = st->tail;
+    memset(st, 0, sizeof *st);
+    st->tail = tail;
+    c->listed[k] = c->listed[--c->nlisted];
+    atomic_store_explicit(&c->shm->slots[i].state, MT_SLOT_FREE,
+                          memory_order_release);
+}
+
+/* One pass of moving records; *waiting gets the smallest number seen at
+ * a ring's head that is not the next one (UINT64_MAX when none). */
+static long drain_pass(struct mt_collector *c, uint64_t *waiting)
+{
+    long moved = 0;
+    int progress = 1;
+    while (progress) {
+        progress = 0;
+        *waiting = UINT64_MAX;
+        for (unsigned k = 0; k < c->nlisted; k++) {
+            unsigned i = c->listed[k];
+            struct mt_slot *s = &c->shm->slots[i];
+            uint64_t head = atomic_load_explicit(&s->head, memory_order_acquire);
+            int rc;
+            while ((rc = slot_step(c, i, head)) == 1) {
+                moved++;
+                progress = 1;
+            }
+            if (rc == 0) {
+                const struct mt_revent *e = (const struct mt_revent *)(
+                    mt_shm_ring(c->shm, i) + (c->slots[i].tail & (MT_RING_BYTES - 1)));
+                if (e->seq < *waiting)
+                    *waiting = e->seq;
+            }
+            atomic_store_explicit(&s->tail, c->slots[i].tail, memory_order_release);
+        }
+    }
+    for (unsigned k = 0; k < c->nlisted;) {
+        unsigned i = c->listed[k];
+        struct mt_slot *s = &c->shm->slots[i];
+        if (atomic_load_explicit(&s->state, memory_order_acquire) == MT_SLOT_CLOSED &&
+            atomic_load_explicit(&s->head, memory_order_acquire) == c->slots[i].tail)
+            slot_release(c, k);
+        else
+            k++;
+    }
+    return moved;
+}
+
+/* What the shim learnt of the program at its start, written once. */
+static void program_check(struct mt_collector *c)
+{
+    if (c->program_written ||
+        !atomic_load_explicit(&c->shm->ready, memory_order_acquire))
+        return;
+    char pyv[sizeof c->shm->python_version + 1];
+    memcpy(pyv, c->shm->python_version, sizeof c->shm->python_version);
+    pyv[sizeof c->shm->python_version] = 0;
+    struct mt_record r = {.tag = MT_T_PROGRAM};
+    r.u.program.python_version = pyv;
+    put(c, &r);
+    c->program_written = 1;
+}
+
+long mt_collector_drain(struct mt_collector *c)
+{
+    uint64_t waiting;
+    program_check(c);
+    list_slots(c);
+    long moved = drain_pass(c, &waiting);
+    if (waiting != UINT64_MAX && moved == 0) {
+        /* The next number may sit in a ring we have not listed yet. */
+        list_slots(c);
+        moved = drain_pass(c, &waiting);
+    }
+    return c->err != MT_OK ? c->err : moved;
+}
+
+long mt_collector_finish(struct mt_collector *c)
+{
+    long total = 0;
+    program_check(c);
+    list_slots(c);
+    for (;;) {
+        uint64_t waiting;
+        long moved = drain_pass(c, &waiting);
+        if (moved < 0)
+            return moved;
+        total += moved;
+        if (waiting == UINT64_MAX)
+            break;
+        /* Nobody will write the numbers before it: their threads were
+         * killed inside a hook. */
+        c->lost += waiting - c->next_seq;
+        c->next_seq = waiting;
+    }
+    return c->err != MT_OK ? c->err : total;
+}
+
+int mt_collector_sample(struct mt_collector *c, uint64_t time_us, uint64_t rss)
+{
+    struct mt_record r = {.tag = MT_T_SAMPLE};
+    r.u.sample.time_us = time_us;
+    r.u.sample.rss_bytes = rss;
+    put(c, &r);
+    return c->err;
+}
+
+uint64_t mt_collector_events(const struct mt_collector *c)
+{
+    return c->events;
+}
+
+uint64_t mt_collector_lost(const struct mt_collector *c)
+{
+    return c->lost;
+}
+
+int mt_collector_shim_disabled(const struct mt_collector *c)
+{
+    return (int)atomic_load(&c->shm->disabled);
+}
+
+void mt_collector_free(struct mt_collector *c)
+{
+    if (!c)
+        return;
+    for (unsigned k = 0; k < c->nlisted; k++) {
+        struct slot_state *st = &c->slots[c->listed[k]];
+        free(st->codes.to);
+        free(st->pynodes.to);
+        free(st->nativenodes.to);
+    }
+    mt_imap_release(&c->codes);
+    mt_imap_release(&c->pynodes);
+    mt_imap_release(&c->nativenodes);
+    mt_imap_release(&c->objects);
+    munmap(c->shm, MT_SHM_BYTES);
+    free(c);
+}

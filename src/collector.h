@@ -1,0 +1,47 @@
+/* The collector: drains the traced process's rings (src/transport.h),
+ * merges them into one order by event number, turns thread-local ids into
+ * capture-wide ones, and writes records to a capture. Runs in memtap's own
+ * process, never in the traced one. One collector, one thread. */
+#ifndef MT_COLLECTOR_H
+#define MT_COLLECTOR_H
+
+#include <stdint.h>
+#include "capture.h"
+#include "transport.h"
+
+struct mt_collector;
+
+/* Creates the transport: a memfd sized MT_SHM_BYTES, mapped, its header
+ * set for a collector with pid collector_pid and run flags (MT_SHMF_*).
+ * @return MT_OK and *out, *fd (the memfd, close-on-exec; hand it to the
+ * child as "<fd>:<inode>" in MT_ENV_SHM), or MT_E_IO / MT_E_NOMEM. */
+int mt_collector_new(uint32_t flags, int collector_pid,
+                     struct mt_collector **out, int *fd);
+
+/* Starts writing into w (owned by the caller; close it after
+ * mt_collector_finish). */
+void mt_collector_attach(struct mt_collector *c, struct mt_writer *w);
+
+/* Moves what the rings hold into the capture, in order. An event whose
+ * predecessor number is still being written stays for the next call.
+ * @return the number of records moved, or MT_E_IO when writing failed. */
+long mt_collector_drain(struct mt_collector *c);
+
+/* The traced process is gone: drains everything, skipping numbers that
+ * will never be written (threads killed mid-hook). @return as drain. */
+long mt_collector_finish(struct mt_collector *c);
+
+/* Adds a memory sample (RSS at a time since the start). */
+int mt_collector_sample(struct mt_collector *c, uint64_t time_us, uint64_t rss);
+
+/* Events written and numbers lost so far. */
+uint64_t mt_collector_events(const struct mt_collector *c);
+uint64_t mt_collector_lost(const struct mt_collector *c);
+
+/* 1 when the shim reported an internal failure and stopped. */
+int mt_collector_shim_disabled(const struct mt_collector *c);
+
+/* Unmaps the transport and frees c (NULL accepted). */
+void mt_collector_free(struct mt_collector *c);
+
+#endif

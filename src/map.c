@@ -1,0 +1,153 @@
+#include "map.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
+uint64_t mt_hash_bytes(const void *p, size_t n, uint64_t seed)
+{
+    const uint8_t *b = p;
+    uint64_t h = 0xcbf29ce484222325ull ^ mix(seed + n);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, b + i, 8);
+        h = mix(h ^ w) + 0x9e3779b97f4a7c15ull;
+    }
+    uint64_t w = 0;
+    memcpy(&w, b + i, n - i);
+    return mix(h ^ w ^ (uint64_t)n);
+}
+
+static uint64_t ikey_hash(const uint64_t k[3])
+{
+    return mix(k[0] ^ mix(k[1] ^ mix(k[2])));
+}
+
+static int imap_grow(struct mt_imap *m)
+{
+    size_t cap = m->cap ? m->cap * 2 : 1024;
+    struct mt_ientry *e = calloc(cap, sizeof *e);
+    if (!e)
+        return -1;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (!m->e[i].id)
+            continue;
+        size_t j = ikey_hash(m->e[i].k) & (cap - 1);
+        while (e[j].id)
+            j = (j + 1) & (cap - 1);
+        e[j] = m->e[i];
+    }
+    free(m->e);
+    m->e = e;
+    m->cap = cap;
+    return 0;
+}
+
+uint32_t mt_imap_intern(struct mt_imap *m, const uint64_t k[3], int *is_new)
+{
+    *is_new = 0;
+    if ((m->used + 1) * 2 > m->cap && imap_grow(m) < 0)
+        return 0;
+    size_t j = ikey_hash(k) & (m->cap - 1);
+    for (; m->e[j].id; j = (j + 1) & (m->cap - 1))
+        if (!memcmp(m->e[j].k, k, sizeof m->e[j].k))
+            return m->e[j].id;
+    memcpy(m->e[j].k, k, sizeof m->e[j].k);
+    m->e[j].id = (uint32_t)++m->used;
+    *is_new = 1;
+    return m->e[j].id;
+}
+
+void mt_imap_release(struct mt_imap *m)
+{
+    free(m->e);
+    memset(m, 0, sizeof *m);
+}
+
+static int amap_grow(struct mt_amap *m)
+{
+    size_t cap = m->cap ? m->cap * 2 : 1024;
+    struct mt_aentry *e = calloc(cap, sizeof *e);
+    if (!e)
+        return -1;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (!m->e[i].key)
+            continue;
+        size_t j = mix(m->e[i].key) & (cap - 1);
+        while (e[j].key)
+            j = (j + 1) & (cap - 1);
+        e[j] = m->e[i];
+    }
+    free(m->e);
+    m->e = e;
+    m->cap = cap;
+    return 0;
+}
+
+int mt_amap_put(struct mt_amap *m, uint64_t key, uint64_t value)
+{
+    if ((m->used + 1) * 2 > m->cap && amap_grow(m) < 0)
+        return -1;
+    size_t j = mix(key) & (m->cap - 1);
+    for (; m->e[j].key; j = (j + 1) & (m->cap - 1))
+        if (m->e[j].key == key) {
+            m->e[j].value = value;
+            return 0;
+        }
+    m->e[j].key = key;
+    m->e[j].value = value;
+    m->used++;
+    return 0;
+}
+
+int mt_amap_get(const struct mt_amap *m, uint64_t key, uint64_t *value)
+{
+    if (!m->cap)
+        return 0;
+    for (size_t j = mix(key) & (m->cap - 1); m->e[j].key; j = (j + 1) & (m->cap - 1))
+        if (m->e[j].key == key) {
+            *value = m->e[j].value;
+            return 1;
+        }
+    return 0;
+}
+
+int mt_amap_take(struct mt_amap *m, uint64_t key, uint64_t *value)
+{
+    if (!m->cap)
+        return 0;
+    size_t mask = m->cap - 1, j = mix(key) & mask;
+    for (; m->e[j].key; j = (j + 1) & mask)
+        if (m->e[j].key == key)
+            break;
+    if (!m->e[j].key)
+        return 0;
+    *value = m->e[j].value;
+    /* Backward-shift deletion keeps probe chains whole without tombstones. */
+    size_t hole = j;
+    for (size_t i = (j + 1) & mask; m->e[i].key; i = (i + 1) & mask) {
+        size_t home = mix(m->e[i].key) & mask;
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            m->e[hole] = m->e[i];
+            hole = i;
+        }
+    }
+    m->e[hole].key = 0;
+    m->used--;
+    return 1;
+}
+
+void mt_amap_release(struct mt_amap *m)
+{
+    free(m->e);
+    memset(m, 0, sizeof *m);
+}

@@ -1,0 +1,350 @@
+/* Reads captures block by block: memory is one block, whatever the size
+ * of the file. Every length is checked before it is used: a damaged file
+ * gives MT_E_CORRUPT or MT_E_TRUNCATED, never a read out of bounds. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <lz4.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "capture.h"
+#include "codec.h"
+
+struct mt_reader {
+    FILE *f;
+    uint64_t size, offset, block_offset;
+    struct mt_header header;
+    char *command;
+    uint8_t *raw, *comp;
+    const uint8_t *p, *end;  /* the decoded block */
+    uint64_t prev_addr;
+    uint32_t thread;
+    int done;
+    char strings[4][4096 + 1];  /* NUL-terminated copies for the record */
+    uint64_t seg[64];
+};
+
+struct cursor { const uint8_t *p, *end; int bad; };
+
+static uint64_t get_varint(struct cursor *c)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (c->p >= c->end) {
+            c->bad = 1;
+            return 0;
+        }
+        uint8_t b = *c->p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return v;
+    }
+    c->bad = 1;
+    return 0;
+}
+
+static const uint8_t *get_bytes(struct cursor *c, uint32_t *len)
+{
+    uint64_t n = get_varint(c);
+    if (c->bad || n > (uint64_t)(c->end - c->p)) {
+        c->bad = 1;
+        *len = 0;
+        return NULL;
+    }
+    const uint8_t *s = c->p;
+    c->p += n;
+    *len = (uint32_t)n;
+    return s;
+}
+
+/* A NUL-terminated copy in one of the record's string slots; long strings
+ * are cut (names and paths, never data). */
+static const char *get_str(struct mt_reader *r, struct cursor *c, int slot)
+{
+    uint32_t n;
+    const uint8_t *s = get_bytes(c, &n);
+    if (!s)
+        return "";
+    if (n > 4096)
+        n = 4096;
+    memcpy(r->strings[slot], s, n);
+    r->strings[slot][n] = 0;
+    return r->strings[slot];
+}
+
+static int read_exact(struct mt_reader *r, void *buf, size_t n)
+{
+    size_t got = fread(buf, 1, n, r->f);
+    r->offset += got;
+    if (got == n)
+        return MT_OK;
+    return ferror(r->f) ? MT_E_IO : MT_E_TRUNCATED;
+}
+
+static char *dup_bytes(const uint8_t *s, uint32_t n)
+{
+    char *d = malloc((size_t)n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+static int read_header(struct mt_reader *r, uint32_t *found_version)
+{
+    uint8_t fixed[16];
+    if (r->size == 0)
+        return MT_E_EMPTY;
+    int rc = read_exact(r, fixed, sizeof fixed);
+    if (memcmp(fixed, MT_FILE_MAGIC, r->size < 8 ? r->size : 8) != 0)
+        return MT_E_NOT_CAPTURE;
+    if (rc != MT_OK)
+        return rc;
+    uint32_t version = mt_get_u32le(fixed + 8), len = mt_get_u32le(fixed + 12);
+    if (found_version)
+        *found_version = version;
+    if (version > MT_FORMAT_VERSION)
+        return MT_E_VERSION;
+    if (version < 1 || len > 1u << 20)
+        return MT_E_CORRUPT;
+    uint8_t *buf = malloc(16 + (size_t)len + 4);
+    if (!buf)
+        return MT_E_NOMEM;
+    memcpy(buf, fixed, 16);
+    rc = read_exact(r, buf + 16, (size_t)len + 4);
+    if (rc == MT_OK &&
+        mt_crc32(0, buf, 16 + (size_t)len) != mt_get_u32le(buf + 16 + len))
+        rc = MT_E_CORRUPT;
+    if (rc == MT_OK) {
+        struct cursor c = {buf + 16, buf + 16 + len, 0};
+        uint32_t n1;
+        r->header.format_version = version;
+        r->header.flags = (uint32_t)get_varint(&c);
+        r->header.pid = (int32_t)get_varint(&c);
+        r->header.start_time_us = get_varint(&c);
+        const uint8_t *cmd = get_bytes(&c, &n1);
+        if (c.bad || (r->header.flags & ~MT_HF_KNOWN))
+            rc = MT_E_CORRUPT;
+        else if (!(r->command = dup_bytes(cmd, n1)))
+            rc = MT_E_NOMEM;
+        r->header.command = r->command;
+    }
+    free(buf);
+    return rc;
+}
+
+int mt_reader_open(const char *path, struct mt_reader **out,
+                   uint32_t *found_version)
+{
+    struct mt_reader *r = calloc(1, sizeof *r);
+    if (!r)
+        return MT_E_NOMEM;
+    r->f = fopen(path, "rbe");
+    struct stat st;
+    if (!r->f || fstat(fileno(r->f), &st) != 0) {
+        mt_reader_close(r);
+        return MT_E_IO;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        mt_reader_close(r);
+        errno = EISDIR;
+        return MT_E_IO;
+    }
+    r->size = (uint64_t)st.st_size;
+    r->raw = malloc(MT_BLOCK_MAX_RAW);
+    r->comp = malloc((size_t)LZ4_compressBound(MT_BLOCK_MAX_RAW));
+    int rc = r->raw && r->comp ? read_header(r, found_version) : MT_E_NOMEM;
+    if (rc != MT_OK) {
+        mt_reader_close(r);
+        return rc;
+    }
+    *out = r;
+    return MT_OK;
+}
+
+const struct mt_header *mt_reader_header(const struct mt_reader *r)
+{
+    return &r->header;
+}
+
+static int next_block(struct mt_reader *r)
+{
+    uint8_t h[MT_BLOCK_HEADER];
+    r->block_offset = r->offset;
+    size_t got = fread(h, 1, sizeof h, r->f);
+    r->offset += got;
+    if (got == 0 && !ferror(r->f))
+        return 0;  /* end of file between blocks */
+    if (got != sizeof h)
+        return ferror(r->f) ? MT_E_IO : MT_E_TRUNCATED;
+    uint32_t raw = mt_get_u32le(h + 4), comp = mt_get_u32le(h + 8);
+    if (mt_get_u32le(h) != MT_BLOCK_MAGIC || raw > MT_BLOCK_MAX_RAW ||
+        comp > (uint32_t)LZ4_compressBound(MT_BLOCK_MAX_RAW))
+        return MT_E_CORRUPT;
+    int rc = read_exact(r, r->comp, comp);
+    if (rc != MT_OK)
+        return rc;
+    if (mt_crc32(0, r->comp, comp) != mt_get_u32le(h + 12))
+        return MT_E_CORRUPT;
+    int n = LZ4_decompress_safe((const char *)r->comp, (char *)r->raw,
+                                (int)comp, MT_BLOCK_MAX_RAW);
+    if (n < 0 || (uint32_t)n != raw)
+        return MT_E_CORRUPT;
+    r->p = r->raw;
+    r->end = r->raw + n;
+    r->prev_addr = 0;
+    r->thread = 0;
+    return 1;
+}
+
+static uint64_t get_addr(struct mt_reader *r, struct cursor *c)
+{
+    r->prev_addr += (uint64_t)mt_unzigzag(get_varint(c));
+    return r->prev_addr;
+}
+
+static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
+{
+    memset(rec, 0, sizeof *rec);
+    rec->tag = (enum mt_tag)*c->p++;
+    rec->thread = r->thread;
+    switch (rec->tag) {
+    case MT_T_ALLOC:
+        rec->u.ev.allocator = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
+        rec->u.ev.addr = get_addr(r, c);
+        rec->u.ev.size = get_varint(c);
+        rec->u.ev.py_stack = (uint32_t)get_varint(c);
+        rec->u.ev.native_stack = (uint32_t)get_varint(c);
+        break;
+    case MT_T_FREE:
+        rec->u.ev.addr = get_addr(r, c);
+        break;
+    case MT_T_REALLOC:
+    case MT_T_MREMAP:
+        rec->u.ev.allocator = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
+        rec->u.ev.old_addr = get_addr(r, c);
+        rec->u.ev.old_size = get_varint(c);
+        rec->u.ev.addr = get_addr(r, c);
+        rec->u.ev.size = get_varint(c);
+        rec->u.ev.py_stack = (uint32_t)get_varint(c);
+        rec->u.ev.native_stack = (uint32_t)get_varint(c);
+        break;
+    case MT_T_MUNMAP:
+        rec->u.ev.addr = get_addr(r, c);
+        rec->u.ev.size = get_varint(c);
+        break;
+    case MT_T_THREAD_SWITCH:
+        r->thread = (uint32_t)get_varint(c);
+        rec->thread = r->thread;
+        break;
+    case MT_T_THREAD:
+        rec->u.thread.index = (uint32_t)get_varint(c);
+        rec->u.thread.tid = (uint32_t)get_varint(c);
+        rec->u.thread.name = get_str(r, c, 0);
+        break;
+    case MT_T_CODE:
+        rec->u.code.id = (uint32_t)get_varint(c);
+        rec->u.code.firstlineno = (int32_t)mt_unzigzag(get_varint(c));
+        rec->u.code.linetable_format = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
+        rec->u.code.name = get_str(r, c, 0);
+        rec->u.code.qualname = get_str(r, c, 1);
+        rec->u.code.filename = get_str(r, c, 2);
+        rec->u.code.linetable = get_bytes(c, &rec->u.code.linetable_len);
+        break;
+    case MT_T_PYNODE:
+    case MT_T_NATIVENODE:
+        rec->u.node.id = (uint32_t)get_varint(c);
+        rec->u.node.parent = (uint32_t)get_varint(c);
+        rec->u.node.a = get_varint(c);
+        if (rec->tag == MT_T_PYNODE) {
+            rec->u.node.b = (uint32_t)get_varint(c);
+            rec->u.node.flags = (uint32_t)get_varint(c);
+        }
+        break;
+    case MT_T_OBJECT:
+        rec->u.object.path = get_str(r, c, 0);
+        rec->u.object.base = get_varint(c);
+        rec->u.object.build_id = get_bytes(c, &rec->u.object.build_id_len);
+        rec->u.object.nseg = (uint32_t)get_varint(c);
+        if (rec->u.object.nseg > 32) {
+            c->bad = 1;
+            break;
+        }
+        for (uint32_t i = 0; i < 2 * rec->u.object.nseg; i++)
+            r->seg[i] = get_varint(c);
+        rec->u.object.seg = r->seg;
+        rec->u.object.unload = (uint32_t)get_varint(c);
+        break;
+    case MT_T_SAMPLE:
+        rec->u.sample.time_us = get_varint(c);
+        rec->u.sample.rss_bytes = get_varint(c);
+        break;
+    case MT_T_END:
+        break;
+    case MT_T_PROGRAM:
+        rec->u.program.python_version = get_str(r, c, 0);
+        break;
+    case MT_T_TRAILER:
+        rec->u.trailer.exit.code = (int)mt_unzigzag(get_varint(c));
+        rec->u.trailer.exit.signal = (int)get_varint(c);
+        rec->u.trailer.duration_us = get_varint(c);
+        rec->u.trailer.events = get_varint(c);
+        rec->u.trailer.lost_events = get_varint(c);
+        break;
+    default:
+        c->bad = 1;
+    }
+    return c->bad ? MT_E_CORRUPT : 1;
+}
+
+int mt_reader_next(struct mt_reader *r, struct mt_record *rec)
+{
+    if (r->done)
+        return 0;
+    while (r->p == r->end) {
+        int rc = next_block(r);
+        if (rc <= 0) {
+            r->done = 1;
+            /* A clean end needs the trailer: a file without it stopped
+             * early, even when it ends between blocks. */
+            return rc == 0 ? MT_E_TRUNCATED : rc;
+        }
+    }
+    struct cursor c = {r->p, r->end, 0};
+    int rc = decode(r, &c, rec);
+    if (rc < 0) {
+        r->done = 1;
+        return rc;
+    }
+    r->p = c.p;
+    if (rec->tag == MT_T_TRAILER)
+        r->done = 1;
+    return 1;
+}
+
+uint64_t mt_reader_offset(const struct mt_reader *r)
+{
+    return r->block_offset;
+}
+
+uint64_t mt_reader_file_size(const struct mt_reader *r)
+{
+    return r->size;
+}
+
+void mt_reader_close(struct mt_reader *r)
+{
+    if (!r)
+        return;
+    if (r->f)
+        fclose(r->f);
+    free(r->raw);
+    free(r->comp);
+    free(r->command);
+    free(r);
+}

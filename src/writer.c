@@ -1,0 +1,285 @@
+/* Writes captures: header, then lz4 blocks that each decode on their own
+ * (delta state restarts at every block), so a file cut anywhere reads up
+ * to its last whole block. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <lz4.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "capture.h"
+#include "codec.h"
+
+struct mt_writer {
+    int fd;
+    int failed;
+    uint64_t bytes;
+    uint8_t *raw;        /* MT_BLOCK_MAX_RAW */
+    size_t used;
+    uint8_t *comp;       /* block header + LZ4_compressBound */
+    uint64_t prev_addr;  /* delta base; reset per block */
+    uint32_t thread;     /* thread of the last event in this block */
+};
+
+static int write_all(struct mt_writer *w, const void *buf, size_t n)
+{
+    const uint8_t *p = buf;
+    while (n) {
+        ssize_t k = write(w->fd, p, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            w->failed = 1;
+            if (k == 0)
+                errno = ENOSPC;
+            return MT_E_IO;
+        }
+        p += k;
+        n -= (size_t)k;
+        w->bytes += (uint64_t)k;
+    }
+    return MT_OK;
+}
+
+static uint8_t *put_bytes(uint8_t *p, const void *s, size_t n)
+{
+    p = mt_put_varint(p, n);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static uint8_t *put_str(uint8_t *p, const char *s)
+{
+    return put_bytes(p, s ? s : "", s ? strlen(s) : 0);
+}
+
+int mt_writer_open(const char *path, int force, const struct mt_header *h,
+                   struct mt_writer **out)
+{
+    int flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
+                (force ? O_TRUNC : O_EXCL);
+    int fd = open(path, flags, 0644);
+    if (fd < 0)
+        return errno == EEXIST ? MT_E_EXISTS : MT_E_IO;
+    struct mt_writer *w = calloc(1, sizeof *w);
+    size_t cmd = h->command ? strlen(h->command) : 0;
+    uint8_t *hdr = malloc(64 + cmd);
+    if (w) {
+        w->raw = malloc(MT_BLOCK_MAX_RAW);
+        w->comp = malloc(MT_BLOCK_HEADER + LZ4_compressBound(MT_BLOCK_MAX_RAW));
+    }
+    if (!w || !hdr || !w->raw || !w->comp) {
+        if (w) {
+            free(w->raw);
+            free(w->comp);
+        }
+        free(w);
+        free(hdr);
+        close(fd);
+        return MT_E_NOMEM;
+    }
+    w->fd = fd;
+    memcpy(hdr, MT_FILE_MAGIC, 8);
+    mt_put_u32le(hdr + 8, MT_FORMAT_VERSION);
+    uint8_t *p = hdr + 16;
+    p = mt_put_varint(p, h->flags);
+    p = mt_put_varint(p, (uint64_t)h->pid);
+    p = mt_put_varint(p, h->start_time_us);
+    p = put_str(p, h->command);
+    mt_put_u32le(hdr + 12, (uint32_t)(p - hdr - 16));
+    mt_put_u32le(p, mt_crc32(0, hdr, (size_t)(p - hdr)));
+    p += 4;
+    int rc = write_all(w, hdr, (size_t)(p - hdr));
+    free(hdr);
+    if (rc != MT_OK) {
+        int e = errno;
+        mt_writer_close(w, NULL);
+        errno = e;
+        return rc;
+    }
+    *out = w;
+    return MT_OK;
+}
+
+int mt_writer_flush(struct mt_writer *w)
+{
+    if (w->failed)
+        return MT_E_IO;
+    if (!w->used)
+        return MT_OK;
+    int n = LZ4_compress_default((const char *)w->raw,
+                                 (char *)w->comp + MT_BLOCK_HEADER,
+                                 (int)w->used,
+                                 LZ4_compressBound(MT_BLOCK_MAX_RAW));
+    if (n <= 0) {
+        w->failed = 1;
+        return MT_E_IO;
+    }
+    mt_put_u32le(w->comp, MT_BLOCK_MAGIC);
+    mt_put_u32le(w->comp + 4, (uint32_t)w->used);
+    mt_put_u32le(w->comp + 8, (uint32_t)n);
+    mt_put_u32le(w->comp + 12, mt_crc32(0, w->comp + MT_BLOCK_HEADER, (size_t)n));
+    w->used = 0;
+    w->prev_addr = 0;
+    w->thread = 0;
+    return write_all(w, w->comp, MT_BLOCK_HEADER + (size_t)n);
+}
+
+/* Largest encoding of a record without its variable-length parts. */
+#define FIXED_MAX 128
+
+static size_t var_size(const struct mt_record *r)
+{
+    switch (r->tag) {
+    case MT_T_THREAD: return strlen(r->u.thread.name);
+    case MT_T_PROGRAM: return strlen(r->u.program.python_version);
+    case MT_T_CODE:
+        return strlen(r->u.code.name) + strlen(r->u.code.qualname) +
+               strlen(r->u.code.filename) + r->u.code.linetable_len;
+    case MT_T_OBJECT:
+        return strlen(r->u.object.path) + r->u.object.build_id_len +
+               (size_t)r->u.object.nseg * 20;
+    default: return 0;
+    }
+}
+
+static uint8_t *put_addr(struct mt_writer *w, uint8_t *p, uint64_t addr)
+{
+    p = mt_put_varint(p, mt_zigzag((int64_t)(addr - w->prev_addr)));
+    w->prev_addr = addr;
+    return p;
+}
+
+static int is_event(enum mt_tag t)
+{
+    return t == MT_T_ALLOC || t == MT_T_FREE || t == MT_T_REALLOC ||
+           t == MT_T_MUNMAP || t == MT_T_MREMAP;
+}
+
+int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
+{
+    if (w->failed)
+        return MT_E_IO;
+    size_t need = FIXED_MAX + var_size(r);
+    if (need > MT_BLOCK_MAX_RAW)
+        return MT_E_CORRUPT;  /* cannot happen with the shim's bounds */
+    if (w->used + need > MT_BLOCK_MAX_RAW && mt_writer_flush(w) != MT_OK)
+        return MT_E_IO;
+    uint8_t *p = w->raw + w->used;
+    if (is_event(r->tag) && r->thread != w->thread) {
+        *p++ = MT_T_THREAD_SWITCH;
+        p = mt_put_varint(p, r->thread);
+        w->thread = r->thread;
+    }
+    *p++ = (uint8_t)r->tag;
+    switch (r->tag) {
+    case MT_T_ALLOC:
+        *p++ = r->u.ev.allocator;
+        p = put_addr(w, p, r->u.ev.addr);
+        p = mt_put_varint(p, r->u.ev.size);
+        p = mt_put_varint(p, r->u.ev.py_stack);
+        p = mt_put_varint(p, r->u.ev.native_stack);
+        break;
+    case MT_T_FREE:
+        p = put_addr(w, p, r->u.ev.addr);
+        break;
+    case MT_T_REALLOC:
+    case MT_T_MREMAP:
+        *p++ = r->u.ev.allocator;
+        p = put_addr(w, p, r->u.ev.old_addr);
+        p = mt_put_varint(p, r->u.ev.old_size);
+        p = put_addr(w, p, r->u.ev.addr);
+        p = mt_put_varint(p, r->u.ev.size);
+        p = mt_put_varint(p, r->u.ev.py_stack);
+        p = mt_put_varint(p, r->u.ev.native_stack);
+        break;
+    case MT_T_MUNMAP:
+        p = put_addr(w, p, r->u.ev.addr);
+        p = mt_put_varint(p, r->u.ev.size);
+        break;
+    case MT_T_THREAD:
+        p = mt_put_varint(p, r->u.thread.index);
+        p = mt_put_varint(p, r->u.thread.tid);
+        p = put_str(p, r->u.thread.name);
+        break;
+    case MT_T_CODE:
+        p = mt_put_varint(p, r->u.code.id);
+        p = mt_put_varint(p, mt_zigzag(r->u.code.firstlineno));
+        *p++ = r->u.code.linetable_format;
+        p = put_str(p, r->u.code.name);
+        p = put_str(p, r->u.code.qualname);
+        p = put_str(p, r->u.code.filename);
+        p = put_bytes(p, r->u.code.linetable, r->u.code.linetable_len);
+        break;
+    case MT_T_PYNODE:
+    case MT_T_NATIVENODE:
+        p = mt_put_varint(p, r->u.node.id);
+        p = mt_put_varint(p, r->u.node.parent);
+        p = mt_put_varint(p, r->u.node.a);
+        if (r->tag == MT_T_PYNODE) {
+            p = mt_put_varint(p, r->u.node.b);
+            p = mt_put_varint(p, r->u.node.flags);
+        }
+        break;
+    case MT_T_OBJECT:
+        p = put_str(p, r->u.object.path);
+        p = mt_put_varint(p, r->u.object.base);
+        p = put_bytes(p, r->u.object.build_id, r->u.object.build_id_len);
+        p = mt_put_varint(p, r->u.object.nseg);
+        for (uint32_t i = 0; i < 2 * r->u.object.nseg; i++)
+            p = mt_put_varint(p, r->u.object.seg[i]);
+        p = mt_put_varint(p, r->u.object.unload);
+        break;
+    case MT_T_SAMPLE:
+        p = mt_put_varint(p, r->u.sample.time_us);
+        p = mt_put_varint(p, r->u.sample.rss_bytes);
+        break;
+    case MT_T_END:
+        break;
+    case MT_T_PROGRAM:
+        p = put_str(p, r->u.program.python_version);
+        break;
+    case MT_T_TRAILER:
+        p = mt_put_varint(p, mt_zigzag(r->u.trailer.exit.code));
+        p = mt_put_varint(p, (uint64_t)r->u.trailer.exit.signal);
+        p = mt_put_varint(p, r->u.trailer.duration_us);
+        p = mt_put_varint(p, r->u.trailer.events);
+        p = mt_put_varint(p, r->u.trailer.lost_events);
+        break;
+    case MT_T_THREAD_SWITCH:
+        p = mt_put_varint(p, r->thread);
+        w->thread = r->thread;
+        break;
+    default:
+        return MT_E_CORRUPT;
+    }
+    w->used = (size_t)(p - w->raw);
+    return MT_OK;
+}
+
+uint64_t mt_writer_bytes(const struct mt_writer *w)
+{
+    return w->bytes + w->used;
+}
+
+int mt_writer_close(struct mt_writer *w, const struct mt_trailer *trailer)
+{
+    if (!w)
+        return MT_OK;
+    int rc = MT_OK;
+    if (trailer) {
+        struct mt_record r = {.tag = MT_T_TRAILER};
+        r.u.trailer = *trailer;
+        rc = mt_writer_add(w, &r);
+    }
+    if (rc == MT_OK)
+        rc = mt_writer_flush(w);
+    if (close(w->fd) != 0 && rc == MT_OK)
+        rc = MT_E_IO;
+    free(w->raw);
+    free(w->comp);
+    free(w);
+    return rc;
+}
