@@ -885,19 +885,12 @@ char *mt_default_output(const char *kind, const char *capture,
 
 char *mt_allocators_format(uint32_t mask, char *buf, size_t cap)
 {
-    static const char *const names[MT_A_COUNT] = {
-        [MT_A_MALLOC] = "malloc", [MT_A_CALLOC] = "calloc", [MT_A_REALLOC] = "realloc",
-        [MT_A_REALLOCARRAY] = "reallocarray", [MT_A_POSIX_MEMALIGN] = "posix_memalign",
-        [MT_A_ALIGNED_ALLOC] = "aligned_alloc", [MT_A_MEMALIGN] = "memalign",
-        [MT_A_VALLOC] = "valloc", [MT_A_PVALLOC] = "pvalloc", [MT_A_MMAP] = "mmap",
-        [MT_A_MMAP_FILE] = "mmap(file)", [MT_A_MMAP_RESERVE] = "mmap(reserve)",
-        [MT_A_PYMALLOC] = "pymalloc",
-    };
     size_t used = 0;
     buf[0] = 0;
     for (unsigned i = 1; i < MT_A_COUNT; i++) {
-        if (!(mask & (1u << i)) || !names[i]) continue;
-        int w = snprintf(buf + used, cap - used, "%s%s", used ? "," : "", names[i]);
+        if (!(mask & (1u << i))) continue;
+        int w = snprintf(buf + used, cap - used, "%s%s", used ? "," : "",
+                         mt_allocator_name(i));
         if (w < 0 || (size_t)w >= cap - used) break;
         used += (size_t)w;
     }
