@@ -351,7 +351,12 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
     };
     int ch;
     /* "+": options stop at the program; -m and -c are its options too. */
-    while ((ch = getopt_long(argc, argv, "+o:fqh", longopts, NULL)) != -1) {
+    for (;;) {
+        if (optind < argc &&
+            (!strcmp(argv[optind], "-m") || !strcmp(argv[optind], "-c")))
+            break;
+        if ((ch = getopt_long(argc, argv, "+o:fqh", longopts, NULL)) == -1)
+            break;
         switch (ch) {
         case 'o': o->output = optarg; break;
         case 'f': o->force = 1; break;

@@ -357,7 +357,8 @@ def test_two_million_bytes_objects_counted_exactly(tmp_path, run_memtap):
     assert stats["allocators"]["calloc"]["bytes"] >= 1_665_000_000
     assert stats["total_frees"] >= 2_000_000
     # freed at once: never more than one alive
-    assert stats["peak_memory_bytes"] < 1_665_000_000 // 1000
+    # (the peak also holds what the interpreter keeps from its start-up)
+    assert stats["peak_memory_bytes"] < 1_665_000_000 // 100
 
 
 RECURSION = WARMUP + """\
