@@ -116,6 +116,11 @@ static void print_record(const struct mt_record *r)
     case MT_T_END:
         printf("END thread=%u\n", r->thread);
         break;
+    case MT_T_PROGRAM:
+        printf("PROGRAM python_version=");
+        put_str(r->u.program.python_version);
+        putchar('\n');
+        break;
     case MT_T_TRAILER:
         printf("TRAILER ");
         if (r->u.trailer.exit.signal) printf("signal=%d", r->u.trailer.exit.signal);

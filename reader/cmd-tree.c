@@ -20,7 +20,11 @@ struct tree_print {
     char *prefix; size_t plen, pcap;
 };
 
-static void print_node(struct tree_print *p, uint32_t id, int last, int top)
+/* Prints node id and its subtree. Indentation grows only where the tree
+ * branches: an only child is printed right under its parent, at the same
+ * indentation and without a connector, so long call chains stay readable;
+ * siblings always get "├──"/"└──". */
+static void print_node(struct tree_print *p, uint32_t id, const char *connector)
 {
     const struct mt_tree_node *nd = &p->t->nodes[id];
     const struct mt_loc *l = mt_report_loc(p->r, nd->loc);
@@ -28,33 +32,47 @@ static void print_node(struct tree_print *p, uint32_t id, int last, int top)
     const char *dim = p->color ? "\033[2m" : "", *off = p->color ? "\033[0m" : "";
     char size[32];
 
-    mt_format_size(nd->bytes, size, sizeof size);
-    printf("%s%s%s%s%s%s%s (%.2f%%, %llu allocation%s)  %s%s%s", dim, p->prefix,
-           top ? "" : (last ? "└── " : "├── "), off, yel, size, off,
-           p->total ? 100.0 * (double)nd->bytes / (double)p->total : 0.0,
-           (unsigned long long)nd->count, nd->count == 1 ? "" : "s",
-           cyan, l->function, off);
-    if (l->file[0] && l->line > 0) printf("  %s%s:%d%s", dim, l->file, (int)l->line, off);
-    else if (l->file[0]) printf("  %s%s%s", dim, l->file, off);
-    else if (!l->is_python && l->object[0]) printf("  %s(%s)%s", dim, l->object, off);
-    putchar('\n');
+    for (;;) {
+        mt_format_size(nd->bytes, size, sizeof size);
+        printf("%s%s%s%s%s%s%s (%.2f%%, %llu allocation%s)  %s%s%s", dim, p->prefix,
+               connector, off, yel, size, off,
+               p->total ? 100.0 * (double)nd->bytes / (double)p->total : 0.0,
+               (unsigned long long)nd->count, nd->count == 1 ? "" : "s",
+               cyan, l->function, off);
+        if (l->file[0] && l->line > 0) printf("  %s%s:%d%s", dim, l->file, (int)l->line, off);
+        else if (l->file[0]) printf("  %s%s%s", dim, l->file, off);
+        else if (!l->is_python && l->object[0]) printf("  %s(%s)%s", dim, l->object, off);
+        putchar('\n');
 
-    size_t save = p->plen;
-    if (!top) {
-        const char *add = last ? "    " : "│   ";
-        size_t al = strlen(add);
-        if (p->plen + al + 1 > p->pcap) {
-            p->pcap = (p->plen + al + 1) * 2;
-            p->prefix = realloc(p->prefix, p->pcap);
-            if (!p->prefix) { fputs("memtap: out of memory\n", stderr); exit(1); }
+        /* the indentation under this node: below a connector, continue its column */
+        if (connector[0]) {
+            const char *add = !strcmp(connector, "├── ") ? "│   " : "    ";
+            size_t al = strlen(add);
+            if (p->plen + al + 1 > p->pcap) {
+                p->pcap = (p->plen + al + 1) * 2;
+                p->prefix = realloc(p->prefix, p->pcap);
+                if (!p->prefix) { fputs("memtap: out of memory\n", stderr); exit(1); }
+            }
+            memcpy(p->prefix + p->plen, add, al + 1);
+            p->plen += al;
         }
-        memcpy(p->prefix + p->plen, add, al + 1);
-        p->plen += al;
+        uint32_t c = nd->first_child;
+        if (!c) return;
+        if (p->t->nodes[c].next_sibling == 0) {
+            /* only child: same column, no connector (iterative: chains are long) */
+            nd = &p->t->nodes[c];
+            l = mt_report_loc(p->r, nd->loc);
+            connector = "";
+            continue;
+        }
+        size_t save = p->plen;
+        for (; c; c = p->t->nodes[c].next_sibling) {
+            print_node(p, c, p->t->nodes[c].next_sibling ? "├── " : "└── ");
+            p->plen = save;
+            p->prefix[save] = 0;
+        }
+        return;
     }
-    for (uint32_t c = nd->first_child; c; c = p->t->nodes[c].next_sibling)
-        print_node(p, c, p->t->nodes[c].next_sibling == 0, 0);
-    p->plen = save;
-    p->prefix[save] = 0;
 }
 
 int cmd_tree(int argc, char **argv)
@@ -93,8 +111,11 @@ int cmd_tree(int argc, char **argv)
     if (n == 0) {
         printf("no allocations\n");
     } else {
-        for (uint32_t c = t.nodes[0].first_child; c; c = t.nodes[c].next_sibling)
-            print_node(&p, c, t.nodes[c].next_sibling == 0, 1);
+        for (uint32_t c = t.nodes[0].first_child; c; c = t.nodes[c].next_sibling) {
+            print_node(&p, c, t.nodes[c].next_sibling ? "├── " : "└── ");
+            p.plen = 0;
+            p.prefix[0] = 0;
+        }
     }
     free(p.prefix);
     mt_tree_release(&t);

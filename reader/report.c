@@ -330,7 +330,7 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     /* location 0: "<unknown>" */
     r->loccap = 256;
     r->locs = xrealloc(NULL, r->loccap * sizeof *r->locs);
-    r->locs[0] = (struct mt_loc){ intern(&r->strings, "<unknown>"), intern(&r->strings, ""),
+    r->locs[0] = (struct mt_loc){ intern(&r->strings, "[no stack recorded]"), intern(&r->strings, ""),
                                   0, 0, intern(&r->strings, "") };
     r->nlocs = 1;
     return r;

@@ -97,13 +97,13 @@ struct mt_loc {
     const char *object;    /* native: object basename ("" unknown); Python: "" */
 };
 
-/* The location with id `id` (ids start at 1; id 0 is "<unknown>"). */
+/* The location with id `id` (ids start at 1; id 0 is "[no stack recorded]"). */
 const struct mt_loc *mt_report_loc(const struct mt_report *r, uint32_t id);
 uint32_t mt_report_nlocs(const struct mt_report *r);
 
 /* The resolved stack of group g as location ids, INNERMOST first, after the
  * hybrid merge and hiding (see mt_hybrid_merge). @return the depth (>= 1: a
- * stack that resolves to nothing gives the single location "<unknown>");
+ * stack that resolves to nothing gives the single location 0);
  * *out points into r and stays valid until the next call. */
 int mt_report_stack(struct mt_report *r, const struct mt_group *g,
                     const uint32_t **out);
