@@ -35,8 +35,9 @@ demo: all
 	@rm -f $(BUILD)/demo.bin
 	$(BUILD)/memtap run -o $(BUILD)/demo.bin -f examples/demo.py
 	$(BUILD)/memtap stats $(BUILD)/demo.bin
-	@if [ -x "$$(command -v true)" ] && $(BUILD)/memtap summary --help >/dev/null 2>&1; then \
-	  $(BUILD)/memtap summary $(BUILD)/demo.bin; fi
+	$(BUILD)/memtap summary -n 10 $(BUILD)/demo.bin
+	$(BUILD)/memtap summary -n 5 --leaks $(BUILD)/demo.bin
+	$(BUILD)/memtap flamegraph -o $(BUILD)/demo-flamegraph.html $(BUILD)/demo.bin
 
 $(TEST_VENV)/bin/pytest:
 	$(PYTHON) -m venv $(TEST_VENV)

@@ -612,11 +612,11 @@ uint64_t mt_py_code_fingerprint(const void *code)
     if (plausible(lt) && ld_ptr(lt, L.ob_type) == L.bytes_type) {
         int64_t n = ld_i64(lt, L.by_size);
         const uint8_t *b = (const uint8_t *)(lt + (uintptr_t)L.by_sval);
-        h = mix(h, (uint64_t)n);
-        /* The table's content, bounded: tables are short, and the length
-         * plus the first 64 bytes tell nearly all code objects apart. */
-        for (int64_t i = 0; i < n && i < 64; i++)
-            h = mix(h, b[i]);
+        /* The objects' addresses and the table's length and first word:
+         * runs on every frame that changed, so no loop over the table. */
+        uint64_t w = 0;
+        memcpy(&w, b, n < 8 ? (size_t)(n > 0 ? n : 0) : 8);
+        h = mix(h, (uint64_t)n ^ (w << 16));
     }
     if (L.co_code >= 0)
         h = mix(h, ld_ptr(co, L.co_code));

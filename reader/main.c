@@ -15,6 +15,12 @@ struct command {
 static const struct command commands[] = {
     {"run", cmd_run, "run a program and capture its allocations"},
     {"stats", cmd_stats, "totals, peak, allocators, threads, top locations"},
+    {"summary", cmd_summary, "a table of locations: own and total bytes"},
+    {"tree", cmd_tree, "the call tree of the biggest stacks"},
+    {"table", cmd_table, "a sortable, filterable HTML table"},
+    {"flamegraph", cmd_flamegraph, "an HTML flame graph with memory over time"},
+    {"export", cmd_export, "collapsed stacks, Austin, speedscope or CSV"},
+    {"parse", cmd_parse, "every record of a capture, as text"},
 };
 
 static void usage(FILE *f)

@@ -46,7 +46,8 @@ static int write_all(struct mt_writer *w, const void *buf, size_t n)
 static uint8_t *put_bytes(uint8_t *p, const void *s, size_t n)
 {
     p = mt_put_varint(p, n);
-    memcpy(p, s, n);
+    if (n)
+        memcpy(p, s, n);
     return p + n;
 }
 
