@@ -10,7 +10,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../src/linetable.h"
 #include "../src/map.h"
 #include "analysis.h"
 
@@ -356,16 +355,11 @@ static void on_definition(struct state *s, const struct mt_record *r)
         if (id >= a->ncodes)
             a->ncodes = id + 1;
         struct mt_code_info *c = &a->codes[id];
-        free(c->name), free(c->qualname), free(c->filename), free(c->linetable);
+        free(c->name), free(c->qualname), free(c->filename);
         c->name = xstrdup(r->u.code.name);
         c->qualname = xstrdup(*r->u.code.qualname ? r->u.code.qualname : r->u.code.name);
         c->filename = xstrdup(r->u.code.filename);
         c->firstlineno = r->u.code.firstlineno;
-        c->linetable_format = r->u.code.linetable_format;
-        c->linetable_len = r->u.code.linetable_len;
-        c->linetable = malloc(c->linetable_len + 1);
-        if (c->linetable && c->linetable_len)
-            memcpy(c->linetable, r->u.code.linetable, c->linetable_len);
         break;
     }
     case MT_T_PYNODE:
@@ -511,7 +505,7 @@ void mt_analysis_free(struct mt_analysis *a)
     free(a->threads);
     for (uint32_t i = 0; i < a->ncodes; i++) {
         free(a->codes[i].name), free(a->codes[i].qualname);
-        free(a->codes[i].filename), free(a->codes[i].linetable);
+        free(a->codes[i].filename);
     }
     free(a->codes);
     free(a->pynodes);
@@ -546,8 +540,7 @@ int mt_analysis_py_frames(const struct mt_analysis *a, uint32_t py_stack,
         }
         f->function = c->qualname;
         f->file = c->filename;
-        f->line = mt_linetable_line(c->linetable_format, c->linetable,
-                                    c->linetable_len, c->firstlineno, node->b);
+        f->line = (int32_t)node->b;
     }
     return n;
 }

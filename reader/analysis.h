@@ -31,10 +31,10 @@ struct mt_thread_info { uint32_t index; uint32_t tid; char *name; };
 
 struct mt_code_info {
     char *name, *qualname, *filename;
-    int32_t firstlineno; uint8_t linetable_format;
-    uint8_t *linetable; uint32_t linetable_len;
+    int32_t firstlineno;
 };
 
+/* Python: a = code id, b = line; native: a = return address. */
 struct mt_node_info { uint32_t parent; uint64_t a; uint32_t b, flags; };
 
 struct mt_object_info {

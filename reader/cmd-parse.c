@@ -83,12 +83,10 @@ static void print_record(const struct mt_record *r)
         put_str(r->u.code.qualname);
         printf(" file=");
         put_str(r->u.code.filename);
-        printf(" firstlineno=%d linetable_format=%u linetable_len=%u\n",
-               (int)r->u.code.firstlineno, r->u.code.linetable_format,
-               r->u.code.linetable_len);
+        printf(" firstlineno=%d\n", (int)r->u.code.firstlineno);
         break;
     case MT_T_PYNODE:
-        printf("PYNODE id=%u parent=%u code=%" PRIu64 " instr=%u flags=0x%x\n",
+        printf("PYNODE id=%u parent=%u code=%" PRIu64 " line=%u flags=0x%x\n",
                r->u.node.id, r->u.node.parent, r->u.node.a, r->u.node.b, r->u.node.flags);
         break;
     case MT_T_NATIVENODE:

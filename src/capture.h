@@ -43,10 +43,11 @@ struct mt_record {
         } ev;
         struct { uint32_t index; uint32_t tid; const char *name; } thread;
         struct {
-            uint32_t id; int32_t firstlineno; uint8_t linetable_format;
+            uint32_t id; int32_t firstlineno;
             const char *name, *qualname, *filename;
-            const uint8_t *linetable; uint32_t linetable_len;
         } code;
+        /* PYNODE: a = code id, b = line, flags = MT_PYF_*;
+         * NATIVENODE: a = return address */
         struct { uint32_t id, parent; uint64_t a; uint32_t b, flags; } node;
         struct {
             const char *path; uint64_t base;

@@ -38,6 +38,27 @@ static inline uint32_t mt_get_u32le(const uint8_t *p)
            (uint32_t)p[3] << 24;
 }
 
+/* Delta bases of one block (all restart at 0 with every block, so blocks
+ * decode on their own). Allocated and freed addresses have separate bases:
+ * a free is usually near the previous free (a container torn down in
+ * order) or equal to it (churn), not near the last allocation. */
+struct mt_deltas {
+    uint64_t alloc_addr, free_addr, free_index, py, native;
+    uint64_t pynode, nativenode, ip;   /* node ids (always +1) and return addresses */
+};
+
+/* A free names its block by allocation number (the n-th allocation of the
+ * capture, from 1), as a delta from the previous free's: blocks freed in
+ * the order they were made, or just after, cost one byte that compresses
+ * to almost nothing — addresses do not. Frees of blocks the capture never
+ * saw allocated are not written at all. */
+
+/* Allocation tags carry the allocator in their low 4 bits; the 0x10 bit
+ * says a native stack id follows. */
+#define MT_TAG_ALLOC_BASE 0x20u
+#define MT_TAG_ALLOC_NATIVE 0x10u
+#define MT_TAG_IS_ALLOC(t) (((t) & 0xe0u) == MT_TAG_ALLOC_BASE)
+
 /* CRC-32 (IEEE, as zlib), continuing from crc (0 to start). */
 uint32_t mt_crc32(uint32_t crc, const void *data, size_t n);
 

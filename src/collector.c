@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "collector.h"
+#include "linetable.h"
 #include "map.h"
 
 /* Thread-local ids of one slot's owner -> capture-wide ids. */
@@ -25,6 +26,16 @@ struct slot_state {
     struct idmap codes, pynodes, nativenodes;
 };
 
+/* A code object as the shim saw it: its line table stays here, so the
+ * capture names each frame by its line and carries no line tables. */
+struct code_object {
+    uint32_t code;         /* the capture's code id (name, file, first line) */
+    int32_t firstlineno;
+    uint8_t format;
+    uint8_t *linetable;
+    uint32_t linetable_len;
+};
+
 struct mt_collector {
     struct mt_shm *shm;
     struct mt_writer *w;
@@ -36,6 +47,9 @@ struct mt_collector {
     unsigned listed[MT_SLOTS];
     struct slot_state slots[MT_SLOTS];
     struct mt_imap codes, pynodes, nativenodes, objects;
+    struct mt_imap objects_py;          /* code objects, by content */
+    struct code_object *code_objects;   /* by the id objects_py gives */
+    uint32_t ncode_objects;
 };
 
 static int idmap_set(struct idmap *m, uint32_t local, uint32_t global)
@@ -138,11 +152,12 @@ static char *copy_str(const uint8_t **p, uint32_t n)
     return s;
 }
 
+
 static int on_code(struct mt_collector *c, struct slot_state *st,
                    const struct mt_rcode *k)
 {
-    uint64_t total = (uint64_t)k->name_len + k->qualname_len + k->filename_len +
-                     k->linetable_len;
+    uint64_t names = (uint64_t)k->name_len + k->qualname_len + k->filename_len;
+    uint64_t total = names + k->linetable_len;
     if (sizeof *k + total > k->h.len)
         return MT_E_CORRUPT;
     const uint8_t *p = (const uint8_t *)(k + 1);
@@ -150,30 +165,54 @@ static int on_code(struct mt_collector *c, struct slot_state *st,
                        ((uint64_t)(uint32_t)k->firstlineno << 32) |
                            (((uint64_t)k->name_len << 16) ^ k->linetable_format)};
     int is_new;
-    uint32_t id = mt_imap_intern(&c->codes, key, &is_new);
-    if (!id)
+    uint32_t object = mt_imap_intern(&c->objects_py, key, &is_new);
+    if (!object)
         return MT_E_NOMEM;
     if (is_new) {
-        struct mt_record r = {.tag = MT_T_CODE};
-        r.u.code.id = id;
-        r.u.code.firstlineno = k->firstlineno;
-        r.u.code.linetable_format = k->linetable_format;
-        char *name = copy_str(&p, k->name_len);
-        char *qual = copy_str(&p, k->qualname_len);
-        char *file = copy_str(&p, k->filename_len);
-        if (name && qual && file) {
-            r.u.code.name = name;
-            r.u.code.qualname = qual;
-            r.u.code.filename = file;
-            r.u.code.linetable = p;
-            r.u.code.linetable_len = k->linetable_len;
-            put(c, &r);
+        if (object >= c->ncode_objects) {
+            uint32_t cap = c->ncode_objects ? c->ncode_objects * 2 : 256;
+            while (cap <= object)
+                cap *= 2;
+            struct code_object *o = realloc(c->code_objects, cap * sizeof *o);
+            if (!o)
+                return MT_E_NOMEM;
+            memset(o + c->ncode_objects, 0, (cap - c->ncode_objects) * sizeof *o);
+            c->code_objects = o;
+            c->ncode_objects = cap;
         }
-        free(name);
-        free(qual);
-        free(file);
+        struct code_object *o = &c->code_objects[object];
+        o->firstlineno = k->firstlineno;
+        o->format = k->linetable_format;
+        o->linetable_len = k->linetable_len;
+        o->linetable = malloc(k->linetable_len + 1);
+        if (!o->linetable)
+            return MT_E_NOMEM;
+        memcpy(o->linetable, p + names, k->linetable_len);
+        /* Code objects that look alike (exec in a loop) share one code id. */
+        uint64_t shown[3] = {mt_hash_bytes(p, names, 1), mt_hash_bytes(p, names, 2),
+                             ((uint64_t)(uint32_t)k->firstlineno << 32) | k->name_len};
+        o->code = mt_imap_intern(&c->codes, shown, &is_new);
+        if (!o->code)
+            return MT_E_NOMEM;
+        if (is_new) {
+            struct mt_record r = {.tag = MT_T_CODE};
+            r.u.code.id = o->code;
+            r.u.code.firstlineno = k->firstlineno;
+            char *name = copy_str(&p, k->name_len);
+            char *qual = copy_str(&p, k->qualname_len);
+            char *file = copy_str(&p, k->filename_len);
+            if (name && qual && file) {
+                r.u.code.name = name;
+                r.u.code.qualname = qual;
+                r.u.code.filename = file;
+                put(c, &r);
+            }
+            free(name);
+            free(qual);
+            free(file);
+        }
     }
-    return idmap_set(&st->codes, k->id, id);
+    return idmap_set(&st->codes, k->id, object);
 }
 
 static int on_node(struct mt_collector *c, struct slot_state *st,
@@ -182,8 +221,18 @@ static int on_node(struct mt_collector *c, struct slot_state *st,
     int py = n->h.type == MT_R_PYNODE;
     struct idmap *m = py ? &st->pynodes : &st->nativenodes;
     uint32_t parent = idmap_get(m, n->parent);
-    uint64_t a = py ? idmap_get(&st->codes, (uint32_t)n->a) : n->a;
-    uint64_t key[3] = {parent, a, ((uint64_t)n->flags << 32) | n->b};
+    uint64_t a = n->a;
+    uint32_t b = n->b;
+    if (py) {
+        uint32_t object = idmap_get(&st->codes, (uint32_t)n->a);
+        const struct code_object *o =
+            object && object < c->ncode_objects ? &c->code_objects[object] : NULL;
+        a = o ? o->code : 0;
+        b = o ? (uint32_t)mt_linetable_line(o->format, o->linetable,
+                                            o->linetable_len, o->firstlineno, n->b)
+              : 0;
+    }
+    uint64_t key[3] = {parent, a, ((uint64_t)n->flags << 32) | b};
     int is_new;
     uint32_t id = mt_imap_intern(py ? &c->pynodes : &c->nativenodes, key, &is_new);
     if (!id)
@@ -193,7 +242,7 @@ static int on_node(struct mt_collector *c, struct slot_state *st,
         r.u.node.id = id;
         r.u.node.parent = parent;
         r.u.node.a = a;
-        r.u.node.b = n->b;
+        r.u.node.b = b;
         r.u.node.flags = n->flags;
         put(c, &r);
     }
@@ -489,6 +538,10 @@ void mt_collector_free(struct mt_collector *c)
     mt_imap_release(&c->pynodes);
     mt_imap_release(&c->nativenodes);
     mt_imap_release(&c->objects);
+    mt_imap_release(&c->objects_py);
+    for (uint32_t i = 0; i < c->ncode_objects; i++)
+        free(c->code_objects[i].linetable);
+    free(c->code_objects);
     munmap(c->shm, MT_SHM_BYTES);
     free(c);
 }

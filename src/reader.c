@@ -13,6 +13,7 @@
 
 #include "capture.h"
 #include "codec.h"
+#include "map.h"
 
 struct mt_reader {
     FILE *f;
@@ -21,9 +22,11 @@ struct mt_reader {
     char *command;
     uint8_t *raw, *comp;
     const uint8_t *p, *end;  /* the decoded block */
-    uint64_t prev_addr;
+    struct mt_deltas d;
     uint32_t thread;
     int done;
+    uint64_t nallocs;        /* allocations decoded: the last one's number */
+    struct mt_amap live;     /* heap allocation number -> its address */
     char strings[4][4096 + 1];  /* NUL-terminated copies for the record */
     uint64_t seg[64];
 };
@@ -197,45 +200,88 @@ static int next_block(struct mt_reader *r)
         return MT_E_CORRUPT;
     r->p = r->raw;
     r->end = r->raw + n;
-    r->prev_addr = 0;
+    memset(&r->d, 0, sizeof r->d);
     r->thread = 0;
     return 1;
 }
 
-static uint64_t get_addr(struct mt_reader *r, struct cursor *c)
+static uint64_t get_delta(struct cursor *c, uint64_t *base)
 {
-    r->prev_addr += (uint64_t)mt_unzigzag(get_varint(c));
-    return r->prev_addr;
+    *base += (uint64_t)mt_unzigzag(get_varint(c));
+    return *base;
+}
+
+/* Numbers a decoded block as the writer did. */
+static void block_new(struct mt_reader *r, struct cursor *c, unsigned allocator,
+                      uint64_t addr)
+{
+    uint64_t number = ++r->nallocs;
+    if (!mt_allocator_is_mapping(allocator) && mt_amap_put(&r->live, number, addr) < 0)
+        c->bad = 1;
+}
+
+/* The address of the block a free refers to (ref as written, without the
+ * +1 of realloc's optional reference). */
+static uint64_t block_end(struct mt_reader *r, struct cursor *c, uint64_t ref)
+{
+    uint64_t addr;
+    r->d.free_index += (uint64_t)mt_unzigzag(ref);
+    if (!mt_amap_take(&r->live, r->d.free_index, &addr))
+        c->bad = 1;  /* the writer only refers to blocks it numbered */
+    return addr;
 }
 
 static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
 {
     memset(rec, 0, sizeof *rec);
-    rec->tag = (enum mt_tag)*c->p++;
+    uint8_t tag = *c->p++;
     rec->thread = r->thread;
-    switch (rec->tag) {
-    case MT_T_ALLOC:
-        rec->u.ev.allocator = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
-        rec->u.ev.addr = get_addr(r, c);
+    if (MT_TAG_IS_ALLOC(tag)) {
+        rec->tag = MT_T_ALLOC;
+        rec->u.ev.allocator = tag & 0xf;
+        rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
         rec->u.ev.size = get_varint(c);
-        rec->u.ev.py_stack = (uint32_t)get_varint(c);
-        rec->u.ev.native_stack = (uint32_t)get_varint(c);
+        rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
+        if (tag & MT_TAG_ALLOC_NATIVE)
+            rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
+        if (!c->bad)
+            block_new(r, c, rec->u.ev.allocator, rec->u.ev.addr);
+        return c->bad ? MT_E_CORRUPT : 1;
+    }
+    rec->tag = (enum mt_tag)tag;
+    switch (rec->tag) {
+    case MT_T_FREE: {
+        uint64_t ref = get_varint(c);
+        if (!c->bad)
+            rec->u.ev.addr = block_end(r, c, ref);
         break;
-    case MT_T_FREE:
-        rec->u.ev.addr = get_addr(r, c);
+    }
+    case MT_T_REALLOC: {
+        rec->u.ev.allocator = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
+        uint64_t ref = get_varint(c);
+        if (ref && !c->bad)
+            rec->u.ev.old_addr = block_end(r, c, ref - 1);
+        rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
+        rec->u.ev.size = get_varint(c);
+        rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
+        rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
+        if (rec->u.ev.addr && !c->bad)
+            block_new(r, c, MT_A_REALLOC, rec->u.ev.addr);
         break;
-    case MT_T_REALLOC:
+    }
     case MT_T_MREMAP:
         rec->u.ev.allocator = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
-        rec->u.ev.old_addr = get_addr(r, c);
+        rec->u.ev.old_addr = get_delta(c, &r->d.free_addr);
         rec->u.ev.old_size = get_varint(c);
-        rec->u.ev.addr = get_addr(r, c);
+        rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
         rec->u.ev.size = get_varint(c);
-        rec->u.ev.py_stack = (uint32_t)get_varint(c);
-        rec->u.ev.native_stack = (uint32_t)get_varint(c);
+        rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
+        rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
+        if (!c->bad)
+            block_new(r, c, MT_A_MMAP, rec->u.ev.addr);
         break;
     case MT_T_MUNMAP:
-        rec->u.ev.addr = get_addr(r, c);
+        rec->u.ev.addr = get_delta(c, &r->d.free_addr);
         rec->u.ev.size = get_varint(c);
         break;
     case MT_T_THREAD_SWITCH:
@@ -250,17 +296,18 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
     case MT_T_CODE:
         rec->u.code.id = (uint32_t)get_varint(c);
         rec->u.code.firstlineno = (int32_t)mt_unzigzag(get_varint(c));
-        rec->u.code.linetable_format = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
         rec->u.code.name = get_str(r, c, 0);
         rec->u.code.qualname = get_str(r, c, 1);
         rec->u.code.filename = get_str(r, c, 2);
-        rec->u.code.linetable = get_bytes(c, &rec->u.code.linetable_len);
         break;
     case MT_T_PYNODE:
     case MT_T_NATIVENODE:
-        rec->u.node.id = (uint32_t)get_varint(c);
-        rec->u.node.parent = (uint32_t)get_varint(c);
-        rec->u.node.a = get_varint(c);
+        rec->u.node.id = (uint32_t)get_delta(
+            c, rec->tag == MT_T_PYNODE ? &r->d.pynode : &r->d.nativenode);
+        rec->u.node.parent =
+            (uint32_t)((int64_t)rec->u.node.id - mt_unzigzag(get_varint(c)));
+        rec->u.node.a = rec->tag == MT_T_NATIVENODE ? get_delta(c, &r->d.ip)
+                                                    : get_varint(c);
         if (rec->tag == MT_T_PYNODE) {
             rec->u.node.b = (uint32_t)get_varint(c);
             rec->u.node.flags = (uint32_t)get_varint(c);
@@ -346,5 +393,6 @@ void mt_reader_close(struct mt_reader *r)
     free(r->raw);
     free(r->comp);
     free(r->command);
+    mt_amap_release(&r->live);
     free(r);
 }
