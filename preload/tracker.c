@@ -20,6 +20,7 @@
 #include "../src/format.h"
 #include "../src/transport.h"
 #include "native.h"
+#include "pyalloc.h"
 #include "pystack.h"
 #include "real.h"
 #include "tracker.h"
@@ -687,6 +688,9 @@ __attribute__((constructor)) static void mt_setup(void)
     if (dladdr((void *)mt_setup, &me))
         dl_iterate_phdr(find_self, &me);
     python = mt_py_setup() == 1;
+    if (python && (shm->flags & MT_SHMF_PYALLOC) && mt_pyalloc_setup() < 0)
+        say("memtap: cannot find CPython's allocator API; "
+            "Python allocators are not traced\n");
     native = (shm->flags & MT_SHMF_NATIVE) || !python;
     if (native && mt_native_setup() < 0)
         native = 0;

@@ -21,7 +21,7 @@
 
 struct run_opts {
     const char *output;
-    int force, native, quiet;
+    int force, native, quiet, pyalloc;
     const char *python;
 };
 
@@ -34,6 +34,7 @@ struct target {
 
 static const char run_usage[] =
     "usage: memtap run [-o FILE] [-f|--force] [--native] [--python PY] [-q]\n"
+    "                  [--trace-python-allocators]\n"
     "                  (SCRIPT | -m MODULE | -c CODE | EXECUTABLE) [ARGS...]";
 
 static uint64_t now_us(void)
@@ -344,6 +345,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         {"output", required_argument, NULL, 'o'},
         {"force", no_argument, NULL, 'f'},
         {"native", no_argument, NULL, 'N'},
+        {"trace-python-allocators", no_argument, NULL, 'A'},
         {"python", required_argument, NULL, 'P'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -361,6 +363,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         case 'o': o->output = optarg; break;
         case 'f': o->force = 1; break;
         case 'N': o->native = 1; break;
+        case 'A': o->pyalloc = 1; break;
         case 'P': o->python = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': puts(run_usage); exit(0);
@@ -382,7 +385,8 @@ int cmd_run(int argc, char **argv)
 
     struct mt_collector *c;
     int shm_fd;
-    uint32_t flags = o.native ? MT_SHMF_NATIVE : 0;
+    uint32_t flags = (o.native ? MT_SHMF_NATIVE : 0) |
+                     (o.pyalloc ? MT_SHMF_PYALLOC : 0);
     if (mt_collector_new(flags, (int)getpid(), &c, &shm_fd) != MT_OK)
         die("cannot set up shared memory: %s", strerror(errno));
     if (o.output && !o.force && access(o.output, F_OK) == 0)
@@ -413,7 +417,7 @@ int cmd_run(int argc, char **argv)
         snprintf(output, sizeof output, "memtap-%s.%d.bin", t.name, (int)pid);
     uint64_t start = now_us();
     struct mt_header h = {
-        .flags = o.native ? MT_HF_NATIVE : 0,
+        .flags = (o.native ? MT_HF_NATIVE : 0) | (o.pyalloc ? MT_HF_PYALLOC : 0),
         .pid = (int32_t)pid,
         .start_time_us = wall_us(),
         .command = join_argv(t.argv),
