@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -68,6 +70,7 @@ static int python;              /* the frame walker is usable */
 static int native;              /* record native stacks */
 static int ended;               /* the END marker was written */
 static pthread_key_t thread_key;
+static int fork_socket = -1;    /* --follow-fork: where children announce */
 static uintptr_t self_lo, self_hi;  /* the shim's own code, cut from stacks */
 
 /* ---- failure --------------------------------------------------------- */
@@ -93,7 +96,8 @@ static void stop_tracking(const char *why)
 
 static int collector_alive(void)
 {
-    return getppid() == shm->collector_pid;
+    /* Not getppid(): a followed child's parent is the program. */
+    return kill(shm->collector_pid, 0) == 0 || errno == EPERM;
 }
 
 /* Room for len contiguous bytes in the thread's ring; waits for the
@@ -377,12 +381,8 @@ static void thread_announce(struct mt_thread *t, const char *name)
     ring_commit(t, total);
 }
 
-static void thread_end(void *arg)
+static void thread_free(struct mt_thread *t)
 {
-    struct mt_thread *t = arg;
-    mt_self = MT_GONE;
-    atomic_store_explicit(&shm->slots[t->slot].state, MT_SLOT_CLOSED,
-                          memory_order_release);
     if (t->pynodes.e)
         mt_raw_munmap(t->pynodes.e, (size_t)t->pynodes.cap * sizeof(struct node_entry));
     if (t->nativenodes.e)
@@ -390,6 +390,15 @@ static void thread_end(void *arg)
     if (t->codes.e)
         mt_raw_munmap(t->codes.e, (size_t)t->codes.cap * sizeof(struct code_entry));
     mt_raw_munmap(t, sizeof *t);
+}
+
+static void thread_end(void *arg)
+{
+    struct mt_thread *t = arg;
+    mt_self = MT_GONE;
+    atomic_store_explicit(&shm->slots[t->slot].state, MT_SLOT_CLOSED,
+                          memory_order_release);
+    thread_free(t);
 }
 
 static int slot_claim(void)
@@ -619,9 +628,66 @@ void mt_record_thread_name(struct mt_thread *t, const char *name)
 
 /* A forked child must not write into its parent's rings (design.md §2):
  * it runs on, unrecorded. */
+/* A new transport for this (forked) process, announced to the collector.
+ * @return it, or NULL. */
+static struct mt_shm *transport_for_child(void)
+{
+    int fd = (int)syscall(SYS_memfd_create, "memtap", MFD_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    void *p = MAP_FAILED;
+    if (ftruncate(fd, (off_t)MT_SHM_BYTES) == 0)
+        p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        fd, 0);
+    struct mt_shm *s = p == MAP_FAILED ? NULL : p;
+    if (s) {
+        mt_shm_init(s, shm->flags, shm->collector_pid);
+        s->producer_pid = getpid();
+        memcpy(s->python_version, shm->python_version, sizeof s->python_version);
+        atomic_store(&s->ready, 1);
+        struct mt_fork_note note = {getpid(), getppid()};
+        struct iovec iov = {&note, sizeof note};
+        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+        if (sendmsg(fork_socket, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof note) {
+            mt_raw_munmap(p, MT_SHM_BYTES);
+            s = NULL;
+        }
+    }
+    close(fd);
+    return s;
+}
+
+/* A forked child must not write into its parent's rings (design.md §2):
+ * it runs on unrecorded, or, with --follow-fork, records into a transport
+ * of its own. Only the forking thread lives on in the child. */
 static void fork_child(void)
 {
     active = 0;
+    if (fork_socket < 0 || !shm)
+        return;
+    struct mt_shm *s = transport_for_child();
+    if (!s) {
+        say("memtap: cannot follow this child process; it is not recorded\n");
+        return;
+    }
+    struct mt_thread *t = mt_self;
+    if ((uintptr_t)t > (uintptr_t)MT_GONE) {
+        pthread_setspecific(thread_key, NULL);
+        t->slot = 0;
+        thread_free(t);
+    }
+    mt_self = NULL;
+    mt_raw_munmap(shm, MT_SHM_BYTES);
+    shm = s;
+    ended = 0;
+    active = 1;
 }
 
 static int find_self(struct dl_phdr_info *info, size_t size, void *arg)
@@ -654,10 +720,16 @@ static struct mt_shm *attach(void)
     if (*end != ':')
         return NULL;
     unsigned long long ino = strtoull(end + 1, &end, 10);
+    long sock = *end == ':' ? strtol(end + 1, NULL, 10) : -1;
     struct stat st;
     if (fd < 0 || fstat((int)fd, &st) != 0 || st.st_ino != ino ||
         (uint64_t)st.st_size != MT_SHM_BYTES)
         return NULL;
+    if (sock >= 0 && fstat((int)sock, &st) == 0 && S_ISSOCK(st.st_mode)) {
+        /* Kept, high and close-on-exec: exec'd programs do not get it. */
+        fork_socket = fcntl((int)sock, F_DUPFD_CLOEXEC, 900);
+        close((int)sock);
+    }
     void *p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE,
                           MAP_SHARED, (int)fd, 0);
     close((int)fd);

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -21,7 +23,7 @@
 
 struct run_opts {
     const char *output;
-    int force, native, quiet, pyalloc;
+    int force, native, quiet, pyalloc, follow_fork;
     const char *python;
 };
 
@@ -34,7 +36,7 @@ struct target {
 
 static const char run_usage[] =
     "usage: memtap run [-o FILE] [-f|--force] [--native] [--python PY] [-q]\n"
-    "                  [--trace-python-allocators]\n"
+    "                  [--trace-python-allocators] [--follow-fork]\n"
     "                  (SCRIPT | -m MODULE | -c CODE | EXECUTABLE) [ARGS...]";
 
 static uint64_t now_us(void)
@@ -226,7 +228,7 @@ static char *join_argv(char **argv)
 }
 
 /* The child: waits until the capture is ready, then becomes the program. */
-static void child_exec(struct target *t, int go, int shm_fd, int trace)
+static void child_exec(struct target *t, int go, int shm_fd, int sock)
 {
     char token;
     ssize_t n;
@@ -234,14 +236,15 @@ static void child_exec(struct target *t, int go, int shm_fd, int trace)
         n = read(go, &token, 1);
     while (n < 0 && errno == EINTR);
     close(go);
-    if (n == 1 && token == 'T' && trace) {
+    if (n == 1 && token == 'T') {
         /* High and inheritable only until the shim maps it and closes it. */
         int fd = fcntl(shm_fd, F_DUPFD, 500);
+        int fsock = sock >= 0 ? fcntl(sock, F_DUPFD, 501) : -1;
         struct stat st;
         if (fd >= 0 && fstat(fd, &st) == 0) {
-            char env[64];
-            snprintf(env, sizeof env, "%d:%llu", fd,
-                     (unsigned long long)st.st_ino);
+            char env[96];
+            snprintf(env, sizeof env, "%d:%llu:%d", fd,
+                     (unsigned long long)st.st_ino, fsock);
             setenv(MT_ENV_SHM, env, 1);
             const char *old = getenv("LD_PRELOAD");
             char *pre = malloc(strlen(shim_path()) + (old ? strlen(old) : 0) + 2);
@@ -287,30 +290,169 @@ static uint64_t read_rss(pid_t pid)
     return resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
-/* Drains until the program ends; @return its wait status. */
-static int collect(struct mt_collector *c, struct mt_writer *w, pid_t pid,
-                   const char *output, uint64_t start)
+/* One process being recorded: the program, or a child it forked
+ * (--follow-fork), each into a capture of its own. */
+struct capture {
+    pid_t pid;
+    struct mt_collector *c;
+    struct mt_writer *w;
+    char path[PATH_MAX];
+    uint64_t start, last_flush, last_sample;
+    int told;
+};
+
+/* Moves what the process's rings hold into its capture, samples its RSS
+ * every 10 ms and flushes every 100 ms. @return records moved. */
+static long capture_step(struct capture *cap, uint64_t now)
 {
-    uint64_t last_flush = start, last_sample = 0;
-    int status = 0, told = 0;
+    long moved = mt_collector_drain(cap->c);
+    if (now - cap->last_sample >= 10000) {
+        mt_collector_sample(cap->c, now - cap->start, read_rss(cap->pid));
+        cap->last_sample = now;
+    }
+    if (now - cap->last_flush >= 100000) {
+        mt_writer_flush(cap->w);
+        cap->last_flush = now;
+    }
+    if (moved < 0 && !cap->told) {
+        error("cannot write '%s': %s; the program continues untracked",
+              cap->path, strerror(errno));
+        cap->told = 1;
+    }
+    return moved > 0 ? moved : 0;
+}
+
+/* Drains what is left and closes the capture; exit NULL: the process is
+ * still running (the capture reads as incomplete). @return the events. */
+static uint64_t capture_close(struct capture *cap, const struct mt_exit *exit)
+{
+    mt_collector_finish(cap->c);
+    struct mt_trailer tr = {
+        .duration_us = now_us() - cap->start,
+        .events = mt_collector_events(cap->c),
+        .lost_events = mt_collector_lost(cap->c),
+    };
+    if (exit)
+        tr.exit = *exit;
+    if (mt_writer_close(cap->w, exit ? &tr : NULL) != MT_OK)
+        error("cannot finish '%s': %s", cap->path, strerror(errno));
+    mt_collector_free(cap->c);
+    return tr.events;
+}
+
+/* The capture name of a child: the parent's with the child's pid before
+ * ".bin" (memtap-app.4242.bin -> memtap-app.4242.4250.bin). */
+static void child_path(char *out, const char *parent, pid_t pid)
+{
+    size_t n = strlen(parent);
+    if (n > 4 && !strcmp(parent + n - 4, ".bin"))
+        snprintf(out, PATH_MAX, "%.*s.%d.bin", (int)(n - 4), parent, (int)pid);
+    else
+        snprintf(out, PATH_MAX, "%s.%d.bin", parent, (int)pid);
+}
+
+struct followed {
+    struct capture *caps;   /* [0] is the program itself */
+    size_t n, cap;
+    int sock;
+    const struct mt_header *h;
+    int force, quiet;
+};
+
+/* Takes the announcements of newly forked children. */
+static void follow_accept(struct followed *f)
+{
     for (;;) {
-        long moved = mt_collector_drain(c);
+        struct mt_fork_note note;
+        struct iovec iov = {&note, sizeof note};
+        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+        ssize_t got = recvmsg(f->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (got <= 0)
+            return;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        if (got != (ssize_t)sizeof note || !cm || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        int fd;
+        memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+        const char *parent = NULL;
+        for (size_t i = 0; i < f->n; i++)
+            if (f->caps[i].pid == note.ppid)
+                parent = f->caps[i].path;
+        struct capture cap = {.pid = note.pid, .start = now_us()};
+        cap.last_flush = cap.start;
+        child_path(cap.path, parent ? parent : f->caps[0].path, note.pid);
+        struct mt_header h = *f->h;
+        h.pid = note.pid;
+        int rc = mt_collector_adopt(fd, &cap.c);
+        close(fd);
+        if (rc == MT_OK && (rc = mt_writer_open(cap.path, f->force, &h, &cap.w)) != MT_OK)
+            mt_collector_free(cap.c);
+        if (rc != MT_OK) {
+            error("cannot record child %d into '%s': %s", (int)note.pid,
+                  cap.path, rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
+            continue;
+        }
+        mt_collector_attach(cap.c, cap.w);
+        if (f->n == f->cap) {
+            f->cap = f->cap ? 2 * f->cap : 8;
+            f->caps = realloc(f->caps, f->cap * sizeof *f->caps);
+            if (!f->caps)
+                die("out of memory");
+        }
+        f->caps[f->n++] = cap;
+    }
+}
+
+/* How a process that is not ours ended, from /proc while it is a zombie.
+ * @return 1 ended (*exit set, signal -1 when unknown), 0 still running. */
+static int child_ended(pid_t pid, struct mt_exit *exit)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    *exit = (struct mt_exit){0, -1};
+    if (n <= 0)
+        return 1;  /* reaped: gone, its status unknown to us */
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ' || p[2] != 'Z')
+        return 0;
+    /* Field 52 is the exit status as waitpid reports it. */
+    char *last = strrchr(buf, ' ');
+    int status = last ? atoi(last + 1) : 0;
+    *exit = (struct mt_exit){WIFEXITED(status) ? WEXITSTATUS(status) : 0,
+                             WIFSIGNALED(status) ? WTERMSIG(status) : 0};
+    return 1;
+}
+
+/* Drains until the program ends; @return its wait status. */
+static int collect(struct followed *f)
+{
+    int status = 0;
+    for (;;) {
         uint64_t now = now_us();
-        if (now - last_sample >= 10000) {
-            mt_collector_sample(c, now - start, read_rss(pid));
-            last_sample = now;
+        long moved = 0;
+        if (f->sock >= 0)
+            follow_accept(f);
+        for (size_t i = 0; i < f->n; i++)
+            moved += capture_step(&f->caps[i], now);
+        for (size_t i = 1; i < f->n; i++) {
+            struct mt_exit exit;
+            if (child_ended(f->caps[i].pid, &exit)) {
+                capture_close(&f->caps[i], &exit);
+                if (!f->quiet)
+                    fprintf(stderr, "memtap: child %d recorded in '%s'\n",
+                            (int)f->caps[i].pid, f->caps[i].path);
+                f->caps[i--] = f->caps[--f->n];
+            }
         }
-        if (now - last_flush >= 100000) {
-            mt_writer_flush(w);
-            last_flush = now;
-        }
-        if (moved < 0 && !told) {
-            error("cannot write '%s': %s; the program continues untracked",
-                  output, strerror(errno));
-            told = 1;
-        }
-        pid_t got = waitpid(pid, &status, WNOHANG);
-        if (got == pid)
+        pid_t got = waitpid(f->caps[0].pid, &status, WNOHANG);
+        if (got == f->caps[0].pid)
             return status;
         if (got < 0 && errno != EINTR)
             return 0;
@@ -346,6 +488,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         {"force", no_argument, NULL, 'f'},
         {"native", no_argument, NULL, 'N'},
         {"trace-python-allocators", no_argument, NULL, 'A'},
+        {"follow-fork", no_argument, NULL, 'F'},
         {"python", required_argument, NULL, 'P'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -364,6 +507,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         case 'f': o->force = 1; break;
         case 'N': o->native = 1; break;
         case 'A': o->pyalloc = 1; break;
+        case 'F': o->follow_fork = 1; break;
         case 'P': o->python = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': puts(run_usage); exit(0);
@@ -386,12 +530,17 @@ int cmd_run(int argc, char **argv)
     struct mt_collector *c;
     int shm_fd;
     uint32_t flags = (o.native ? MT_SHMF_NATIVE : 0) |
-                     (o.pyalloc ? MT_SHMF_PYALLOC : 0);
+                     (o.pyalloc ? MT_SHMF_PYALLOC : 0) |
+                     (o.follow_fork ? MT_SHMF_FOLLOW_FORK : 0);
     if (mt_collector_new(flags, (int)getpid(), &c, &shm_fd) != MT_OK)
         die("cannot set up shared memory: %s", strerror(errno));
     if (o.output && !o.force && access(o.output, F_OK) == 0)
         die("'%s' exists; use -f to overwrite it", o.output);
 
+    int sock[2] = {-1, -1};
+    if (o.follow_fork &&
+        socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sock) != 0)
+        die("cannot create a socket: %s", strerror(errno));
     int go[2];
     if (pipe2(go, O_CLOEXEC) != 0)
         die("cannot create a pipe: %s", strerror(errno));
@@ -403,9 +552,13 @@ int cmd_run(int argc, char **argv)
         die("cannot fork: %s", strerror(errno));
     if (pid == 0) {
         close(go[1]);
-        child_exec(&t, go[0], shm_fd, 1);
+        if (sock[0] >= 0)
+            close(sock[0]);
+        child_exec(&t, go[0], shm_fd, sock[1]);
     }
     close(go[0]);
+    if (sock[1] >= 0)
+        close(sock[1]);
     forward_pid = pid;
     signal(SIGTERM, forward);
     signal(SIGHUP, forward);
@@ -417,7 +570,8 @@ int cmd_run(int argc, char **argv)
         snprintf(output, sizeof output, "memtap-%s.%d.bin", t.name, (int)pid);
     uint64_t start = now_us();
     struct mt_header h = {
-        .flags = (o.native ? MT_HF_NATIVE : 0) | (o.pyalloc ? MT_HF_PYALLOC : 0),
+        .flags = (o.native ? MT_HF_NATIVE : 0) | (o.pyalloc ? MT_HF_PYALLOC : 0) |
+                 (o.follow_fork ? MT_HF_FOLLOW_FORK : 0),
         .pid = (int32_t)pid,
         .start_time_us = wall_us(),
         .command = join_argv(t.argv),
@@ -445,21 +599,32 @@ int cmd_run(int argc, char **argv)
     close(go[1]);
     close(shm_fd);
 
-    int status = collect(c, w, pid, output, start);
-    mt_collector_finish(c);
-    struct mt_trailer tr = {
-        .exit = {WIFEXITED(status) ? WEXITSTATUS(status) : 0,
-                 WIFSIGNALED(status) ? WTERMSIG(status) : 0},
-        .duration_us = now_us() - start,
-        .events = mt_collector_events(c),
-        .lost_events = mt_collector_lost(c),
-    };
-    uint64_t events = tr.events;
-    rc = mt_writer_close(w, &tr);
-    mt_collector_free(c);
-    if (rc != MT_OK)
-        error("cannot finish '%s': %s", output, strerror(errno));
-    else if (!o.quiet)
+    struct capture main_cap = {.pid = pid, .c = c, .w = w, .start = start,
+                               .last_flush = start};
+    snprintf(main_cap.path, sizeof main_cap.path, "%s", output);
+    struct followed f = {.n = 1, .cap = 8, .sock = sock[0], .h = &h,
+                         .force = o.force, .quiet = o.quiet};
+    f.caps = calloc(f.cap, sizeof *f.caps);
+    if (!f.caps)
+        die("out of memory");
+    f.caps[0] = main_cap;
+    int status = collect(&f);
+    if (f.sock >= 0)
+        follow_accept(&f);
+    struct mt_exit exit = {WIFEXITED(status) ? WEXITSTATUS(status) : 0,
+                           WIFSIGNALED(status) ? WTERMSIG(status) : 0};
+    uint64_t events = capture_close(&f.caps[0], &exit);
+    for (size_t i = 1; i < f.n; i++) {
+        struct mt_exit child;
+        int ended = child_ended(f.caps[i].pid, &child);
+        capture_close(&f.caps[i], ended ? &child : NULL);
+        if (!o.quiet)
+            fprintf(stderr, "memtap: child %d recorded in '%s'%s\n",
+                    (int)f.caps[i].pid, f.caps[i].path,
+                    ended ? "" : " (still running: incomplete)");
+    }
+    free(f.caps);
+    if (!o.quiet)
         fprintf(stderr, "memtap: wrote %llu events to '%s'; "
                 "next: memtap stats %s\n", (unsigned long long)events,
                 output, output);

@@ -81,7 +81,7 @@ static void print_json(struct mt_report *r)
            a->complete ? "true" : "false");
     if (!a->complete)
         printf(", \"truncated_at\": %llu", (unsigned long long)a->stop_offset);
-    if (!a->complete)
+    if (!a->complete || a->trailer.exit.signal < 0)  /* < 0: not known */
         printf(", \"exit\": null");
     else if (a->trailer.exit.signal)
         printf(", \"exit\": {\"signal\": %d}", a->trailer.exit.signal);
@@ -146,6 +146,9 @@ static void print_text(struct mt_report *r)
     if (!a->complete)
         printf("  INCOMPLETE: the capture stops at byte %llu (%s)\n",
                (unsigned long long)a->stop_offset, mt_strerror(a->stop_error));
+    else if (a->trailer.exit.signal < 0)
+        printf("  ended after %.3f s (a followed child; its exit status was "
+               "not seen)\n", (double)a->trailer.duration_us / 1e6);
     else if (a->trailer.exit.signal)
         printf("  killed by signal %d after %.3f s\n", a->trailer.exit.signal,
                (double)a->trailer.duration_us / 1e6);

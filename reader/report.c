@@ -284,7 +284,7 @@ static void warn_incomplete(const struct mt_analysis *a, const char *file)
                 "reporting what it holds\n", file,
                 (unsigned long long)a->stop_offset,
                 a->stop_error ? mt_strerror(a->stop_error) : "no trailer");
-    } else if (a->trailer.exit.signal) {
+    } else if (a->trailer.exit.signal > 0) {
         fprintf(stderr, "memtap: note: the program was killed by signal %d; "
                 "leaks are what was alive at the kill\n", a->trailer.exit.signal);
     }
@@ -1141,7 +1141,7 @@ void mt_report_json_meta(struct mt_report *r, FILE *f)
         snprintf(w, sizeof w, "Incomplete capture (truncated at byte %llu): the program or "
                  "the collector was killed. Showing what it holds.",
                  (unsigned long long)a->stop_offset);
-    else if (a->trailer.exit.signal)
+    else if (a->trailer.exit.signal > 0)
         snprintf(w, sizeof w, "The program was killed by signal %d.", a->trailer.exit.signal);
     json_str(f, w, 1);
 }

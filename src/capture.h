@@ -19,7 +19,8 @@ struct mt_header {
 /* Exit of the traced program, stored in the trailer. */
 struct mt_exit {
     int code;                  /* valid when signal == 0 */
-    int signal;                /* killed by this signal, 0 when it exited */
+    int signal;                /* killed by this signal, 0 when it exited,
+                                  -1 when not known (a followed child) */
 };
 
 struct mt_trailer {

@@ -98,12 +98,32 @@ int mt_collector_new(uint32_t flags, int collector_pid,
         return MT_E_IO;
     }
     c->shm = p;
-    c->shm->magic = MT_SHM_MAGIC;
-    c->shm->version = MT_SHM_VERSION;
-    c->shm->flags = flags;
-    c->shm->collector_pid = collector_pid;
+    mt_shm_init(c->shm, flags, collector_pid);
     *out = c;
     *fd_out = fd;
+    return MT_OK;
+}
+
+int mt_collector_adopt(int fd, struct mt_collector **out)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != MT_SHM_BYTES)
+        return MT_E_CORRUPT;
+    struct mt_collector *c = calloc(1, sizeof *c);
+    if (!c)
+        return MT_E_NOMEM;
+    void *p = mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        free(c);
+        return MT_E_IO;
+    }
+    c->shm = p;
+    if (c->shm->magic != MT_SHM_MAGIC || c->shm->version != MT_SHM_VERSION) {
+        munmap(p, MT_SHM_BYTES);
+        free(c);
+        return MT_E_CORRUPT;
+    }
+    *out = c;
     return MT_OK;
 }
 

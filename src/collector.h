@@ -18,6 +18,11 @@ struct mt_collector;
 int mt_collector_new(uint32_t flags, int collector_pid,
                      struct mt_collector **out, int *fd);
 
+/* Collects from a transport a followed child created (memfd fd, which
+ * stays the caller's to close). @return MT_OK and *out, MT_E_CORRUPT when
+ * fd is not a transport, MT_E_IO, MT_E_NOMEM. */
+int mt_collector_adopt(int fd, struct mt_collector **out);
+
 /* Starts writing into w (owned by the caller; close it after
  * mt_collector_finish). */
 void mt_collector_attach(struct mt_collector *c, struct mt_writer *w);

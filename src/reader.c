@@ -338,7 +338,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         break;
     case MT_T_TRAILER:
         rec->u.trailer.exit.code = (int)mt_unzigzag(get_varint(c));
-        rec->u.trailer.exit.signal = (int)get_varint(c);
+        rec->u.trailer.exit.signal = (int)mt_unzigzag(get_varint(c));
         rec->u.trailer.duration_us = get_varint(c);
         rec->u.trailer.events = get_varint(c);
         rec->u.trailer.lost_events = get_varint(c);

@@ -21,7 +21,7 @@
 #define MT_SHM_VERSION 1
 #define MT_SLOTS 256
 #define MT_RING_BYTES (1u << 20)  /* per thread; power of two */
-#define MT_ENV_SHM "MEMTAP_SHM"   /* "<fd>:<inode>:<flags>" set by memtap run */
+#define MT_ENV_SHM "MEMTAP_SHM"   /* "<fd>:<inode>[:<socket fd>]", memtap run */
 
 enum mt_slot_state {
     MT_SLOT_FREE = 0,    /* no owner; the collector has drained it */
@@ -32,6 +32,13 @@ enum mt_slot_state {
 /* shm flags (the run options the shim must know) */
 #define MT_SHMF_NATIVE 0x1u
 #define MT_SHMF_PYALLOC 0x2u  /* --trace-python-allocators */
+#define MT_SHMF_FOLLOW_FORK 0x4u  /* forked children get transports of their own */
+
+/* What a followed child sends the collector on the socket named in
+ * MT_ENV_SHM, with its new transport's memfd attached (SCM_RIGHTS). */
+struct mt_fork_note {
+    int32_t pid, ppid;
+};
 
 struct mt_slot {
     _Atomic uint32_t state;
@@ -61,6 +68,16 @@ struct mt_shm {
 #define MT_SHM_RINGS_OFFSET \
     (((sizeof(struct mt_shm) + 4095) / 4096) * 4096)
 #define MT_SHM_BYTES (MT_SHM_RINGS_OFFSET + (uint64_t)MT_SLOTS * MT_RING_BYTES)
+
+/* Sets up the header of a new, zeroed transport. */
+static inline void mt_shm_init(struct mt_shm *shm, uint32_t flags,
+                               int32_t collector_pid)
+{
+    shm->magic = MT_SHM_MAGIC;
+    shm->version = MT_SHM_VERSION;
+    shm->flags = flags;
+    shm->collector_pid = collector_pid;
+}
 
 static inline uint8_t *mt_shm_ring(struct mt_shm *shm, unsigned slot)
 {

@@ -299,7 +299,7 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         break;
     case MT_T_TRAILER:
         p = mt_put_varint(p, mt_zigzag(r->u.trailer.exit.code));
-        p = mt_put_varint(p, (uint64_t)r->u.trailer.exit.signal);
+        p = mt_put_varint(p, mt_zigzag(r->u.trailer.exit.signal));
         p = mt_put_varint(p, r->u.trailer.duration_us);
         p = mt_put_varint(p, r->u.trailer.events);
         p = mt_put_varint(p, r->u.trailer.lost_events);
