@@ -277,7 +277,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         rec->u.ev.size = get_varint(c);
         rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
         rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
-        if (!c->bad)
+        if (rec->u.ev.addr && !c->bad)  /* numbered as the writer does */
             block_new(r, c, MT_A_MMAP, rec->u.ev.addr);
         break;
     case MT_T_MUNMAP:
