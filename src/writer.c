@@ -205,7 +205,8 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
     }
     if ((r->tag == MT_T_ALLOC || ((r->tag == MT_T_REALLOC || r->tag == MT_T_MREMAP) &&
                                   r->u.ev.addr)) &&
-        block_new(w, r->tag == MT_T_REALLOC ? MT_A_REALLOC : r->u.ev.allocator,
+        block_new(w, r->tag == MT_T_ALLOC ? r->u.ev.allocator & 0xfu  /* as decoded */
+                     : r->tag == MT_T_REALLOC ? MT_A_REALLOC : MT_A_MMAP,
                   r->u.ev.addr) != MT_OK)
         return MT_E_NOMEM;
     uint8_t *p = w->raw + w->used;
