@@ -18,12 +18,13 @@
 #include <unistd.h>
 
 #include "../src/collector.h"
+#include "../src/replay.h"
 #include "commands.h"
 #include "util.h"
 
 struct run_opts {
     const char *output;
-    int force, native, quiet, pyalloc, follow_fork;
+    int force, native, quiet, pyalloc, follow_fork, aggregate;
     const char *python;
 };
 
@@ -36,7 +37,7 @@ struct target {
 
 static const char run_usage[] =
     "usage: memtap run [-o FILE] [-f|--force] [--native] [--python PY] [-q]\n"
-    "                  [--trace-python-allocators] [--follow-fork]\n"
+    "                  [--trace-python-allocators] [--follow-fork] [--aggregate]\n"
     "                  (SCRIPT | -m MODULE | -c CODE | EXECUTABLE) [ARGS...]";
 
 static uint64_t now_us(void)
@@ -295,7 +296,9 @@ static uint64_t read_rss(pid_t pid)
 struct capture {
     pid_t pid;
     struct mt_collector *c;
-    struct mt_writer *w;
+    struct mt_writer *w;         /* a full capture, or */
+    struct mt_replay *agg;       /* --aggregate: saved every second */
+    struct mt_header h;
     char path[PATH_MAX];
     uint64_t start, last_flush, last_sample;
     int told;
@@ -310,8 +313,16 @@ static long capture_step(struct capture *cap, uint64_t now)
         mt_collector_sample(cap->c, now - cap->start, read_rss(cap->pid));
         cap->last_sample = now;
     }
-    if (now - cap->last_flush >= 100000) {
+    if (cap->w && now - cap->last_flush >= 100000) {
         mt_writer_flush(cap->w);
+        cap->last_flush = now;
+    }
+    /* A checkpoint: if memtap itself is killed, this much survives. */
+    if (cap->agg && now - cap->last_flush >= 1000000) {
+        if (mt_replay_save(cap->agg, cap->path, &cap->h, NULL) != MT_OK && !cap->told) {
+            error("cannot write '%s': %s", cap->path, strerror(errno));
+            cap->told = 1;
+        }
         cap->last_flush = now;
     }
     if (moved < 0 && !cap->told) {
@@ -334,10 +345,39 @@ static uint64_t capture_close(struct capture *cap, const struct mt_exit *exit)
     };
     if (exit)
         tr.exit = *exit;
-    if (mt_writer_close(cap->w, exit ? &tr : NULL) != MT_OK)
+    int rc;
+    if (cap->agg) {
+        rc = mt_replay_save(cap->agg, cap->path, &cap->h, exit ? &tr : NULL);
+        mt_analysis_free(mt_replay_finish(cap->agg, &cap->h));
+    } else {
+        rc = mt_writer_close(cap->w, exit ? &tr : NULL);
+    }
+    if (rc != MT_OK)
         error("cannot finish '%s': %s", cap->path, strerror(errno));
     mt_collector_free(cap->c);
     return tr.events;
+}
+
+/* Creates the capture file (refusing to replace one without force) and
+ * connects the collector to it: a writer, or with --aggregate a replay
+ * whose saves replace the file. @return an mt_err. */
+static int capture_open(struct capture *cap, int force)
+{
+    int rc = mt_writer_open(cap->path, force, &cap->h, &cap->w);
+    if (rc != MT_OK)
+        return rc;
+    if (!(cap->h.flags & MT_HF_AGGREGATE)) {
+        mt_collector_attach(cap->c, cap->w);
+        return MT_OK;
+    }
+    mt_writer_close(cap->w, NULL);  /* readable (incomplete) until saved */
+    cap->w = NULL;
+    struct mt_analysis_opts by_thread = {.split_threads = 1};
+    cap->agg = mt_replay_new(&by_thread);
+    if (!cap->agg)
+        return MT_E_NOMEM;
+    mt_collector_aggregate(cap->c, cap->agg);
+    return MT_OK;
 }
 
 /* The capture name of a child: the parent's with the child's pid before
@@ -383,18 +423,17 @@ static void follow_accept(struct followed *f)
         struct capture cap = {.pid = note.pid, .start = now_us()};
         cap.last_flush = cap.start;
         child_path(cap.path, parent ? parent : f->caps[0].path, note.pid);
-        struct mt_header h = *f->h;
-        h.pid = note.pid;
+        cap.h = *f->h;
+        cap.h.pid = note.pid;
         int rc = mt_collector_adopt(fd, &cap.c);
         close(fd);
-        if (rc == MT_OK && (rc = mt_writer_open(cap.path, f->force, &h, &cap.w)) != MT_OK)
+        if (rc == MT_OK && (rc = capture_open(&cap, f->force)) != MT_OK)
             mt_collector_free(cap.c);
         if (rc != MT_OK) {
             error("cannot record child %d into '%s': %s", (int)note.pid,
                   cap.path, rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
             continue;
         }
-        mt_collector_attach(cap.c, cap.w);
         if (f->n == f->cap) {
             f->cap = f->cap ? 2 * f->cap : 8;
             f->caps = realloc(f->caps, f->cap * sizeof *f->caps);
@@ -489,6 +528,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         {"native", no_argument, NULL, 'N'},
         {"trace-python-allocators", no_argument, NULL, 'A'},
         {"follow-fork", no_argument, NULL, 'F'},
+        {"aggregate", no_argument, NULL, 'G'},
         {"python", required_argument, NULL, 'P'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -508,6 +548,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         case 'N': o->native = 1; break;
         case 'A': o->pyalloc = 1; break;
         case 'F': o->follow_fork = 1; break;
+        case 'G': o->aggregate = 1; break;
         case 'P': o->python = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': puts(run_usage); exit(0);
@@ -571,13 +612,16 @@ int cmd_run(int argc, char **argv)
     uint64_t start = now_us();
     struct mt_header h = {
         .flags = (o.native ? MT_HF_NATIVE : 0) | (o.pyalloc ? MT_HF_PYALLOC : 0) |
-                 (o.follow_fork ? MT_HF_FOLLOW_FORK : 0),
+                 (o.follow_fork ? MT_HF_FOLLOW_FORK : 0) |
+                 (o.aggregate ? MT_HF_AGGREGATE : 0),
         .pid = (int32_t)pid,
         .start_time_us = wall_us(),
         .command = join_argv(t.argv),
     };
-    struct mt_writer *w = NULL;
-    int rc = mt_writer_open(output, o.force, &h, &w);
+    struct capture main_cap = {.pid = pid, .c = c, .h = h, .start = start,
+                               .last_flush = start};
+    snprintf(main_cap.path, sizeof main_cap.path, "%s", output);
+    int rc = capture_open(&main_cap, o.force);
     if (rc == MT_E_EXISTS) {
         close(go[1]);  /* the child exits without running the program */
         waitpid(pid, NULL, 0);
@@ -593,15 +637,11 @@ int cmd_run(int argc, char **argv)
         mt_collector_free(c);
         end_like(status);
     }
-    mt_collector_attach(c, w);
     if (write(go[1], "T", 1) != 1)
         die("cannot start '%s': %s", t.argv[0], strerror(errno));
     close(go[1]);
     close(shm_fd);
 
-    struct capture main_cap = {.pid = pid, .c = c, .w = w, .start = start,
-                               .last_flush = start};
-    snprintf(main_cap.path, sizeof main_cap.path, "%s", output);
     struct followed f = {.n = 1, .cap = 8, .sock = sock[0], .h = &h,
                          .force = o.force, .quiet = o.quiet};
     f.caps = calloc(f.cap, sizeof *f.caps);

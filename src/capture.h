@@ -30,6 +30,15 @@ struct mt_trailer {
     uint64_t lost_events;      /* numbers taken but never written */
 };
 
+/* The totals of a run, stored by aggregate captures. */
+struct mt_totals {
+    uint64_t allocations, frees, allocated_bytes;
+    uint64_t peak_bytes, peak_time_us, end_bytes, peak_rss_bytes;
+    uint32_t end_marked;
+    uint64_t allocator_count[MT_A_COUNT], allocator_bytes[MT_A_COUNT];
+    uint64_t histogram[64];
+};
+
 /* One decoded record. Pointers point into the reader's buffer and stay
  * valid until the next mt_reader_next call. */
 struct mt_record {
@@ -56,7 +65,14 @@ struct mt_record {
             uint32_t nseg; const uint64_t *seg; /* nseg × {vaddr, memsz} */
             uint32_t unload;
         } object;
-        struct { uint64_t time_us, rss_bytes; } sample;
+        /* heap_bytes: 0 = not stored (replaying the events tells) */
+        struct { uint64_t time_us, rss_bytes, heap_bytes; } sample;
+        struct {
+            uint32_t py_stack, native_stack, thread, allocators;
+            uint64_t total_bytes, total_count, peak_bytes, peak_count;
+            uint64_t end_bytes, end_count;
+        } group;
+        const struct mt_totals *totals;
         struct { const char *python_version; } program;  /* "" if not Python */
         struct mt_trailer trailer;
     } u;

@@ -14,6 +14,7 @@
 #include "collector.h"
 #include "linetable.h"
 #include "map.h"
+#include "replay.h"
 
 /* Thread-local ids of one slot's owner -> capture-wide ids. */
 struct idmap { uint32_t *to; uint32_t cap; };
@@ -39,6 +40,7 @@ struct code_object {
 struct mt_collector {
     struct mt_shm *shm;
     struct mt_writer *w;
+    struct mt_replay *replay;  /* --aggregate: records go here instead */
     int err;
     uint64_t next_seq, events, lost;
     uint32_t threads;
@@ -132,10 +134,16 @@ void mt_collector_attach(struct mt_collector *c, struct mt_writer *w)
     c->w = w;
 }
 
+void mt_collector_aggregate(struct mt_collector *c, struct mt_replay *r)
+{
+    c->replay = r;
+}
+
 static void put(struct mt_collector *c, const struct mt_record *r)
 {
-    if (c->err == MT_OK)
-        c->err = mt_writer_add(c->w, r);
+    if (c->err != MT_OK)
+        return;
+    c->err = c->replay ? mt_replay_add(c->replay, r) : mt_writer_add(c->w, r);
 }
 
 static uint32_t thread_of(struct mt_collector *c, struct slot_state *st)

@@ -27,6 +27,11 @@ int mt_collector_adopt(int fd, struct mt_collector **out);
  * mt_collector_finish). */
 void mt_collector_attach(struct mt_collector *c, struct mt_writer *w);
 
+/* --aggregate: records are replayed into r (owned by the caller) instead
+ * of written; save it with mt_replay_save. */
+struct mt_replay;
+void mt_collector_aggregate(struct mt_collector *c, struct mt_replay *r);
+
 /* Moves what the rings hold into the capture, in order. An event whose
  * predecessor number is still being written stays for the next call.
  * @return the number of records moved, or MT_E_IO when writing failed. */

@@ -66,6 +66,8 @@ enum mt_tag {
     MT_T_SAMPLE = 0x16,
     MT_T_END = 0x17,
     MT_T_PROGRAM = 0x18,
+    MT_T_GROUP = 0x19,    /* aggregate captures: one stack's totals */
+    MT_T_TOTALS = 0x1a,   /* aggregate captures: the whole run's totals */
     MT_T_TRAILER = 0x7f,
 };
 

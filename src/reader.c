@@ -29,6 +29,7 @@ struct mt_reader {
     struct mt_amap live;     /* heap allocation number -> its address */
     char strings[4][4096 + 1];  /* NUL-terminated copies for the record */
     uint64_t seg[64];
+    struct mt_totals totals;
 };
 
 struct cursor { const uint8_t *p, *end; int bad; };
@@ -330,7 +331,44 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
     case MT_T_SAMPLE:
         rec->u.sample.time_us = get_varint(c);
         rec->u.sample.rss_bytes = get_varint(c);
+        rec->u.sample.heap_bytes = get_varint(c);
         break;
+    case MT_T_GROUP:
+        rec->u.group.py_stack = (uint32_t)get_varint(c);
+        rec->u.group.native_stack = (uint32_t)get_varint(c);
+        rec->u.group.thread = (uint32_t)get_varint(c);
+        rec->u.group.allocators = (uint32_t)get_varint(c);
+        rec->u.group.total_bytes = get_varint(c);
+        rec->u.group.total_count = get_varint(c);
+        rec->u.group.peak_bytes = get_varint(c);
+        rec->u.group.peak_count = get_varint(c);
+        rec->u.group.end_bytes = get_varint(c);
+        rec->u.group.end_count = get_varint(c);
+        break;
+    case MT_T_TOTALS: {
+        struct mt_totals *t = &r->totals;
+        memset(t, 0, sizeof *t);
+        t->allocations = get_varint(c);
+        t->frees = get_varint(c);
+        t->allocated_bytes = get_varint(c);
+        t->peak_bytes = get_varint(c);
+        t->peak_time_us = get_varint(c);
+        t->end_bytes = get_varint(c);
+        t->peak_rss_bytes = get_varint(c);
+        t->end_marked = (uint32_t)get_varint(c);
+        uint64_t n = get_varint(c);
+        for (uint64_t i = 0; i < n && !c->bad; i++) {
+            uint64_t count = get_varint(c), bytes = get_varint(c);
+            if (i < MT_A_COUNT) {  /* allocators this version does not know */
+                t->allocator_count[i] = count;
+                t->allocator_bytes[i] = bytes;
+            }
+        }
+        for (unsigned i = 0; i < 64; i++)
+            t->histogram[i] = get_varint(c);
+        rec->u.totals = t;
+        break;
+    }
     case MT_T_END:
         break;
     case MT_T_PROGRAM:

@@ -134,8 +134,9 @@ int mt_writer_flush(struct mt_writer *w)
     return write_all(w, w->comp, MT_BLOCK_HEADER + (size_t)n);
 }
 
-/* Largest encoding of a record without its variable-length parts. */
-#define FIXED_MAX 128
+/* Largest encoding of a record without its variable-length parts
+ * (TOTALS: 2 * MT_A_COUNT + 64 + 10 varints). */
+#define FIXED_MAX 2048
 
 static size_t var_size(const struct mt_record *r)
 {
@@ -292,7 +293,39 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
     case MT_T_SAMPLE:
         p = mt_put_varint(p, r->u.sample.time_us);
         p = mt_put_varint(p, r->u.sample.rss_bytes);
+        p = mt_put_varint(p, r->u.sample.heap_bytes);
         break;
+    case MT_T_GROUP:
+        p = mt_put_varint(p, r->u.group.py_stack);
+        p = mt_put_varint(p, r->u.group.native_stack);
+        p = mt_put_varint(p, r->u.group.thread);
+        p = mt_put_varint(p, r->u.group.allocators);
+        p = mt_put_varint(p, r->u.group.total_bytes);
+        p = mt_put_varint(p, r->u.group.total_count);
+        p = mt_put_varint(p, r->u.group.peak_bytes);
+        p = mt_put_varint(p, r->u.group.peak_count);
+        p = mt_put_varint(p, r->u.group.end_bytes);
+        p = mt_put_varint(p, r->u.group.end_count);
+        break;
+    case MT_T_TOTALS: {
+        const struct mt_totals *t = r->u.totals;
+        p = mt_put_varint(p, t->allocations);
+        p = mt_put_varint(p, t->frees);
+        p = mt_put_varint(p, t->allocated_bytes);
+        p = mt_put_varint(p, t->peak_bytes);
+        p = mt_put_varint(p, t->peak_time_us);
+        p = mt_put_varint(p, t->end_bytes);
+        p = mt_put_varint(p, t->peak_rss_bytes);
+        p = mt_put_varint(p, t->end_marked);
+        p = mt_put_varint(p, MT_A_COUNT);
+        for (unsigned i = 0; i < MT_A_COUNT; i++) {
+            p = mt_put_varint(p, t->allocator_count[i]);
+            p = mt_put_varint(p, t->allocator_bytes[i]);
+        }
+        for (unsigned i = 0; i < 64; i++)
+            p = mt_put_varint(p, t->histogram[i]);
+        break;
+    }
     case MT_T_END:
         break;
     case MT_T_PROGRAM:

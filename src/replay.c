@@ -1,0 +1,706 @@
+/* See replay.h. The peak is found in the same single pass: each group
+ * keeps its value at the latest peak lazily — a group untouched since the
+ * latest peak still holds its peak value, so its snapshot is taken only
+ * when it next changes (or at the end). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "map.h"
+#include "replay.h"
+
+#define MAX_SAMPLES 4096
+
+struct group_state {
+    uint64_t cur_bytes, cur_count;
+    uint64_t peak_version;  /* the peak its peak_* fields belong to */
+};
+
+struct block {
+    uint64_t size;
+    uint64_t thread_seq;    /* the thread's allocation count at allocation */
+    uint32_t group, thread;
+    uint8_t allocator;
+};
+
+struct mapping {
+    uint64_t start, end;
+    struct block b;
+    int counted;            /* the piece that carries the count */
+};
+
+struct mt_replay {
+    struct mt_analysis *a;
+    struct mt_analysis_opts opts_copy;
+    const struct mt_analysis_opts *opts;
+    struct mt_imap group_ids;
+    struct group_state *gs;
+    uint32_t gcap;
+    struct mt_amap live;        /* heap address -> index in blocks */
+    struct block *blocks;
+    uint32_t *free_blocks;
+    size_t nblocks, cap_blocks, nfree, cap_free;
+    struct mapping *maps;
+    size_t nmaps, cap_maps;
+    uint64_t *thread_allocs;    /* by thread index */
+    uint32_t cap_threads;
+    uint64_t heap, peak_version, last_time_us;
+    uint32_t sample_stride, sample_skip;
+    int ended;
+    unsigned temporary_n;
+    size_t cap_threadinfo, cap_codes, cap_pynodes, cap_nativenodes, cap_objects;
+};
+
+static void (*oom_handler)(void);
+
+void mt_set_oom_handler(void (*fn)(void))
+{
+    oom_handler = fn;
+}
+
+static void out_of_memory(void)
+{
+    if (oom_handler)
+        oom_handler();
+    abort();
+}
+
+static void *grow(void *p, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return p;
+    size_t n = *cap ? *cap : 64;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(p, n * size);
+    if (!q)
+        out_of_memory();
+    memset((char *)q + *cap * size, 0, (n - *cap) * size);
+    *cap = n;
+    return q;
+}
+
+static char *xstrdup(const char *s)
+{
+    char *d = strdup(s ? s : "");
+    if (!d)
+        out_of_memory();
+    return d;
+}
+
+static uint32_t group_of(struct mt_replay *s, uint32_t py, uint32_t native,
+                         uint32_t thread)
+{
+    uint64_t key[3] = {py, native, s->opts->split_threads ? thread : 0};
+    int is_new;
+    uint32_t id = mt_imap_intern(&s->group_ids, key, &is_new);
+    if (!id)
+        out_of_memory();
+    if (is_new) {
+        struct mt_analysis *a = s->a;
+        if (id > s->gcap) {
+            size_t cap = s->gcap, cap2 = s->gcap;
+            a->groups = grow(a->groups, &cap, id, sizeof *a->groups);
+            s->gs = grow(s->gs, &cap2, id, sizeof *s->gs);
+            s->gcap = (uint32_t)cap;
+        }
+        a->ngroups = id;
+        struct mt_group *g = &a->groups[id - 1];
+        g->py_stack = py;
+        g->native_stack = native;
+        g->thread = s->opts->split_threads ? thread : 0;
+        s->gs[id - 1].peak_version = s->peak_version;
+    }
+    return id - 1;
+}
+
+/* Brings a group's peak snapshot up to date before it changes. */
+static void touch(struct mt_replay *s, uint32_t g)
+{
+    struct group_state *st = &s->gs[g];
+    if (st->peak_version != s->peak_version) {
+        s->a->groups[g].peak_bytes = st->cur_bytes;
+        s->a->groups[g].peak_count = st->cur_count;
+        st->peak_version = s->peak_version;
+    }
+}
+
+static void heap_add(struct mt_replay *s, const struct block *b)
+{
+    if (!mt_allocator_counts(b->allocator))
+        return;
+    touch(s, b->group);
+    s->gs[b->group].cur_bytes += b->size;
+    s->gs[b->group].cur_count++;
+    s->heap += b->size;
+    if (s->heap >= s->a->peak_bytes) {  /* ties: the latest */
+        s->a->peak_bytes = s->heap;
+        s->a->peak_time_us = s->last_time_us;
+        s->peak_version++;
+    }
+}
+
+static void heap_sub(struct mt_replay *s, const struct block *b, uint64_t bytes,
+                     int count)
+{
+    if (!mt_allocator_counts(b->allocator))
+        return;
+    touch(s, b->group);
+    s->gs[b->group].cur_bytes -= bytes;
+    s->gs[b->group].cur_count -= (uint64_t)count;
+    s->heap -= bytes;
+}
+
+static struct block new_block(struct mt_replay *s, const struct mt_record *r,
+                              uint64_t size)
+{
+    struct mt_analysis *a = s->a;
+    uint32_t t = r->thread;
+    size_t cap = s->cap_threads;
+    s->thread_allocs = grow(s->thread_allocs, &cap, (size_t)t + 1, sizeof(uint64_t));
+    s->cap_threads = (uint32_t)cap;
+    struct block b = {
+        .size = size,
+        .thread_seq = ++s->thread_allocs[t],
+        .group = group_of(s, r->u.ev.py_stack, r->u.ev.native_stack, t),
+        .thread = t,
+        .allocator = r->u.ev.allocator < MT_A_COUNT ? r->u.ev.allocator : 0,
+    };
+    struct mt_group *g = &a->groups[b.group];
+    g->allocators |= 1u << b.allocator;
+    a->total_allocations++;
+    a->allocators[b.allocator].count++;
+    a->allocators[b.allocator].bytes += size;
+    if (mt_allocator_counts(b.allocator)) {
+        g->total_bytes += size;
+        g->total_count++;
+        a->total_allocated_bytes += size;
+    }
+    a->histogram[size ? 63 - __builtin_clzll(size) : 0]++;
+    return b;
+}
+
+/* A block ends: temporary when its own thread made fewer than N other
+ * allocations since. */
+static void block_end(struct mt_replay *s, const struct block *b, uint32_t thread)
+{
+    s->a->total_frees++;
+    heap_sub(s, b, b->size, 1);
+    if (thread == b->thread && mt_allocator_counts(b->allocator) &&
+        s->thread_allocs[thread] - b->thread_seq < s->temporary_n) {
+        s->a->groups[b->group].temp_bytes += b->size;
+        s->a->groups[b->group].temp_count++;
+    }
+}
+
+static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
+{
+    struct block b = new_block(s, r, r->u.ev.size);
+    uint32_t idx;
+    if (s->nfree) {
+        idx = s->free_blocks[--s->nfree];
+    } else {
+        s->blocks = grow(s->blocks, &s->cap_blocks, s->nblocks + 1, sizeof *s->blocks);
+        idx = (uint32_t)s->nblocks++;
+    }
+    s->blocks[idx] = b;
+    uint64_t old;
+    if (mt_amap_take(&s->live, r->u.ev.addr, &old)) {
+        /* A block we never saw end (its free came from an untracked
+         * thread): the new one replaces it. */
+        heap_sub(s, &s->blocks[old], s->blocks[old].size, 1);
+        s->free_blocks = grow(s->free_blocks, &s->cap_free, s->nfree + 1, sizeof(uint32_t));
+        s->free_blocks[s->nfree++] = (uint32_t)old;
+    }
+    mt_amap_put(&s->live, r->u.ev.addr, idx);
+    heap_add(s, &b);
+}
+
+static void heap_free(struct mt_replay *s, uint64_t addr, uint32_t thread)
+{
+    uint64_t idx;
+    if (!addr || !mt_amap_take(&s->live, addr, &idx))
+        return;  /* allocated before tracking began, or not by a hook */
+    block_end(s, &s->blocks[idx], thread);
+    s->free_blocks = grow(s->free_blocks, &s->cap_free, s->nfree + 1, sizeof(uint32_t));
+    s->free_blocks[s->nfree++] = (uint32_t)idx;
+}
+
+/* Index of the first mapping ending after addr. */
+static size_t map_find(const struct mt_replay *s, uint64_t addr)
+{
+    size_t lo = 0, hi = s->nmaps;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->maps[mid].end <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Removes [start, end) from the tracked mappings, splitting at the edges. */
+static void map_remove(struct mt_replay *s, uint64_t start, uint64_t end,
+                       uint32_t thread)
+{
+    size_t i = map_find(s, start);
+    while (i < s->nmaps && s->maps[i].start < end) {
+        struct mapping *m = &s->maps[i];
+        uint64_t cut_lo = m->start > start ? m->start : start;
+        uint64_t cut_hi = m->end < end ? m->end : end;
+        uint64_t cut = cut_hi - cut_lo;
+        if (cut_lo == m->start && cut_hi == m->end) {
+            struct block b = m->b;
+            b.size = cut;
+            if (m->counted) {
+                block_end(s, &b, thread);
+            } else {
+                heap_sub(s, &b, cut, 0);
+            }
+            memmove(m, m + 1, (s->nmaps - i - 1) * sizeof *m);
+            s->nmaps--;
+            continue;
+        }
+        heap_sub(s, &m->b, cut, 0);
+        if (cut_lo > m->start && cut_hi < m->end) {  /* a hole: split */
+            s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
+            m = &s->maps[i];
+            memmove(m + 1, m, (s->nmaps - i) * sizeof *m);
+            s->nmaps++;
+            m[1] = m[0];
+            m[0].end = cut_lo;
+            m[1].start = cut_hi;
+            m[1].counted = 0;
+            m[0].b.size = m[0].end - m[0].start;
+            m[1].b.size = m[1].end - m[1].start;
+            i += 2;
+            continue;
+        }
+        if (cut_lo == m->start)
+            m->start = cut_hi;
+        else
+            m->end = cut_lo;
+        m->b.size = m->end - m->start;
+        i++;
+    }
+}
+
+static void map_add(struct mt_replay *s, const struct mt_record *r, uint64_t addr,
+                    uint64_t size)
+{
+    if (!size)
+        return;
+    map_remove(s, addr, addr + size, r->thread);  /* MAP_FIXED replaces */
+    struct block b = new_block(s, r, size);
+    size_t i = map_find(s, addr);
+    s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
+    memmove(&s->maps[i + 1], &s->maps[i], (s->nmaps - i) * sizeof *s->maps);
+    s->nmaps++;
+    s->maps[i] = (struct mapping){addr, addr + size, b, 1};
+    heap_add(s, &b);
+}
+
+static void end_snapshot(struct mt_replay *s)
+{
+    struct mt_analysis *a = s->a;
+    for (uint32_t g = 0; g < a->ngroups; g++) {
+        a->groups[g].end_bytes = s->gs[g].cur_bytes;
+        a->groups[g].end_count = s->gs[g].cur_count;
+    }
+    a->end_bytes = s->heap;
+    s->ended = 1;
+}
+
+static void add_sample(struct mt_replay *s, uint64_t time_us, uint64_t rss,
+                       uint64_t heap)
+{
+    struct mt_analysis *a = s->a;
+    s->last_time_us = time_us;
+    if (rss > a->peak_rss_bytes)
+        a->peak_rss_bytes = rss;
+    if (s->sample_skip++ % s->sample_stride)
+        return;
+    if (a->nsamples == MAX_SAMPLES) {  /* thin: keep every other one */
+        for (uint32_t i = 0; i < MAX_SAMPLES / 2; i++)
+            a->samples[i] = a->samples[2 * i];
+        a->nsamples = MAX_SAMPLES / 2;
+        s->sample_stride *= 2;
+    }
+    a->samples[a->nsamples++] = (struct mt_sample){time_us, rss, heap};
+}
+
+static void node_set(struct mt_node_info **arr, uint32_t *n, size_t *cap,
+                     uint32_t id, const struct mt_record *r)
+{
+    *arr = grow(*arr, cap, (size_t)id + 1, sizeof **arr);
+    if (id >= *n)
+        *n = id + 1;
+    (*arr)[id] = (struct mt_node_info){r->u.node.parent < id ? r->u.node.parent : 0,
+                                       r->u.node.a, r->u.node.b, r->u.node.flags};
+}
+
+static void on_definition(struct mt_replay *s, const struct mt_record *r)
+{
+    struct mt_analysis *a = s->a;
+    switch (r->tag) {
+    case MT_T_THREAD: {
+        uint32_t i = r->u.thread.index;
+        a->threads = grow(a->threads, &s->cap_threadinfo, (size_t)i + 1,
+                          sizeof *a->threads);
+        if (i >= a->nthreads)
+            a->nthreads = i + 1;
+        free(a->threads[i].name);
+        a->threads[i] = (struct mt_thread_info){i, r->u.thread.tid,
+                                                xstrdup(r->u.thread.name)};
+        break;
+    }
+    case MT_T_CODE: {
+        uint32_t id = r->u.code.id;
+        a->codes = grow(a->codes, &s->cap_codes, (size_t)id + 1, sizeof *a->codes);
+        if (id >= a->ncodes)
+            a->ncodes = id + 1;
+        struct mt_code_info *c = &a->codes[id];
+        free(c->name), free(c->qualname), free(c->filename);
+        c->name = xstrdup(r->u.code.name);
+        c->qualname = xstrdup(*r->u.code.qualname ? r->u.code.qualname : r->u.code.name);
+        c->filename = xstrdup(r->u.code.filename);
+        c->firstlineno = r->u.code.firstlineno;
+        break;
+    }
+    case MT_T_PYNODE:
+        node_set(&a->pynodes, &a->npynodes, &s->cap_pynodes, r->u.node.id, r);
+        break;
+    case MT_T_NATIVENODE:
+        node_set(&a->nativenodes, &a->nnativenodes, &s->cap_nativenodes, r->u.node.id, r);
+        break;
+    case MT_T_OBJECT: {
+        a->objects = grow(a->objects, &s->cap_objects, (size_t)a->nobjects + 1,
+                          sizeof *a->objects);
+        struct mt_object_info *o = &a->objects[a->nobjects++];
+        o->path = xstrdup(r->u.object.path);
+        o->base = r->u.object.base;
+        o->build_id_len = r->u.object.build_id_len;
+        o->build_id = malloc(o->build_id_len + 1);
+        memcpy(o->build_id, r->u.object.build_id, o->build_id_len);
+        o->nseg = r->u.object.nseg;
+        o->seg = malloc(sizeof(uint64_t) * 2 * (o->nseg + 1));
+        memcpy(o->seg, r->u.object.seg, sizeof(uint64_t) * 2 * o->nseg);
+        break;
+    }
+    case MT_T_PROGRAM:
+        free(a->python_version);
+        a->python_version = *r->u.program.python_version
+                                ? xstrdup(r->u.program.python_version) : NULL;
+        break;
+    default:
+        break;
+    }
+}
+
+/* An aggregate capture's group: its values are final, not replayed. */
+static void group_load(struct mt_replay *s, const struct mt_record *r)
+{
+    uint32_t g = group_of(s, r->u.group.py_stack, r->u.group.native_stack,
+                          r->u.group.thread);
+    struct mt_group *d = &s->a->groups[g];
+    d->allocators |= r->u.group.allocators;
+    d->total_bytes += r->u.group.total_bytes;
+    d->total_count += r->u.group.total_count;
+    d->peak_bytes += r->u.group.peak_bytes;
+    d->peak_count += r->u.group.peak_count;
+    d->end_bytes += r->u.group.end_bytes;
+    d->end_count += r->u.group.end_count;
+    s->gs[g].peak_version = s->peak_version;
+    s->ended = 1;  /* the end values came with the groups */
+}
+
+static void totals_load(struct mt_replay *s, const struct mt_totals *t)
+{
+    struct mt_analysis *a = s->a;
+    a->total_allocations = t->allocations;
+    a->total_frees = t->frees;
+    a->total_allocated_bytes = t->allocated_bytes;
+    a->peak_bytes = t->peak_bytes;
+    a->peak_time_us = t->peak_time_us;
+    a->end_bytes = t->end_bytes;
+    a->end_marked = (int)t->end_marked;
+    if (t->peak_rss_bytes > a->peak_rss_bytes)
+        a->peak_rss_bytes = t->peak_rss_bytes;
+    for (unsigned i = 0; i < MT_A_COUNT; i++) {
+        a->allocators[i].count = t->allocator_count[i];
+        a->allocators[i].bytes = t->allocator_bytes[i];
+    }
+    memcpy(a->histogram, t->histogram, sizeof a->histogram);
+    s->ended = 1;
+}
+
+static void on_record(struct mt_replay *s, const struct mt_record *r)
+{
+    switch (r->tag) {
+    case MT_T_ALLOC:
+        if (mt_allocator_is_mapping(r->u.ev.allocator))
+            map_add(s, r, r->u.ev.addr, r->u.ev.size);
+        else
+            heap_alloc(s, r);
+        break;
+    case MT_T_FREE:
+        heap_free(s, r->u.ev.addr, r->thread);
+        break;
+    case MT_T_REALLOC:
+        heap_free(s, r->u.ev.old_addr, r->thread);
+        if (r->u.ev.addr)
+            heap_alloc(s, r);
+        break;
+    case MT_T_MUNMAP:
+        map_remove(s, r->u.ev.addr, r->u.ev.addr + r->u.ev.size, r->thread);
+        break;
+    case MT_T_MREMAP:
+        map_remove(s, r->u.ev.old_addr, r->u.ev.old_addr + r->u.ev.old_size,
+                   r->thread);
+        map_add(s, r, r->u.ev.addr, r->u.ev.size);
+        break;
+    case MT_T_SAMPLE:
+        add_sample(s, r->u.sample.time_us, r->u.sample.rss_bytes,
+                   r->u.sample.heap_bytes ? r->u.sample.heap_bytes - 1 : s->heap);
+        break;
+    case MT_T_GROUP:
+        group_load(s, r);
+        break;
+    case MT_T_TOTALS:
+        totals_load(s, r->u.totals);
+        break;
+    case MT_T_END:
+        if (!s->ended) {
+            s->a->end_marked = 1;
+            end_snapshot(s);
+        }
+        break;
+    case MT_T_TRAILER:
+        s->a->trailer = r->u.trailer;
+        s->a->complete = 1;
+        break;
+    default:
+        on_definition(s, r);
+    }
+}
+
+void mt_analysis_free(struct mt_analysis *a)
+{
+    if (!a)
+        return;
+    free((char *)a->header.command);
+    free(a->python_version);
+    free(a->groups);
+    for (uint32_t i = 0; i < a->nthreads; i++)
+        free(a->threads[i].name);
+    free(a->threads);
+    for (uint32_t i = 0; i < a->ncodes; i++) {
+        free(a->codes[i].name), free(a->codes[i].qualname);
+        free(a->codes[i].filename);
+    }
+    free(a->codes);
+    free(a->pynodes);
+    free(a->nativenodes);
+    for (uint32_t i = 0; i < a->nobjects; i++) {
+        free(a->objects[i].path), free(a->objects[i].build_id);
+        free(a->objects[i].seg);
+    }
+    free(a->objects);
+    free(a->samples);
+    free(a);
+}
+
+
+struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts)
+{
+    struct mt_replay *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->opts_copy = *opts;
+    s->opts = &s->opts_copy;
+    s->sample_stride = 1;
+    s->temporary_n = opts->temporary_n ? opts->temporary_n : 1;
+    s->a = calloc(1, sizeof *s->a);
+    if (s->a)
+        s->a->samples = calloc(MAX_SAMPLES, sizeof *s->a->samples);
+    if (!s->a || !s->a->samples) {
+        if (s->a)
+            free(s->a);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+int mt_replay_add(struct mt_replay *s, const struct mt_record *rec)
+{
+    on_record(s, rec);
+    return MT_OK;
+}
+
+static void replay_release(struct mt_replay *s)
+{
+    mt_imap_release(&s->group_ids);
+    mt_amap_release(&s->live);
+    free(s->gs), free(s->blocks), free(s->free_blocks), free(s->maps);
+    free(s->thread_allocs);
+    free(s);
+}
+
+struct mt_analysis *mt_replay_finish(struct mt_replay *s,
+                                     const struct mt_header *header)
+{
+    struct mt_analysis *a = s->a;
+    a->header = *header;
+    a->header.command = xstrdup(header->command);
+    /* Groups untouched since the last peak still hold their peak value. */
+    for (uint32_t g = 0; g < a->ngroups; g++)
+        touch(s, g);
+    if (!s->ended)
+        end_snapshot(s);
+    if (a->nthreads == 0) {
+        a->threads = calloc(1, sizeof *a->threads);
+        a->nthreads = 1;
+    }
+    replay_release(s);
+    return a;
+}
+
+/* ---- saving an aggregate capture ------------------------------------ */
+
+static int save_definitions(struct mt_writer *w, const struct mt_analysis *a)
+{
+    int rc = MT_OK;
+    struct mt_record r = {.tag = MT_T_PROGRAM};
+    r.u.program.python_version = a->python_version ? a->python_version : "";
+    rc |= mt_writer_add(w, &r);
+    for (uint32_t i = 1; i < a->nthreads; i++) {
+        r = (struct mt_record){.tag = MT_T_THREAD};
+        r.u.thread.index = i;
+        r.u.thread.tid = a->threads[i].tid;
+        r.u.thread.name = a->threads[i].name ? a->threads[i].name : "";
+        rc |= mt_writer_add(w, &r);
+    }
+    for (uint32_t i = 1; i < a->ncodes; i++) {
+        const struct mt_code_info *c = &a->codes[i];
+        if (!c->name)
+            continue;
+        r = (struct mt_record){.tag = MT_T_CODE};
+        r.u.code.id = i;
+        r.u.code.firstlineno = c->firstlineno;
+        r.u.code.name = c->name;
+        r.u.code.qualname = c->qualname;
+        r.u.code.filename = c->filename;
+        rc |= mt_writer_add(w, &r);
+    }
+    for (int py = 1; py >= 0; py--) {
+        const struct mt_node_info *nodes = py ? a->pynodes : a->nativenodes;
+        uint32_t n = py ? a->npynodes : a->nnativenodes;
+        for (uint32_t i = 1; i < n; i++) {
+            r = (struct mt_record){.tag = py ? MT_T_PYNODE : MT_T_NATIVENODE};
+            r.u.node.id = i;
+            r.u.node.parent = nodes[i].parent;
+            r.u.node.a = nodes[i].a;
+            r.u.node.b = nodes[i].b;
+            r.u.node.flags = nodes[i].flags;
+            rc |= mt_writer_add(w, &r);
+        }
+    }
+    for (uint32_t i = 0; i < a->nobjects; i++) {
+        const struct mt_object_info *o = &a->objects[i];
+        r = (struct mt_record){.tag = MT_T_OBJECT};
+        r.u.object.path = o->path;
+        r.u.object.base = o->base;
+        r.u.object.build_id = o->build_id;
+        r.u.object.build_id_len = o->build_id_len;
+        r.u.object.nseg = o->nseg;
+        r.u.object.seg = o->seg;
+        rc |= mt_writer_add(w, &r);
+    }
+    return rc ? MT_E_IO : MT_OK;
+}
+
+/* The state as it would be if the run ended now, without changing it. */
+static int save_state(struct mt_writer *w, const struct mt_replay *s)
+{
+    const struct mt_analysis *a = s->a;
+    int rc = MT_OK;
+    struct mt_record r;
+    for (uint32_t i = 0; i < a->nsamples; i++) {
+        r = (struct mt_record){.tag = MT_T_SAMPLE};
+        r.u.sample.time_us = a->samples[i].time_us;
+        r.u.sample.rss_bytes = a->samples[i].rss_bytes;
+        r.u.sample.heap_bytes = a->samples[i].heap_bytes + 1;
+        rc |= mt_writer_add(w, &r);
+    }
+    for (uint32_t i = 0; i < a->ngroups; i++) {
+        const struct mt_group *g = &a->groups[i];
+        const struct group_state *st = &s->gs[i];
+        int at_peak = st->peak_version == s->peak_version;
+        r = (struct mt_record){.tag = MT_T_GROUP};
+        r.u.group.py_stack = g->py_stack;
+        r.u.group.native_stack = g->native_stack;
+        r.u.group.thread = g->thread;
+        r.u.group.allocators = g->allocators;
+        r.u.group.total_bytes = g->total_bytes;
+        r.u.group.total_count = g->total_count;
+        r.u.group.peak_bytes = at_peak ? g->peak_bytes : st->cur_bytes;
+        r.u.group.peak_count = at_peak ? g->peak_count : st->cur_count;
+        r.u.group.end_bytes = s->ended ? g->end_bytes : st->cur_bytes;
+        r.u.group.end_count = s->ended ? g->end_count : st->cur_count;
+        rc |= mt_writer_add(w, &r);
+    }
+    struct mt_totals *t = calloc(1, sizeof *t);
+    if (!t)
+        return MT_E_NOMEM;
+    *t = (struct mt_totals){
+        .allocations = a->total_allocations, .frees = a->total_frees,
+        .allocated_bytes = a->total_allocated_bytes, .peak_bytes = a->peak_bytes,
+        .peak_time_us = a->peak_time_us,
+        .end_bytes = s->ended ? a->end_bytes : s->heap,
+        .peak_rss_bytes = a->peak_rss_bytes, .end_marked = (uint32_t)a->end_marked,
+    };
+    for (unsigned i = 0; i < MT_A_COUNT; i++) {
+        t->allocator_count[i] = a->allocators[i].count;
+        t->allocator_bytes[i] = a->allocators[i].bytes;
+    }
+    memcpy(t->histogram, a->histogram, sizeof t->histogram);
+    r = (struct mt_record){.tag = MT_T_TOTALS};
+    r.u.totals = t;
+    rc |= mt_writer_add(w, &r);
+    free(t);
+    return rc ? MT_E_IO : MT_OK;
+}
+
+int mt_replay_save(struct mt_replay *s, const char *path,
+                   const struct mt_header *header,
+                   const struct mt_trailer *trailer)
+{
+    size_t n = strlen(path);
+    char *tmp = malloc(n + 5);
+    if (!tmp)
+        return MT_E_NOMEM;
+    memcpy(tmp, path, n);
+    memcpy(tmp + n, ".tmp", 5);
+    struct mt_writer *w;
+    int rc = mt_writer_open(tmp, 1, header, &w);
+    if (rc == MT_OK) {
+        rc = save_definitions(w, s->a);
+        if (rc == MT_OK)
+            rc = save_state(w, s);
+        int closed = mt_writer_close(w, rc == MT_OK ? trailer : NULL);
+        if (rc == MT_OK)
+            rc = closed;
+        if (rc == MT_OK && rename(tmp, path) != 0)
+            rc = MT_E_IO;
+        if (rc != MT_OK)
+            unlink(tmp);
+    }
+    free(tmp);
+    return rc;
+}

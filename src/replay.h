@@ -1,0 +1,108 @@
+/* Replaying a capture's records: keeps only the live blocks and per-stack
+ * totals and yields what every report needs — what was alive at the peak,
+ * at the end (leaks), what was short-lived (temporary), totals per
+ * allocator and thread, the memory series. Memory grows with live blocks
+ * and distinct stacks, never with events. The reader replays captures
+ * with it; the collector replays events into it for --aggregate and
+ * saves the result as an aggregate capture. One owner, one thread. */
+#ifndef MT_REPLAY_H
+#define MT_REPLAY_H
+
+#include <stdint.h>
+#include "capture.h"
+
+struct mt_analysis_opts {
+    int split_threads;      /* group by (stack, thread) instead of stack */
+    unsigned temporary_n;   /* "temporary": freed before N more allocations
+                               on the same thread; 0 means 1 */
+    int progress;           /* show progress on stderr (TTY) after 1 s */
+};
+
+/* A group of allocations with the same stack (and thread when split). */
+struct mt_group {
+    uint32_t py_stack, native_stack;  /* leaf node ids, 0 = none */
+    uint32_t thread;                  /* thread index; 0 when not split */
+    uint32_t allocators;              /* bit mask: 1u << enum mt_allocator */
+    uint64_t total_bytes, total_count;   /* everything ever allocated */
+    uint64_t peak_bytes, peak_count;     /* alive at the peak */
+    uint64_t end_bytes, end_count;       /* alive at the end (leaks) */
+    uint64_t temp_bytes, temp_count;     /* temporary allocations */
+};
+
+struct mt_thread_info { uint32_t index; uint32_t tid; char *name; };
+
+struct mt_code_info {
+    char *name, *qualname, *filename;
+    int32_t firstlineno;
+};
+
+/* Python: a = code id, b = line; native: a = return address. */
+struct mt_node_info { uint32_t parent; uint64_t a; uint32_t b, flags; };
+
+struct mt_object_info {
+    char *path; uint64_t base; uint8_t *build_id; uint32_t build_id_len;
+    uint32_t nseg; uint64_t *seg;  /* nseg × {vaddr, memsz} */
+};
+
+struct mt_sample { uint64_t time_us, rss_bytes, heap_bytes; };
+
+struct mt_allocator_total { uint64_t count, bytes; };
+
+struct mt_analysis {
+    struct mt_header header;         /* strings owned by the analysis */
+    char *python_version;            /* NULL: not Python (or not known) */
+    int complete;                    /* a trailer was read */
+    int stop_error;                  /* why reading stopped early (mt_err) */
+    uint64_t stop_offset;            /* where, in bytes */
+    struct mt_trailer trailer;       /* valid when complete */
+
+    uint64_t total_allocations, total_frees, total_allocated_bytes;
+    uint64_t peak_bytes;             /* high-water mark of live heap bytes */
+    uint64_t peak_time_us;           /* from the last sample before it */
+    uint64_t end_bytes;              /* live at the program's end */
+    int end_marked;                  /* 1: Python teardown marker seen */
+    uint64_t peak_rss_bytes;         /* largest sampled RSS */
+    struct mt_allocator_total allocators[MT_A_COUNT];
+
+    struct mt_group *groups; uint32_t ngroups;
+    struct mt_thread_info *threads; uint32_t nthreads;
+    struct mt_code_info *codes; uint32_t ncodes;         /* by id; [0] unused */
+    struct mt_node_info *pynodes; uint32_t npynodes;     /* by id; [0] root */
+    struct mt_node_info *nativenodes; uint32_t nnativenodes;
+    struct mt_object_info *objects; uint32_t nobjects;
+    struct mt_sample *samples; uint32_t nsamples;        /* thinned */
+    uint64_t histogram[64];          /* allocations by floor(log2(size)) */
+};
+
+struct mt_replay;
+
+/* A new replay. opts is copied. @return NULL when out of memory. */
+struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts);
+
+/* Applies one record (events, definitions, samples, the aggregate records
+ * of an aggregate capture, the trailer). Strings are copied.
+ * @return MT_OK, or MT_E_NOMEM (the replay is then unusable). */
+int mt_replay_add(struct mt_replay *r, const struct mt_record *rec);
+
+/* Ends the replay: what is alive now is "the end" unless an END record
+ * came. @return the result (free with mt_analysis_free); r is freed.
+ * header: copied into the result (strings too). NULL when out of memory. */
+struct mt_analysis *mt_replay_finish(struct mt_replay *r,
+                                     const struct mt_header *header);
+
+/* Writes the replay's state as an aggregate capture to path, replacing it
+ * atomically (written to "path.tmp", then renamed): a collector killed
+ * while saving leaves the previous save. trailer NULL: the program runs on
+ * (the file reads as incomplete). The replay goes on afterwards.
+ * @return MT_OK or MT_E_IO (errno set) / MT_E_NOMEM. */
+int mt_replay_save(struct mt_replay *r, const char *path,
+                   const struct mt_header *header,
+                   const struct mt_trailer *trailer);
+
+void mt_analysis_free(struct mt_analysis *a);
+
+/* Called when memory runs out in src/ functions that cannot return an
+ * error; the program sets it (it prints and exits). Default: abort(). */
+void mt_set_oom_handler(void (*fn)(void));
+
+#endif
