@@ -12,26 +12,56 @@ static const char usage[] =
 
 #define DEFAULT_ROWS 20
 
-static void print_json(struct mt_report *r, const struct mt_row *rows, uint32_t n)
+/* A row of the summary: a location, and with --split-threads a thread. */
+struct srow {
+    struct mt_row row;
+    uint32_t thread;
+};
+
+static enum mt_sort srow_sort;
+static int cmp_srows(const void *x, const void *y)
+{
+    const struct mt_row *a = &((const struct srow *)x)->row, *b = &((const struct srow *)y)->row;
+    uint64_t ka, kb, ta, tb;
+    switch (srow_sort) {
+    case MT_S_TOTAL: ka = a->total_bytes; kb = b->total_bytes; ta = a->own_bytes; tb = b->own_bytes; break;
+    case MT_S_COUNT: ka = a->own_count; kb = b->own_count; ta = a->total_count; tb = b->total_count; break;
+    default: ka = a->own_bytes; kb = b->own_bytes; ta = a->total_bytes; tb = b->total_bytes; break;
+    }
+    if (ka != kb) return ka > kb ? -1 : 1;
+    if (ta != tb) return ta > tb ? -1 : 1;
+    if (a->loc != b->loc) return a->loc < b->loc ? -1 : 1;
+    uint32_t p = ((const struct srow *)x)->thread, q = ((const struct srow *)y)->thread;
+    return p < q ? -1 : p > q;
+}
+
+static void print_json(struct mt_report *r, const struct srow *rows, uint32_t n)
 {
     const struct mt_analysis *a = mt_report_analysis(r);
     const struct mt_report_opts *o = mt_report_options(r);
     printf("{\"mode\": \"%s\", \"peak_memory_bytes\": %llu, \"total_bytes\": %llu, "
-           "\"complete\": %s, \"rows\": [",
+           "\"complete\": %s, \"split_threads\": %s, \"rows\": [",
            mt_metric_name(o->metric), (unsigned long long)a->peak_bytes,
-           (unsigned long long)mt_report_total_bytes(r), a->complete ? "true" : "false");
+           (unsigned long long)mt_report_total_bytes(r), a->complete ? "true" : "false",
+           o->split_threads ? "true" : "false");
     for (uint32_t i = 0; i < n; i++) {
-        const struct mt_loc *l = mt_report_loc(r, rows[i].loc);
-        printf("%s\n  {\"function\": ", i ? "," : "");
+        const struct mt_loc *l = mt_report_loc(r, rows[i].row.loc);
+        printf("%s\n  {", i ? "," : "");
+        if (o->split_threads) {
+            printf("\"thread\": ");
+            mt_json_string(stdout, mt_report_loc(r, mt_report_thread_loc(r, rows[i].thread))->function);
+            printf(", ");
+        }
+        printf("\"function\": ");
         mt_json_string(stdout, l->function);
         printf(", \"file\": ");
         mt_json_string(stdout, l->file[0] ? l->file : l->object);
         printf(", \"line\": %d, \"own_bytes\": %llu, \"own_count\": %llu, "
                "\"total_bytes\": %llu, \"total_count\": %llu}",
-               (int)l->line, (unsigned long long)rows[i].own_bytes,
-               (unsigned long long)rows[i].own_count,
-               (unsigned long long)rows[i].total_bytes,
-               (unsigned long long)rows[i].total_count);
+               (int)l->line, (unsigned long long)rows[i].row.own_bytes,
+               (unsigned long long)rows[i].row.own_count,
+               (unsigned long long)rows[i].row.total_bytes,
+               (unsigned long long)rows[i].row.total_count);
     }
     printf("%s]}\n", n ? "\n" : "");
 }
@@ -66,7 +96,7 @@ static void print_header(struct mt_report *r, int color)
         printf("%s(incomplete capture: the program or the collector was killed)%s\n", b, e);
 }
 
-static void print_table(struct mt_report *r, const struct mt_row *rows, uint32_t n,
+static void print_table(struct mt_report *r, const struct srow *srows, uint32_t n,
                         uint32_t all)
 {
     int color = mt_use_color(stdout);
@@ -80,18 +110,23 @@ static void print_table(struct mt_report *r, const struct mt_row *rows, uint32_t
         printf("no allocations\n");
         return;
     }
-    printf("\n%s%10s %7s %9s %10s %9s  %s%s\n", bold, "OWN", "%", "COUNT", "TOTAL",
-           "COUNT", "LOCATION", off);
+    int split = mt_report_options(r)->split_threads;
+    printf("\n%s%10s %7s %9s %10s %9s  %s%s%s\n", bold, "OWN", "%", "COUNT", "TOTAL",
+           "COUNT", split ? "THREAD  " : "", "LOCATION", off);
     for (uint32_t i = 0; i < n; i++) {
-        const struct mt_loc *l = mt_report_loc(r, rows[i].loc);
+        const struct mt_row *row = &srows[i].row;
+        const struct mt_loc *l = mt_report_loc(r, row->loc);
         char own[32], tot[32], pct[16];
-        mt_format_size(rows[i].own_bytes, own, sizeof own);
-        mt_format_size(rows[i].total_bytes, tot, sizeof tot);
+        mt_format_size(row->own_bytes, own, sizeof own);
+        mt_format_size(row->total_bytes, tot, sizeof tot);
         snprintf(pct, sizeof pct, "%.1f%%",
-                 total ? 100.0 * (double)rows[i].own_bytes / (double)total : 0.0);
-        printf("%s%10s%s %7s %9llu %10s %9llu  %s%s%s", yel, own, off, pct,
-               (unsigned long long)rows[i].own_count, tot,
-               (unsigned long long)rows[i].total_count, cyan, l->function, off);
+                 total ? 100.0 * (double)row->own_bytes / (double)total : 0.0);
+        printf("%s%10s%s %7s %9llu %10s %9llu  ", yel, own, off, pct,
+               (unsigned long long)row->own_count, tot,
+               (unsigned long long)row->total_count);
+        if (split)
+            printf("[%s]  ", mt_report_loc(r, mt_report_thread_loc(r, srows[i].thread))->function);
+        printf("%s%s%s", cyan, l->function, off);
         if (l->file[0] && l->line > 0)
             printf("  %s%s:%d%s\n", dim, l->file, (int)l->line, off);
         else if (l->file[0])
@@ -116,21 +151,42 @@ int cmd_summary(int argc, char **argv)
     struct mt_report *r = mt_report_open(&o);
     if (!r) return 1;
 
-    struct mt_rows rows = {0};
+    /* one set of rows per thread when split (a single one otherwise) */
     uint32_t ng;
     const uint32_t *order = mt_report_sorted_groups(r, &ng);
     const struct mt_analysis *a = mt_report_analysis(r);
+    uint32_t nsets = 1;
+    for (uint32_t i = 0; i < ng; i++)
+        if (a->groups[order[i]].thread + 1 > nsets) nsets = a->groups[order[i]].thread + 1;
+    struct mt_rows *sets = calloc(nsets, sizeof *sets);
+    if (!sets) { fputs("memtap: out of memory\n", stderr); exit(1); }
     for (uint32_t i = 0; i < ng; i++) {
         const struct mt_group *g = &a->groups[order[i]];
         const uint32_t *stack;
         int depth = mt_report_stack(r, g, &stack);
-        if (mt_rows_add(&rows, stack, depth, mt_report_bytes(r, g), mt_report_count(r, g))) {
+        if (mt_rows_add(&sets[g->thread], stack, depth, mt_report_bytes(r, g),
+                        mt_report_count(r, g))) {
             fputs("memtap: out of memory\n", stderr);
             exit(1);
         }
     }
-    uint32_t n;
-    struct mt_row *sorted = mt_rows_sorted(&rows, o.sort, &n);
+    uint32_t n = 0, cap = 0;
+    struct srow *sorted = NULL;
+    for (uint32_t t = 0; t < nsets; t++) {
+        uint32_t k;
+        struct mt_row *rs = mt_rows_sorted(&sets[t], o.sort, &k);
+        if (n + k > cap) {
+            cap = (n + k) * 2 + 16;
+            sorted = realloc(sorted, cap * sizeof *sorted);
+            if (!sorted) { fputs("memtap: out of memory\n", stderr); exit(1); }
+        }
+        for (uint32_t i = 0; i < k; i++) sorted[n++] = (struct srow){ rs[i], t };
+        free(rs);
+        mt_rows_release(&sets[t]);
+    }
+    free(sets);
+    srow_sort = o.sort;
+    if (nsets > 1) qsort(sorted, n, sizeof *sorted, cmp_srows);
     uint32_t shown = n;
     if (o.rows >= 0 && (uint64_t)o.rows < n) shown = (uint32_t)o.rows;
     else if (o.rows < 0 && !o.json && n > DEFAULT_ROWS) shown = DEFAULT_ROWS;
@@ -139,7 +195,6 @@ int cmd_summary(int argc, char **argv)
     else print_table(r, sorted, shown, n);
 
     free(sorted);
-    mt_rows_release(&rows);
     mt_report_free(r);
     return mt_output_close(stdout, "-") ? 1 : 0;
 }

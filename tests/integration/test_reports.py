@@ -1,0 +1,609 @@
+"""Known-answer tests for the reporters (issue 3): summary, tree, table,
+flamegraph, export and parse over real captures of small programs whose
+allocations are known to the byte and to the line.
+
+Each program is traced once per module (fixtures below); the tests then read
+its capture with the reporters.  Sizes: bytearray(n) mallocs n + 1 bytes.
+"""
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import (DEFAULT_PYTHON, MEMTAP, TIMEOUT, clean_env, line_of,
+                      memtap_run)
+
+MiB = 2 ** 20
+
+# ---- the programs ------------------------------------------------------------
+
+# 50 MiB kept for the whole run (a leak) under caller() -> make_big(), plus
+# 2 MiB kept under caller() -> make_small(); 20 blocks of 1 MiB churned, each
+# freed at once; then a 20 MiB block that lives only for a moment, alongside
+# the 50 MiB: that moment is the peak.
+MAIN = """\
+KEEP = []
+
+def make_big():
+    return bytearray(50 * 2**20)  # @keep50
+
+def make_small():
+    return bytearray(2 * 2**20)  # @keep1
+
+def caller():
+    KEEP.append(make_big())  # @caller_big
+    KEEP.append(make_small())  # @caller_small
+
+def churn():
+    for _ in range(20):
+        b = bytearray(2**20)  # @churn
+        del b
+
+def spike():
+    t = bytearray(20 * 2**20)  # @spike
+    del t
+
+caller()  # @call_caller
+churn()
+spike()
+"""
+
+# Four named threads, each keeping (i + 2) MiB + i bytes at one line.
+THREADS = """\
+import ctypes, threading
+libc = ctypes.CDLL(None, use_errno=True)
+KEEP = []
+START = threading.Barrier(4)
+
+def work(i):
+    libc.prctl(15, ("worker-%d" % i).encode(), 0, 0, 0)   # PR_SET_NAME
+    START.wait()
+    KEEP.append(bytearray((i + 2) * 2**20 + i))  # @thr
+
+ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+"""
+
+# A 200-deep recursion keeping 3 MiB at its bottom.
+DEEP = """\
+import sys
+sys.setrecursionlimit(5000)
+KEEP = []
+
+def recurse(n):
+    if n == 0:
+        KEEP.append(bytearray(3 * 2**20 + 7))  # @bottom
+        return
+    recurse(n - 1)  # @recurse
+
+recurse(200)  # @top
+"""
+
+BIG = 50 * MiB + 1
+SMALL = 2 * MiB + 1
+SPIKE = 20 * MiB + 1
+CHURN = MiB + 1
+
+
+def _trace(tmp_path_factory, name, text, extra=()):
+    d = tmp_path_factory.mktemp(name)
+    script = d / (name + ".py")
+    script.write_text(text)
+    cap = d / (name + ".bin")
+    proc = memtap_run(["-o", cap, *extra, "--python", DEFAULT_PYTHON, script], cwd=d)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert cap.exists()
+    return cap, script, text
+
+
+@pytest.fixture(scope="module")
+def main_capture(tmp_path_factory):
+    if not os.access(MEMTAP, os.X_OK):
+        pytest.fail("memtap is not built: %s" % MEMTAP)
+    return _trace(tmp_path_factory, "main", MAIN)
+
+
+@pytest.fixture(scope="module")
+def threads_capture(tmp_path_factory):
+    return _trace(tmp_path_factory, "threads", THREADS)
+
+
+@pytest.fixture(scope="module")
+def deep_capture(tmp_path_factory):
+    return _trace(tmp_path_factory, "deep", DEEP)
+
+
+# ---- helpers -------------------------------------------------------------------
+
+def memtap(*args, cwd=None, ok=True):
+    """Runs memtap ARGS; returns the CompletedProcess (text)."""
+    proc = subprocess.run([str(MEMTAP), *map(str, args)], capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=cwd, env=clean_env({"NO_COLOR": "1"}))
+    if ok:
+        assert proc.returncode == 0, "memtap %s: %d\n%s" % (
+            " ".join(map(str, args)), proc.returncode, proc.stderr)
+    return proc
+
+
+def summary_json(cap, *opts):
+    proc = memtap("summary", cap, "--json", *opts)
+    return json.loads(proc.stdout)
+
+
+def rows_at(report, script, line):
+    """Summary rows at script:line."""
+    return [r for r in report["rows"] if r["file"] == str(script) and r["line"] == line]
+
+
+def own_at(report, script, line):
+    """(own_bytes, own_count) at script:line, (0, 0) when no row."""
+    rows = rows_at(report, script, line)
+    assert len(rows) <= 1 or report.get("split_threads"), rows
+    return (sum(r["own_bytes"] for r in rows), sum(r["own_count"] for r in rows))
+
+
+def total_at(report, script, line):
+    rows = rows_at(report, script, line)
+    return (sum(r["total_bytes"] for r in rows), sum(r["total_count"] for r in rows))
+
+
+def embedded_json(html):
+    m = re.search(r'<script id="memtap-data" type="application/json">(.*?)</script>',
+                  html, re.S)
+    assert m, "no embedded data in the page"
+    return json.loads(m.group(1))
+
+
+def assert_self_contained(html):
+    """No external scripts, styles, fonts or images: the page works offline."""
+    assert not re.search(r"<script[^>]*\bsrc=", html, re.I)
+    assert not re.search(r"<link[^>]*\bhref=", html, re.I)
+    assert not re.search(r"@import", html)
+    assert "http://" not in html and "https://" not in html.replace(
+        "https://www.speedscope.app", "")
+    # the embedded JSON cannot close its <script> early
+    body = re.search(r'type="application/json">(.*?)</script>', html, re.S).group(1)
+    assert "<" not in body
+
+
+def assert_scripts_parse(html, tmp_path):
+    """The page's inline JavaScript is valid (checked with node when installed)."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
+    assert scripts, "no inline script"
+    if not node:
+        return
+    js = tmp_path / "page.js"
+    js.write_text("\n".join(scripts))
+    proc = subprocess.run([node, "--check", str(js)], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---- summary: peak, leaks, temporary ---------------------------------------------
+
+def test_summary_peak_exact(main_capture):
+    cap, script, text = main_capture
+    rep = summary_json(cap)
+    assert rep["mode"] == "peak"
+    assert own_at(rep, script, line_of(text, "keep50")) == (BIG, 1)
+    assert own_at(rep, script, line_of(text, "spike")) == (SPIKE, 1)
+    assert own_at(rep, script, line_of(text, "keep1")) == (SMALL, 1)
+    # the churn was over before the spike
+    assert own_at(rep, script, line_of(text, "churn")) == (0, 0)
+    # every live byte at the peak is in some row, exactly once
+    assert sum(r["own_bytes"] for r in rep["rows"]) == rep["peak_memory_bytes"]
+    assert rep["total_bytes"] == rep["peak_memory_bytes"]
+    # start-up memory besides the known blocks stays small
+    assert BIG + SMALL + SPIKE <= rep["peak_memory_bytes"] < BIG + SMALL + SPIKE + 16 * MiB
+    # functions are named
+    assert rows_at(rep, script, line_of(text, "keep50"))[0]["function"] == "make_big"
+    assert rows_at(rep, script, line_of(text, "spike"))[0]["function"] == "spike"
+
+
+def test_summary_leaks(main_capture):
+    cap, script, text = main_capture
+    rep = summary_json(cap, "--leaks")
+    assert rep["mode"] == "leaks"
+    assert own_at(rep, script, line_of(text, "keep50")) == (BIG, 1)
+    assert own_at(rep, script, line_of(text, "keep1")) == (SMALL, 1)
+    assert own_at(rep, script, line_of(text, "spike")) == (0, 0)
+    assert own_at(rep, script, line_of(text, "churn")) == (0, 0)
+    assert rep["total_bytes"] < BIG + SMALL + 16 * MiB
+
+
+def test_summary_temporary(main_capture):
+    cap, script, text = main_capture
+    rep = summary_json(cap, "--temporary")
+    assert rep["mode"] == "temporary"
+    assert own_at(rep, script, line_of(text, "churn")) == (20 * CHURN, 20)
+    assert own_at(rep, script, line_of(text, "spike")) == (SPIKE, 1)
+    assert own_at(rep, script, line_of(text, "keep50")) == (0, 0)
+    assert own_at(rep, script, line_of(text, "keep1")) == (0, 0)
+    # --temporary N takes an optional count
+    rep5 = summary_json(cap, "--temporary", "5")
+    assert own_at(rep5, script, line_of(text, "churn")) == (20 * CHURN, 20)
+
+
+def test_summary_own_and_total(main_capture):
+    cap, script, text = main_capture
+    rep = summary_json(cap, "--leaks")
+    # caller's lines: nothing allocated there, everything below counted
+    assert own_at(rep, script, line_of(text, "caller_big")) == (0, 0)
+    assert total_at(rep, script, line_of(text, "caller_big")) == (BIG, 1)
+    assert total_at(rep, script, line_of(text, "caller_small")) == (SMALL, 1)
+    # the module line that calls caller() holds both callees
+    assert own_at(rep, script, line_of(text, "call_caller")) == (0, 0)
+    assert total_at(rep, script, line_of(text, "call_caller")) == (BIG + SMALL, 2)
+    # a leaf's total is its own
+    assert total_at(rep, script, line_of(text, "keep50")) == (BIG, 1)
+    for r in rep["rows"]:
+        assert r["total_bytes"] >= r["own_bytes"] and r["total_count"] >= r["own_count"], r
+
+
+def test_summary_sort_and_rows(main_capture):
+    cap, script, text = main_capture
+    rep = summary_json(cap, "-n", "3")
+    assert len(rep["rows"]) == 3
+    assert [r["own_bytes"] for r in rep["rows"]] == sorted(
+        (r["own_bytes"] for r in rep["rows"]), reverse=True)
+    assert rep["rows"][0]["line"] == line_of(text, "keep50")
+    rep = summary_json(cap, "--sort", "total")
+    totals = [r["total_bytes"] for r in rep["rows"]]
+    assert totals == sorted(totals, reverse=True)
+    rep = summary_json(cap, "--sort", "count")
+    counts = [r["own_count"] for r in rep["rows"]]
+    assert counts == sorted(counts, reverse=True)
+    keys = {"function", "file", "line", "own_bytes", "own_count", "total_bytes", "total_count"}
+    assert all(keys <= set(r) for r in rep["rows"])
+
+
+def test_summary_terminal_table(main_capture):
+    cap, script, text = main_capture
+    out = memtap("summary", cap).stdout
+    assert "\033[" not in out               # not a TTY: no colours
+    lines = out.splitlines()
+    assert lines[0].startswith("Peak memory:")
+    big = [l for l in lines if "%s:%d" % (script, line_of(text, "keep50")) in l]
+    assert len(big) == 1 and "50.0 MiB" in big[0] and "make_big" in big[0], out
+    out = memtap("summary", "--leaks", cap).stdout
+    assert out.startswith("Leaks:")
+    out = memtap("summary", "--temporary", cap).stdout
+    assert out.startswith("Temporary allocations:")
+
+
+# ---- threads ------------------------------------------------------------------------
+
+def test_split_threads_summary(threads_capture):
+    cap, script, text = threads_capture
+    line = line_of(text, "thr")
+    merged = summary_json(cap)
+    assert own_at(merged, script, line) == (sum((i + 2) * MiB + i + 1 for i in range(4)), 4)
+    split = summary_json(cap, "--split-threads")
+    rows = rows_at(split, script, line)
+    got = sorted((r["thread"], r["own_bytes"], r["own_count"]) for r in rows)
+    assert [(t.split(" ")[0], b, c) for t, b, c in got] == [
+        ("worker-%d" % i, (i + 2) * MiB + i + 1, 1) for i in range(4)], rows
+
+
+def test_split_threads_tree_and_collapsed(threads_capture):
+    cap, script, text = threads_capture
+    out = memtap("tree", "--split-threads", "-n", "4", cap).stdout
+    for i in range(4):
+        assert "worker-%d" % i in out, out
+    lines = memtap("export", "--format", "collapsed", "--split-threads", cap).stdout.splitlines()
+    leaf = "work (%s:%d)" % (script, line_of(text, "thr"))
+    per_thread = {}
+    for l in lines:
+        stack, n = l.rsplit(" ", 1)
+        frames = stack.split(";")
+        if frames[-1] == leaf:
+            per_thread[frames[0].split(" ")[0]] = int(n)
+    assert per_thread == {"worker-%d" % i: (i + 2) * MiB + i + 1 for i in range(4)}, lines[:8]
+
+
+def test_split_threads_flamegraph(threads_capture, tmp_path):
+    cap, script, text = threads_capture
+    out = tmp_path / "fg.html"
+    memtap("flamegraph", "--split-threads", "-o", out, cap)
+    data = embedded_json(out.read_text())
+    strings, locs = data["strings"], data["locs"]
+    roots = [strings[locs[4 * n[0]]] for n in zip(*[iter(data["nodes"])] * 4) if n[1] == 0]
+    names = {r.split(" ")[0] for r in roots}
+    assert {"worker-%d" % i for i in range(4)} <= names, roots
+
+
+# ---- tree ------------------------------------------------------------------------------
+
+def test_tree_deep_recursion(deep_capture):
+    cap, script, text = deep_capture
+    out = memtap("tree", "-n", "1", cap).stdout
+    rec = "%s:%d" % (script, line_of(text, "recurse"))
+    assert sum(1 for l in out.splitlines() if l.rstrip().endswith(rec)) == 200, out[:3000]
+    bottom = [l for l in out.splitlines() if l.rstrip().endswith(
+        "%s:%d" % (script, line_of(text, "bottom")))]
+    top = [l for l in out.splitlines() if l.rstrip().endswith(
+        "%s:%d" % (script, line_of(text, "top")))]
+    assert len(bottom) == 1 and len(top) == 1
+    assert "3.00 MiB" in bottom[0] and "1 allocation" in bottom[0]
+    # root first: <module> above the 200 frames, the allocating frame last
+    lines = [l for l in out.splitlines() if str(script) in l]
+    assert lines[0] is top[0] or lines[0] == top[0]
+    assert lines[-1] == bottom[0]
+
+
+def test_tree_main(main_capture):
+    cap, script, text = main_capture
+    out = memtap("tree", "--leaks", "-n", "2", cap).stdout
+    assert out.startswith("Leaks:")
+    assert "make_big" in out and "make_small" in out and "spike" not in out
+    assert "the 2 biggest shown" in out
+
+
+# ---- flamegraph and table ------------------------------------------------------------------
+
+def _nodes(data):
+    return [tuple(data["nodes"][i:i + 4]) for i in range(0, len(data["nodes"]), 4)]
+
+
+def test_flamegraph(main_capture, tmp_path):
+    cap, script, text = main_capture
+    # default name, in the working directory
+    proc = memtap("flamegraph", cap, cwd=tmp_path)
+    out = tmp_path / "memtap-flamegraph-main.html"
+    assert out.exists(), (proc.stderr, list(tmp_path.iterdir()))
+    html = out.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert_self_contained(html)
+    assert_scripts_parse(html, tmp_path)
+    data = embedded_json(html)
+    assert data["mode"] == "peak" and data["inverted"] is False
+    rep = summary_json(cap)
+    assert data["peak_bytes"] == rep["peak_memory_bytes"]
+    nodes = _nodes(data)
+    # the roots sum to the peak; every node holds at least its children
+    assert sum(n[2] for n in nodes if n[1] == 0) == rep["peak_memory_bytes"]
+    strings, locs = data["strings"], data["locs"]
+
+    def where(n):
+        loc = n[0]
+        return strings[locs[4 * loc]], strings[locs[4 * loc + 1]], locs[4 * loc + 2]
+
+    big = [n for n in nodes if where(n) == ("make_big", str(script), line_of(text, "keep50"))]
+    assert [(n[2], n[3]) for n in big] == [(BIG, 1)]
+    spike = [n for n in nodes if where(n) == ("spike", str(script), line_of(text, "spike"))]
+    assert [(n[2], n[3]) for n in spike] == [(SPIKE, 1)]
+    # pre-order: a node's children follow it at depth + 1 and sum to at most its bytes
+    for i, n in enumerate(nodes):
+        kids, j = 0, i + 1
+        while j < len(nodes) and nodes[j][1] > n[1]:
+            if nodes[j][1] == n[1] + 1:
+                kids += nodes[j][2]
+            j += 1
+        assert kids <= n[2], (i, n)
+
+
+def test_flamegraph_inverted_and_modes(main_capture, tmp_path):
+    cap, script, text = main_capture
+    out = tmp_path / "inv.html"
+    memtap("flamegraph", "--inverted", "--leaks", "-o", out, cap)
+    data = embedded_json(out.read_text())
+    assert data["inverted"] is True and data["mode"] == "leaks"
+    strings, locs = data["strings"], data["locs"]
+    roots = {strings[locs[4 * n[0]]]: n[2] for n in _nodes(data) if n[1] == 0}
+    # inverted: the allocating functions are the roots
+    assert roots.get("make_big") == BIG and roots.get("make_small") == SMALL, roots
+    assert "spike" not in roots
+    out = tmp_path / "tmp.html"
+    memtap("flamegraph", "--temporary", "-o", out, cap)
+    data = embedded_json(out.read_text())
+    assert data["mode"] == "temporary"
+
+
+def test_table(main_capture, tmp_path):
+    cap, script, text = main_capture
+    memtap("table", cap, cwd=tmp_path)
+    out = tmp_path / "memtap-table-main.html"
+    assert out.exists(), list(tmp_path.iterdir())
+    html = out.read_text()
+    assert_self_contained(html)
+    assert_scripts_parse(html, tmp_path)
+    data = embedded_json(html)
+    rows = [tuple(data["rows"][i:i + 4]) for i in range(0, len(data["rows"]), 4)]
+    assert len(rows) == len(data["stacks"])
+    rep = summary_json(cap)
+    assert sum(r[1] for r in rows) == rep["peak_memory_bytes"]
+    strings, locs = data["strings"], data["locs"]
+    leaves = {}
+    for (thread, nbytes, count, allocs), stack in zip(rows, data["stacks"]):
+        loc = stack[0]
+        key = (strings[locs[4 * loc]], locs[4 * loc + 2])
+        leaves[key] = leaves.get(key, 0) + nbytes
+    assert leaves[("make_big", line_of(text, "keep50"))] == BIG
+    assert leaves[("spike", line_of(text, "spike"))] == SPIKE
+    memtap("table", "--leaks", "-o", tmp_path / "l.html", cap)
+    data = embedded_json((tmp_path / "l.html").read_text())
+    assert data["mode"] == "leaks"
+    assert sum(data["rows"][i + 1] for i in range(0, len(data["rows"]), 4)) < BIG + SMALL + 16 * MiB
+
+
+# ---- exports ---------------------------------------------------------------------------------
+
+def test_export_collapsed(main_capture):
+    cap, script, text = main_capture
+    out = memtap("export", "--format", "collapsed", cap).stdout
+    rep = summary_json(cap)
+    total, stacks = 0, {}
+    for l in out.splitlines():
+        m = re.fullmatch(r"(.+) (\d+)", l)
+        assert m, l
+        total += int(m.group(2))
+        stacks[m.group(1)] = int(m.group(2))
+    assert total == rep["peak_memory_bytes"]
+    big = "<module> (%s:%d);caller (%s:%d);make_big (%s:%d)" % (
+        script, line_of(text, "call_caller"), script, line_of(text, "caller_big"),
+        script, line_of(text, "keep50"))
+    assert stacks.get(big) == BIG, list(stacks)[:5]
+    leaks = memtap("export", "--format", "collapsed", "--leaks", cap).stdout
+    assert "spike" not in leaks and big + " %d" % BIG in leaks.splitlines()
+
+
+def test_export_speedscope(main_capture, tmp_path):
+    cap, script, text = main_capture
+    out = tmp_path / "s.json"
+    memtap("export", "--format", "speedscope", "-o", out, cap)
+    doc = json.loads(out.read_text())
+    # speedscope's file-format schema: required keys and types
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    assert isinstance(doc["shared"]["frames"], list)
+    for fr in doc["shared"]["frames"]:
+        assert isinstance(fr["name"], str)
+        assert set(fr) <= {"name", "file", "line", "col"}
+    nframes = len(doc["shared"]["frames"])
+    assert doc["profiles"]
+    rep = summary_json(cap)
+    for p in doc["profiles"]:
+        assert p["type"] == "sampled" and p["unit"] == "bytes"
+        assert isinstance(p["name"], str)
+        assert isinstance(p["startValue"], (int, float)) and isinstance(p["endValue"], (int, float))
+        assert len(p["samples"]) == len(p["weights"])
+        for s in p["samples"]:
+            assert all(isinstance(i, int) and 0 <= i < nframes for i in s)
+        assert sum(p["weights"]) == p["endValue"] - p["startValue"]
+    assert sum(doc["profiles"][0]["weights"]) == rep["peak_memory_bytes"]
+    frames = doc["shared"]["frames"]
+    found = [w for s, w in zip(doc["profiles"][0]["samples"], doc["profiles"][0]["weights"])
+             if frames[s[-1]]["name"] == "make_big"]
+    assert found == [BIG]
+    assert frames[doc["profiles"][0]["samples"][0][-1]].get("line") == line_of(text, "keep50")
+
+
+def test_export_csv(main_capture):
+    cap, script, text = main_capture
+    out = memtap("export", "--format", "csv", cap).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows and set(rows[0]) == {"thread", "bytes", "count", "allocators", "function",
+                                     "file", "line", "stack"}
+    rep = summary_json(cap)
+    assert sum(int(r["bytes"]) for r in rows) == rep["peak_memory_bytes"]
+    big = [r for r in rows if r["function"] == "make_big"]
+    assert len(big) == 1
+    assert (int(big[0]["bytes"]), int(big[0]["count"]), big[0]["file"], int(big[0]["line"])) == (
+        BIG, 1, str(script), line_of(text, "keep50"))
+    assert big[0]["allocators"] == "malloc"
+    assert big[0]["stack"].split(";")[-1] == "make_big (%s:%d)" % (script, line_of(text, "keep50"))
+
+
+def test_export_austin(main_capture):
+    cap, script, text = main_capture
+    out = memtap("export", "--format", "austin", cap).stdout
+    meta = [l for l in out.splitlines() if l.startswith("# ")]
+    samples = [l for l in out.splitlines() if l and not l.startswith("#")]
+    assert "# mode: full" in meta
+    rep = summary_json(cap)
+    total = 0
+    for l in samples:
+        m = re.fullmatch(r"P\d+;T\d+:[0-9a-f]+(;[^;]+)+ 0,0,(\d+)", l)
+        assert m, l
+        total += int(m.group(2))
+    assert total == rep["peak_memory_bytes"]
+    assert any(l.endswith(";%s:make_big:%d 0,0,%d" % (script, line_of(text, "keep50"), BIG))
+               for l in samples)
+
+
+# ---- parse -------------------------------------------------------------------------------------
+
+def test_parse_lists_every_record(main_capture):
+    cap, script, text = main_capture
+    out = memtap("parse", cap).stdout.splitlines()
+    assert out[0].startswith("HEADER version=")
+    m = re.fullmatch(r"# (\d+) records, complete", out[-1])
+    assert m, out[-1]
+    records = out[1:-1]
+    assert len(records) == int(m.group(1))
+    kinds = {l.split(" ")[0] for l in records}
+    assert {"ALLOC", "FREE", "CODE", "PYNODE", "THREAD", "TRAILER"} <= kinds, kinds
+    assert records[-1].startswith("TRAILER exit=0")
+    allocs = [l for l in records if l.startswith("ALLOC ") and " size=%d " % BIG in l]
+    assert len(allocs) == 1
+    # the trailer's event count matches the events listed
+    stats = json.loads(memtap("stats", cap, "--json").stdout)
+    n_alloc = sum(1 for l in records if l.startswith(("ALLOC ", "REALLOC ")))
+    assert n_alloc == stats["total_allocations"]
+
+
+# ---- bad inputs --------------------------------------------------------------------------------
+
+REPORTS = [["summary"], ["tree"], ["table", "-o", "{out}"], ["flamegraph", "-o", "{out}"],
+           ["export", "--format", "csv"], ["parse"]]
+
+
+def _cmd(cmd, path, tmp_path):
+    return [a.replace("{out}", str(tmp_path / "out.html")) for a in cmd] + [str(path)]
+
+
+@pytest.mark.parametrize("cmd", REPORTS, ids=lambda c: c[0])
+@pytest.mark.parametrize("kind", ["missing", "text", "empty", "directory"])
+def test_bad_input(cmd, kind, tmp_path):
+    path = tmp_path / "in.bin"
+    if kind == "text":
+        path.write_text("hello, this is not a capture\n" * 10)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+    proc = memtap(*_cmd(cmd, path, tmp_path), ok=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    err = proc.stderr.splitlines()
+    assert len(err) == 1 and err[0].startswith("memtap: ") and str(path) in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "out.html").exists()
+
+
+@pytest.mark.parametrize("cmd", REPORTS, ids=lambda c: c[0])
+def test_truncated_capture(cmd, main_capture, tmp_path):
+    cap, script, text = main_capture
+    data = cap.read_bytes()
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    proc = memtap(*_cmd(cmd, cut, tmp_path), ok=False)
+    assert proc.returncode == 0, proc.stderr
+    warn = [l for l in proc.stderr.splitlines() if l.startswith("memtap: warning:")]
+    assert len(warn) == 1 and "truncated" in warn[0] or "incomplete" in warn[0], proc.stderr
+    if cmd[0] == "summary":
+        assert "incomplete" in proc.stdout
+    if cmd[0] == "table" or cmd[0] == "flamegraph":
+        data = embedded_json((tmp_path / "out.html").read_text())
+        assert data["complete"] is False and data["warning"]
+
+
+def test_summary_json_incomplete(main_capture, tmp_path):
+    cap, script, text = main_capture
+    data = cap.read_bytes()
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(data[:len(data) // 2])
+    proc = memtap("summary", "--json", cut)
+    rep = json.loads(proc.stdout)
+    assert rep["complete"] is False
+    assert sum(r["own_bytes"] for r in rep["rows"]) == rep["total_bytes"]
+
+
+def test_usage_errors(main_capture):
+    cap, _, _ = main_capture
+    for args in (["summary"], ["summary", cap, "--sort", "bogus"],
+                 ["summary", cap, "--leaks", "--temporary"], ["export", cap],
+                 ["export", "--format", "nope", cap], ["tree", cap, "--json"],
+                 ["parse", "--bogus", cap]):
+        proc = memtap(*args, ok=False)
+        assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
+        assert proc.stderr.startswith("memtap "), proc.stderr
