@@ -40,11 +40,15 @@ static void put_csv(FILE *f, const char *s)
     putc('"', f);
 }
 
+/* The thread id of thread index `index`; for merged reports (index 0, no
+ * such thread) the main thread's: the first thread recorded, else the pid. */
 static uint32_t thread_tid(const struct mt_analysis *a, uint32_t index)
 {
     for (uint32_t i = 0; i < a->nthreads; i++)
-        if (a->threads[i].index == index) return a->threads[i].tid;
-    return a->nthreads ? a->threads[0].tid : (uint32_t)a->header.pid;
+        if (a->threads[i].index == index && a->threads[i].tid) return a->threads[i].tid;
+    for (uint32_t i = 0; i < a->nthreads; i++)
+        if (a->threads[i].tid) return a->threads[i].tid;
+    return (uint32_t)a->header.pid;
 }
 
 static void write_collapsed(struct mt_report *r, FILE *f, int austin)
@@ -109,7 +113,10 @@ static void write_speedscope(struct mt_report *r, FILE *f)
     const struct mt_report_opts *o = mt_report_options(r);
     uint32_t ng;
     const uint32_t *order = mt_report_sorted_groups(r, &ng);
-    uint32_t nprof = o->split_threads ? (a->nthreads ? a->nthreads : 1) : 1;
+    /* thread indices in groups: 0 .. nthr-1 (all 0 when not split) */
+    uint32_t nthr = 1;
+    for (uint32_t i = 0; o->split_threads && i < ng; i++)
+        if (a->groups[order[i]].thread + 1 > nthr) nthr = a->groups[order[i]].thread + 1;
     char name[256];
 
     /* resolve every stack first so that every location has an id */
@@ -143,24 +150,39 @@ static void write_speedscope(struct mt_report *r, FILE *f)
         if (l->line > 0) fprintf(f, ", \"line\": %d", (int)l->line);
         putc('}', f);
     }
-    fputs("]},\n\"profiles\": [", f);
-    for (uint32_t p = 0; p < nprof; p++) {
-        uint32_t tindex = o->split_threads && a->nthreads ? a->threads[p].index : 0;
+    /* one profile per thread with something to show when split (biggest
+     * first, so that the active profile is the one that matters), else one */
+    struct prof { uint32_t thread; uint64_t sum; } *profs = calloc(nthr + 1, sizeof *profs);
+    uint32_t nprof = 0;
+    if (!profs) { fputs("memtap: out of memory\n", stderr); exit(1); }
+    for (uint32_t t = 0; t < nthr; t++) {
         uint64_t sum = 0;
+        int any = 0;
         for (uint32_t i = 0; i < ng; i++) {
             const struct mt_group *g = &a->groups[order[i]];
-            if (!o->split_threads || g->thread == tindex) sum += mt_report_bytes(r, g);
+            if (o->split_threads && g->thread != t) continue;
+            sum += mt_report_bytes(r, g);
+            any = 1;
         }
+        if (any || !o->split_threads) profs[nprof++] = (struct prof){ t, sum };
+    }
+    for (uint32_t i = 1; i < nprof; i++)   /* insertion sort: few threads */
+        for (uint32_t j = i; j > 0 && profs[j].sum > profs[j - 1].sum; j--) {
+            struct prof tmp = profs[j]; profs[j] = profs[j - 1]; profs[j - 1] = tmp;
+        }
+    fputs("]},\n\"profiles\": [", f);
+    for (uint32_t p = 0; p < nprof; p++) {
+        uint32_t tindex = profs[p].thread;
         if (o->split_threads)
-            snprintf(name, sizeof name, "%s (%s)", mt_metric_name(o->metric),
-                     mt_analysis_thread_name(a, tindex));
+            snprintf(name, sizeof name, "%s: %s", mt_metric_name(o->metric),
+                     mt_report_loc(r, mt_report_thread_loc(r, tindex))->function);
         else
             snprintf(name, sizeof name, "%s", mt_metric_name(o->metric));
         fputs(p ? ",\n{" : "\n{", f);
         fputs("\"type\": \"sampled\", \"name\": ", f);
         mt_json_string(f, name);
         fprintf(f, ", \"unit\": \"bytes\", \"startValue\": 0, \"endValue\": %llu,\n\"samples\": [",
-                (unsigned long long)sum);
+                (unsigned long long)profs[p].sum);
         int first = 1;
         for (uint32_t i = 0; i < ng; i++) {
             const struct mt_group *g = &a->groups[order[i]];
@@ -181,6 +203,7 @@ static void write_speedscope(struct mt_report *r, FILE *f)
         }
         fputs("]}", f);
     }
+    free(profs);
     fputs("]}\n", f);
     for (uint32_t i = 0; i < ng; i++) free(st[i].ids);
     free(st);

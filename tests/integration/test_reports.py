@@ -607,3 +607,85 @@ def test_usage_errors(main_capture):
         proc = memtap(*args, ok=False)
         assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
         assert proc.stderr.startswith("memtap "), proc.stderr
+
+
+def test_export_speedscope_split_threads(threads_capture, tmp_path):
+    cap, script, text = threads_capture
+    doc = json.loads(memtap("export", "--format", "speedscope", "--split-threads", cap).stdout)
+    profiles = doc["profiles"]
+    # one profile per thread that allocated, none empty, the biggest active
+    assert all(p["samples"] and p["weights"] for p in profiles), [p["name"] for p in profiles]
+    assert doc["activeProfileIndex"] == 0
+    assert profiles[0]["endValue"] == max(p["endValue"] for p in profiles)
+    for i in range(4):
+        named = [p for p in profiles if "worker-%d" % i in p["name"]]
+        assert len(named) == 1, [p["name"] for p in profiles]
+        frames = doc["shared"]["frames"]
+        got = [w for s, w in zip(named[0]["samples"], named[0]["weights"])
+               if frames[s[-1]]["name"] == "work"]
+        assert got == [(i + 2) * MiB + i + 1]
+    merged = json.loads(memtap("export", "--format", "speedscope", cap).stdout)
+    assert len(merged["profiles"]) == 1
+    assert sum(p["endValue"] for p in profiles) == merged["profiles"][0]["endValue"]
+
+
+def test_export_austin_thread_ids(threads_capture):
+    cap, script, text = threads_capture
+    stats = json.loads(memtap("stats", cap, "--json").stdout)
+    tids = {"%x" % t["id"] for t in stats["threads"]}
+    main_tid = "%x" % stats["pid"]
+    merged = [l for l in memtap("export", "--format", "austin", cap).stdout.splitlines()
+              if l.startswith("P")]
+    assert {l.split(";")[1] for l in merged} == {"T0:" + main_tid}
+    split = [l for l in memtap("export", "--format", "austin", "--split-threads",
+                               cap).stdout.splitlines() if l.startswith("P")]
+    seen = {l.split(";")[1][3:] for l in split}
+    assert len(seen) == 5 and seen <= tids, (seen, tids)
+
+
+KILLED = """\
+import os, signal
+KEEP = [bytearray(30 * 2**20)]  # @kept
+tmp = bytearray(5 * 2**20)  # @freed
+del tmp
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_killed_program_leaks(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED)
+    cap = tmp_path / "killed.bin"
+    proc = memtap_run(["-o", cap, "--python", DEFAULT_PYTHON, script], cwd=tmp_path)
+    assert proc.returncode in (137, -9), proc.returncode
+    proc = memtap("summary", "--json", "--leaks", cap)
+    rep = json.loads(proc.stdout)
+    assert own_at(rep, script, line_of(KILLED, "kept")) == (30 * MiB + 1, 1)
+    assert own_at(rep, script, line_of(KILLED, "freed")) == (0, 0)
+    assert "killed by signal 9" in proc.stderr
+    peak = summary_json(cap)
+    assert own_at(peak, script, line_of(KILLED, "freed")) == (5 * MiB + 1, 1)
+
+
+def test_reports_on_a_native_program(tmp_path):
+    """A C++ program (not Python: traced natively without --native): every report works."""
+    cxx = shutil.which("c++") or shutil.which("g++")
+    assert cxx, "no C++ compiler"
+    exe = tmp_path / "cxx_alloc"
+    subprocess.run([cxx, "-O0", "-g", "-o", str(exe),
+                    str(Path(__file__).resolve().parents[1] / "programs" / "cxx_alloc.cpp")],
+                   check=True, timeout=TIMEOUT)
+    cap = tmp_path / "c.bin"
+    proc = memtap_run(["-o", cap, exe], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rep = summary_json(cap)
+    assert sum(r["own_bytes"] for r in rep["rows"]) == rep["peak_memory_bytes"]
+    assert rep["peak_memory_bytes"] >= 3000000 + 2000000 + 1234567
+    assert "ns::Widget::make(int)" in {r["function"] for r in rep["rows"]}
+    assert "ns::Widget::make(int)" in memtap("tree", cap).stdout
+    memtap("flamegraph", "-o", tmp_path / "f.html", cap)
+    data = embedded_json((tmp_path / "f.html").read_text())
+    assert sum(n[2] for n in _nodes(data) if n[1] == 0) == rep["peak_memory_bytes"]
+    memtap("table", "-o", tmp_path / "t.html", cap)
+    for fmt in ("collapsed", "austin", "speedscope", "csv"):
+        assert memtap("export", "--format", fmt, cap).stdout
