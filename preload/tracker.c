@@ -48,6 +48,7 @@ struct code_table { struct code_entry *e; uint32_t cap, used, next_id; };
 
 struct mt_thread {
     int busy;                       /* the re-entry guard */
+    unsigned epoch;                 /* the start it belongs to */
     unsigned slot;
     uint8_t *ring;
     uint64_t head, tail_seen;
@@ -69,6 +70,7 @@ static int active;              /* recording; 0 in forked children */
 static int python;              /* the frame walker is usable */
 static int native;              /* record native stacks */
 static int ended;               /* the END marker was written */
+static unsigned epoch;          /* bumped at every start: threads re-attach */
 static pthread_key_t thread_key;
 static int fork_socket = -1;    /* --follow-fork: where children announce */
 static uintptr_t self_lo, self_hi;  /* the shim's own code, cut from stacks */
@@ -431,6 +433,7 @@ static struct mt_thread *thread_start(void)
         return NULL;
     }
     t->slot = (unsigned)slot;
+    t->epoch = epoch;
     t->ring = mt_shm_ring(shm, (unsigned)slot);
     t->head = t->tail_seen = atomic_load(&shm->slots[slot].head);
     shm->slots[slot].tid = (uint32_t)gettid();
@@ -485,6 +488,14 @@ struct mt_thread *mt_enter(void)
             return NULL;
     } else if (t->busy) {
         return NULL;
+    } else if (t->epoch != epoch) {
+        /* Recording restarted into a new transport (the Python API): this
+         * thread's ids and slot belonged to the old one. */
+        thread_free(t);
+        mt_self = NULL;
+        t = thread_start();
+        if (!t)
+            return NULL;
     } else {
         t->busy = 1;
     }
@@ -745,20 +756,39 @@ static struct mt_shm *attach(void)
     return s;
 }
 
-__attribute__((constructor)) static void mt_setup(void)
+/* Once per process: what does not depend on the transport. */
+static int setup_once(void)
 {
-    mt_real_resolve();
-    shm = attach();
-    if (!shm)
-        return;  /* dormant: not the process memtap run started */
+    static int done;
+    if (done)
+        return done > 0 ? 0 : -1;
     if (pthread_key_create(&thread_key, thread_end) != 0 ||
         pthread_atfork(NULL, NULL, fork_child) != 0) {
         say("memtap: cannot set up thread bookkeeping; nothing is recorded\n");
-        return;
+        done = -1;
+        return -1;
     }
     Dl_info me;
-    if (dladdr((void *)mt_setup, &me))
+    if (dladdr((void *)setup_once, &me))
         dl_iterate_phdr(find_self, &me);
+    done = 1;
+    return 0;
+}
+
+/* Starts recording into the transport MEMTAP_SHM names. @return 0, or -1
+ * (nothing to attach to, or set-up failed). */
+static int start(void)
+{
+    mt_real_resolve();
+    struct mt_shm *s = attach();
+    if (!s)
+        return -1;  /* dormant: not a process memtap started */
+    if (setup_once() < 0) {
+        mt_raw_munmap(s, MT_SHM_BYTES);
+        return -1;
+    }
+    shm = s;
+    ended = 0;
     python = mt_py_setup() == 1;
     if (python && (shm->flags & MT_SHMF_PYALLOC) && mt_pyalloc_setup() < 0)
         say("memtap: cannot find CPython's allocator API; "
@@ -770,5 +800,31 @@ __attribute__((constructor)) static void mt_setup(void)
     if (version)
         strncpy(shm->python_version, version, sizeof shm->python_version - 1);
     atomic_store_explicit(&shm->ready, 1, memory_order_release);
+    epoch++;
     active = 1;
+    return 0;
+}
+
+__attribute__((constructor)) static void mt_setup(void)
+{
+    start();
+}
+
+/* The Python API (memtap.Tracker) loads the shim at run time: these start
+ * and stop recording in a process memtap run did not start. The caller
+ * sets MEMTAP_SHM first. Not for concurrent use: one tracker at a time. */
+__attribute__((visibility("default"))) int memtap_start(void)
+{
+    if (active)
+        return -1;
+    return start();
+}
+
+__attribute__((visibility("default"))) void memtap_stop(void)
+{
+    if (!__atomic_exchange_n(&active, 0, __ATOMIC_RELAXED) || !shm)
+        return;
+    /* Hooks already past mt_enter finish their records; the collector
+     * drains until the shim says it stopped, then closes the capture. */
+    atomic_store_explicit(&shm->stopped, 1, memory_order_release);
 }

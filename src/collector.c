@@ -547,6 +547,11 @@ uint64_t mt_collector_lost(const struct mt_collector *c)
     return c->lost;
 }
 
+int mt_collector_stopped(const struct mt_collector *c)
+{
+    return (int)atomic_load_explicit(&c->shm->stopped, memory_order_acquire);
+}
+
 int mt_collector_shim_disabled(const struct mt_collector *c)
 {
     return (int)atomic_load(&c->shm->disabled);

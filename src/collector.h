@@ -44,6 +44,10 @@ long mt_collector_finish(struct mt_collector *c);
 /* Adds a memory sample (RSS at a time since the start). */
 int mt_collector_sample(struct mt_collector *c, uint64_t time_us, uint64_t rss);
 
+/* 1 once the shim stopped recording (memtap_stop, the Python API): drain,
+ * finish and close; the process itself runs on. */
+int mt_collector_stopped(const struct mt_collector *c);
+
 /* Events written and numbers lost so far. */
 uint64_t mt_collector_events(const struct mt_collector *c);
 uint64_t mt_collector_lost(const struct mt_collector *c);

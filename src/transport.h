@@ -59,6 +59,7 @@ struct mt_shm {
     _Atomic int32_t producer_pid;    /* the traced process, once attached */
     _Atomic uint32_t disabled;       /* set by the shim on internal failure */
     _Atomic uint32_t ready;          /* the shim is set up: fields below set */
+    _Atomic uint32_t stopped;        /* the shim stopped recording (the API) */
     char python_version[32];         /* "" when the program is not Python */
     _Alignas(64) _Atomic uint64_t seq;   /* the next event number */
     _Alignas(64) struct mt_slot slots[MT_SLOTS];
