@@ -520,17 +520,23 @@ static void stacks(struct mt_thread *t, uint32_t *py, uint32_t *nat)
     *nat = native ? native_stack(t) : 0;
 }
 
+/* An allocation, numbered after the real call returned. */
+static void alloc_write(struct mt_thread *t, unsigned allocator, void *ptr,
+                        size_t size)
+{
+    uint32_t py, nat;
+    stacks(t, &py, &nat);
+    event_write(t, MT_R_ALLOC, allocator, seq_take(), (uintptr_t)ptr, size,
+                py, nat);
+}
+
 void mt_record_alloc(struct mt_thread *t, unsigned allocator, void *ptr,
                      size_t size)
 {
     if (!t)
         return;
-    if (ptr) {
-        uint32_t py, nat;
-        stacks(t, &py, &nat);
-        event_write(t, MT_R_ALLOC, allocator, seq_take(), (uintptr_t)ptr, size,
-                    py, nat);
-    }
+    if (ptr)
+        alloc_write(t, allocator, ptr, size);
     t->busy = 0;
 }
 
@@ -542,31 +548,20 @@ void mt_record_free(struct mt_thread *t, uint64_t seq, void *ptr)
     t->busy = 0;
 }
 
-static void realloc_write(struct mt_thread *t, uint16_t type, unsigned kind,
-                          uint64_t seq, uint64_t old, uint64_t old_size,
-                          uint64_t addr, uint64_t size)
-{
-    uint32_t py = 0, nat = 0;
-    if (addr)
-        stacks(t, &py, &nat);
-    struct mt_rrealloc *r = ring_reserve(t, sizeof *r);
-    if (!r)
-        return;
-    *r = (struct mt_rrealloc){{{type, (uint16_t)kind, sizeof *r}, seq, addr,
-                               size, py, nat}, old, old_size};
-    ring_commit(t, sizeof *r);
-}
-
 void mt_record_realloc(struct mt_thread *t, uint64_t seq, unsigned allocator,
                        void *old, void *new_ptr, size_t size)
 {
     if (!t)
         return;
-    if (new_ptr || (old && size == 0))  /* NULL for size 0: old was freed */
-        realloc_write(t, MT_R_REALLOC, allocator, seq, (uintptr_t)old, 0,
-                      (uintptr_t)new_ptr, size);
+    /* The old block ends at the number taken before the call, the new one
+     * begins at one taken after it: another thread may have freed the
+     * address realloc returns in between (design.md §2). */
+    if (old && (new_ptr || size == 0))  /* NULL for size 0: old was freed */
+        event_write(t, MT_R_FREE, 0, seq, (uintptr_t)old, 0, 0, 0);
     else
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
+    if (new_ptr)
+        alloc_write(t, allocator, new_ptr, size);
     t->busy = 0;
 }
 
@@ -590,12 +585,8 @@ void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
 {
     if (!t)
         return;
-    if (addr != MAP_FAILED) {
-        uint32_t py, nat;
-        stacks(t, &py, &nat);
-        event_write(t, MT_R_ALLOC, mapping_kind(prot, flags), seq_take(),
-                    (uintptr_t)addr, page_round(len), py, nat);
-    }
+    if (addr != MAP_FAILED)
+        alloc_write(t, mapping_kind(prot, flags), addr, page_round(len));
     t->busy = 0;
 }
 
@@ -617,12 +608,13 @@ void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
 {
     if (!t)
         return;
-    if (new_addr != MAP_FAILED)
-        realloc_write(t, MT_R_MREMAP, MT_A_MMAP, seq, (uintptr_t)old,
-                      page_round(old_len), (uintptr_t)new_addr,
-                      page_round(new_len));
-    else
+    if (new_addr != MAP_FAILED) {  /* as realloc: two numbers */
+        event_write(t, MT_R_MUNMAP, 0, seq, (uintptr_t)old, page_round(old_len),
+                    0, 0);
+        alloc_write(t, MT_A_MMAP, new_addr, page_round(new_len));
+    } else {
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
+    }
     t->busy = 0;
 }
 

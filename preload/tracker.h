@@ -40,7 +40,8 @@ void mt_record_alloc(struct mt_thread *t, unsigned allocator, void *ptr,
 void mt_record_free(struct mt_thread *t, uint64_t seq, void *ptr);
 
 /* realloc/reallocarray ended: old -> new (new NULL: failed when size > 0,
- * or freed when size == 0). Leaves the guard. */
+ * or freed when size == 0). Recorded as the end of old, numbered seq, and
+ * an allocation numbered now. Leaves the guard. */
 void mt_record_realloc(struct mt_thread *t, uint64_t seq, unsigned allocator,
                        void *old, void *new_ptr, size_t size);
 
@@ -52,7 +53,8 @@ void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
 void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,
                       size_t len, int ok);
 
-/* mremap result (MAP_FAILED: nothing changed). Leaves the guard. */
+/* mremap result (MAP_FAILED: nothing changed); recorded as realloc is.
+ * Leaves the guard. */
 void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
                       size_t old_len, void *new_addr, size_t new_len);
 

@@ -46,7 +46,7 @@ struct mt_record {
     uint32_t thread;           /* events: index of the thread (THREAD) */
     union {
         struct {               /* ALLOC FREE REALLOC MUNMAP MREMAP */
-            uint8_t allocator; /* enum mt_allocator; FREE: of the free call */
+            uint8_t allocator; /* enum mt_allocator; 0 for FREE and MUNMAP */
             uint64_t addr, size;
             uint64_t old_addr, old_size;   /* REALLOC, MREMAP */
             uint32_t py_stack, native_stack;

@@ -321,8 +321,7 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
 {
     static const enum mt_tag tags[] = {
         [MT_R_ALLOC] = MT_T_ALLOC, [MT_R_FREE] = MT_T_FREE,
-        [MT_R_REALLOC] = MT_T_REALLOC, [MT_R_MUNMAP] = MT_T_MUNMAP,
-        [MT_R_MREMAP] = MT_T_MREMAP, [MT_R_END] = MT_T_END,
+        [MT_R_MUNMAP] = MT_T_MUNMAP, [MT_R_END] = MT_T_END,
     };
     struct mt_record r = {.tag = tags[e->h.type]};
     r.thread = thread_of(c, st);
@@ -331,11 +330,6 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
     r.u.ev.size = e->size;
     r.u.ev.py_stack = idmap_get(&st->pynodes, e->py_stack);
     r.u.ev.native_stack = idmap_get(&st->nativenodes, e->native_stack);
-    if (e->h.type == MT_R_REALLOC || e->h.type == MT_R_MREMAP) {
-        const struct mt_rrealloc *x = (const struct mt_rrealloc *)e;
-        r.u.ev.old_addr = x->old_addr;
-        r.u.ev.old_size = x->old_size;
-    }
     put(c, &r);
     if (e->h.type != MT_R_END)
         c->events++;
@@ -343,15 +337,9 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
 
 static int is_event(uint16_t type)
 {
-    return type == MT_R_ALLOC || type == MT_R_FREE || type == MT_R_REALLOC ||
-           type == MT_R_MUNMAP || type == MT_R_MREMAP || type == MT_R_NOP ||
+    return type == MT_R_ALLOC || type == MT_R_FREE ||
+           type == MT_R_MUNMAP || type == MT_R_NOP ||
            type == MT_R_END;
-}
-
-static size_t event_size(uint16_t type)
-{
-    return type == MT_R_REALLOC || type == MT_R_MREMAP
-               ? sizeof(struct mt_rrealloc) : sizeof(struct mt_revent);
 }
 
 /* Consumes the record at the slot's tail. @return 1 consumed, 0 the next
@@ -366,7 +354,7 @@ static int slot_step(struct mt_collector *c, unsigned i, uint64_t head)
     const struct mt_rhdr *h = (const struct mt_rhdr *)(ring + pos);
     if (st->broken || h->len < sizeof *h || (h->len & 7) ||
         h->len > MT_RING_BYTES - pos || h->len > head - st->tail ||
-        (is_event(h->type) && h->len < event_size(h->type))) {
+        (is_event(h->type) && h->len < sizeof(struct mt_revent))) {
         st->broken = 1;  /* a damaged ring: drop what is left of it */
         st->tail = head;
         return 1;

@@ -23,7 +23,8 @@ uint64_t mt_hash_bytes(const void *p, size_t n, uint64_t seed)
         h = mix(h ^ w) + 0x9e3779b97f4a7c15ull;
     }
     uint64_t w = 0;
-    memcpy(&w, b + i, n - i);
+    if (n > i)
+        memcpy(&w, b + i, n - i);
     return mix(h ^ w ^ (uint64_t)n);
 }
 

@@ -24,7 +24,8 @@ struct mt_reader {
     const uint8_t *p, *end;  /* the decoded block */
     struct mt_deltas d;
     uint32_t thread;
-    int done;
+    int done;               /* what every later call returns: 0 or an error */
+    int done_rc;
     uint64_t nallocs;        /* allocations decoded: the last one's number */
     struct mt_amap live;     /* heap allocation number -> its address */
     char strings[4][4096 + 1];  /* NUL-terminated copies for the record */
@@ -390,20 +391,22 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
 int mt_reader_next(struct mt_reader *r, struct mt_record *rec)
 {
     if (r->done)
-        return 0;
+        return r->done_rc;
     while (r->p == r->end) {
         int rc = next_block(r);
         if (rc <= 0) {
             r->done = 1;
             /* A clean end needs the trailer: a file without it stopped
              * early, even when it ends between blocks. */
-            return rc == 0 ? MT_E_TRUNCATED : rc;
+            r->done_rc = rc == 0 ? MT_E_TRUNCATED : rc;
+            return r->done_rc;
         }
     }
     struct cursor c = {r->p, r->end, 0};
     int rc = decode(r, &c, rec);
     if (rc < 0) {
         r->done = 1;
+        r->done_rc = rc;
         return rc;
     }
     r->p = c.p;

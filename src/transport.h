@@ -43,8 +43,7 @@ struct mt_fork_note {
 struct mt_slot {
     _Atomic uint32_t state;
     uint32_t tid;          /* the owner's kernel thread id */
-    uint32_t generation;   /* bumped at each claim: a new thread, new ids */
-    uint32_t pad0;
+    uint64_t pad0;
     _Alignas(64) _Atomic uint64_t head;   /* bytes written (producer) */
     _Alignas(64) _Atomic uint64_t tail;   /* bytes consumed (collector) */
     _Alignas(64) uint8_t pad1[64];
@@ -89,9 +88,9 @@ enum mt_rtype {
     MT_R_PAD = 0,      /* skip to the ring's end */
     MT_R_ALLOC = 1,    /* struct mt_revent: an allocation succeeded */
     MT_R_FREE = 2,     /* struct mt_revent: addr freed (size 0) */
-    MT_R_REALLOC = 3,  /* struct mt_revent + old address: old freed, new alloc */
+    /* realloc and mremap are written as FREE/MUNMAP and ALLOC, each with
+     * its own number: 3 and 5 are unused */
     MT_R_MUNMAP = 4,   /* struct mt_revent: [addr, addr+size) unmapped */
-    MT_R_MREMAP = 5,   /* struct mt_rrealloc: old range gone, new mapped */
     MT_R_NOP = 6,      /* a number taken for a call that failed */
     MT_R_CODE = 7,     /* struct mt_rcode + strings: a Python code object */
     MT_R_PYNODE = 8,   /* struct mt_rnode: a Python stack trie node */
@@ -116,12 +115,6 @@ struct mt_revent {
     uint64_t size;
     uint32_t py_stack;     /* leaf of the Python stack trie, 0 = none */
     uint32_t native_stack; /* leaf of the native stack trie, 0 = none */
-};
-
-struct mt_rrealloc {
-    struct mt_revent ev;   /* addr/size: the new block */
-    uint64_t old_addr;
-    uint64_t old_size;     /* mremap: the old length; realloc: 0 */
 };
 
 struct mt_rnode {

@@ -55,9 +55,14 @@ static uint8_t *put_bytes(uint8_t *p, const void *s, size_t n)
     return p + n;
 }
 
+static size_t str_len(const char *s)
+{
+    return s ? strlen(s) : 0;
+}
+
 static uint8_t *put_str(uint8_t *p, const char *s)
 {
-    return put_bytes(p, s ? s : "", s ? strlen(s) : 0);
+    return put_bytes(p, s ? s : "", str_len(s));
 }
 
 int mt_writer_open(const char *path, int force, const struct mt_header *h,
@@ -141,13 +146,13 @@ int mt_writer_flush(struct mt_writer *w)
 static size_t var_size(const struct mt_record *r)
 {
     switch (r->tag) {
-    case MT_T_THREAD: return strlen(r->u.thread.name);
-    case MT_T_PROGRAM: return strlen(r->u.program.python_version);
+    case MT_T_THREAD: return str_len(r->u.thread.name);
+    case MT_T_PROGRAM: return str_len(r->u.program.python_version);
     case MT_T_CODE:
-        return strlen(r->u.code.name) + strlen(r->u.code.qualname) +
-               strlen(r->u.code.filename);
+        return str_len(r->u.code.name) + str_len(r->u.code.qualname) +
+               str_len(r->u.code.filename);
     case MT_T_OBJECT:
-        return strlen(r->u.object.path) + r->u.object.build_id_len +
+        return str_len(r->u.object.path) + r->u.object.build_id_len +
                (size_t)r->u.object.nseg * 20;
     default: return 0;
     }
@@ -194,8 +199,10 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
     if (w->failed)
         return MT_E_IO;
     size_t need = FIXED_MAX + var_size(r);
-    if (need > MT_BLOCK_MAX_RAW)
-        return MT_E_CORRUPT;  /* cannot happen with the shim's bounds */
+    if (need > MT_BLOCK_MAX_RAW ||
+        (r->tag == MT_T_ALLOC && r->u.ev.allocator > 0xf) ||
+        (r->tag == MT_T_OBJECT && r->u.object.nseg > 32))
+        return MT_E_CORRUPT;  /* not representable: the format's bounds */
     if (w->used + need > MT_BLOCK_MAX_RAW && mt_writer_flush(w) != MT_OK)
         return MT_E_IO;
     uint64_t ref = 0;
