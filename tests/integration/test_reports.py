@@ -689,3 +689,63 @@ def test_reports_on_a_native_program(tmp_path):
     memtap("table", "-o", tmp_path / "t.html", cap)
     for fmt in ("collapsed", "austin", "speedscope", "csv"):
         assert memtap("export", "--format", fmt, cap).stdout
+
+
+def test_export_austin_read_by_austin_python(main_capture, tmp_path):
+    """austin-python (PyPI; the test venv installs it) reads the export back."""
+    from austin.events import AustinMetadata, AustinSample
+    from austin.format.collapsed_stack import AustinFileReader
+
+    cap, script, text = main_capture
+    out = tmp_path / "a.austin"
+    memtap("export", "--format", "austin", "-o", out, cap)
+    meta, samples = {}, []
+    with out.open() as f, AustinFileReader(f) as reader:
+        for ev in reader:
+            if isinstance(ev, AustinMetadata):
+                meta[ev.name] = ev.value
+            else:
+                assert isinstance(ev, AustinSample), ev
+                samples.append(ev)
+    assert meta["mode"] == "full" and meta["memtap"] == "peak"
+    rep = summary_json(cap)
+    assert sum(s.metrics.memory for s in samples) == rep["peak_memory_bytes"]
+    assert all(s.metrics.time == 0 for s in samples)
+    big = [s for s in samples if s.frames and s.frames[-1].function == "make_big"]
+    assert len(big) == 1 and big[0].metrics.memory == BIG
+    assert [(f.function, f.line) for f in big[0].frames] == [
+        ("<module>", line_of(text, "call_caller")), ("caller", line_of(text, "caller_big")),
+        ("make_big", line_of(text, "keep50"))]
+    assert big[0].frames[-1].filename == str(script)
+    # and austin2speedscope, from the same package, converts it
+    conv = Path(DEFAULT_PYTHON).parent / "austin2speedscope"
+    if conv.exists():
+        subprocess.run([str(conv), str(out), str(tmp_path / "ss.json")], check=True,
+                       timeout=TIMEOUT)
+        doc = json.loads((tmp_path / "ss.json").read_text())
+        assert sum(sum(p["weights"]) for p in doc["profiles"]
+                   if p["unit"] == "bytes") == rep["peak_memory_bytes"]
+
+
+TEMPN = """\
+def f():
+    a = bytearray(1 * 2**20)  # @a
+    b = bytearray(2 * 2**20)  # @b
+    c = bytearray(3 * 2**20)  # @c
+    del c
+    del b
+    del a
+
+f()
+"""
+
+
+def test_temporary_n(tmp_path_factory):
+    """--temporary N: freed on the same thread before N other allocations there."""
+    cap, script, text = _trace(tmp_path_factory, "tempn", TEMPN)
+    sizes = {"a": MiB + 1, "b": 2 * MiB + 1, "c": 3 * MiB + 1}
+    for n, expect in ((1, "c"), (2, "cb"), (3, "cba")):
+        rep = summary_json(cap, "--temporary", str(n))
+        got = {k for k in "abc" if own_at(rep, script, line_of(text, k)) == (sizes[k], 1)}
+        none = {k for k in "abc" if own_at(rep, script, line_of(text, k)) == (0, 0)}
+        assert got == set(expect) and none == set("abc") - set(expect), (n, got, none)
