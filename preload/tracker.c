@@ -343,8 +343,6 @@ static void object_announce(const struct mt_object_view *v, void *arg)
 
 static uint32_t native_stack(struct mt_thread *t)
 {
-    if (mt_native_objects_changed())
-        mt_native_objects_each(object_announce, t);
     int got = mt_native_backtrace(t->ips, MT_MAX_NATIVE, 0);
     int skip = 0;
     while (skip < got && t->ips[skip] >= self_lo && t->ips[skip] < self_hi)
@@ -354,6 +352,10 @@ static uint32_t native_stack(struct mt_thread *t)
     uint32_t k = 0, lim = n < t->nnative ? n : t->nnative;
     while (k < lim && t->native[k].a == ips[n - 1 - k])
         k++;
+    /* A return address not seen before may lie in a newly loaded object:
+     * only then ask the loader (its lock) whether objects changed. */
+    if (k < n && mt_native_objects_changed())
+        mt_native_objects_each(object_announce, t);
     for (uint32_t i = k; i < n; i++) {
         uint32_t node = node_intern(t, &t->nativenodes, MT_R_NATIVENODE,
                                     i ? t->native[i - 1].node : 0,
