@@ -413,15 +413,24 @@ static int walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max)
 
 static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
 {
+    /* The layout in locals: stores into out[] may alias L's fields for the
+     * compiler, which would reload them at every frame of the hot loop. */
+    const int32_t o_prev = L.if_previous, o_owner = L.if_owner,
+                  o_code = L.if_code, o_instr = L.if_instr,
+                  o_entry = L.if_is_entry, o_type = L.ob_type,
+                  o_adaptive = L.co_adaptive, o_first = L.co_firsttraceable;
+    const int cstack = L.owned_by_cstack, gen = L.owned_by_gen;
+    const int none_is_shim = cstack < 0 && L.kind == WALK_TSTATE;
+    const uintptr_t none = L.none, code_type = L.code_type;
+    const long limit = MAX_STEPS(max);
     int n = 0;
-    for (long steps = 0; plausible(frame) && n < max && steps < MAX_STEPS(max); steps++) {
-        uintptr_t prev = ld_ptr(frame, L.if_previous);
-        int owner = ld_u8(frame, L.if_owner);
+    for (long steps = 0; plausible(frame) && n < max && steps < limit; steps++) {
+        uintptr_t prev = ld_ptr(frame, o_prev);
+        int owner = ld_u8(frame, o_owner);
         /* 3.13 f_executable is a PyObject *, 3.14+ a _PyStackRef whose
          * low bits are tags. */
-        uintptr_t code = ld_ptr(frame, L.if_code) & ~(uintptr_t)3;
-        if ((L.owned_by_cstack >= 0 && owner == L.owned_by_cstack) ||
-            (L.owned_by_cstack < 0 && L.kind == WALK_TSTATE && code == L.none)) {
+        uintptr_t code = ld_ptr(frame, o_code) & ~(uintptr_t)3;
+        if ((cstack >= 0 && owner == cstack) || (none_is_shim && code == none)) {
             /* The shim frame a C-level evaluation pushes (3.12+): the
              * frame inside it started that evaluation. */
             if (n > 0)
@@ -429,22 +438,22 @@ static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
             frame = prev;
             continue;
         }
-        if (!is_code(code)) {  /* 3.13+: non-code executables */
+        /* 3.13+: non-code executables */
+        if (!plausible(code) || ld_ptr(code, o_type) != code_type) {
             frame = prev;
             continue;
         }
-        uintptr_t start = code + (uintptr_t)L.co_adaptive;
-        uintptr_t instr = ld_ptr(frame, L.if_instr);
+        uintptr_t start = code + (uintptr_t)o_adaptive;
+        uintptr_t instr = ld_ptr(frame, o_instr);
         /* Incomplete frames (pushed, first instruction not run yet). */
-        if (L.co_firsttraceable >= 0 && owner != L.owned_by_gen &&
-            instr < start + 2 * (uintptr_t)ld_i32(code, L.co_firsttraceable)) {
+        if (o_first >= 0 && owner != gen &&
+            instr < start + 2 * (uintptr_t)ld_i32(code, o_first)) {
             frame = prev;
             continue;
         }
         out[n].code = (const void *)code;
         out[n].instr = clamp_instr((int64_t)(instr - start));
-        out[n].flags = (L.if_is_entry >= 0 && ld_u8(frame, L.if_is_entry))
-                           ? MT_PYF_ENTRY : 0;
+        out[n].flags = (o_entry >= 0 && ld_u8(frame, o_entry)) ? MT_PYF_ENTRY : 0;
         n++;
         frame = prev;
     }
