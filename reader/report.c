@@ -305,6 +305,9 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     int err = mt_analyze(o->file, &ao, &a, &found);
     if (err != MT_OK)
         die_capture(o->file, err, found);   /* exits */
+    if (o->metric == MT_M_TEMPORARY && (a->header.flags & MT_HF_AGGREGATE))
+        die("'%s' is an aggregate capture (memtap run --aggregate): it keeps "
+            "totals, not the events --temporary needs", o->file);
     warn_incomplete(a, o->file);
 
     struct mt_report *r = calloc(1, sizeof *r);

@@ -1,0 +1,195 @@
+"""Capture modes (issue 4): --aggregate, --follow-fork,
+--trace-python-allocators, thread names. Real programs, real captures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import (DEFAULT_PYTHON, MEMTAP, assert_location, clean_env,
+                      describe_locations, find_locations, line_of,
+                      memtap_stats)
+
+CHURN = """\
+import sys
+keep = []
+
+def hold():
+    keep.append(bytearray(50 * 2**20))  # @hold
+
+def churn():
+    for i in range(2_000_000):
+        b = bytes(600 + i % 400)  # @churn
+
+hold()
+churn()
+"""
+
+
+def summary_rows(capture, *flags):
+    out = subprocess.run([str(MEMTAP), "summary", "--json", *flags, str(capture)],
+                         capture_output=True, check=True, env=clean_env())
+    data = json.loads(out.stdout)
+    rows = {(r["function"], r["file"], r["line"]):
+            (r["own_bytes"], r["own_count"], r["total_bytes"], r["total_count"])
+            for r in data["rows"]}
+    return data, rows
+
+
+def test_aggregate_is_small_and_reports_the_same(tmp_path, run_memtap):
+    full, _ = run_memtap(tmp_path, CHURN, out=tmp_path / "full.bin", stats=False)
+    agg, stats = run_memtap(tmp_path, CHURN, out=tmp_path / "agg.bin",
+                            extra=["--aggregate"])
+    size = (tmp_path / "agg.bin").stat().st_size
+    assert size < 64 * 1024, size
+    # 2,000,000 bytes objects of 600..999 bytes: calloc(1, 33 + n) each
+    assert_location(stats, "prog.py", line_of(CHURN, "churn"),
+                    5000 * (400 * 33 + (600 + 999) * 400 // 2), 2_000_000,
+                    function="churn")
+    assert stats["complete"] and stats["exit"] == {"code": 0}
+    for flags in ([], ["--leaks"]):
+        d_full, rows_full = summary_rows(tmp_path / "full.bin", *flags)
+        d_agg, rows_agg = summary_rows(tmp_path / "agg.bin", *flags)
+        assert d_full["peak_memory_bytes"] == d_agg["peak_memory_bytes"]
+        assert rows_full == rows_agg
+    assert rows_agg[("hold", str(tmp_path / "prog.py"), line_of(CHURN, "hold"))][0] == 52428801
+
+
+def test_aggregate_refuses_temporary(tmp_path, run_memtap):
+    run_memtap(tmp_path, "x = bytearray(1000)\n", extra=["--aggregate"])
+    proc = subprocess.run([str(MEMTAP), "summary", "--temporary", str(tmp_path / "capture.bin")],
+                          capture_output=True, env=clean_env())
+    assert proc.returncode == 1
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("memtap: ") and "aggregate" in err[0]
+
+
+KILLED = """\
+import os
+keep = bytearray(30 * 2**20)  # @keep
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_aggregate_program_killed_keeps_its_memory(tmp_path, run_memtap):
+    proc, stats = run_memtap(tmp_path, KILLED, extra=["--aggregate"], expect_rc=-9)
+    assert stats["complete"] is True
+    assert stats["exit"] == {"signal": 9}
+    assert stats["end_memory_bytes"] >= 30 * 2**20
+    assert_location(stats, "prog.py", line_of(KILLED, "keep"), 30 * 2**20 + 1, 1)
+
+
+SLOW = """\
+import time
+keep = [bytearray(2**20) for _ in range(20)]  # @keep
+print("ready", flush=True)
+time.sleep(4)
+print("done", flush=True)
+"""
+
+
+def test_aggregate_memtap_killed_leaves_last_checkpoint(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(SLOW)
+    out = tmp_path / "agg.bin"
+    proc = subprocess.Popen([str(MEMTAP), "run", "-q", "--aggregate", "-o", str(out),
+                             "--python", DEFAULT_PYTHON, str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(), cwd=tmp_path)
+    assert proc.stdout.readline() == b"ready\n"
+    time.sleep(2.5)  # at least two checkpoints after the list was made
+    proc.kill()  # memtap itself, not the program
+    proc.wait(timeout=30)
+    stats = memtap_stats(out)
+    assert stats["complete"] is False
+    assert_location(stats, "prog.py", line_of(SLOW, "keep"), 20 * (2**20 + 1), 20)
+    # the program, orphaned, ran on and finished untracked
+    time.sleep(2.5)
+
+
+POOL = """\
+import multiprocessing as mp, os
+
+def work(n):
+    data = [bytes(1000 + i % 7) for i in range(n)]  # @work
+    return len(data)
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    with mp.Pool(3) as pool:
+        print(sum(pool.map(work, [3000] * 9)))
+"""
+
+
+def test_follow_fork_pool(tmp_path, run_memtap):
+    proc, stats = run_memtap(tmp_path, POOL, extra=["--follow-fork"])
+    assert proc.stdout == b"27000\n"
+    children = sorted(tmp_path.glob("capture.*.bin"))
+    assert len(children) == 3, children
+    line = line_of(POOL, "work")
+    counted = 0
+    for child in children:
+        pid = int(child.name.split(".")[1])
+        cs = memtap_stats(child)
+        assert cs["pid"] == pid and cs["complete"]
+        counted += sum(l["count"] for l in find_locations(cs, "prog.py", line)
+                       if l["function"] in ("work", "<listcomp>", "work.<locals>.<listcomp>"))
+    # 9 tasks x 3000 bytes objects, plus the list's own growth at that line
+    assert 27000 <= counted <= 27000 + 9 * 40, counted
+    assert not find_locations(stats, "prog.py", line)
+    stderr = proc.stderr.decode()
+    for child in children:
+        assert str(child) in stderr or child.name in stderr
+
+
+def test_without_follow_fork_children_write_nothing(tmp_path, run_memtap):
+    proc, stats = run_memtap(tmp_path, POOL)
+    assert proc.stdout == b"27000\n"
+    assert list(tmp_path.glob("capture.*.bin")) == []
+
+
+THREAD_NAMES = """\
+import ctypes, threading
+libc = ctypes.CDLL(None)
+
+def worker():
+    libc.prctl(15, b"mt-cruncher", 0, 0, 0)  # PR_SET_NAME
+    keep.append(bytearray(3 * 2**20))  # @alloc
+
+keep = []
+t = threading.Thread(target=worker)
+t.start()
+t.join()
+"""
+
+
+def test_thread_names(tmp_path, run_memtap):
+    proc, stats = run_memtap(tmp_path, THREAD_NAMES)
+    names = [t["name"] for t in stats["threads"]]
+    assert "mt-cruncher" in names, names
+    summary = subprocess.run([str(MEMTAP), "summary", "--split-threads", "--json",
+                              str(tmp_path / "capture.bin")], capture_output=True,
+                             check=True, env=clean_env())
+    assert b"mt-cruncher" in summary.stdout
+
+
+TUPLES = """\
+x = [(i, i + 1) for i in range(1000, 101000)]  # @tuples
+"""
+
+
+def test_trace_python_allocators_counts_small_objects(tmp_path, run_memtap):
+    proc, stats = run_memtap(tmp_path, TUPLES, extra=["--trace-python-allocators"])
+    assert "pymalloc" in stats["allocators"]
+    locs = find_locations(stats, "prog.py", line_of(TUPLES, "tuples"))
+    count = sum(l["count"] for l in locs)
+    nbytes = sum(l["bytes"] for l in locs)
+    # per item: the int from range, the int i + 1, the 2-tuple; the tuple
+    # free list serves up to 2000 tuples without allocating; the list grows
+    assert 300_000 - 2000 <= count <= 300_000 + 100, describe_locations(stats)
+    assert nbytes >= 100_000 * (2 * sys.getsizeof(10**4) + sys.getsizeof((1, 2))) - 2000 * 56
+    # without the flag the tuples are invisible (inside pymalloc arenas)
+    proc, plain = run_memtap(tmp_path, TUPLES, out=tmp_path / "plain.bin")
+    assert sum(l["count"] for l in find_locations(plain, "prog.py", line_of(TUPLES, "tuples"))) < 1000
