@@ -108,8 +108,26 @@ static void print_record(const struct mt_record *r)
         putchar('\n');
         break;
     case MT_T_SAMPLE:
-        printf("SAMPLE time_us=%" PRIu64 " rss=%" PRIu64 "\n", r->u.sample.time_us,
+        printf("SAMPLE time_us=%" PRIu64 " rss=%" PRIu64, r->u.sample.time_us,
                r->u.sample.rss_bytes);
+        if (r->u.sample.heap_bytes)
+            printf(" heap=%" PRIu64, r->u.sample.heap_bytes - 1);
+        printf("\n");
+        break;
+    case MT_T_GROUP:
+        printf("GROUP py=%u native=%u thread=%u allocators=0x%x total=%" PRIu64
+               "/%" PRIu64 " peak=%" PRIu64 "/%" PRIu64 " end=%" PRIu64 "/%" PRIu64 "\n",
+               r->u.group.py_stack, r->u.group.native_stack, r->u.group.thread,
+               r->u.group.allocators, r->u.group.total_bytes, r->u.group.total_count,
+               r->u.group.peak_bytes, r->u.group.peak_count, r->u.group.end_bytes,
+               r->u.group.end_count);
+        break;
+    case MT_T_TOTALS:
+        printf("TOTALS allocations=%" PRIu64 " frees=%" PRIu64 " bytes=%" PRIu64
+               " peak=%" PRIu64 " end=%" PRIu64 " end_marked=%u\n",
+               r->u.totals->allocations, r->u.totals->frees,
+               r->u.totals->allocated_bytes, r->u.totals->peak_bytes,
+               r->u.totals->end_bytes, r->u.totals->end_marked);
         break;
     case MT_T_END:
         printf("END thread=%u\n", r->thread);
