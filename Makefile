@@ -5,8 +5,8 @@
 PREFIX ?= /usr/local
 BUILD ?= build
 PYTHON ?= python3
-DEBIAN_DEPS := gcc pkg-config meson ninja-build libunwind-dev liblz4-dev \
-               libdw-dev python3-dev python3-venv
+DEBIAN_DEPS := gcc g++ pkg-config meson ninja-build libunwind-dev liblz4-dev \
+               libdw-dev python3-dev python3-venv nodejs
 TEST_VENV := $(BUILD)/test-venv
 
 .PHONY: all deps demo test unit integration install sanitize clean
@@ -39,14 +39,19 @@ demo: all
 	$(BUILD)/memtap summary -n 5 --leaks $(BUILD)/demo.bin
 	$(BUILD)/memtap flamegraph -o $(BUILD)/demo-flamegraph.html $(BUILD)/demo.bin
 
-$(TEST_VENV)/bin/pytest:
+# What the tests need from PyPI (numpy: native stacks through a C
+# extension; austin-python: reading the Austin export back).
+TEST_REQUIREMENTS := pytest numpy austin-python
+
+$(TEST_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(TEST_VENV)
-	$(TEST_VENV)/bin/pip install -q pytest
+	$(TEST_VENV)/bin/pip install -q $(TEST_REQUIREMENTS)
+	touch $@
 
 unit: all
 	meson test -C $(BUILD) --print-errorlogs
 
-integration: all $(TEST_VENV)/bin/pytest
+integration: all $(TEST_VENV)/.installed
 	MEMTAP_BUILD=$(abspath $(BUILD)) $(TEST_VENV)/bin/pytest -q tests/integration
 
 test: unit integration

@@ -239,7 +239,9 @@ static int code_announce(struct mt_thread *th, uint32_t id, const void *code)
     struct mt_code_view v;
     if (mt_py_code_view(code, &v, th->scratch, sizeof th->scratch) < 0)
         memset(&v, 0, sizeof v);
-    if (v.linetable_len > MT_RING_BYTES / 8)  /* pathological: keep names */
+    /* A record must fit the ring with room to spare; a line table bigger
+     * than that (a module of ~15,000 lines) is dropped, names are kept. */
+    if (v.linetable_len > MT_RING_BYTES / 2)
         v.linetable_len = 0;
     size_t len = sizeof(struct mt_rcode) + v.name_len + v.qualname_len +
                  v.filename_len + v.linetable_len;

@@ -243,8 +243,10 @@ static void child_exec(struct target *t, int go, int shm_fd, int sock)
         int fsock = sock >= 0 ? fcntl(sock, F_DUPFD, 501) : -1;
         struct stat st;
         if (fd >= 0 && fstat(fd, &st) == 0) {
+            /* Fixed width: the program's environment has the same size
+             * in every run, so its own allocations repeat exactly. */
             char env[96];
-            snprintf(env, sizeof env, "%d:%llu:%d", fd,
+            snprintf(env, sizeof env, "%05d:%020llu:%05d", fd,
                      (unsigned long long)st.st_ino, fsock);
             setenv(MT_ENV_SHM, env, 1);
             const char *old = getenv("LD_PRELOAD");
