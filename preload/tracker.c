@@ -320,20 +320,27 @@ static uint32_t python_stack(struct mt_thread *t)
     return n ? t->py[n - 1].node : 0;
 }
 
+/* The main program's path, read at start: the loader names it "", and a
+ * short program may be gone before the collector could look it up. */
+static char exe_path[4096];
+static size_t exe_path_len;
+
 static void object_announce(const struct mt_object_view *v, void *arg)
 {
     struct mt_thread *t = arg;
-    size_t len = sizeof(struct mt_robject) + v->path_len + v->build_id_len +
+    const char *path = v->path_len ? v->path : exe_path;
+    size_t path_len = v->path_len ? v->path_len : exe_path_len;
+    size_t len = sizeof(struct mt_robject) + path_len + v->build_id_len +
                  (size_t)v->nsegments * 16;
     uint32_t total = align8(len);
     struct mt_robject *r = ring_reserve(t, total);
     if (!r)
         return;
     *r = (struct mt_robject){{MT_R_OBJECT, 0, total}, v->base,
-                             (uint32_t)v->path_len, (uint32_t)v->build_id_len,
+                             (uint32_t)path_len, (uint32_t)v->build_id_len,
                              v->nsegments, 0};
     uint8_t *p = (uint8_t *)(r + 1);
-    memcpy(p, v->path, v->path_len), p += v->path_len;
+    memcpy(p, path, path_len), p += path_len;
     memcpy(p, v->build_id, v->build_id_len), p += v->build_id_len;
     for (uint32_t i = 0; i < v->nsegments; i++) {
         memcpy(p, &v->seg[i].vaddr, 8);
@@ -792,6 +799,8 @@ static int start(void)
     native = (shm->flags & MT_SHMF_NATIVE) || !python;
     if (native && mt_native_setup() < 0)
         native = 0;
+    ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);
+    exe_path_len = n > 0 ? (size_t)n : 0;
     const char *version = python ? mt_py_version() : NULL;
     if (version)
         strncpy(shm->python_version, version, sizeof shm->python_version - 1);
