@@ -422,6 +422,10 @@ static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
     const int cstack = L.owned_by_cstack, gen = L.owned_by_gen;
     const int none_is_shim = cstack < 0 && L.kind == WALK_TSTATE;
     const uintptr_t none = L.none, code_type = L.code_type;
+    /* Before 3.13 a frame's f_code is always a code object: the type is
+     * checked when the code object is first described (code_intern), not
+     * at every frame of every walk. */
+    const int check_type = L.kind == WALK_TSTATE;
     const long limit = MAX_STEPS(max);
     int n = 0;
     for (long steps = 0; plausible(frame) && n < max && steps < limit; steps++) {
@@ -439,14 +443,15 @@ static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
             continue;
         }
         /* 3.13+: non-code executables */
-        if (!plausible(code) || ld_ptr(code, o_type) != code_type) {
+        if (!plausible(code) || (check_type && ld_ptr(code, o_type) != code_type)) {
             frame = prev;
             continue;
         }
         uintptr_t start = code + (uintptr_t)o_adaptive;
         uintptr_t instr = ld_ptr(frame, o_instr);
-        /* Incomplete frames (pushed, first instruction not run yet). */
-        if (o_first >= 0 && owner != gen &&
+        /* Incomplete frames (pushed, first instruction not run yet) can only
+         * be the innermost Python frame: a frame runs before it calls. */
+        if (n == 0 && o_first >= 0 && owner != gen &&
             instr < start + 2 * (uintptr_t)ld_i32(code, o_first)) {
             frame = prev;
             continue;
