@@ -65,5 +65,11 @@ sanitize:
 	meson configure build-sanitize -Db_sanitize=address,undefined >/dev/null
 	$(MAKE) BUILD=build-sanitize test
 
+# The README's picture: the demo's flame graph, rendered by headless
+# Chromium (Debian's chromium package).
+docs/flamegraph.png: demo
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+	  --window-size=1280,800 --screenshot=$@ file://$(abspath $(BUILD))/demo-flamegraph.html
+
 clean:
 	rm -rf $(BUILD) build-sanitize
