@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"flamegraph", cmd_flamegraph, "an HTML flame graph with memory over time"},
     {"export", cmd_export, "collapsed stacks, Austin, speedscope or CSV"},
     {"parse", cmd_parse, "every record of a capture, as text"},
+    {"diff", cmd_diff, "what grew between two captures, per location"},
 };
 
 static void usage(FILE *f)

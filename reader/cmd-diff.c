@@ -1,0 +1,307 @@
+/* memtap diff: what changed between two captures, per location (function,
+ * file, line): the bytes and allocations whose innermost frame is there in
+ * BEFORE and in AFTER, and the change, biggest growth first. The question
+ * tracemalloc's compare_to answers, across two runs (CI: "what grew since
+ * main?"). --fail-over SIZE makes the exit status 3 when the total grew by
+ * more than SIZE. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "report.h"
+#include "util.h"
+
+static const char usage[] =
+    "memtap diff BEFORE.bin AFTER.bin [--leaks] [-n ROWS] [--json] "
+    "[--fail-over SIZE] [--show-internals]";
+
+#define DEFAULT_ROWS 20
+#define EXIT_GREW 3
+
+/* One side's bytes at a location. Strings belong to that side's report. */
+struct side_row {
+    const char *function, *file;
+    int32_t line;
+    uint64_t bytes, count;
+};
+
+struct drow {
+    const char *function, *file;
+    int32_t line;
+    uint64_t bytes[2], count[2];
+};
+
+static int cmp_key(const char *f1, const char *p1, int32_t l1,
+                   const char *f2, const char *p2, int32_t l2)
+{
+    int c = strcmp(f1, f2);
+    if (c) return c;
+    if ((c = strcmp(p1, p2))) return c;
+    return l1 < l2 ? -1 : l1 > l2;
+}
+
+static int cmp_side(const void *x, const void *y)
+{
+    const struct side_row *a = x, *b = y;
+    return cmp_key(a->function, a->file, a->line, b->function, b->file, b->line);
+}
+
+static int64_t change(const struct drow *d)
+{
+    return (int64_t)d->bytes[1] - (int64_t)d->bytes[0];
+}
+
+static int cmp_growth(const void *x, const void *y)
+{
+    const struct drow *a = x, *b = y;
+    int64_t ca = change(a), cb = change(b);
+    if (ca != cb) return ca > cb ? -1 : 1;
+    int64_t na = (int64_t)a->count[1] - (int64_t)a->count[0];
+    int64_t nb = (int64_t)b->count[1] - (int64_t)b->count[0];
+    if (na != nb) return na > nb ? -1 : 1;
+    return cmp_key(a->function, a->file, a->line, b->function, b->file, b->line);
+}
+
+/* The own bytes/count per location of one capture, sorted by key. */
+static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
+{
+    struct mt_rows rows = {0};
+    uint32_t ng;
+    const uint32_t *order = mt_report_sorted_groups(r, &ng);
+    const struct mt_analysis *a = mt_report_analysis(r);
+    for (uint32_t i = 0; i < ng; i++) {
+        const struct mt_group *g = &a->groups[order[i]];
+        const uint32_t *stack;
+        int depth = mt_report_stack(r, g, &stack);
+        if (mt_rows_add(&rows, stack, depth, mt_report_bytes(r, g), mt_report_count(r, g)))
+            die("out of memory");
+    }
+    uint32_t k;
+    struct mt_row *sorted = mt_rows_sorted(&rows, MT_S_OWN, &k);
+    if (!sorted && k) die("out of memory");
+    struct side_row *out = calloc(k ? k : 1, sizeof *out);
+    if (!out) die("out of memory");
+    *n = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        if (!sorted[i].own_count && !sorted[i].own_bytes) continue;
+        const struct mt_loc *l = mt_report_loc(r, sorted[i].loc);
+        out[(*n)++] = (struct side_row){
+            l->function, l->file[0] ? l->file : l->object, l->line,
+            sorted[i].own_bytes, sorted[i].own_count };
+    }
+    free(sorted);
+    mt_rows_release(&rows);
+    qsort(out, *n, sizeof *out, cmp_side);
+    return out;
+}
+
+/* "10MB", "10 MiB", "1.5GB", "4096": KB/MB/GB powers of 10, KiB/MiB/GiB
+ * powers of 2. @return 0 or -1. */
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0) return -1;
+    while (isspace((unsigned char)*end)) end++;
+    static const struct { const char *unit; double mult; } units[] = {
+        {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+        {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0},
+        {"TiB", 1099511627776.0},
+    };
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (!strcasecmp(end, units[i].unit)) {
+            double b = v * units[i].mult;
+            if (b > 1.8e19) return -1;
+            *out = (uint64_t)(b + 0.5);
+            return 0;
+        }
+    return -1;
+}
+
+static char *fmt_change(char *buf, size_t cap, int64_t d)
+{
+    char s[32];
+    mt_format_size((uint64_t)(d < 0 ? -d : d), s, sizeof s);
+    snprintf(buf, cap, "%s%s", d < 0 ? "-" : d > 0 ? "+" : "", s);
+    return buf;
+}
+
+static void print_json(struct mt_report *r[2], const char *files[2],
+                       const struct drow *d, uint32_t n, int64_t total_change)
+{
+    printf("{\"mode\": \"%s\", \"total_change_bytes\": %lld",
+           mt_metric_name(mt_report_options(r[0])->metric), (long long)total_change);
+    for (int s = 0; s < 2; s++) {
+        const struct mt_analysis *a = mt_report_analysis(r[s]);
+        printf(", \"%s\": {\"file\": ", s ? "after" : "before");
+        mt_json_string(stdout, files[s]);
+        printf(", \"total_bytes\": %llu, \"peak_memory_bytes\": %llu, \"complete\": %s}",
+               (unsigned long long)mt_report_total_bytes(r[s]),
+               (unsigned long long)a->peak_bytes, a->complete ? "true" : "false");
+    }
+    printf(", \"rows\": [");
+    for (uint32_t i = 0; i < n; i++) {
+        printf("%s\n  {\"function\": ", i ? "," : "");
+        mt_json_string(stdout, d[i].function);
+        printf(", \"file\": ");
+        mt_json_string(stdout, d[i].file);
+        printf(", \"line\": %d, \"before_bytes\": %llu, \"before_count\": %llu, "
+               "\"after_bytes\": %llu, \"after_count\": %llu, "
+               "\"change_bytes\": %lld, \"change_count\": %lld}",
+               (int)d[i].line, (unsigned long long)d[i].bytes[0],
+               (unsigned long long)d[i].count[0], (unsigned long long)d[i].bytes[1],
+               (unsigned long long)d[i].count[1], (long long)change(&d[i]),
+               (long long)d[i].count[1] - (long long)d[i].count[0]);
+    }
+    printf("%s]}\n", n ? "\n" : "");
+}
+
+static void print_table(struct mt_report *r[2], const struct drow *d, uint32_t n,
+                        uint32_t all, int64_t total_change)
+{
+    int color = mt_use_color(stdout);
+    const char *bold = color ? "\033[1m" : "", *dim = color ? "\033[2m" : "";
+    const char *cyan = color ? "\033[36m" : "", *red = color ? "\033[31m" : "";
+    const char *green = color ? "\033[32m" : "", *off = color ? "\033[0m" : "";
+    char s0[32], s1[32], sc[40];
+    enum mt_metric m = mt_report_options(r[0])->metric;
+
+    mt_format_size(mt_report_total_bytes(r[0]), s0, sizeof s0);
+    mt_format_size(mt_report_total_bytes(r[1]), s1, sizeof s1);
+    printf("%s%s:%s %s -> %s (%s)\n", bold,
+           m == MT_M_LEAKS ? "Leaks" : m == MT_M_TEMPORARY ? "Temporary" : "Peak memory",
+           off, s0, s1, fmt_change(sc, sizeof sc, total_change));
+    for (int s = 0; s < 2; s++)
+        if (!mt_report_analysis(r[s])->complete)
+            printf("%s(%s capture incomplete: the program or the collector was killed)%s\n",
+                   bold, s ? "after" : "before", off);
+    if (n == 0) {
+        printf("no allocations\n");
+        return;
+    }
+    printf("\n%s%10s %10s %11s %9s  %s%s\n", bold, "BEFORE", "AFTER", "CHANGE",
+           "COUNT", "LOCATION", off);
+    for (uint32_t i = 0; i < n; i++) {
+        int64_t c = change(&d[i]);
+        long long dc = (long long)d[i].count[1] - (long long)d[i].count[0];
+        mt_format_size(d[i].bytes[0], s0, sizeof s0);
+        mt_format_size(d[i].bytes[1], s1, sizeof s1);
+        printf("%10s %10s %s%11s%s %+9lld  %s%s%s", s0, s1, c > 0 ? red : c < 0 ? green : "",
+               fmt_change(sc, sizeof sc, c), off, dc, cyan, d[i].function, off);
+        if (d[i].file[0] && d[i].line > 0)
+            printf("  %s%s:%d%s\n", dim, d[i].file, (int)d[i].line, off);
+        else if (d[i].file[0])
+            printf("  %s%s%s\n", dim, d[i].file, off);
+        else
+            putchar('\n');
+    }
+    if (n < all)
+        printf("%s... %u more location%s (use -n)%s\n", dim, all - n,
+               all - n == 1 ? "" : "s", off);
+}
+
+int cmd_diff(int argc, char **argv)
+{
+    struct mt_report_opts o;
+    const char *files[2] = {NULL, NULL};
+    int nfiles = 0, have_limit = 0;
+    uint64_t limit = 0;
+
+    memset(&o, 0, sizeof o);
+    o.rows = -1;
+    o.temporary_n = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i], *val = NULL;
+        if (arg[0] != '-' || !strcmp(arg, "-")) {
+            if (nfiles == 2) goto bad;
+            files[nfiles++] = arg;
+        } else if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+            printf("usage: %s\n", usage);
+            return 0;
+        } else if (!strcmp(arg, "--leaks")) {
+            o.metric = MT_M_LEAKS;
+        } else if (!strcmp(arg, "--json")) {
+            o.json = 1;
+        } else if (!strcmp(arg, "--show-internals")) {
+            o.show_internals = 1;
+        } else if (!strcmp(arg, "-n") || !strcmp(arg, "--rows")) {
+            char *end;
+            if (i + 1 >= argc) goto bad;
+            val = argv[++i];
+            o.rows = strtol(val, &end, 10);
+            if (*end || end == val || o.rows < 0) {
+                fprintf(stderr, "memtap: bad row count '%s'\nusage: %s\n", val, usage);
+                return MT_EXIT_USAGE;
+            }
+        } else if (!strcmp(arg, "--fail-over") || !strncmp(arg, "--fail-over=", 12)) {
+            if (arg[11] == '=') val = arg + 12;
+            else if (i + 1 < argc) val = argv[++i];
+            else goto bad;
+            if (parse_size(val, &limit)) {
+                fprintf(stderr, "memtap: bad size '%s' (e.g. 10MB, 1.5 GiB, 4096)\n"
+                        "usage: %s\n", val, usage);
+                return MT_EXIT_USAGE;
+            }
+            have_limit = 1;
+        } else {
+            fprintf(stderr, "memtap: unknown option '%s'\nusage: %s\n", arg, usage);
+            return MT_EXIT_USAGE;
+        }
+    }
+    if (nfiles != 2) goto bad;
+
+    struct mt_report *r[2];
+    struct side_row *side[2];
+    uint32_t ns[2];
+    for (int s = 0; s < 2; s++) {
+        o.file = files[s];
+        if (!(r[s] = mt_report_open(&o))) die("out of memory");
+        side[s] = side_rows(r[s], &ns[s]);
+    }
+
+    /* merge the two sorted lists */
+    struct drow *d = calloc((size_t)ns[0] + ns[1] + 1, sizeof *d);
+    if (!d) die("out of memory");
+    uint32_t n = 0, i = 0, j = 0;
+    while (i < ns[0] || j < ns[1]) {
+        int c = i == ns[0] ? 1 : j == ns[1] ? -1
+              : cmp_side(&side[0][i], &side[1][j]);
+        const struct side_row *k = c <= 0 ? &side[0][i] : &side[1][j];
+        struct drow *x = &d[n++];
+        x->function = k->function; x->file = k->file; x->line = k->line;
+        if (c <= 0) { x->bytes[0] = side[0][i].bytes; x->count[0] = side[0][i].count; i++; }
+        if (c >= 0) { x->bytes[1] = side[1][j].bytes; x->count[1] = side[1][j].count; j++; }
+    }
+    qsort(d, n, sizeof *d, cmp_growth);
+
+    int64_t total_change = (int64_t)mt_report_total_bytes(r[1]) -
+                           (int64_t)mt_report_total_bytes(r[0]);
+    uint32_t shown = n;
+    if (o.rows >= 0 && (uint64_t)o.rows < n) shown = (uint32_t)o.rows;
+    else if (o.rows < 0 && !o.json && n > DEFAULT_ROWS) shown = DEFAULT_ROWS;
+    if (o.json) print_json(r, files, d, shown, total_change);
+    else print_table(r, d, shown, n, total_change);
+
+    int rc = mt_output_close(stdout, "-") ? MT_EXIT_FAIL : 0;
+    if (rc == 0 && have_limit && total_change > 0 && (uint64_t)total_change > limit) {
+        char a[32], b[32];
+        mt_format_size((uint64_t)total_change, a, sizeof a);
+        mt_format_size(limit, b, sizeof b);
+        fprintf(stderr, "memtap: %s grew by %s, more than --fail-over %s\n",
+                mt_metric_name(o.metric), a, b);
+        rc = EXIT_GREW;
+    }
+    free(d);
+    for (int s = 0; s < 2; s++) {
+        free(side[s]);
+        mt_report_free(r[s]);
+    }
+    return rc;
+
+bad:
+    fprintf(stderr, "memtap: diff needs two captures, BEFORE and AFTER\nusage: %s\n", usage);
+    return MT_EXIT_USAGE;
+}

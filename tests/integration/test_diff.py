@@ -1,0 +1,101 @@
+"""memtap diff (issue 7): two captures of the same program, the second with
+one extra 10 MiB allocation at a known line; the diff shows exactly that
+growth there, nothing else of the program's own lines changes, and
+--fail-over turns the growth into an exit status.
+
+bytearray(n) mallocs n + 1 bytes.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import DEFAULT_PYTHON, MEMTAP, TIMEOUT, clean_env, line_of, memtap_run
+
+MiB = 2 ** 20
+
+PROG = """\
+import sys
+KEEP = []
+KEEP.append(bytearray(3 * 2**20))  # @base
+if len(sys.argv) > 1:
+    KEEP.append(bytearray(10 * 2**20))  # @extra
+"""
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory, memtap):
+    d = tmp_path_factory.mktemp("diff")
+    script = d / "prog.py"
+    script.write_text(PROG)
+    out = []
+    for name, args in (("before.bin", []), ("after.bin", ["x"])):
+        proc = memtap_run(["-q", "-o", d / name, DEFAULT_PYTHON, script, *args], cwd=d)
+        assert proc.returncode == 0, proc.stderr
+        out.append(d / name)
+    return script, out[0], out[1]
+
+
+def diff(*args):
+    return subprocess.run([str(MEMTAP), "diff", *map(str, args)], capture_output=True,
+                          text=True, timeout=TIMEOUT, env=clean_env())
+
+
+def rows_of(script, doc):
+    return {r["line"]: r for r in doc["rows"] if r["file"] == str(script)}
+
+
+@pytest.mark.parametrize("metric", [[], ["--leaks"]], ids=["peak", "leaks"])
+def test_diff_json_known_answer(captures, metric):
+    script, before, after = captures
+    proc = diff(before, after, "--json", *metric)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["mode"] == ("leaks" if metric else "peak")
+    rows = rows_of(script, doc)
+    extra = rows[line_of(PROG, "extra")]
+    assert (extra["before_bytes"], extra["after_bytes"], extra["change_bytes"]) == \
+        (0, 10 * MiB + 1, 10 * MiB + 1)
+    assert (extra["before_count"], extra["after_count"], extra["change_count"]) == (0, 1, 1)
+    base = rows[line_of(PROG, "base")]
+    assert base["before_bytes"] == base["after_bytes"] == 3 * MiB + 1
+    assert base["change_bytes"] == 0
+    # sorted by growth: the extra allocation comes first
+    assert doc["rows"][0]["line"] == extra["line"] and doc["rows"][0]["file"] == str(script)
+    # the totals: the growth is the extra block, give or take interpreter noise
+    assert abs(doc["total_change_bytes"] - (10 * MiB + 1)) < 2 * MiB
+    assert doc["after"]["total_bytes"] - doc["before"]["total_bytes"] == doc["total_change_bytes"]
+
+
+def test_diff_text(captures):
+    script, before, after = captures
+    proc = diff(before, after, "-n", "3")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("Peak memory:")
+    first = [l for l in lines if "%s:%d" % (script, line_of(PROG, "extra")) in l]
+    assert first and "+10.0 MiB" in first[0], proc.stdout
+    assert "more location" in proc.stdout
+
+
+def test_diff_fail_over(captures):
+    _, before, after = captures
+    proc = diff(before, after, "--fail-over", "12MiB")
+    assert proc.returncode == 0, proc.stderr
+    proc = diff(before, after, "--leaks", "--fail-over", "5 MB")
+    assert proc.returncode == 3
+    assert "memtap: leaks grew by" in proc.stderr and "more than --fail-over" in proc.stderr
+    # the other way round it shrank: never over the limit
+    proc = diff(after, before, "--fail-over", "0")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_diff_usage(captures, tmp_path):
+    _, before, _ = captures
+    assert diff(before).returncode == 2
+    assert diff(before, before, "--fail-over", "lots").returncode == 2
+    assert diff(before, before, "--bogus").returncode == 2
+    proc = diff(before, tmp_path / "missing.bin")
+    assert proc.returncode == 1 and "missing.bin" in proc.stderr
