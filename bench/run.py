@@ -224,6 +224,7 @@ def machine_info(e):
         "memray": sh([e.memray, "--version"]),
         "numpy": sh([e.python, "-c", "import numpy; print(numpy.__version__)"]),
         "heaptrack": sh([e.heaptrack, "--version"]) if e.heaptrack else "not installed",
+        "load_start": "%.1f" % os.getloadavg()[0],
     }
 
 
@@ -519,6 +520,8 @@ def markdown(e, args, info, s, reports, scale):
     w("| numpy | %s |" % info["numpy"])
     w("| runs per cell | %d (median)%s |" % (args.runs, " — quick mode" if args.quick else ""))
     w("| WL_SCALE | %s |" % args.wl_scale)
+    w("| load average (1 min) at start → end | %s → %.1f (other jobs on the machine add noise) |"
+      % (info.get("load_start", "?"), os.getloadavg()[0]))
     w("")
     for n in e.notes:
         w("Note: " + n)
