@@ -464,12 +464,20 @@ static void event_write(struct mt_thread *t, uint16_t type, unsigned kind,
                         uint64_t seq, uint64_t addr, uint64_t size,
                         uint32_t py, uint32_t nat)
 {
-    struct mt_revent *e = ring_reserve(t, sizeof *e);
+    uint32_t len = mt_revent_len(type);
+    struct mt_revent *e = ring_reserve(t, len);
     if (!e)
         return;
-    *e = (struct mt_revent){{type, (uint16_t)kind, sizeof *e}, seq, addr, size,
-                            py, nat};
-    ring_commit(t, sizeof *e);
+    e->h = (struct mt_rhdr){type, (uint16_t)kind, len};
+    e->seq = seq;
+    e->addr = addr;
+    if (len > offsetof(struct mt_revent, size))
+        e->size = size;
+    if (len == sizeof *e) {
+        e->py_stack = py;
+        e->native_stack = nat;
+    }
+    ring_commit(t, len);
 }
 
 static uint64_t seq_take(void)

@@ -327,9 +327,12 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
     r.thread = thread_of(c, st);
     r.u.ev.allocator = (uint8_t)e->h.kind;
     r.u.ev.addr = e->addr;
-    r.u.ev.size = e->size;
-    r.u.ev.py_stack = idmap_get(&st->pynodes, e->py_stack);
-    r.u.ev.native_stack = idmap_get(&st->nativenodes, e->native_stack);
+    if (e->h.type == MT_R_ALLOC || e->h.type == MT_R_MUNMAP)
+        r.u.ev.size = e->size;
+    if (e->h.type == MT_R_ALLOC) {
+        r.u.ev.py_stack = idmap_get(&st->pynodes, e->py_stack);
+        r.u.ev.native_stack = idmap_get(&st->nativenodes, e->native_stack);
+    }
     put(c, &r);
     if (e->h.type != MT_R_END)
         c->events++;
@@ -354,7 +357,7 @@ static int slot_step(struct mt_collector *c, unsigned i, uint64_t head)
     const struct mt_rhdr *h = (const struct mt_rhdr *)(ring + pos);
     if (st->broken || h->len < sizeof *h || (h->len & 7) ||
         h->len > MT_RING_BYTES - pos || h->len > head - st->tail ||
-        (is_event(h->type) && h->len < sizeof(struct mt_revent))) {
+        (is_event(h->type) && h->len < mt_revent_len(h->type))) {
         st->broken = 1;  /* a damaged ring: drop what is left of it */
         st->tail = head;
         return 1;

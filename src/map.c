@@ -28,6 +28,14 @@ uint64_t mt_hash_bytes(const void *p, size_t n, uint64_t seed)
     return mix(h ^ w ^ (uint64_t)n);
 }
 
+/* The address map's slot for a key: Fibonacci hashing, the top bits of one
+ * multiplication (one multiply per probe start: the collector numbers
+ * every allocation and free through this map). cap is a power of two. */
+static size_t amap_home(uint64_t key, size_t cap)
+{
+    return (size_t)((key * 0x9e3779b97f4a7c15ull) >> (64 - __builtin_ctzll(cap)));
+}
+
 static uint64_t ikey_hash(const uint64_t k[3])
 {
     return mix(k[0] ^ mix(k[1] ^ mix(k[2])));
@@ -83,7 +91,7 @@ static int amap_grow(struct mt_amap *m)
     for (size_t i = 0; i < m->cap; i++) {
         if (!m->e[i].key)
             continue;
-        size_t j = mix(m->e[i].key) & (cap - 1);
+        size_t j = amap_home(m->e[i].key, cap);
         while (e[j].key)
             j = (j + 1) & (cap - 1);
         e[j] = m->e[i];
@@ -98,7 +106,7 @@ int mt_amap_put(struct mt_amap *m, uint64_t key, uint64_t value)
 {
     if ((m->used + 1) * 2 > m->cap && amap_grow(m) < 0)
         return -1;
-    size_t j = mix(key) & (m->cap - 1);
+    size_t j = amap_home(key, m->cap);
     for (; m->e[j].key; j = (j + 1) & (m->cap - 1))
         if (m->e[j].key == key) {
             m->e[j].value = value;
@@ -114,7 +122,7 @@ int mt_amap_get(const struct mt_amap *m, uint64_t key, uint64_t *value)
 {
     if (!m->cap)
         return 0;
-    for (size_t j = mix(key) & (m->cap - 1); m->e[j].key; j = (j + 1) & (m->cap - 1))
+    for (size_t j = amap_home(key, m->cap); m->e[j].key; j = (j + 1) & (m->cap - 1))
         if (m->e[j].key == key) {
             *value = m->e[j].value;
             return 1;
@@ -126,7 +134,7 @@ int mt_amap_take(struct mt_amap *m, uint64_t key, uint64_t *value)
 {
     if (!m->cap)
         return 0;
-    size_t mask = m->cap - 1, j = mix(key) & mask;
+    size_t mask = m->cap - 1, j = amap_home(key, m->cap);
     for (; m->e[j].key; j = (j + 1) & mask)
         if (m->e[j].key == key)
             break;
@@ -136,7 +144,7 @@ int mt_amap_take(struct mt_amap *m, uint64_t key, uint64_t *value)
     /* Backward-shift deletion keeps probe chains whole without tombstones. */
     size_t hole = j;
     for (size_t i = (j + 1) & mask; m->e[i].key; i = (i + 1) & mask) {
-        size_t home = mix(m->e[i].key) & mask;
+        size_t home = amap_home(m->e[i].key, m->cap);
         if (((i - home) & mask) >= ((i - hole) & mask)) {
             m->e[hole] = m->e[i];
             hole = i;

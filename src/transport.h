@@ -15,6 +15,7 @@
 #define MT_TRANSPORT_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define MT_SHM_MAGIC 0x6d656d7461707368ull /* "memtapsh" */
@@ -107,7 +108,10 @@ struct mt_rhdr {
     uint32_t len;      /* whole record in bytes, a multiple of 8 */
 };
 
-/* Ids in stacks are local to the slot's generation (the thread); 0 = none. */
+/* Ids in stacks are local to the thread; 0 = none. Only an ALLOC carries
+ * the whole record: FREE, NOP and END end after addr, MUNMAP after size
+ * (mt_revent_len) — every byte crosses from the program's core to the
+ * collector's. */
 struct mt_revent {
     struct mt_rhdr h;
     uint64_t seq;
@@ -116,6 +120,15 @@ struct mt_revent {
     uint32_t py_stack;     /* leaf of the Python stack trie, 0 = none */
     uint32_t native_stack; /* leaf of the native stack trie, 0 = none */
 };
+
+static inline uint32_t mt_revent_len(uint16_t type)
+{
+    switch (type) {
+    case MT_R_ALLOC: return sizeof(struct mt_revent);
+    case MT_R_MUNMAP: return offsetof(struct mt_revent, py_stack);
+    default: return offsetof(struct mt_revent, size);
+    }
+}
 
 struct mt_rnode {
     struct mt_rhdr h;
