@@ -9,7 +9,7 @@ DEBIAN_DEPS := gcc g++ pkg-config meson ninja-build libunwind-dev liblz4-dev \
                libdw-dev python3-dev python3-venv nodejs
 TEST_VENV := $(BUILD)/test-venv
 
-.PHONY: all deps demo test unit integration install sanitize clean
+.PHONY: all deps demo test unit integration install sanitize bench clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -55,6 +55,12 @@ integration: all $(TEST_VENV)/.installed
 	MEMTAP_BUILD=$(abspath $(BUILD)) $(TEST_VENV)/bin/pytest -q tests/integration
 
 test: unit integration
+
+# Side by side with memray, heaptrack and tracemalloc (docs/performance.md):
+# writes bench/results/latest.md. BENCH_ARGS=--quick for a short run.
+BENCH_ARGS ?=
+bench: all
+	$(PYTHON) bench/run.py --python $(PYTHON) $(BENCH_ARGS)
 
 install: all
 	meson configure $(BUILD) --prefix=$(PREFIX) >/dev/null
