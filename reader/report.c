@@ -185,6 +185,9 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             NEEDS(MT_O_FORMAT);
             TAKE_VALUE();
             o->format = val;
+        } else if (!strcmp(name, "--temporal")) {
+            NEEDS(MT_O_TEMPORAL);
+            o->temporal = 1;
         } else if (!strcmp(name, "--show-internals")) {
             o->show_internals = 1;
         } else {
@@ -193,6 +196,8 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
 #undef NEEDS
 #undef TAKE_VALUE
     }
+    if (o->temporal && o->metric == MT_M_TEMPORARY)
+        return usage_error(cmd, usage, "--temporal and --temporary exclude each other");
     if (!o->file)
         return usage_error(cmd, usage, "no capture file given");
     return -1;
@@ -302,12 +307,16 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     ao.split_threads = o->split_threads;
     ao.temporary_n = o->temporary_n ? o->temporary_n : 1;
     ao.progress = isatty(2);
+    ao.temporal = o->temporal;
     int err = mt_analyze(o->file, &ao, &a, &found);
     if (err != MT_OK)
         die_capture(o->file, err, found);   /* exits */
     if (o->metric == MT_M_TEMPORARY && (a->header.flags & MT_HF_AGGREGATE))
         die("'%s' is an aggregate capture (memtap run --aggregate): it keeps "
             "totals, not the events --temporary needs", o->file);
+    if (o->temporal && (a->header.flags & MT_HF_AGGREGATE))
+        die("'%s' is an aggregate capture (memtap run --aggregate): it has no "
+            "time information per stack, which --temporal needs", o->file);
     warn_incomplete(a, o->file);
 
     struct mt_report *r = calloc(1, sizeof *r);
@@ -1028,6 +1037,7 @@ int mt_tree_add(struct mt_tree *t, const uint32_t *path, int n,
     }
     t->nodes[cur].self_bytes += bytes;
     t->nodes[cur].self_count += count;
+    t->last = cur;
     return 0;
 }
 

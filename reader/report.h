@@ -27,6 +27,7 @@ enum mt_report_opt_flags {
     MT_O_INVERTED = 1u << 6,  /* --inverted */
     MT_O_FORMAT = 1u << 7,    /* --format NAME */
     MT_O_INTERNALS = 1u << 8, /* --show-internals (always accepted) */
+    MT_O_TEMPORAL = 1u << 9,  /* --temporal (not with --temporary) */
 };
 
 enum mt_sort { MT_S_OWN = 0, MT_S_TOTAL = 1, MT_S_COUNT = 2 };
@@ -42,6 +43,7 @@ struct mt_report_opts {
     int inverted;
     const char *format;       /* --format; NULL when not given */
     int show_internals;
+    int temporal;             /* --temporal: the analysis keeps time buckets */
     const char *file;         /* the capture (the one positional argument) */
 };
 
@@ -203,6 +205,7 @@ struct mt_tree_node {
 struct mt_tree {
     struct mt_tree_node *nodes; uint32_t n, cap;
     uint32_t *hash; uint32_t hcap;     /* (parent, loc) -> node */
+    uint32_t last;                     /* where the last mt_tree_add ended */
 };
 
 /* Adds a stack given OUTERMOST first (path[0] is a child of the root).

@@ -25,6 +25,8 @@ struct block {
     uint64_t thread_seq;    /* the thread's allocation count at allocation */
     uint32_t group, thread;
     uint8_t allocator;
+    uint32_t tick;          /* sample clock at allocation, in T_TICK_US
+                               (fits the padding: the block stays 32 bytes) */
 };
 
 struct mapping {
@@ -33,8 +35,12 @@ struct mapping {
     int counted;            /* the piece that carries the count */
 };
 
+struct temporal;
+
 struct mt_replay {
     struct mt_analysis *a;
+    struct temporal *t;         /* --temporal; NULL otherwise */
+    uint32_t tick;              /* last_time_us / T_TICK_US */
     struct mt_analysis_opts opts_copy;
     const struct mt_analysis_opts *opts;
     struct mt_imap group_ids;
@@ -54,6 +60,10 @@ struct mt_replay {
     unsigned temporary_n;
     size_t cap_threadinfo, cap_codes, cap_pynodes, cap_nativenodes, cap_objects;
 };
+
+static void temporal_add(struct mt_replay *s, const struct block *b);
+static void temporal_sub(struct mt_replay *s, const struct block *b,
+                         uint64_t bytes, uint64_t count);
 
 static void (*oom_handler)(void);
 
@@ -136,6 +146,8 @@ static void heap_add(struct mt_replay *s, const struct block *b)
     touch(s, b->group);
     s->gs[b->group].cur_bytes += b->size;
     s->gs[b->group].cur_count++;
+    if (s->t)
+        temporal_add(s, b);
     s->heap += b->size;
     if (s->heap >= s->a->peak_bytes) {  /* ties: the latest */
         s->a->peak_bytes = s->heap;
@@ -152,6 +164,8 @@ static void heap_sub(struct mt_replay *s, const struct block *b, uint64_t bytes,
     touch(s, b->group);
     s->gs[b->group].cur_bytes -= bytes;
     s->gs[b->group].cur_count -= (uint64_t)count;
+    if (s->t)
+        temporal_sub(s, b, bytes, (uint64_t)count);
     s->heap -= bytes;
 }
 
@@ -169,6 +183,7 @@ static struct block new_block(struct mt_replay *s, const struct mt_record *r,
         .group = group_of(s, r->u.ev.py_stack, r->u.ev.native_stack, t),
         .thread = t,
         .allocator = r->u.ev.allocator < MT_A_COUNT ? r->u.ev.allocator : 0,
+        .tick = s->tick,
     };
     struct mt_group *g = &a->groups[b.group];
     g->allocators |= 1u << b.allocator;
@@ -305,6 +320,224 @@ static void map_add(struct mt_replay *s, const struct mt_record *r, uint64_t add
     heap_add(s, &b);
 }
 
+/* ---- --temporal: allocations by time bucket ---------------------------
+ * Per group, two kinds of cells: "alive" cells (group, a) hold what is
+ * alive now of what was allocated in bucket a, with its value at the
+ * latest peak kept lazily like the groups' (a cell untouched since the
+ * peak still holds it); "freed" cells (group, a, f) what was allocated in
+ * a and freed in f. A free moves bytes from the alive cell to a freed one.
+ * Buckets are ticks >> shift; when the current bucket would pass
+ * MT_TBUCKETS, or the cells pass their budget, shift grows and the cells
+ * of each pair of buckets merge. Blocks keep their tick, not their bucket,
+ * so merging never touches them. */
+
+#define T_TICK_US 10000u          /* a tick: the sampling period */
+#define T_MIN_BUDGET (1u << 18)   /* cells; or 4 per group when more */
+
+struct talive {
+    uint64_t bytes, count, peak_bytes, peak_count, peak_version;
+    uint32_t group;
+    uint16_t a;
+};
+
+struct temporal {
+    unsigned shift;                /* bucket = tick >> shift */
+    struct mt_amap alive_ids;      /* (group + 1) << 16 | a -> index + 1 */
+    struct mt_amap freed_ids;      /* (group + 1) << 32 | a << 16 | f -> index + 1 */
+    struct talive *alive; size_t nalive, cap_alive;
+    struct mt_tcell *freed; size_t nfreed, cap_freed;
+    struct mt_tcell *end; size_t nend;  /* the cells at the end (END marker) */
+    unsigned end_shift;
+    int has_end;
+};
+
+static uint64_t alive_key(uint32_t g, unsigned a)
+{
+    return ((uint64_t)g + 1) << 16 | a;
+}
+
+static uint64_t freed_key(uint32_t g, unsigned a, unsigned f)
+{
+    return ((uint64_t)g + 1) << 32 | (uint64_t)a << 16 | f;
+}
+
+/* Brings an alive cell's peak value up to date before it changes. */
+static void tcell_touch(struct mt_replay *s, struct talive *c)
+{
+    if (c->peak_version != s->peak_version) {
+        c->peak_bytes = c->bytes;
+        c->peak_count = c->count;
+        c->peak_version = s->peak_version;
+    }
+}
+
+static struct talive *alive_cell(struct mt_replay *s, uint32_t g, unsigned a)
+{
+    struct temporal *t = s->t;
+    uint64_t k = alive_key(g, a), idx;
+    if (mt_amap_get(&t->alive_ids, k, &idx))
+        return &t->alive[idx - 1];
+    t->alive = grow(t->alive, &t->cap_alive, t->nalive + 1, sizeof *t->alive);
+    struct talive *c = &t->alive[t->nalive++];
+    *c = (struct talive){.group = g, .a = (uint16_t)a, .peak_version = s->peak_version};
+    if (mt_amap_put(&t->alive_ids, k, t->nalive))
+        out_of_memory();
+    return c;
+}
+
+static struct mt_tcell *freed_cell(struct temporal *t, uint32_t g, unsigned a,
+                                   unsigned f)
+{
+    uint64_t k = freed_key(g, a, f), idx;
+    if (mt_amap_get(&t->freed_ids, k, &idx))
+        return &t->freed[idx - 1];
+    t->freed = grow(t->freed, &t->cap_freed, t->nfreed + 1, sizeof *t->freed);
+    struct mt_tcell *c = &t->freed[t->nfreed++];
+    *c = (struct mt_tcell){.group = g, .a = (uint16_t)a, .f = (uint16_t)f};
+    if (mt_amap_put(&t->freed_ids, k, t->nfreed))
+        out_of_memory();
+    return c;
+}
+
+/* Merges each pair of buckets: shift + 1. O(cells). */
+static void temporal_thin(struct mt_replay *s)
+{
+    struct temporal *t = s->t;
+    struct talive *alive = t->alive;
+    struct mt_tcell *freed = t->freed;
+    size_t nalive = t->nalive, nfreed = t->nfreed;
+    mt_amap_release(&t->alive_ids);
+    mt_amap_release(&t->freed_ids);
+    t->alive = NULL, t->nalive = t->cap_alive = 0;
+    t->freed = NULL, t->nfreed = t->cap_freed = 0;
+    t->shift++;
+    for (size_t i = 0; i < nalive; i++) {
+        tcell_touch(s, &alive[i]);
+        struct talive *c = alive_cell(s, alive[i].group, alive[i].a >> 1);
+        tcell_touch(s, c);
+        c->bytes += alive[i].bytes;
+        c->count += alive[i].count;
+        c->peak_bytes += alive[i].peak_bytes;
+        c->peak_count += alive[i].peak_count;
+    }
+    for (size_t i = 0; i < nfreed; i++) {
+        struct mt_tcell *c = freed_cell(t, freed[i].group, freed[i].a >> 1,
+                                        freed[i].f >> 1);
+        c->bytes += freed[i].bytes;
+        c->count += freed[i].count;
+    }
+    free(alive);
+    free(freed);
+}
+
+/* Thins while the cells are over budget and there is more than one bucket. */
+static void temporal_budget(struct mt_replay *s)
+{
+    struct temporal *t = s->t;
+    size_t budget = (size_t)s->a->ngroups * 4;
+    if (budget < T_MIN_BUDGET)
+        budget = T_MIN_BUDGET;
+    while (t->nalive + t->nfreed > budget && (s->tick >> t->shift) > 0)
+        temporal_thin(s);
+}
+
+static void temporal_add(struct mt_replay *s, const struct block *b)
+{
+    size_t n = s->t->nalive;
+    struct talive *c = alive_cell(s, b->group, b->tick >> s->t->shift);
+    tcell_touch(s, c);
+    c->bytes += b->size;
+    c->count++;
+    if (s->t->nalive != n)
+        temporal_budget(s);
+}
+
+static void temporal_sub(struct mt_replay *s, const struct block *b,
+                         uint64_t bytes, uint64_t count)
+{
+    struct temporal *t = s->t;
+    unsigned a = b->tick >> t->shift;
+    struct talive *c = alive_cell(s, b->group, a);
+    tcell_touch(s, c);
+    c->bytes -= bytes;
+    c->count -= count;
+    size_t n = t->nfreed;
+    struct mt_tcell *f = freed_cell(t, b->group, a, s->tick >> t->shift);
+    f->bytes += bytes;
+    f->count += count;
+    if (t->nfreed != n)
+        temporal_budget(s);
+}
+
+/* The sample clock moved on: thin when it passes the last bucket. */
+static void temporal_tick(struct mt_replay *s)
+{
+    while ((s->tick >> s->t->shift) >= MT_TBUCKETS)
+        temporal_thin(s);
+}
+
+/* The end: a copy of every cell as it is now (what follows is left out). */
+static void temporal_end(struct mt_replay *s)
+{
+    struct temporal *t = s->t;
+    t->end = malloc((t->nfreed + t->nalive + 1) * sizeof *t->end);
+    if (!t->end)
+        out_of_memory();
+    memcpy(t->end, t->freed, t->nfreed * sizeof *t->end);
+    t->nend = t->nfreed;
+    for (size_t i = 0; i < t->nalive; i++)
+        if (t->alive[i].bytes || t->alive[i].count)
+            t->end[t->nend++] = (struct mt_tcell){t->alive[i].group, t->alive[i].a,
+                                                  MT_TALIVE, t->alive[i].bytes,
+                                                  t->alive[i].count};
+    t->end_shift = t->shift;
+    t->has_end = 1;
+}
+
+/* Into the analysis; frees the state. */
+static void temporal_finish(struct mt_replay *s)
+{
+    struct temporal *t = s->t;
+    struct mt_temporal *out = calloc(1, sizeof *out);
+    if (!out)
+        out_of_memory();
+    out->bucket_us = (uint64_t)T_TICK_US << t->shift;
+    out->nbuckets = (s->tick >> t->shift) + 1;
+    uint64_t peak_tick = s->a->peak_time_us / T_TICK_US;
+    out->peak_bucket = (uint32_t)(peak_tick >> t->shift);
+    /* the end's cells, in today's buckets (a thinning may have come since) */
+    unsigned d = t->shift - t->end_shift;
+    for (size_t i = 0; i < t->nend; i++) {
+        t->end[i].a >>= d;
+        if (t->end[i].f != MT_TALIVE)
+            t->end[i].f >>= d;
+    }
+    out->cells = t->end;
+    out->ncells = (uint32_t)t->nend;
+    t->end = NULL;
+    out->peak = malloc((t->nalive + 1) * sizeof *out->peak);
+    if (!out->peak)
+        out_of_memory();
+    for (size_t i = 0; i < t->nalive; i++) {
+        struct talive *c = &t->alive[i];
+        tcell_touch(s, c);
+        if (c->peak_bytes || c->peak_count)
+            out->peak[out->npeak++] = (struct mt_tcell){c->group, c->a, MT_TALIVE,
+                                                        c->peak_bytes, c->peak_count};
+    }
+    s->a->temporal = out;
+}
+
+static void temporal_release(struct temporal *t)
+{
+    if (!t)
+        return;
+    mt_amap_release(&t->alive_ids);
+    mt_amap_release(&t->freed_ids);
+    free(t->alive), free(t->freed), free(t->end);
+    free(t);
+}
+
 static void end_snapshot(struct mt_replay *s)
 {
     struct mt_analysis *a = s->a;
@@ -314,6 +547,8 @@ static void end_snapshot(struct mt_replay *s)
     }
     a->end_bytes = s->heap;
     s->ended = 1;
+    if (s->t)
+        temporal_end(s);
 }
 
 static void add_sample(struct mt_replay *s, uint64_t time_us, uint64_t rss,
@@ -321,6 +556,10 @@ static void add_sample(struct mt_replay *s, uint64_t time_us, uint64_t rss,
 {
     struct mt_analysis *a = s->a;
     s->last_time_us = time_us;
+    s->tick = time_us / T_TICK_US > UINT32_MAX ? UINT32_MAX
+                                               : (uint32_t)(time_us / T_TICK_US);
+    if (s->t)
+        temporal_tick(s);
     if (rss > a->peak_rss_bytes)
         a->peak_rss_bytes = rss;
     if (s->sample_skip++ % s->sample_stride)
@@ -512,6 +751,11 @@ void mt_analysis_free(struct mt_analysis *a)
     }
     free(a->objects);
     free(a->samples);
+    if (a->temporal) {
+        free(a->temporal->cells);
+        free(a->temporal->peak);
+        free(a->temporal);
+    }
     free(a);
 }
 
@@ -528,9 +772,12 @@ struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts)
     s->a = calloc(1, sizeof *s->a);
     if (s->a)
         s->a->samples = calloc(MAX_SAMPLES, sizeof *s->a->samples);
-    if (!s->a || !s->a->samples) {
+    if (opts->temporal)
+        s->t = calloc(1, sizeof *s->t);
+    if (!s->a || !s->a->samples || (opts->temporal && !s->t)) {
         if (s->a)
-            free(s->a);
+            free(s->a->samples), free(s->a);
+        free(s->t);
         free(s);
         return NULL;
     }
@@ -549,6 +796,7 @@ static void replay_release(struct mt_replay *s)
     mt_amap_release(&s->live);
     free(s->gs), free(s->blocks), free(s->free_blocks), free(s->maps);
     free(s->thread_allocs);
+    temporal_release(s->t);
     free(s);
 }
 
@@ -563,6 +811,8 @@ struct mt_analysis *mt_replay_finish(struct mt_replay *s,
         touch(s, g);
     if (!s->ended)
         end_snapshot(s);
+    if (s->t)
+        temporal_finish(s);
     if (a->nthreads == 0) {
         a->threads = calloc(1, sizeof *a->threads);
         a->nthreads = 1;

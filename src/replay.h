@@ -16,6 +16,8 @@ struct mt_analysis_opts {
     unsigned temporary_n;   /* "temporary": freed before N more allocations
                                on the same thread; 0 means 1 */
     int progress;           /* show progress on stderr (TTY) after 1 s */
+    int temporal;           /* keep allocations by time bucket per group
+                               (struct mt_temporal); costs nothing when 0 */
 };
 
 /* A group of allocations with the same stack (and thread when split). */
@@ -48,6 +50,30 @@ struct mt_sample { uint64_t time_us, rss_bytes, heap_bytes; };
 
 struct mt_allocator_total { uint64_t count, bytes; };
 
+/* --temporal: per group, bytes and counts by the time bucket they were
+ * allocated in (a) and freed in (f). Times are the sample clock: an event
+ * is dated by the last memory sample before it (every ~10 ms); bucket i is
+ * [i * bucket_us, (i + 1) * bucket_us) of it. At most MT_TBUCKETS buckets:
+ * when the run outgrows them, or the cells outgrow their budget, pairs of
+ * buckets are merged (bucket_us doubles). docs/reports.md, "Temporal flame
+ * graphs", gives the semantics and the memory bound. */
+#define MT_TBUCKETS 128
+#define MT_TALIVE 0xffffu      /* f of a cell still alive (at the end / peak) */
+struct mt_tcell { uint32_t group; uint16_t a, f; uint64_t bytes, count; };
+
+struct mt_temporal {
+    uint64_t bucket_us;              /* width of a bucket */
+    uint32_t nbuckets;               /* buckets in use: 0 .. the end's */
+    uint32_t peak_bucket;            /* the bucket of peak_time_us */
+    /* Everything allocated, once: freed in bucket f, or f = MT_TALIVE:
+     * alive at the end (the END marker when there is one; what comes
+     * after it is left out, like the leaks report does). Several cells may
+     * have the same (group, a, f): add them. */
+    struct mt_tcell *cells; uint32_t ncells;
+    /* Alive at the peak (f = MT_TALIVE), by allocation bucket. */
+    struct mt_tcell *peak; uint32_t npeak;
+};
+
 struct mt_analysis {
     struct mt_header header;         /* strings owned by the analysis */
     char *python_version;            /* NULL: not Python (or not known) */
@@ -72,6 +98,7 @@ struct mt_analysis {
     struct mt_object_info *objects; uint32_t nobjects;
     struct mt_sample *samples; uint32_t nsamples;        /* thinned */
     uint64_t histogram[64];          /* allocations by floor(log2(size)) */
+    struct mt_temporal *temporal;    /* NULL unless opts.temporal */
 };
 
 struct mt_replay;
