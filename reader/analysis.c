@@ -28,6 +28,10 @@ int mt_analyze(const char *path, const struct mt_analysis_opts *opts,
         mt_reader_close(rd);
         return MT_E_NOMEM;
     }
+    /* One map of live blocks, the replay's, keyed by allocation number:
+     * the reader need not turn numbers back into addresses. */
+    mt_reader_numbers_only(rd);
+    mt_replay_key_by_number(replay);
     int show = opts->progress && isatty(2);
     double start = seconds();
     int shown = 0;

@@ -50,6 +50,10 @@ struct mt_record {
             uint64_t addr, size;
             uint64_t old_addr, old_size;   /* REALLOC, MREMAP */
             uint32_t py_stack, native_stack;
+            /* Read back: an allocation's number (the n-th of the capture)
+             * or the number of the block a FREE (REALLOC: old_number)
+             * ends; 0 when none. Ignored by the writer. */
+            uint64_t number, old_number;
         } ev;
         struct { uint32_t index; uint32_t tid; const char *name; } thread;
         struct {
@@ -116,6 +120,12 @@ int mt_reader_open(const char *path, struct mt_reader **out,
                    uint32_t *found_version);
 
 const struct mt_header *mt_reader_header(const struct mt_reader *r);
+
+/* Frees and reallocs then name their block only by number (ev.number,
+ * ev.old_number), with addr 0: the reader keeps no map of live blocks,
+ * for callers that key blocks by number themselves. Call before the first
+ * mt_reader_next. */
+void mt_reader_numbers_only(struct mt_reader *r);
 
 /* Decodes the next record into *rec. @return 1 for a record, 0 at a clean
  * end (after the trailer), or MT_E_TRUNCATED (the file stops early: the

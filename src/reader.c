@@ -27,6 +27,7 @@ struct mt_reader {
     int done;               /* what every later call returns: 0 or an error */
     int done_rc;
     uint64_t nallocs;        /* allocations decoded: the last one's number */
+    int numbers_only;        /* no address map: see mt_reader_numbers_only */
     struct mt_amap live;     /* heap allocation number -> its address */
     char strings[4][4096 + 1];  /* NUL-terminated copies for the record */
     uint64_t seg[64];
@@ -213,21 +214,32 @@ static uint64_t get_delta(struct cursor *c, uint64_t *base)
     return *base;
 }
 
-/* Numbers a decoded block as the writer did. */
-static void block_new(struct mt_reader *r, struct cursor *c, unsigned allocator,
-                      uint64_t addr)
+void mt_reader_numbers_only(struct mt_reader *r)
 {
-    uint64_t number = ++r->nallocs;
-    if (!mt_allocator_is_mapping(allocator) && mt_amap_put(&r->live, number, addr) < 0)
-        c->bad = 1;
+    r->numbers_only = 1;
 }
 
-/* The address of the block a free refers to (ref as written, without the
- * +1 of realloc's optional reference). */
-static uint64_t block_end(struct mt_reader *r, struct cursor *c, uint64_t ref)
+/* Numbers a decoded block as the writer did. @return its number. */
+static uint64_t block_new(struct mt_reader *r, struct cursor *c, unsigned allocator,
+                          uint64_t addr)
 {
-    uint64_t addr;
+    uint64_t number = ++r->nallocs;
+    if (!r->numbers_only && !mt_allocator_is_mapping(allocator) &&
+        mt_amap_put(&r->live, number, addr) < 0)
+        c->bad = 1;
+    return number;
+}
+
+/* The block a free refers to (ref as written, without the +1 of realloc's
+ * optional reference): *number, and its address unless numbers only. */
+static uint64_t block_end(struct mt_reader *r, struct cursor *c, uint64_t ref,
+                          uint64_t *number)
+{
+    uint64_t addr = 0;
     r->d.free_index += (uint64_t)mt_unzigzag(ref);
+    *number = r->d.free_index;
+    if (r->numbers_only)
+        return 0;
     if (!mt_amap_take(&r->live, r->d.free_index, &addr))
         c->bad = 1;  /* the writer only refers to blocks it numbered */
     return addr;
@@ -247,7 +259,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         if (tag & MT_TAG_ALLOC_NATIVE)
             rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
         if (!c->bad)
-            block_new(r, c, rec->u.ev.allocator, rec->u.ev.addr);
+            rec->u.ev.number = block_new(r, c, rec->u.ev.allocator, rec->u.ev.addr);
         return c->bad ? MT_E_CORRUPT : 1;
     }
     rec->tag = (enum mt_tag)tag;
@@ -255,20 +267,20 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
     case MT_T_FREE: {
         uint64_t ref = get_varint(c);
         if (!c->bad)
-            rec->u.ev.addr = block_end(r, c, ref);
+            rec->u.ev.addr = block_end(r, c, ref, &rec->u.ev.number);
         break;
     }
     case MT_T_REALLOC: {
         rec->u.ev.allocator = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
         uint64_t ref = get_varint(c);
         if (ref && !c->bad)
-            rec->u.ev.old_addr = block_end(r, c, ref - 1);
+            rec->u.ev.old_addr = block_end(r, c, ref - 1, &rec->u.ev.old_number);
         rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
         rec->u.ev.size = get_varint(c);
         rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
         rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
         if (rec->u.ev.addr && !c->bad)
-            block_new(r, c, MT_A_REALLOC, rec->u.ev.addr);
+            rec->u.ev.number = block_new(r, c, MT_A_REALLOC, rec->u.ev.addr);
         break;
     }
     case MT_T_MREMAP:
@@ -280,7 +292,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
         rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
         if (rec->u.ev.addr && !c->bad)  /* numbered as the writer does */
-            block_new(r, c, MT_A_MMAP, rec->u.ev.addr);
+            rec->u.ev.number = block_new(r, c, MT_A_MMAP, rec->u.ev.addr);
         break;
     case MT_T_MUNMAP:
         rec->u.ev.addr = get_delta(c, &r->d.free_addr);

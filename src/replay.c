@@ -37,6 +37,8 @@ struct mapping {
 
 struct temporal;
 
+struct group_cache { uint32_t py, native, thread, group; /* group + 1 */ };
+
 struct mt_replay {
     struct mt_analysis *a;
     struct temporal *t;         /* --temporal; NULL otherwise */
@@ -57,6 +59,8 @@ struct mt_replay {
     uint64_t heap, peak_version, last_time_us;
     uint32_t sample_stride, sample_skip;
     int ended;
+    int by_number;              /* heap blocks keyed by allocation number */
+    struct group_cache group_cache[1024];
     unsigned temporary_n;
     size_t cap_threadinfo, cap_codes, cap_pynodes, cap_nativenodes, cap_objects;
 };
@@ -105,7 +109,15 @@ static char *xstrdup(const char *s)
 static uint32_t group_of(struct mt_replay *s, uint32_t py, uint32_t native,
                          uint32_t thread)
 {
-    uint64_t key[3] = {py, native, s->opts->split_threads ? thread : 0};
+    if (!s->opts->split_threads)
+        thread = 0;
+    /* Programs allocate from a few stacks at a time: a small cache in front
+     * of the interning table spares most lookups a three-word hash. */
+    struct group_cache *gc = &s->group_cache[(py * 0x9e3779b1u ^ native * 0x85ebca6bu ^
+                                              thread * 0xc2b2ae35u) >> 22];
+    if (gc->group && gc->py == py && gc->native == native && gc->thread == thread)
+        return gc->group - 1;
+    uint64_t key[3] = {py, native, thread};
     int is_new;
     uint32_t id = mt_imap_intern(&s->group_ids, key, &is_new);
     if (!id)
@@ -122,9 +134,10 @@ static uint32_t group_of(struct mt_replay *s, uint32_t py, uint32_t native,
         struct mt_group *g = &a->groups[id - 1];
         g->py_stack = py;
         g->native_stack = native;
-        g->thread = s->opts->split_threads ? thread : 0;
+        g->thread = thread;
         s->gs[id - 1].peak_version = s->peak_version;
     }
+    *gc = (struct group_cache){py, native, thread, id};
     return id - 1;
 }
 
@@ -174,9 +187,11 @@ static struct block new_block(struct mt_replay *s, const struct mt_record *r,
 {
     struct mt_analysis *a = s->a;
     uint32_t t = r->thread;
-    size_t cap = s->cap_threads;
-    s->thread_allocs = grow(s->thread_allocs, &cap, (size_t)t + 1, sizeof(uint64_t));
-    s->cap_threads = (uint32_t)cap;
+    if (t >= s->cap_threads) {
+        size_t cap = s->cap_threads;
+        s->thread_allocs = grow(s->thread_allocs, &cap, (size_t)t + 1, sizeof(uint64_t));
+        s->cap_threads = (uint32_t)cap;
+    }
     struct block b = {
         .size = size,
         .thread_seq = ++s->thread_allocs[t],
@@ -223,22 +238,23 @@ static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
         idx = (uint32_t)s->nblocks++;
     }
     s->blocks[idx] = b;
-    uint64_t old;
-    if (mt_amap_take(&s->live, r->u.ev.addr, &old)) {
+    uint64_t old, key = s->by_number ? r->u.ev.number : r->u.ev.addr;
+    if (mt_amap_take(&s->live, key, &old)) {
         /* A block we never saw end (its free came from an untracked
          * thread): the new one replaces it. */
         heap_sub(s, &s->blocks[old], s->blocks[old].size, 1);
         s->free_blocks = grow(s->free_blocks, &s->cap_free, s->nfree + 1, sizeof(uint32_t));
         s->free_blocks[s->nfree++] = (uint32_t)old;
     }
-    mt_amap_put(&s->live, r->u.ev.addr, idx);
+    mt_amap_put(&s->live, key, idx);
     heap_add(s, &b);
 }
 
-static void heap_free(struct mt_replay *s, uint64_t addr, uint32_t thread)
+/* key: the block's address, or its number when keyed by number. */
+static void heap_free(struct mt_replay *s, uint64_t key, uint32_t thread)
 {
     uint64_t idx;
-    if (!addr || !mt_amap_take(&s->live, addr, &idx))
+    if (!key || !mt_amap_take(&s->live, key, &idx))
         return;  /* allocated before tracking began, or not by a hook */
     block_end(s, &s->blocks[idx], thread);
     s->free_blocks = grow(s->free_blocks, &s->cap_free, s->nfree + 1, sizeof(uint32_t));
@@ -688,10 +704,11 @@ static void on_record(struct mt_replay *s, const struct mt_record *r)
             heap_alloc(s, r);
         break;
     case MT_T_FREE:
-        heap_free(s, r->u.ev.addr, r->thread);
+        heap_free(s, s->by_number ? r->u.ev.number : r->u.ev.addr, r->thread);
         break;
     case MT_T_REALLOC:
-        heap_free(s, r->u.ev.old_addr, r->thread);
+        heap_free(s, s->by_number ? r->u.ev.old_number : r->u.ev.old_addr,
+                  r->thread);
         if (r->u.ev.addr)
             heap_alloc(s, r);
         break;
@@ -782,6 +799,11 @@ struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts)
         return NULL;
     }
     return s;
+}
+
+void mt_replay_key_by_number(struct mt_replay *s)
+{
+    s->by_number = 1;
 }
 
 int mt_replay_add(struct mt_replay *s, const struct mt_record *rec)

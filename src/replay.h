@@ -106,6 +106,10 @@ struct mt_replay;
 /* A new replay. opts is copied. @return NULL when out of memory. */
 struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts);
 
+/* Heap blocks are then found by allocation number (ev.number), not by
+ * address: for records from mt_reader_numbers_only. Call before adding. */
+void mt_replay_key_by_number(struct mt_replay *r);
+
 /* Applies one record (events, definitions, samples, the aggregate records
  * of an aggregate capture, the trailer). Strings are copied.
  * @return MT_OK, or MT_E_NOMEM (the replay is then unusable). */

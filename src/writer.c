@@ -205,6 +205,20 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         return MT_E_CORRUPT;  /* not representable: the format's bounds */
     if (w->used + need > MT_BLOCK_MAX_RAW && mt_writer_flush(w) != MT_OK)
         return MT_E_IO;
+    uint64_t number;
+    if ((r->tag == MT_T_ALLOC || r->tag == MT_T_REALLOC) && r->u.ev.addr &&
+        !mt_allocator_is_mapping(r->tag == MT_T_ALLOC ? r->u.ev.allocator : MT_A_REALLOC) &&
+        r->u.ev.addr != r->u.ev.old_addr &&
+        mt_amap_get(&w->live, r->u.ev.addr, &number)) {
+        /* The address is handed out again but its free was never seen (an
+         * untracked thread freed it): the capture ends the old block here,
+         * so readers keying blocks by number or by address agree. */
+        struct mt_record end = {.tag = MT_T_FREE, .thread = r->thread};
+        end.u.ev.addr = r->u.ev.addr;
+        int rc = mt_writer_add(w, &end);
+        if (rc != MT_OK)
+            return rc;
+    }
     uint64_t ref = 0;
     if (r->tag == MT_T_FREE || r->tag == MT_T_REALLOC) {
         ref = block_ref(w, r->tag == MT_T_FREE ? r->u.ev.addr : r->u.ev.old_addr);

@@ -355,7 +355,7 @@ WIDE = "\n".join(["KEEP = []", "def inner():"] +
                  ["def outer():"] + ["    inner()"] * WIDE_N + ["outer()"]) + "\n"
 
 
-def test_fast_with_100k_stacks(harness, tmp_path_factory, tmp_path):
+def test_100k_stacks(harness, tmp_path_factory, tmp_path):
     cap = trace(tmp_path_factory, "wide", WIDE)
     page = tmp_path / "wide.html"
     memtap("flamegraph", "--temporal", "-o", page, cap)
@@ -363,8 +363,8 @@ def test_fast_with_100k_stacks(harness, tmp_path_factory, tmp_path):
     end = tm["nbuckets"] * tm["bucket_us"]
     out = run_page(harness, page, [{"range": [0, end]}, {"alloc": True}, {"range": [0, end // 2]}],
                    file="wide.py")
-    assert out["load_ms"] < 2000, out["load_ms"]
-    assert max(out["step_ms"]) < 500, out["step_ms"]
+    # How fast it loads and redraws is measured in bench/, never asserted
+    # here: machines are noisy. Here: the numbers are right at this size.
     # the whole run, alive at its end: the leaks; up to the peak: the peak
     assert out["steps"][0]["total"] == summary(cap, "--leaks")["total_bytes"]
     assert out["initial"]["total"] == summary(cap)["peak_memory_bytes"]

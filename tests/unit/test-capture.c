@@ -434,11 +434,19 @@ static void ev(struct cap *c, enum mt_tag tag, uint32_t thread, uint8_t allocato
                uint32_t py, uint32_t nat)
 {
     struct mt_record r = {.tag = tag, .thread = thread};
-    r.u.ev = (__typeof__(r.u.ev)){allocator, addr, size, old_addr, old_size, py, nat};
+    r.u.ev = (__typeof__(r.u.ev)){allocator, addr, size, old_addr, old_size, py, nat, 0, 0};
     int rc = mt_writer_add(c->w, &r);
     CHECK_RC(rc, MT_OK, "mt_writer_add (event)");
 
     struct mt_record want = {.tag = tag, .thread = thread};
+    /* An allocation at an address still alive (its free was never seen)
+     * first ends the old block: the writer writes that FREE itself. */
+    if (((tag == MT_T_ALLOC && !is_mapping(allocator)) ||
+         (tag == MT_T_REALLOC && addr != old_addr)) && addr && live_take(addr)) {
+        struct mt_record end = {.tag = MT_T_FREE, .thread = thread};
+        end.u.ev.addr = addr;
+        stream_push(&c->want, &end);
+    }
     switch (tag) {
     case MT_T_ALLOC:
         want.u.ev = r.u.ev;
