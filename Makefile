@@ -8,6 +8,11 @@ PYTHON ?= python3
 DEBIAN_DEPS := gcc g++ pkg-config meson ninja-build libunwind-dev liblz4-dev \
                libdw-dev python3-dev python3-venv nodejs
 TEST_VENV := $(BUILD)/test-venv
+# The package as pip installs it (pip install .), for the tests of the
+# Python API, the pytest plugin and the IPython magics.
+PKG_VENV := $(BUILD)/pkg-venv
+PKG_SOURCES := pyproject.toml meson.build meson_options.txt python/meson.build \
+               $(wildcard python/memtap/*.py preload/*.[ch] src/*.[ch] reader/*.[ch] reader/*.in)
 
 .PHONY: all deps demo test unit integration install sanitize bench clean
 
@@ -51,8 +56,18 @@ $(TEST_VENV)/.installed: Makefile
 unit: all
 	meson test -C $(BUILD) --print-errorlogs
 
-integration: all $(TEST_VENV)/.installed
-	MEMTAP_BUILD=$(abspath $(BUILD)) $(TEST_VENV)/bin/pytest -q tests/integration
+$(PKG_VENV)/.deps: Makefile
+	$(PYTHON) -m venv $(PKG_VENV)
+	$(PKG_VENV)/bin/pip install -q pytest pytest-xdist ipython
+	touch $@
+
+$(PKG_VENV)/.installed: $(PKG_VENV)/.deps $(PKG_SOURCES)
+	$(PKG_VENV)/bin/pip install -q --force-reinstall --no-deps .
+	touch $@
+
+integration: all $(TEST_VENV)/.installed $(PKG_VENV)/.installed
+	MEMTAP_BUILD=$(abspath $(BUILD)) MEMTAP_PKG_VENV=$(abspath $(PKG_VENV)) \
+	  $(TEST_VENV)/bin/pytest -q tests/integration
 
 test: unit integration
 

@@ -12,6 +12,7 @@ struct command {
     const char *help;
 };
 
+/* Rows with no help text are hidden from the list (internal commands). */
 static const struct command commands[] = {
     {"run", cmd_run, "run a program and capture its allocations"},
     {"stats", cmd_stats, "totals, peak, allocators, threads, top locations"},
@@ -22,13 +23,15 @@ static const struct command commands[] = {
     {"export", cmd_export, "collapsed stacks, Austin, speedscope or CSV"},
     {"parse", cmd_parse, "every record of a capture, as text"},
     {"diff", cmd_diff, "what grew between two captures, per location"},
+    {"collect", cmd_collect, NULL},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: memtap <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
+        if (commands[i].help)
+            fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\nmemtap <command> --help shows a command's options.\n");
 }
 

@@ -1,0 +1,142 @@
+"""memtap's pytest plugin (installed with the package, entry point pytest11).
+
+    pytest --memtap                 each test runs under a memtap.Tracker;
+                                    after the run, the tests that allocated most
+    @pytest.mark.limit_memory("24 MB")   fails a test whose peak is higher
+    @pytest.mark.limit_leaks("1 MiB")    fails a test that leaves more alive
+
+Sizes: KB, MB, GB are powers of 10; KiB, MiB, GiB powers of 2. The peak is
+the most memory alive at once during the test's call (not its fixtures); a
+leak is what the test allocated and left alive when it returned. Failure
+messages show the top locations. Works under pytest-xdist: each worker
+tracks its own tests, results travel in the reports.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+
+import pytest
+
+from ._capture import Capture, parse_size
+from ._tracker import Tracker
+
+_PEAK = "memtap_peak_bytes"
+_LEAKED = "memtap_leaked_bytes"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("memtap", "memory tracking with memtap")
+    group.addoption("--memtap", action="store_true", default=False,
+                    help="track each test's allocations (limit_memory, limit_leaks)")
+    group.addoption("--memtap-top", type=int, default=5, metavar="N",
+                    help="how many tests to show in the summary (default 5; 0: none)")
+    group.addoption("--memtap-native", action="store_true", default=False,
+                    help="native stacks in the captures and failure messages")
+    group.addoption("--memtap-dir", default=None, metavar="DIR",
+                    help="keep each test's capture in DIR (default: deleted)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "limit_memory(size): fail when the test's peak memory is over size "
+        "(with --memtap; e.g. '24 MB', '1.5 GiB')")
+    config.addinivalue_line(
+        "markers", "limit_leaks(size): fail when the test leaves more than size alive "
+        "(with --memtap)")
+    if config.getoption("memtap"):
+        config.pluginmanager.register(_Plugin(config), "memtap-plugin")
+
+
+def _fmt(n):
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return "%.1f %s" % (n / size, unit)
+    return "%d B" % n
+
+
+def _limit(item, name):
+    m = item.get_closest_marker(name)
+    if m is None:
+        return None
+    if len(m.args) != 1:
+        raise pytest.UsageError("%s: @pytest.mark.%s takes one size" % (item.nodeid, name))
+    return parse_size(m.args[0]), m.args[0]
+
+
+class _Plugin:
+    def __init__(self, config):
+        self.config = config
+        self.keep = config.getoption("memtap_dir")
+        if self.keep:
+            os.makedirs(self.keep, exist_ok=True)
+            self.dir = self.keep
+        else:
+            self.dir = tempfile.mkdtemp(prefix="memtap-pytest-")
+        self.results = {}   # nodeid -> (peak, leaked)
+
+    def _path(self, item):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)[-150:]
+        return os.path.join(self.dir, "%s.%d.bin" % (name, os.getpid()))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item):
+        path = self._path(item)
+        tracker = Tracker(path, native=self.config.getoption("memtap_native"),
+                          overwrite=True)
+        tracker.__enter__()
+        try:
+            result = yield
+        finally:
+            tracker.stop()
+        cap = Capture(path)
+        peak, leaked = cap.peak_memory_bytes, cap.leaked_bytes
+        item.user_properties.append((_PEAK, peak))
+        item.user_properties.append((_LEAKED, leaked))
+        problems = []
+        for marker, value, leaks, what in (
+                ("limit_memory", peak, False, "peak memory"),
+                ("limit_leaks", leaked, True, "leaked memory")):
+            lim = _limit(item, marker)
+            if lim is not None and value > lim[0]:
+                lines = ["Test %s %s (%d bytes) is over its limit of %s (%s)"
+                         % (item.name, what, value, lim[1], marker),
+                         "Top locations%s:" % (" still alive at the end" if leaks else
+                                               " at the peak")]
+                for loc in cap.top(5, leaks=leaks):
+                    where = "%s:%d" % (loc.file, loc.line) if loc.line else loc.file
+                    lines.append("    %10s in %d allocation%s  %s  %s" % (
+                        _fmt(loc.own_bytes), loc.own_count,
+                        "" if loc.own_count == 1 else "s", loc.function, where))
+                problems.append("\n".join(lines))
+        if not self.keep:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
+        return result
+
+    def pytest_runtest_logreport(self, report):
+        if report.when != "call":
+            return
+        props = dict(p for p in report.user_properties if len(p) == 2)
+        if _PEAK in props:
+            self.results[report.nodeid] = (props[_PEAK], props[_LEAKED])
+
+    def pytest_terminal_summary(self, terminalreporter):
+        top = self.config.getoption("memtap_top")
+        if not self.results or top <= 0:
+            return
+        tr = terminalreporter
+        tr.write_sep("=", "memtap: the %d tests that allocated most" % min(top, len(self.results)))
+        rows = sorted(self.results.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
+        tr.write_line("%12s %12s  %s" % ("PEAK", "LEAKED", "TEST"))
+        for nodeid, (peak, leaked) in rows:
+            tr.write_line("%12s %12s  %s" % (_fmt(peak), _fmt(leaked), nodeid))
+
+    def pytest_unconfigure(self, config):
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)

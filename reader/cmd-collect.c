@@ -1,0 +1,113 @@
+/* memtap collect (hidden; started by the Python API, memtap.Tracker): the
+ * collector for a process that loads the shim at run time. Creates the
+ * transport and the capture, prints "<collector pid> <memfd> <inode>" on
+ * stdout (the parent opens /proc/<pid>/fd/<memfd> and hands it to the shim
+ * in MEMTAP_SHM), then collects until the shim stops (memtap_stop) or the
+ * process dies, and closes the capture. Exit 0 when the capture is
+ * complete, 1 when it could not be created or written. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "session.h"
+#include "util.h"
+
+static const char collect_usage[] =
+    "usage: memtap collect -o FILE --pid PID [-f] [--native] [--aggregate]\n"
+    "                      [--trace-python-allocators] [--follow-fork --socket FD]\n"
+    "                      [--command TEXT]\n"
+    "(used by the Python API, memtap.Tracker; not meant to be run by hand)";
+
+int cmd_collect(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"output", required_argument, NULL, 'o'},
+        {"force", no_argument, NULL, 'f'},
+        {"pid", required_argument, NULL, 'p'},
+        {"native", no_argument, NULL, 'N'},
+        {"trace-python-allocators", no_argument, NULL, 'A'},
+        {"follow-fork", no_argument, NULL, 'F'},
+        {"aggregate", no_argument, NULL, 'G'},
+        {"socket", required_argument, NULL, 'S'},
+        {"command", required_argument, NULL, 'C'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *output = NULL, *command = "";
+    int force = 0, native = 0, pyalloc = 0, follow = 0, aggregate = 0, sock = -1;
+    long pid = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "o:fh", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'o': output = optarg; break;
+        case 'f': force = 1; break;
+        case 'p': pid = strtol(optarg, NULL, 10); break;
+        case 'N': native = 1; break;
+        case 'A': pyalloc = 1; break;
+        case 'F': follow = 1; break;
+        case 'G': aggregate = 1; break;
+        case 'S': sock = (int)strtol(optarg, NULL, 10); break;
+        case 'C': command = optarg; break;
+        case 'h': puts(collect_usage); return 0;
+        default: die_usage("%s", collect_usage);
+        }
+    }
+    if (!output || pid <= 0 || optind != argc || (follow && sock < 0))
+        die_usage("%s", collect_usage);
+    /* Ctrl-C goes to the whole process group: the program decides what
+     * happens, and we see it stop or die. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+
+    struct mt_collector *c;
+    int shm_fd;
+    uint32_t flags = (native ? MT_SHMF_NATIVE : 0) | (pyalloc ? MT_SHMF_PYALLOC : 0) |
+                     (follow ? MT_SHMF_FOLLOW_FORK : 0);
+    if (mt_collector_new(flags, (int)getpid(), &c, &shm_fd) != MT_OK)
+        die("cannot set up shared memory: %s", strerror(errno));
+    struct mt_header h = {
+        .flags = (native ? MT_HF_NATIVE : 0) | (pyalloc ? MT_HF_PYALLOC : 0) |
+                 (follow ? MT_HF_FOLLOW_FORK : 0) | (aggregate ? MT_HF_AGGREGATE : 0),
+        .pid = (int32_t)pid,
+        .start_time_us = session_wall_us(),
+        .command = command,
+    };
+    uint64_t start = session_now_us();
+    struct session_capture cap = {.pid = (pid_t)pid, .c = c, .h = h, .start = start,
+                                  .last_flush = start};
+    snprintf(cap.path, sizeof cap.path, "%s", output);
+    int rc = session_capture_open(&cap, force);
+    if (rc == MT_E_EXISTS)
+        die("'%s' exists; pass overwrite=True to replace it", output);
+    if (rc != MT_OK)
+        die("cannot create '%s': %s", output,
+            rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
+
+    struct stat st;
+    if (fstat(shm_fd, &st) != 0)
+        die("cannot stat the transport: %s", strerror(errno));
+    printf("%d %d %llu\n", (int)getpid(), shm_fd, (unsigned long long)st.st_ino);
+    if (fflush(stdout) != 0)
+        die("cannot tell the parent where the transport is");
+
+    /* The parent opens our descriptor through /proc; it then holds its own. */
+    struct session s = {.n = 1, .cap = 8, .sock = sock, .h = &h, .force = force,
+                        .quiet = 1, .end = SESSION_STOPPED};
+    s.caps = calloc(s.cap, sizeof *s.caps);
+    if (!s.caps)
+        die("out of memory");
+    s.caps[0] = cap;
+    int status;
+    struct mt_exit exit;
+    session_collect(&s, &status, &exit);
+    close(shm_fd);
+    session_finish(&s, &exit);
+    return 0;
+}

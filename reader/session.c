@@ -1,0 +1,280 @@
+/* The collector loop shared by memtap run and memtap collect (session.h). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "session.h"
+#include "util.h"
+
+uint64_t session_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+uint64_t session_wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static uint64_t read_rss(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    unsigned long long size, resident;
+    if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
+        return 0;
+    return resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+
+/* Moves what the process's rings hold into its capture, samples its RSS
+ * every 10 ms and flushes every 100 ms. @return records moved. */
+long session_capture_step(struct session_capture *cap, uint64_t now)
+{
+    long moved = mt_collector_drain(cap->c);
+    if (now - cap->last_sample >= 10000) {
+        mt_collector_sample(cap->c, now - cap->start, read_rss(cap->pid));
+        cap->last_sample = now;
+    }
+    if (cap->w && now - cap->last_flush >= 100000) {
+        mt_writer_flush(cap->w);
+        cap->last_flush = now;
+    }
+    /* A checkpoint: if memtap itself is killed, this much survives. */
+    if (cap->agg && now - cap->last_flush >= 1000000) {
+        if (mt_replay_save(cap->agg, cap->path, &cap->h, NULL) != MT_OK && !cap->told) {
+            error("cannot write '%s': %s", cap->path, strerror(errno));
+            cap->told = 1;
+        }
+        cap->last_flush = now;
+    }
+    if (moved < 0 && !cap->told) {
+        error("cannot write '%s': %s; the program continues untracked",
+              cap->path, strerror(errno));
+        cap->told = 1;
+    }
+    return moved > 0 ? moved : 0;
+}
+
+/* Drains what is left and closes the capture; exit NULL: the process is
+ * still running (the capture reads as incomplete). @return the events. */
+uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit *exit)
+{
+    mt_collector_finish(cap->c);
+    struct mt_trailer tr = {
+        .duration_us = session_now_us() - cap->start,
+        .events = mt_collector_events(cap->c),
+        .lost_events = mt_collector_lost(cap->c),
+    };
+    if (exit)
+        tr.exit = *exit;
+    int rc;
+    if (cap->agg) {
+        rc = mt_replay_save(cap->agg, cap->path, &cap->h, exit ? &tr : NULL);
+        mt_analysis_free(mt_replay_finish(cap->agg, &cap->h));
+    } else {
+        rc = mt_writer_close(cap->w, exit ? &tr : NULL);
+    }
+    if (rc != MT_OK)
+        error("cannot finish '%s': %s", cap->path, strerror(errno));
+    mt_collector_free(cap->c);
+    return tr.events;
+}
+
+/* Creates the capture file (refusing to replace one without force) and
+ * connects the collector to it: a writer, or with --aggregate a replay
+ * whose saves replace the file. @return an mt_err. */
+int session_capture_open(struct session_capture *cap, int force)
+{
+    int rc = mt_writer_open(cap->path, force, &cap->h, &cap->w);
+    if (rc != MT_OK)
+        return rc;
+    if (!(cap->h.flags & MT_HF_AGGREGATE)) {
+        mt_collector_attach(cap->c, cap->w);
+        return MT_OK;
+    }
+    mt_writer_close(cap->w, NULL);  /* readable (incomplete) until saved */
+    cap->w = NULL;
+    struct mt_analysis_opts by_thread = {.split_threads = 1};
+    cap->agg = mt_replay_new(&by_thread);
+    if (!cap->agg)
+        return MT_E_NOMEM;
+    mt_collector_aggregate(cap->c, cap->agg);
+    return MT_OK;
+}
+
+/* The capture name of a child: the parent's with the child's pid before
+ * ".bin" (memtap-app.4242.bin -> memtap-app.4242.4250.bin). */
+static void child_path(char *out, const char *parent, pid_t pid)
+{
+    size_t n = strlen(parent);
+    if (n > 4 && !strcmp(parent + n - 4, ".bin"))
+        snprintf(out, PATH_MAX, "%.*s.%d.bin", (int)(n - 4), parent, (int)pid);
+    else
+        snprintf(out, PATH_MAX, "%s.%d.bin", parent, (int)pid);
+}
+
+
+/* Takes the announcements of newly forked children. */
+static void follow_accept(struct session *f)
+{
+    for (;;) {
+        struct mt_fork_note note;
+        struct iovec iov = {&note, sizeof note};
+        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+        ssize_t got = recvmsg(f->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (got <= 0)
+            return;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        if (got != (ssize_t)sizeof note || !cm || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        int fd;
+        memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+        const char *parent = NULL;
+        for (size_t i = 0; i < f->n; i++)
+            if (f->caps[i].pid == note.ppid)
+                parent = f->caps[i].path;
+        struct session_capture cap = {.pid = note.pid, .start = session_now_us()};
+        cap.last_flush = cap.start;
+        child_path(cap.path, parent ? parent : f->caps[0].path, note.pid);
+        cap.h = *f->h;
+        cap.h.pid = note.pid;
+        int rc = mt_collector_adopt(fd, &cap.c);
+        close(fd);
+        if (rc == MT_OK && (rc = session_capture_open(&cap, f->force)) != MT_OK)
+            mt_collector_free(cap.c);
+        if (rc != MT_OK) {
+            error("cannot record child %d into '%s': %s", (int)note.pid,
+                  cap.path, rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
+            continue;
+        }
+        if (f->n == f->cap) {
+            f->cap = f->cap ? 2 * f->cap : 8;
+            f->caps = realloc(f->caps, f->cap * sizeof *f->caps);
+            if (!f->caps)
+                die("out of memory");
+        }
+        f->caps[f->n++] = cap;
+    }
+}
+
+/* How a process that is not ours ended, from /proc while it is a zombie.
+ * @return 1 ended (*exit set, signal -1 when unknown), 0 still running. */
+int session_process_ended(pid_t pid, struct mt_exit *exit)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    *exit = (struct mt_exit){0, -1};
+    if (n <= 0)
+        return 1;  /* reaped: gone, its status unknown to us */
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ' || p[2] != 'Z')
+        return 0;
+    /* Field 52 is the exit status as waitpid reports it. */
+    char *last = strrchr(buf, ' ');
+    int status = last ? atoi(last + 1) : 0;
+    *exit = (struct mt_exit){WIFEXITED(status) ? WEXITSTATUS(status) : 0,
+                             WIFSIGNALED(status) ? WTERMSIG(status) : 0};
+    return 1;
+}
+
+/* SESSION_WAIT: the traced process is our child. @return 1 when it ended
+ * (*status set). */
+static int ended_waited(struct session *f, int *status)
+{
+    pid_t got = waitpid(f->caps[0].pid, status, WNOHANG);
+    if (got == f->caps[0].pid)
+        return 1;
+    if (got < 0 && errno != EINTR) {
+        *status = 0;
+        return 1;
+    }
+    return 0;
+}
+
+void session_collect(struct session *f, int *status, struct mt_exit *exit)
+{
+    *status = 0;
+    for (;;) {
+        uint64_t now = session_now_us();
+        long moved = 0;
+        if (f->sock >= 0)
+            follow_accept(f);
+        for (size_t i = 0; i < f->n; i++)
+            moved += session_capture_step(&f->caps[i], now);
+        for (size_t i = 1; i < f->n; i++) {
+            struct mt_exit child;
+            if (session_process_ended(f->caps[i].pid, &child)) {
+                session_capture_close(&f->caps[i], &child);
+                if (!f->quiet)
+                    fprintf(stderr, "memtap: child %d recorded in '%s'\n",
+                            (int)f->caps[i].pid, f->caps[i].path);
+                f->caps[i--] = f->caps[--f->n];
+            }
+        }
+        if (f->end == SESSION_WAIT) {
+            if (ended_waited(f, status)) {
+                *exit = (struct mt_exit){WIFEXITED(*status) ? WEXITSTATUS(*status) : 0,
+                                         WIFSIGNALED(*status) ? WTERMSIG(*status) : 0};
+                return;
+            }
+        } else if (mt_collector_stopped(f->caps[0].c)) {
+            *exit = (struct mt_exit){0, 0};   /* recording stopped; it runs on */
+            return;
+        } else if (session_process_ended(f->caps[0].pid, exit)) {
+            return;
+        }
+        if (moved == 0) {
+            struct timespec ts = {0, 500 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+uint64_t session_finish(struct session *f, const struct mt_exit *exit)
+{
+    if (f->sock >= 0)
+        follow_accept(f);
+    uint64_t events = session_capture_close(&f->caps[0], exit);
+    for (size_t i = 1; i < f->n; i++) {
+        struct mt_exit child;
+        int ended = session_process_ended(f->caps[i].pid, &child);
+        session_capture_close(&f->caps[i], ended ? &child : NULL);
+        if (!f->quiet)
+            fprintf(stderr, "memtap: child %d recorded in '%s'%s\n",
+                    (int)f->caps[i].pid, f->caps[i].path,
+                    ended ? "" : " (still running: incomplete)");
+    }
+    free(f->caps);
+    f->caps = NULL;
+    f->n = f->cap = 0;
+    return events;
+}

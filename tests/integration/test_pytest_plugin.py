@@ -1,0 +1,90 @@
+"""The pytest plugin (issue 7), from the pip-installed package: pytest runs
+in a subprocess on a sample test file; limit_memory and limit_leaks fail
+the tests over their limits (with the top locations in the message) and pass
+those under; the summary lists the tests that allocated most; the same under
+pytest-xdist workers."""
+
+import textwrap
+
+import pytest
+
+from conftest import line_of
+from memtap_pkg import pkg  # noqa: F401  (fixture)
+
+SAMPLE = textwrap.dedent("""\
+    import pytest
+
+    KEPT = []
+
+    @pytest.mark.limit_memory("24 MB")
+    def test_over_memory():
+        b = bytearray(30 * 2**20)  # @over
+        del b
+
+    @pytest.mark.limit_memory("24 MB")
+    def test_under_memory():
+        b = bytearray(20 * 10**6)
+        del b
+
+    @pytest.mark.limit_memory("10 MiB")
+    def test_binary_units():
+        b = bytearray(10 * 2**20 - 4096)  # under 10 MiB with what pytest adds (setenv)
+
+    @pytest.mark.limit_leaks("1 MB")
+    def test_leaks_too_much():
+        KEPT.append(bytearray(2 * 10**6))  # @leak
+
+    @pytest.mark.limit_leaks("1 MB")
+    def test_leaks_little():
+        KEPT.append(bytearray(10**5))
+        tmp = bytearray(5 * 10**6)
+
+    def test_no_marker():
+        b = bytearray(40 * 2**20)  # the biggest: first in the summary
+    """)
+
+
+def run_pytest(pkg, tmp_path, *args):
+    (tmp_path / "test_sample.py").write_text(SAMPLE)
+    return pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "test_sample.py", *args], cwd=tmp_path, timeout=300)
+
+
+def check(proc, tmp_path):
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert "2 failed, 4 passed" in out, out
+    for name in ("test_over_memory", "test_leaks_too_much"):
+        assert "FAILED test_sample.py::%s" % name in out, out
+    for name in ("test_under_memory", "test_binary_units", "test_leaks_little", "test_no_marker"):
+        assert "FAILED test_sample.py::%s" % name not in out, out
+    # the failure messages name the limit and the top location
+    assert "peak memory" in out and "over its limit of 24 MB (limit_memory)" in out
+    assert "leaked memory" in out and "over its limit of 1 MB (limit_leaks)" in out
+    script = tmp_path / "test_sample.py"
+    assert "test_over_memory  %s:%d" % (script, line_of(SAMPLE, "over")) in out, out
+    assert "test_leaks_too_much  %s:%d" % (script, line_of(SAMPLE, "leak")) in out, out
+    assert "30.0 MiB in 1 allocation" in out
+    # the summary: biggest first
+    summary = out.split("memtap: the 5 tests that allocated most")[1].splitlines()[2:7]
+    assert summary[0].endswith("test_sample.py::test_no_marker"), summary
+    assert summary[0].split()[:2] == ["40.0", "MiB"], summary
+    assert summary[1].endswith("test_sample.py::test_over_memory"), summary
+
+
+def test_plugin(pkg, tmp_path):
+    check(run_pytest(pkg, tmp_path), tmp_path)
+
+
+def test_plugin_xdist(pkg, tmp_path):
+    proc = run_pytest(pkg, tmp_path, "-n", "2")
+    check(proc, tmp_path)
+    assert "2 workers" in proc.stdout or "gw1" in proc.stdout
+
+
+def test_markers_dormant_without_flag(pkg, tmp_path):
+    (tmp_path / "test_sample.py").write_text(SAMPLE)
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--strict-markers",
+                    "test_sample.py"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+    assert "memtap:" not in proc.stdout

@@ -1,0 +1,184 @@
+"""The Python API (issue 7), used from a venv where `pip install .` put the
+package: memtap.Tracker records what a `with` block allocates in an ordinary
+python process (the shim loaded at run time, a collector process beside it,
+the allocation functions redirected), memtap.Capture reads the result, and
+the `memtap` command and `python -m memtap` come with the package.
+
+bytearray(n) mallocs n + 1 bytes.
+"""
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from conftest import line_of
+from memtap_pkg import pkg  # noqa: F401  (fixture)
+
+MiB = 2 ** 20
+
+KNOWN = """\
+import memtap, sys
+before = bytearray(30 * 2**20)  # @before
+with memtap.Tracker(sys.argv[1]):
+    kept = bytearray(50 * 2**20)  # @keep
+    gone = bytearray(5 * 2**20)  # @gone
+    del gone
+after = bytearray(20 * 2**20)  # @after
+del before
+cap = memtap.Capture(sys.argv[1])
+import json
+print(json.dumps({"peak": cap.peak_memory_bytes, "leaked": cap.leaked_bytes,
+                  "rows": [r._asdict() for r in cap.locations()],
+                  "leaks": [r._asdict() for r in cap.locations(leaks=True)],
+                  "top": [tuple(r) for r in cap.top(1)]}))
+"""
+
+
+def at(rows, script, line):
+    return [r for r in rows if r["file"] == str(script) and r["line"] == line]
+
+
+def test_known_answer(pkg, tmp_path):
+    script = tmp_path / "known.py"
+    script.write_text(KNOWN)
+    out = tmp_path / "out.bin"
+    proc = pkg.run([pkg.python, script, out], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    keep = at(doc["rows"], script, line_of(KNOWN, "keep"))
+    assert [(r["own_bytes"], r["own_count"]) for r in keep] == [(50 * MiB + 1, 1)]
+    # nothing from outside the block
+    for tag in ("before", "after"):
+        assert not at(doc["rows"], script, line_of(KNOWN, tag)), tag
+        assert not at(doc["leaks"], script, line_of(KNOWN, tag)), tag
+    # the 5 MiB block is freed inside the block: in the peak, not a leak
+    gone = line_of(KNOWN, "gone")
+    assert [(r["own_bytes"]) for r in at(doc["rows"], script, gone)] == [5 * MiB + 1]
+    assert not at(doc["leaks"], script, gone)
+    assert 55 * MiB + 2 <= doc["peak"] < 56 * MiB
+    assert 50 * MiB + 1 <= doc["leaked"] < 51 * MiB
+    assert doc["top"][0][:3] == ["<module>", str(script), line_of(KNOWN, "keep")]
+    # the same capture through the installed command
+    stats = json.loads(pkg.run([pkg.memtap, "stats", out, "--json"], cwd=tmp_path).stdout)
+    assert stats["complete"] and stats["pid"] > 0
+
+
+def test_native_threads_and_extension_loaded_inside(pkg, tmp_path):
+    """Native stacks (rows are native functions: the script's lines are in
+    their totals); an allocation on another thread; an extension module
+    imported inside the block (its calls are redirected when it loads)."""
+    src = textwrap.dedent("""\
+        import memtap, sys, threading
+        def work():
+            work.buf = bytearray(3 * 2**20)  # @thread
+        with memtap.Tracker(sys.argv[1], native=True):
+            import _decimal  # loaded now, allocates in C
+            t = threading.Thread(target=work); t.start(); t.join()
+            keep = bytearray(7 * 2**20)  # @keep
+        c = memtap.Capture(sys.argv[1])
+        print(c.stats["native"], len(c.stats["threads"]))
+        for r in c.locations():
+            print(r.file, r.line, r.total_bytes)
+        """)
+    script = tmp_path / "nat.py"
+    script.write_text(src)
+    proc = pkg.run([pkg.python, script, tmp_path / "n.bin"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["True", "2"], lines[0]
+    rows = [l.rsplit(" ", 2) for l in lines[1:]]
+    def bytes_at(tag):
+        return sum(int(b) for f, l, b in rows if f == str(script) and int(l) == line_of(src, tag))
+    assert bytes_at("keep") == 7 * MiB + 1
+    assert bytes_at("thread") == 3 * MiB + 1
+
+
+def test_errors(pkg, tmp_path):
+    src = textwrap.dedent("""\
+        import memtap, sys
+        out = sys.argv[1]
+        with memtap.Tracker(out):
+            try:
+                with memtap.Tracker(out + ".2"):
+                    pass
+            except memtap.TrackerError as e:
+                print("nested:", e)
+        try:
+            with memtap.Tracker(out):
+                pass
+        except memtap.TrackerError as e:
+            print("exists:", e)
+        # one after the other is fine, and the functions are put back
+        with memtap.Tracker(out + ".3"):
+            x = bytearray(2**20)
+        print(memtap.Capture(out + ".3").peak_memory_bytes >= 2**20)
+        """)
+    script = tmp_path / "err.py"
+    script.write_text(src)
+    proc = pkg.run([pkg.python, script, tmp_path / "e.bin"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "nested: memtap: a Tracker is already recording" in proc.stdout
+    assert "exists: memtap: " in proc.stdout and "exists" in proc.stdout.split("exists:")[1]
+    assert proc.stdout.strip().endswith("True")
+
+
+def test_aggregate_and_python_allocators(pkg, tmp_path):
+    src = textwrap.dedent("""\
+        import memtap, sys
+        with memtap.Tracker(sys.argv[1], aggregate=True, trace_python_allocators=True):
+            keep = [object() for _ in range(10000)]  # @objs
+            big = bytearray(4 * 2**20)  # @big
+        c = memtap.Capture(sys.argv[1])
+        print(sorted(c.stats["allocators"]))
+        for r in c.locations():
+            print(r.file, r.line, r.own_bytes, r.own_count)
+        """)
+    script = tmp_path / "agg.py"
+    script.write_text(src)
+    proc = pkg.run([pkg.python, script, tmp_path / "a.bin"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "pymalloc" in lines[0]
+    rows = [l.rsplit(" ", 3) for l in lines[1:]]
+    big = [r for r in rows if r[0] == str(script) and int(r[1]) == line_of(src, "big")]
+    # the buffer, and the bytearray object itself (pymalloc, traced too)
+    assert [int(r[3]) for r in big] == [2]
+    assert 4 * MiB + 1 < int(big[0][2]) < 4 * MiB + 256
+    objs = [r for r in rows if r[0] == str(script) and int(r[1]) == line_of(src, "objs")]
+    assert objs and sum(int(r[3]) for r in objs) >= 10000, lines[:10]
+    # nothing of the Tracker's own start and stop
+    assert not [r for r in rows if "memtap" in r[0]], rows
+
+
+def test_command_and_module(pkg, tmp_path):
+    proc = pkg.run([pkg.memtap, "--version"], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("memtap ")
+    proc = pkg.run([pkg.python, "-m", "memtap", "--help"], cwd=tmp_path)
+    assert proc.returncode == 0 and "diff" in proc.stdout
+    script = tmp_path / "p.py"
+    script.write_text("x = bytearray(3 * 2**20)  # @x\n")
+    proc = pkg.run([pkg.memtap, "run", "-q", "-o", tmp_path / "r.bin", pkg.python, script],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(pkg.run([pkg.memtap, "summary", tmp_path / "r.bin", "--json"],
+                             cwd=tmp_path).stdout)
+    assert at(doc["rows"], script, 1)[0]["own_bytes"] == 3 * MiB + 1
+
+
+def test_diff_from_the_package(pkg, tmp_path):
+    """diff on two captures of the same program, one with an extra 10 MiB."""
+    src = "import sys\nk = bytearray(2**20)\nif sys.argv[1:]:\n    e = bytearray(10 * 2**20)  # @extra\n"
+    script = tmp_path / "d.py"
+    script.write_text(src)
+    for name, args in (("b.bin", []), ("a.bin", ["x"])):
+        proc = pkg.run([pkg.memtap, "run", "-q", "-o", tmp_path / name, pkg.python, script,
+                        *args], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    proc = pkg.run([pkg.memtap, "diff", tmp_path / "b.bin", tmp_path / "a.bin", "--json",
+                    "--fail-over", "5MB"], cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    row = json.loads(proc.stdout)["rows"][0]
+    assert (row["file"], row["line"], row["change_bytes"]) == \
+        (str(script), line_of(src, "extra"), 10 * MiB + 1)
