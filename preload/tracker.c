@@ -96,10 +96,34 @@ static void stop_tracking(const char *why)
 
 /* ---- rings ----------------------------------------------------------- */
 
+/* Whether memtap's collector still runs. Not getppid() alone (a followed
+ * child's parent is the program) nor kill(pid, 0) alone (a killed memtap
+ * its parent has not reaped yet is a zombie: kill succeeds). Runs only
+ * while a ring is full, so reading /proc costs nothing on the hot path. */
 static int collector_alive(void)
 {
-    /* Not getppid(): a followed child's parent is the program. */
-    return kill(shm->collector_pid, 0) == 0 || errno == EPERM;
+    if (getppid() == shm->collector_pid)
+        return 1;
+    char path[40] = "/proc/";
+    char *p = path + 6;
+    char digits[12];
+    int n = 0;
+    for (unsigned v = (unsigned)shm->collector_pid; n == 0 || v; v /= 10)
+        digits[n++] = (char)('0' + v % 10);
+    while (n)
+        *p++ = digits[--n];
+    memcpy(p, "/stat", 6);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[256];
+    ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got <= 0)
+        return 0;
+    buf[got] = 0;
+    const char *end = strrchr(buf, ')');  /* the name may hold spaces */
+    return end && end[1] == ' ' && end[2] != 'Z' && end[2] != 'X';
 }
 
 /* Room for len contiguous bytes in the thread's ring; waits for the

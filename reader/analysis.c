@@ -38,7 +38,8 @@ int mt_analyze(const char *path, const struct mt_analysis_opts *opts,
     struct mt_record r;
     uint64_t n = 0;
     while ((rc = mt_reader_next(rd, &r)) == 1) {
-        mt_replay_add(replay, &r);
+        if ((rc = mt_replay_add(replay, &r)) != MT_OK)
+            break;  /* reported like a damaged block: what came before stands */
         if (show && (++n & 0xffff) == 0 && seconds() - start > 1.0) {
             fprintf(stderr, "\rmemtap: reading '%s': %3d%%", path,
                     (int)(100.0 * (double)mt_reader_offset(rd) /

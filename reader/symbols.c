@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum obj_state { OBJ_UNOPENED, OBJ_OPEN, OBJ_NO_FILE };
@@ -382,7 +383,10 @@ static Dwfl_Module *report(struct object *o, const char *file)
     const char *name = strrchr(o->path, '/');
     int n;
 
-    if (access(file, R_OK) != 0)
+    /* Only regular files: a path in a capture may name a FIFO or a device,
+     * whose open() would block or read forever. */
+    struct stat st;
+    if (stat(file, &st) != 0 || !S_ISREG(st.st_mode) || access(file, R_OK) != 0)
         return NULL;
     o->dwfl = dwfl_begin(&offline_callbacks);
     if (!o->dwfl)

@@ -60,6 +60,7 @@ struct mt_replay {
     uint32_t sample_stride, sample_skip;
     int ended;
     int by_number;              /* heap blocks keyed by allocation number */
+    uint64_t nrecords;          /* records added: bounds every id */
     struct group_cache group_cache[1024];
     unsigned temporary_n;
     size_t cap_threadinfo, cap_codes, cap_pynodes, cap_nativenodes, cap_objects;
@@ -806,8 +807,30 @@ void mt_replay_key_by_number(struct mt_replay *s)
     s->by_number = 1;
 }
 
+/* Ids and thread indices are handed out in order, one per definition (or
+ * first event), so none can exceed the records seen so far: tables sized
+ * by ids then stay bounded by the file's own size, whatever a damaged or
+ * crafted capture claims. */
+static int ids_plausible(const struct mt_replay *s, const struct mt_record *r)
+{
+    uint64_t limit = s->nrecords;
+    if (r->thread > limit)
+        return 0;
+    switch (r->tag) {
+    case MT_T_THREAD: return r->u.thread.index <= limit;
+    case MT_T_CODE: return r->u.code.id <= limit;
+    case MT_T_PYNODE:
+    case MT_T_NATIVENODE: return r->u.node.id <= limit;
+    case MT_T_GROUP: return r->u.group.thread <= limit;
+    default: return 1;
+    }
+}
+
 int mt_replay_add(struct mt_replay *s, const struct mt_record *rec)
 {
+    s->nrecords++;
+    if (!ids_plausible(s, rec))
+        return MT_E_CORRUPT;
     on_record(s, rec);
     return MT_OK;
 }

@@ -112,7 +112,8 @@ void mt_replay_key_by_number(struct mt_replay *r);
 
 /* Applies one record (events, definitions, samples, the aggregate records
  * of an aggregate capture, the trailer). Strings are copied.
- * @return MT_OK, or MT_E_NOMEM (the replay is then unusable). */
+ * @return MT_OK, or MT_E_CORRUPT for a record whose ids cannot be right
+ * (bigger than the number of records so far): it is not applied. */
 int mt_replay_add(struct mt_replay *r, const struct mt_record *rec);
 
 /* Ends the replay: what is alive now is "the end" unless an END record
