@@ -363,15 +363,13 @@ def test_crafted_records_out_of_range(cmd, tmp_path, memtap):
         assert_result_or_error(report(cmd, f, tmp_path), f)
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: src/replay.c grow() sizes tables by the "
-                   "largest id and abort()s when that fails (docs/reliability.md)")
 @pytest.mark.parametrize("cmd", ["stats", "summary", "flamegraph"])
 @pytest.mark.parametrize("what", ["native-node", "python-node", "code", "thread"])
 def test_crafted_huge_ids(cmd, what, tmp_path, memtap):
     """An id near 2**31 in a 30-byte capture must not make the reader
     allocate tables of that size (unbounded memory, then an out-of-memory
-    exit that names no file). Open bug: src/replay.c sizes its tables by the
-    largest id seen (tests/fuzz/open-bugs/)."""
+    exit that names no file): an id beyond the records seen so far makes
+    the capture corrupt from that record on."""
     big = (1 << 31) - 5
     raw = {
         "native-node": nativenode(big, 1, 0x401000) + alloc(0x1000, 8, native=big),
@@ -389,8 +387,6 @@ def test_crafted_huge_ids(cmd, what, tmp_path, memtap):
         assert_error(proc, f)
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: reader/symbols.c report() opens any path "
-                   "named in a capture, and open() of a FIFO blocks (docs/reliability.md)")
 def test_object_path_is_a_fifo(tmp_path, memtap):
     """An object path naming a FIFO (or a device) must not block the reader:
     object files are only opened to read symbols, and only regular files."""

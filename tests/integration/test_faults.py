@@ -417,9 +417,6 @@ def test_memtap_killed_program_finishes(tmp_path):
     assert b"collector is gone" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: preload/tracker.c collector_alive() uses "
-                   "kill(pid, 0), which succeeds on an unreaped (zombie) collector: the "
-                   "program waits for it forever (docs/reliability.md)")
 def test_memtap_killed_not_reaped_program_finishes(tmp_path):
     """As above, but memtap stays a zombie until the program's output ends
     (Popen.communicate, a shell pipeline): the program must still finish."""
