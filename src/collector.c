@@ -43,6 +43,7 @@ struct mt_collector {
     struct mt_replay *replay;  /* --aggregate: records go here instead */
     int err;
     uint64_t next_seq, events, lost;
+    unsigned stuck;            /* drains in a row that waited on a gap */
     uint32_t threads;
     int program_written;
     unsigned nlisted;
@@ -389,9 +390,12 @@ static int slot_step(struct mt_collector *c, unsigned i, uint64_t head)
             break;
         }
         const struct mt_revent *e = (const struct mt_revent *)h;
-        if (e->seq != c->next_seq)
+        if (e->seq > c->next_seq)
             return 0;
-        c->next_seq++;
+        /* Equal: the next one. Smaller: a number given up on (below) that
+         * came after all; its event is kept, out of place. */
+        if (e->seq == c->next_seq)
+            c->next_seq++;
         if (h->type != MT_R_NOP)
             on_event(c, st, e);
     }
@@ -494,6 +498,19 @@ long mt_collector_drain(struct mt_collector *c)
         /* The next number may sit in a ring we have not listed yet. */
         list_slots(c);
         moved = drain_pass(c, &waiting);
+    }
+    /* A number taken and never written while the process lives: its thread
+     * was cancelled inside a hook, or is stopped. Waiting for ever would,
+     * once the rings are full, stop every other thread too: after
+     * MT_GAP_PATIENCE idle drains, the gap is counted lost. */
+    if (waiting != UINT64_MAX && moved == 0) {
+        if (++c->stuck >= MT_GAP_PATIENCE) {
+            c->lost += waiting - c->next_seq;
+            c->next_seq = waiting;
+            c->stuck = 0;
+        }
+    } else {
+        c->stuck = 0;
     }
     return c->err != MT_OK ? c->err : moved;
 }

@@ -32,6 +32,10 @@ void mt_collector_attach(struct mt_collector *c, struct mt_writer *w);
 struct mt_replay;
 void mt_collector_aggregate(struct mt_collector *c, struct mt_replay *r);
 
+/* Idle drains (one every ~0.5 ms in memtap run) an unwritten number is
+ * waited for before it is counted lost: about 2 seconds. */
+#define MT_GAP_PATIENCE 4000u
+
 /* Moves what the rings hold into the capture, in order. An event whose
  * predecessor number is still being written stays for the next call.
  * @return the number of records moved, or MT_E_IO when writing failed. */
