@@ -70,9 +70,15 @@ for py in "${PYTHONS[@]}"; do
             rc=$?
             echo "$rc $(( $(date +%s) - start ))" > "$dir/$t.$mode.rc"
             # The capture is only a by-product; keep the logs, not gigabytes.
-            [ -f "$dir/$t.$mode.bin" ] && \
-                "$MEMTAP" stats "$dir/$t.$mode.bin" > "$dir/$t.$mode.stats" 2>&1; \
-                echo "stats exit $?" >> "$dir/$t.$mode.stats"
+            # The capture must read (complete, or marked incomplete).
+            if [ -f "$dir/$t.$mode.bin" ]; then
+                "$MEMTAP" stats "$dir/$t.$mode.bin" > "$dir/$t.$mode.stats" 2>&1
+                src=$?
+                echo "stats exit $src" >> "$dir/$t.$mode.stats"
+                [ $src = 0 ] || { echo "   $t $mode: memtap stats failed ($src)"; status=1; }
+            elif [ $mode != plain ]; then
+                echo "   $t $mode: no capture written"; status=1
+            fi
             rm -f "$dir/$t.$mode.bin" "$dir"/$t.$mode.*.bin
         done
     done

@@ -15,7 +15,8 @@
  *   mode 3  as mode 2, with the analysis grouping by thread.
  *
  * The file is written to a private temporary file (the reader takes a
- * path), decoded to its end with mt_reader_open/mt_reader_next, then
+ * path), decoded to its end with mt_reader_open/mt_reader_next (with and
+ * without mt_reader_numbers_only), then
  * analysed with mt_analyze, and every group's stacks are walked.
  *
  * tests/fuzz/regression_driver.c replays a corpus through this same entry
@@ -153,13 +154,15 @@ static void build_structured(struct buf *out, const uint8_t *p, const uint8_t *e
 #define HUGE_ID (1u << 20)
 
 /* @return 1 when the file holds an id the analysis cannot take (see above). */
-static int decode_all(const char *path)
+static int decode_all(const char *path, int numbers_only)
 {
     struct mt_reader *r;
     uint32_t version = 0;
     int huge = 0;
     if (mt_reader_open(path, &r, &version) != MT_OK)
         return 0;
+    if (numbers_only)   /* as mt_analyze reads */
+        mt_reader_numbers_only(r);
     const struct mt_header *h = mt_reader_header(r);
     volatile size_t sink = strlen(h->command);
     struct mt_record rec;
@@ -252,7 +255,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     fclose(f);
     free(file.p);
-    int huge = decode_all(tmp_path);
+    int huge = decode_all(tmp_path, 0);
+    huge |= decode_all(tmp_path, 1);
 #ifdef MT_FUZZ_SKIP_HUGE_IDS
     if (huge)
         return 0;

@@ -422,3 +422,33 @@ def test_memtap_killed_not_reaped_program_finishes(tmp_path):
     (Popen.communicate, a shell pipeline): the program must still finish."""
     _watchdog(tmp_path / "pid", 20)
     memtap_killed(tmp_path, reap=False)
+
+
+# ---- the capture file itself (issue 6, "Security") ---------------------------------
+
+def test_symlink_at_output_path_is_refused(tmp_path):
+    """A symlink planted at the output path is not followed, with or without
+    -f: its target is left untouched."""
+    target = tmp_path / "victim.txt"
+    target.write_text("precious\n")
+    link = tmp_path / "capture.bin"
+    link.symlink_to(target)
+    for opts in (["-q"], ["-q", "-f"]):
+        script = write_script(tmp_path, ALLOCATE)
+        traced = run([MEMTAP, "run", *opts, "-o", link, "--python", DEFAULT_PYTHON, script],
+                     tmp_path)
+        assert target.read_text() == "precious\n", describe(traced)
+        assert link.is_symlink()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_capture_mode_follows_umask_never_world_writable(tmp_path, umask):
+    script = write_script(tmp_path, "x = [bytes(10) for i in range(10)]\n")
+    cap = tmp_path / ("capture-%03o.bin" % umask)
+    proc = subprocess.run([str(MEMTAP), "run", "-q", "-o", str(cap), "--python", DEFAULT_PYTHON,
+                           str(script)], cwd=str(tmp_path), env=clean_env(), capture_output=True,
+                          timeout=TIMEOUT, preexec_fn=lambda: os.umask(umask))
+    assert proc.returncode == 0, describe(proc)
+    mode = cap.stat().st_mode & 0o777
+    assert mode == 0o644 & ~umask, oct(mode)
+    assert not mode & 0o002
