@@ -14,7 +14,7 @@ PKG_VENV := $(BUILD)/pkg-venv
 PKG_SOURCES := pyproject.toml meson.build meson_options.txt python/meson.build \
                $(wildcard python/memtap/*.py preload/*.[ch] src/*.[ch] reader/*.[ch] reader/*.in)
 
-.PHONY: all deps demo test unit integration install sanitize bench clean
+.PHONY: all deps demo test unit integration install sanitize fuzz bench clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -81,10 +81,22 @@ install: all
 	meson configure $(BUILD) --prefix=$(PREFIX) >/dev/null
 	meson install -C $(BUILD)
 
+# The reader, collector and unit tests under ASan and UBSan (any finding
+# fails); the shim is never instrumented: it runs inside other programs.
 sanitize:
 	$(MAKE) BUILD=build-sanitize all
 	meson configure build-sanitize -Db_sanitize=address,undefined >/dev/null
-	$(MAKE) BUILD=build-sanitize test
+	ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(MAKE) BUILD=build-sanitize test
+
+FUZZ_TIME ?= 600
+# The capture decoder under libFuzzer + ASan + UBSan (needs clang).
+fuzz:
+	tests/fuzz/build.sh build-fuzz
+	mkdir -p build-fuzz/corpus
+	build-fuzz/fuzz_reader -max_total_time=$(FUZZ_TIME) -timeout=10 -rss_limit_mb=2048 \
+	    -artifact_prefix=build-fuzz/ build-fuzz/corpus tests/fuzz/corpus
 
 # The README's picture: the demo's flame graph, rendered by headless
 # Chromium (Debian's chromium package).
@@ -93,4 +105,4 @@ docs/flamegraph.png: demo
 	  --window-size=1280,800 --screenshot=$@ file://$(abspath $(BUILD))/demo-flamegraph.html
 
 clean:
-	rm -rf $(BUILD) build-sanitize
+	rm -rf $(BUILD) build-sanitize build-fuzz

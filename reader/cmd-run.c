@@ -235,9 +235,12 @@ static void child_exec(struct target *t, int go, int shm_fd, int sock)
                      (unsigned long long)st.st_ino, fsock);
             setenv(MT_ENV_SHM, env, 1);
             const char *old = getenv("LD_PRELOAD");
-            char *pre = malloc(strlen(shim_path()) + (old ? strlen(old) : 0) + 2);
-            sprintf(pre, "%s%s%s", shim_path(), old && *old ? ":" : "",
-                    old ? old : "");
+            size_t len = strlen(shim_path()) + (old ? strlen(old) : 0) + 2;
+            char *pre = malloc(len);
+            if (!pre)
+                _exit(127);
+            snprintf(pre, len, "%s%s%s", shim_path(), old && *old ? ":" : "",
+                     old ? old : "");
             setenv("LD_PRELOAD", pre, 1);
         }
     } else if (n != 1) {

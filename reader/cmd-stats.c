@@ -9,7 +9,7 @@
 
 #define TOP_LOCATIONS 25
 
-static const char stats_usage[] = "usage: memtap stats [--json] FILE";
+static const char stats_usage[] = "memtap stats [--json] FILE";
 
 struct location_total { uint32_t loc; uint64_t bytes, count; };
 
@@ -203,8 +203,12 @@ static void print_text(struct mt_report *r)
 int cmd_stats(int argc, char **argv)
 {
     struct mt_report_opts o;
-    mt_report_parse_args(argc, argv, MT_O_JSON, stats_usage, &o);
+    int rc = mt_report_parse_args(argc, argv, MT_O_JSON, stats_usage, &o);
+    if (rc >= 0)
+        return rc;  /* --help, or a usage error already reported */
     struct mt_report *r = mt_report_open(&o);
+    if (!r)
+        return MT_EXIT_FAIL;
     if (o.json)
         print_json(r);
     else

@@ -319,7 +319,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         rec->u.node.id = (uint32_t)get_delta(
             c, rec->tag == MT_T_PYNODE ? &r->d.pynode : &r->d.nativenode);
         rec->u.node.parent =
-            (uint32_t)((int64_t)rec->u.node.id - mt_unzigzag(get_varint(c)));
+            (uint32_t)((uint64_t)rec->u.node.id - (uint64_t)mt_unzigzag(get_varint(c)));
         rec->u.node.a = rec->tag == MT_T_NATIVENODE ? get_delta(c, &r->d.ip)
                                                     : get_varint(c);
         if (rec->tag == MT_T_PYNODE) {

@@ -292,7 +292,8 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         /* Ids come in order and parents are near: both as differences. */
         p = put_delta(p, r->tag == MT_T_PYNODE ? &w->d.pynode : &w->d.nativenode,
                       r->u.node.id);
-        p = mt_put_varint(p, mt_zigzag((int64_t)r->u.node.id - (int64_t)r->u.node.parent));
+        p = mt_put_varint(p, mt_zigzag((int64_t)((uint64_t)r->u.node.id -
+                                                  (uint64_t)r->u.node.parent)));
         if (r->tag == MT_T_NATIVENODE)
             p = put_delta(p, &w->d.ip, r->u.node.a);
         else
