@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 BUILD ?= build
 PYTHON ?= python3
 DEBIAN_DEPS := gcc g++ pkg-config meson ninja-build libunwind-dev liblz4-dev \
-               libdw-dev python3-dev python3-venv nodejs
+               libdw-dev python3-dev python3-venv nodejs valgrind
 TEST_VENV := $(BUILD)/test-venv
 # The package as pip installs it (pip install .), for the tests of the
 # Python API, the pytest plugin and the IPython magics.
@@ -83,12 +83,15 @@ install: all
 
 # The reader, collector and unit tests under ASan and UBSan (any finding
 # fails); the shim is never instrumented: it runs inside other programs.
+# Then every report command under valgrind memcheck (the plain build).
 sanitize:
 	$(MAKE) BUILD=build-sanitize all
 	meson configure build-sanitize -Db_sanitize=address,undefined >/dev/null
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  $(MAKE) BUILD=build-sanitize test
+	$(MAKE) all $(TEST_VENV)/.installed
+	MEMTAP_VALGRIND=full $(TEST_VENV)/bin/pytest -q tests/integration/test_valgrind.py
 
 FUZZ_TIME ?= 600
 # The capture decoder under libFuzzer + ASan + UBSan (needs clang).

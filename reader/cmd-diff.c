@@ -93,7 +93,8 @@ static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
     }
     free(sorted);
     mt_rows_release(&rows);
-    qsort(out, *n, sizeof *out, cmp_side);
+    if (*n > 1)
+        qsort(out, *n, sizeof *out, cmp_side);
     return out;
 }
 
@@ -275,7 +276,8 @@ int cmd_diff(int argc, char **argv)
         if (c <= 0) { x->bytes[0] = side[0][i].bytes; x->count[0] = side[0][i].count; i++; }
         if (c >= 0) { x->bytes[1] = side[1][j].bytes; x->count[1] = side[1][j].count; j++; }
     }
-    qsort(d, n, sizeof *d, cmp_growth);
+    if (n > 1)
+        qsort(d, n, sizeof *d, cmp_growth);
 
     int64_t total_change = (int64_t)mt_report_total_bytes(r[1]) -
                            (int64_t)mt_report_total_bytes(r[0]);

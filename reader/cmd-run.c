@@ -176,6 +176,7 @@ static void target_resolve(struct target *t, const struct run_opts *o,
         argv[0] = file;
         t->argv = python_argv(python_binary(o->python ? o->python : interp),
                               argv, argc, NULL);
+        free(interp);
         t->is_python = 1;
         return;
     }

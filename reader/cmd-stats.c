@@ -58,7 +58,8 @@ static struct location_total *top_locations(struct mt_report *r, uint32_t *n)
         t[loc].bytes += g->total_bytes;
         t[loc].count += g->total_count;
     }
-    qsort(t, nlocs, sizeof *t, by_bytes);
+    if (nlocs > 1)  /* t is NULL when nothing was allocated */
+        qsort(t, nlocs, sizeof *t, by_bytes);
     while (nlocs && !t[nlocs - 1].count)
         nlocs--;
     *n = nlocs;

@@ -802,7 +802,8 @@ struct mt_row *mt_rows_sorted(const struct mt_rows *rows, enum mt_sort sort, uin
         if (rows->rows[i].total_bytes || rows->rows[i].total_count)
             out[k++] = rows->rows[i];
     row_sort = sort;
-    qsort(out, k, sizeof *out, cmp_rows);
+    if (k > 1)
+        qsort(out, k, sizeof *out, cmp_rows);
     *n = k;
     return out;
 }
