@@ -54,6 +54,7 @@ void mt_real_resolve(void)
     R(malloc); R(calloc); R(realloc); R(reallocarray); R(posix_memalign);
     R(aligned_alloc); R(memalign); R(valloc); R(pvalloc);
     R(mmap); R(mmap64); R(munmap); R(mremap); R(prctl); R(pthread_setname_np);
+    R(pthread_create);
 #undef R
     __atomic_store_n(&mt_real.free, (void (*)(void *))dlsym(RTLD_NEXT, "free"),
                      __ATOMIC_RELEASE);
@@ -250,7 +251,20 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
     return p;
 }
 
-/* ---- thread names ---------------------------------------------------- */
+/* ---- threads --------------------------------------------------------- */
+
+EXPORT int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                          void *(*fn)(void *), void *arg)
+{
+    if (!ready())
+        return EAGAIN;
+    void *run_arg = arg;
+    mt_start_routine run = mt_thread_create(fn, &run_arg);
+    int rc = mt_real.pthread_create(thread, attr, run, run_arg);
+    if (rc != 0)
+        mt_thread_create_failed(run, run_arg);
+    return rc;
+}
 
 EXPORT int prctl(int option, ...)
 {

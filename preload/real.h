@@ -25,6 +25,8 @@ struct mt_real {
     void *(*mremap)(void *, size_t, size_t, int, ...);
     int (*prctl)(int, ...);
     int (*pthread_setname_np)(pthread_t, const char *);
+    int (*pthread_create)(pthread_t *, const pthread_attr_t *,
+                          void *(*)(void *), void *);
 };
 
 extern struct mt_real mt_real;

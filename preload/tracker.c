@@ -24,6 +24,7 @@
 #include "native.h"
 #include "pyalloc.h"
 #include "pystack.h"
+#include "pythread.h"
 #include "real.h"
 #include "tracker.h"
 
@@ -68,6 +69,7 @@ static __thread struct mt_thread *mt_self
 static struct mt_shm *shm;
 static int active;              /* recording; 0 in forked children */
 static int python;              /* the frame walker is usable */
+static int python_threads;      /* threading.Thread names can be read */
 static int native;              /* record native stacks */
 static int ended;               /* the END marker was written */
 static unsigned epoch;          /* bumped at every start: threads re-attach */
@@ -670,6 +672,44 @@ void mt_record_thread_name(struct mt_thread *t, const char *name)
     t->busy = 0;
 }
 
+/* What a new thread's first act records, passed from its creator. */
+struct thread_birth {
+    mt_start_routine fn;
+    void *arg;
+    char name[64];
+};
+
+static void *thread_birth_run(void *p)
+{
+    struct thread_birth b = *(struct thread_birth *)p;
+    mt_real.free(p);
+    mt_record_thread_name(mt_enter(), b.name);
+    return b.fn(b.arg);
+}
+
+mt_start_routine mt_thread_create(mt_start_routine fn, void **arg)
+{
+    if (!active || !python_threads)
+        return fn;
+    char name[sizeof ((struct thread_birth *)0)->name];
+    if (mt_py_starting_thread_name(name, sizeof name) == 0)
+        return fn;
+    struct thread_birth *b = mt_real.malloc(sizeof *b);
+    if (!b)
+        return fn;
+    b->fn = fn;
+    b->arg = *arg;
+    memcpy(b->name, name, sizeof name);
+    *arg = b;
+    return thread_birth_run;
+}
+
+void mt_thread_create_failed(mt_start_routine fn, void *arg)
+{
+    if (fn == thread_birth_run)
+        mt_real.free(arg);
+}
+
 /* ---- set-up ---------------------------------------------------------- */
 
 /* A forked child must not write into its parent's rings (design.md §2):
@@ -828,6 +868,7 @@ static int start(void)
     if (python && (shm->flags & MT_SHMF_PYALLOC) && mt_pyalloc_setup() < 0)
         say("memtap: cannot find CPython's allocator API; "
             "Python allocators are not traced\n");
+    python_threads = python && mt_pythread_setup() == 0;
     native = (shm->flags & MT_SHMF_NATIVE) || !python;
     if (native && mt_native_setup() < 0)
         native = 0;

@@ -61,4 +61,17 @@ void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
 /* The calling thread was named (prctl / pthread_setname_np). */
 void mt_record_thread_name(struct mt_thread *t, const char *name);
 
+/* A thread start routine, as pthread_create takes it. */
+typedef void *(*mt_start_routine)(void *);
+
+/* pthread_create is about to start fn(*arg). @return the routine to start
+ * in its place, with *arg replaced to match: a wrapper that records what
+ * the creator knew about the thread (a Python threading.Thread's name)
+ * before running fn, or fn itself when there is nothing to add. Called
+ * without the guard (it may run Python C API code that allocates). */
+mt_start_routine mt_thread_create(mt_start_routine fn, void **arg);
+
+/* The real pthread_create failed: releases what mt_thread_create made. */
+void mt_thread_create_failed(mt_start_routine fn, void *arg);
+
 #endif

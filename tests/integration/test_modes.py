@@ -172,21 +172,42 @@ def worker():
     libc.prctl(15, b"mt-cruncher", 0, 0, 0)  # PR_SET_NAME
     keep.append(bytearray(3 * 2**20))  # @alloc
 
+def loader():
+    keep.append(bytearray(5 * 2**20))  # @named
+
+class Quiet(threading.Thread):
+    @property
+    def name(self):  # never called by memtap: it reads the instance's _name
+        raise RuntimeError("name read")
+
 keep = []
-t = threading.Thread(target=worker)
-t.start()
-t.join()
+threads = [threading.Thread(target=worker),
+           threading.Thread(target=loader, name="loader-\u00e9t\u00e9"),
+           Quiet(target=loader, name="quiet-one")]
+for t in threads:
+    t.start()
+    t.join()
+print(len(keep))
 """
 
 
 def test_thread_names(tmp_path, run_memtap):
+    """Names set with prctl and Python's threading names both reach the
+    capture; a Thread subclass's own name property is not run."""
     proc, stats = run_memtap(tmp_path, THREAD_NAMES)
-    names = [t["name"] for t in stats["threads"]]
-    assert "mt-cruncher" in names, names
+    assert proc.stdout == b"3\n"
+    assert [l for l in proc.stderr.splitlines() if not l.startswith(b"memtap:")] == []
+    by_name = {t["name"]: t for t in stats["threads"]}
+    assert {"mt-cruncher", "loader-\u00e9t\u00e9", "quiet-one"} <= set(by_name), by_name
     summary = subprocess.run([str(MEMTAP), "summary", "--split-threads", "--json",
                               str(tmp_path / "capture.bin")], capture_output=True,
                              check=True, env=clean_env())
-    assert b"mt-cruncher" in summary.stdout
+    rows = json.loads(summary.stdout)["rows"]
+    line = line_of(THREAD_NAMES, "named")
+    named = sorted((r["thread"].split(" (thread ")[0], r["own_bytes"]) for r in rows
+                   if r["file"].endswith("prog.py") and r["line"] == line)
+    assert named == [("loader-\u00e9t\u00e9", 5 * 2**20 + 1), ("quiet-one", 5 * 2**20 + 1)]
+    assert any(r["thread"].startswith("mt-cruncher (thread ") for r in rows)
 
 
 TUPLES = """\
