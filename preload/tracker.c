@@ -141,6 +141,8 @@ static void *ring_reserve(struct mt_thread *t, uint32_t len)
         t->tail_seen = atomic_load_explicit(&s->tail, memory_order_acquire);
         if (t->head + pad + len - t->tail_seen <= MT_RING_BYTES)
             break;
+        if (spins == 0)  /* the collector paces its compression by this */
+            atomic_fetch_add_explicit(&shm->ring_waits, 1, memory_order_relaxed);
         if (++spins < 64) {
             sched_yield();
             continue;

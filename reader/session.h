@@ -26,6 +26,8 @@ struct session_capture {
     struct mt_header h;
     char path[PATH_MAX];
     uint64_t start, last_flush, last_sample;
+    uint64_t pace_at, pace_cpu;  /* the last pacing decision's clock */
+    uint32_t pace_waits;
     int told;
 };
 

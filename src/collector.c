@@ -434,13 +434,18 @@ static void slot_release(struct mt_collector *c, unsigned k)
                           memory_order_release);
 }
 
-/* One pass of moving records; *waiting gets the smallest number seen at
- * a ring's head that is not the next one (UINT64_MAX when none). */
-static long drain_pass(struct mt_collector *c, uint64_t *waiting)
+/* Records one drain moves at most while the program keeps writing, so that
+ * the caller's clock (RSS samples, flushes, pacing) keeps running. */
+#define MT_DRAIN_BUDGET (1L << 16)
+
+/* One pass of moving records, ending early once budget records moved;
+ * *waiting gets the smallest number seen at a ring's head that is not the
+ * next one (UINT64_MAX when none). */
+static long drain_pass(struct mt_collector *c, uint64_t *waiting, long budget)
 {
     long moved = 0;
     int progress = 1;
-    while (progress) {
+    while (progress && moved < budget) {
         progress = 0;
         *waiting = UINT64_MAX;
         for (unsigned k = 0; k < c->nlisted; k++) {
@@ -449,8 +454,9 @@ static long drain_pass(struct mt_collector *c, uint64_t *waiting)
             uint64_t head = atomic_load_explicit(&s->head, memory_order_acquire);
             int rc;
             while ((rc = slot_step(c, i, head)) == 1) {
-                moved++;
                 progress = 1;
+                if (++moved >= budget)
+                    break;
             }
             if (rc == 0) {
                 const struct mt_revent *e = (const struct mt_revent *)(
@@ -493,11 +499,11 @@ long mt_collector_drain(struct mt_collector *c)
     uint64_t waiting;
     program_check(c);
     list_slots(c);
-    long moved = drain_pass(c, &waiting);
+    long moved = drain_pass(c, &waiting, MT_DRAIN_BUDGET);
     if (waiting != UINT64_MAX && moved == 0) {
         /* The next number may sit in a ring we have not listed yet. */
         list_slots(c);
-        moved = drain_pass(c, &waiting);
+        moved = drain_pass(c, &waiting, MT_DRAIN_BUDGET);
     }
     /* A number taken and never written while the process lives: its thread
      * was cancelled inside a hook, or is stopped. Waiting for ever would,
@@ -522,7 +528,7 @@ long mt_collector_finish(struct mt_collector *c)
     list_slots(c);
     for (;;) {
         uint64_t waiting;
-        long moved = drain_pass(c, &waiting);
+        long moved = drain_pass(c, &waiting, LONG_MAX);
         if (moved < 0)
             return moved;
         total += moved;
@@ -553,6 +559,11 @@ uint64_t mt_collector_events(const struct mt_collector *c)
 uint64_t mt_collector_lost(const struct mt_collector *c)
 {
     return c->lost;
+}
+
+uint32_t mt_collector_ring_waits(const struct mt_collector *c)
+{
+    return atomic_load_explicit(&c->shm->ring_waits, memory_order_relaxed);
 }
 
 int mt_collector_stopped(const struct mt_collector *c)

@@ -48,6 +48,10 @@ long mt_collector_finish(struct mt_collector *c);
 /* Adds a memory sample (RSS at a time since the start). */
 int mt_collector_sample(struct mt_collector *c, uint64_t time_us, uint64_t rss);
 
+/* Times the traced process's threads found their ring full and waited for
+ * the collector (a running count). */
+uint32_t mt_collector_ring_waits(const struct mt_collector *c);
+
 /* 1 once the shim stopped recording (memtap_stop, the Python API): drain,
  * finish and close; the process itself runs on. */
 int mt_collector_stopped(const struct mt_collector *c);

@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #define MT_SHM_MAGIC 0x6d656d7461707368ull /* "memtapsh" */
-#define MT_SHM_VERSION 1
+#define MT_SHM_VERSION 2
 #define MT_SLOTS 256
 #define MT_RING_BYTES (1u << 20)  /* per thread; power of two */
 #define MT_ENV_SHM "MEMTAP_SHM"   /* "<fd>:<inode>[:<socket fd>]", memtap run */
@@ -55,7 +55,7 @@ struct mt_shm {
     uint32_t version;
     uint32_t flags;                  /* MT_SHMF_* */
     int32_t collector_pid;           /* the shim stops tracking if it dies */
-    int32_t pad0;
+    _Atomic uint32_t ring_waits;     /* times a thread found its ring full */
     _Atomic int32_t producer_pid;    /* the traced process, once attached */
     _Atomic uint32_t disabled;       /* set by the shim on internal failure */
     _Atomic uint32_t ready;          /* the shim is set up: fields below set */

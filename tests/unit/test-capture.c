@@ -1014,6 +1014,34 @@ static void test_edges(void)
 }
 
 /* More than MT_BLOCK_MAX_RAW of events: the writer starts blocks itself. */
+/* The table-driven CRC against the definition, one bit at a time, at
+ * every length and alignment the 8-byte steps can meet. */
+static uint32_t crc32_bitwise(uint32_t crc, const uint8_t *p, size_t n)
+{
+    crc = ~crc;
+    while (n--) {
+        crc ^= *p++;
+        for (int k = 0; k < 8; k++)
+            crc = crc & 1 ? 0xedb88320u ^ (crc >> 1) : crc >> 1;
+    }
+    return ~crc;
+}
+
+static void test_crc32(void)
+{
+    CHECK(mt_crc32(0, "123456789", 9) == 0xcbf43926u, "crc32: check value");
+    CHECK(mt_crc32(0, "", 0) == 0, "crc32: empty");
+    uint8_t buf[600];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t)rnd();
+    for (size_t off = 0; off < 8; off++)
+        for (size_t n = 0; n + off <= 300; n++)
+            CHECK(mt_crc32(0, buf + off, n) == crc32_bitwise(0, buf + off, n),
+                  "crc32: %zu bytes at offset %zu", n, off);
+    uint32_t part = mt_crc32(0, buf, 77);
+    CHECK(mt_crc32(part, buf + 77, 500) == mt_crc32(0, buf, 577), "crc32: continued");
+}
+
 static void test_large(void)
 {
     struct mt_header h = {.flags = MT_HF_NATIVE, .pid = 4242, .start_time_us = 1,
@@ -1024,6 +1052,8 @@ static void test_large(void)
     thread_rec(&c, 1, 100, "main");
     uint64_t near = 0x555555550000ull;
     for (unsigned i = 0; i < 150000; i++) {
+        if (i % 30000 == 0)  /* blocks of both compression modes */
+            mt_writer_set_fast(c.w, (i / 30000) & 1);
         uint32_t t = 1 + (uint32_t)(rnd() % 3 == 0);
         uint64_t r = rnd();
         near += (r & 0xffff) - 0x8000;
@@ -1264,6 +1294,7 @@ int main(void)
         fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
         return 2;
     }
+    test_crc32();
     test_refusals();
     test_no_trailer();
     test_edges();
