@@ -900,6 +900,55 @@ __attribute__((visibility("default"))) int memtap_start(void)
     return start();
 }
 
+/* memtap.Tracker in a process memtap run started: the block's capture is
+ * cut out of the run's (memtap extract) at two marks. */
+
+/* Marks this point of the event order. @return the mark's number, or -1
+ * when nothing is being recorded. */
+__attribute__((visibility("default"))) long memtap_mark(void)
+{
+    static uint64_t next;
+    struct mt_thread *t = mt_enter();
+    if (!t)
+        return -1;
+    uint64_t k = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+    event_write(t, MT_R_MARK, 0, seq_take(), k, 0, 0, 0);
+    t->busy = 0;
+    return (long)k;
+}
+
+/* Where mark k is in the capture file: @return its offset, -2 while the
+ * collector has not reached it, -1 when it cannot say (an --aggregate run
+ * has no event stream; a write failed). One mark at a time. */
+__attribute__((visibility("default"))) long long memtap_mark_offset(long k)
+{
+    if (!shm || k < 0)
+        return -1;
+    if (atomic_load_explicit(&shm->marks_done, memory_order_acquire) <= (uint64_t)k)
+        return -2;
+    uint64_t at = shm->mark_offset;
+    return at == UINT64_MAX ? -1 : (long long)at;
+}
+
+/* The run's capture file (absolute), "" when not known. */
+__attribute__((visibility("default"))) const char *memtap_capture_path(void)
+{
+    return active && shm ? shm->capture_path : "";
+}
+
+/* The collector's process id (its /proc/PID/exe is the memtap that reads
+ * its captures); -1 when not recording. */
+__attribute__((visibility("default"))) long memtap_collector_pid(void)
+{
+    return active && shm ? (long)shm->collector_pid : -1;
+}
+
+/* The recording's MT_SHMF_* options; -1 when not recording. */
+__attribute__((visibility("default"))) long memtap_run_flags(void)
+{
+    return active && shm ? (long)shm->flags : -1;
+}
+
 __attribute__((visibility("default"))) void memtap_stop(void)
 {
     if (!__atomic_exchange_n(&active, 0, __ATOMIC_RELAXED) || !shm)

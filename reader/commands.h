@@ -17,5 +17,6 @@ int cmd_export(int argc, char **argv);
 int cmd_parse(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_collect(int argc, char **argv);
+int cmd_extract(int argc, char **argv);
 
 #endif

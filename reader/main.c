@@ -24,6 +24,7 @@ static const struct command commands[] = {
     {"parse", cmd_parse, "every record of a capture, as text"},
     {"diff", cmd_diff, "what grew between two captures, per location"},
     {"collect", cmd_collect, NULL},
+    {"extract", cmd_extract, NULL},
 };
 
 static void usage(FILE *f)

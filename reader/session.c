@@ -174,6 +174,7 @@ int session_capture_open(struct session_capture *cap, int force)
         return rc;
     if (!(cap->h.flags & MT_HF_AGGREGATE)) {
         mt_collector_attach(cap->c, cap->w);
+        mt_collector_publish_path(cap->c, cap->path);
         return MT_OK;
     }
     mt_writer_close(cap->w, NULL);  /* readable (incomplete) until saved */

@@ -343,7 +343,18 @@ static int is_event(uint16_t type)
 {
     return type == MT_R_ALLOC || type == MT_R_FREE ||
            type == MT_R_MUNMAP || type == MT_R_NOP ||
-           type == MT_R_END;
+           type == MT_R_END || type == MT_R_MARK;
+}
+
+/* Everything before the mark goes to the file, ending a block there; the
+ * program learns where (memtap extract cuts the capture at such offsets). */
+static void on_mark(struct mt_collector *c, const struct mt_revent *e)
+{
+    uint64_t at = UINT64_MAX;
+    if (c->w && mt_writer_flush(c->w) == MT_OK)
+        at = mt_writer_bytes(c->w);
+    c->shm->mark_offset = at;
+    atomic_store_explicit(&c->shm->marks_done, e->addr + 1, memory_order_release);
 }
 
 /* Consumes the record at the slot's tail. @return 1 consumed, 0 the next
@@ -396,7 +407,9 @@ static int slot_step(struct mt_collector *c, unsigned i, uint64_t head)
          * came after all; its event is kept, out of place. */
         if (e->seq == c->next_seq)
             c->next_seq++;
-        if (h->type != MT_R_NOP)
+        if (h->type == MT_R_MARK)
+            on_mark(c, e);
+        else if (h->type != MT_R_NOP)
             on_event(c, st, e);
     }
     if (rc == MT_E_NOMEM)
@@ -559,6 +572,13 @@ uint64_t mt_collector_events(const struct mt_collector *c)
 uint64_t mt_collector_lost(const struct mt_collector *c)
 {
     return c->lost;
+}
+
+void mt_collector_publish_path(struct mt_collector *c, const char *path)
+{
+    char *abs = realpath(path, NULL);
+    snprintf(c->shm->capture_path, sizeof c->shm->capture_path, "%s", abs ? abs : "");
+    free(abs);
 }
 
 uint32_t mt_collector_ring_waits(const struct mt_collector *c)

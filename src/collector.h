@@ -48,6 +48,10 @@ long mt_collector_finish(struct mt_collector *c);
 /* Adds a memory sample (RSS at a time since the start). */
 int mt_collector_sample(struct mt_collector *c, uint64_t time_us, uint64_t rss);
 
+/* Tells the traced process where its capture is (absolute), for
+ * memtap.Tracker blocks inside memtap run (the shim's memtap_mark). */
+void mt_collector_publish_path(struct mt_collector *c, const char *path);
+
 /* Times the traced process's threads found their ring full and waited for
  * the collector (a running count). */
 uint32_t mt_collector_ring_waits(const struct mt_collector *c);

@@ -61,6 +61,13 @@ struct mt_shm {
     _Atomic uint32_t ready;          /* the shim is set up: fields below set */
     _Atomic uint32_t stopped;        /* the shim stopped recording (the API) */
     char python_version[32];         /* "" when the program is not Python */
+    /* Marks (MT_R_MARK): the collector publishes, for the last mark it
+     * reached, where it is in the file, once all before it is written. */
+    _Atomic uint64_t marks_done;     /* marks reached: the last one's number + 1 */
+    uint64_t mark_offset;            /* the file offset (a block boundary) of
+                                        the last mark; UINT64_MAX: no event
+                                        stream (--aggregate) or a write failed */
+    char capture_path[4096];         /* absolute; "" until the capture exists */
     _Alignas(64) _Atomic uint64_t seq;   /* the next event number */
     _Alignas(64) struct mt_slot slots[MT_SLOTS];
     /* followed by MT_SLOTS rings of MT_RING_BYTES, page aligned */
@@ -100,6 +107,9 @@ enum mt_rtype {
     MT_R_OBJECT = 11,  /* struct mt_robject + path + build-id: loaded object */
     MT_R_END = 12,     /* struct mt_revent (seq only): the program ended
                           (Python: the interpreter's teardown began) */
+    MT_R_MARK = 13,    /* struct mt_revent (seq; addr = the mark's number):
+                          a point in the event order the program asked for
+                          (memtap.Tracker under memtap run) */
 };
 
 struct mt_rhdr {

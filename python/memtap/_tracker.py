@@ -6,6 +6,12 @@ the loaded objects are redirected to the shim (GOT patching, preload/patch.c)
 and recording starts; leaving the block stops it, puts the functions back,
 and waits for the collector to close the capture. No thread is added to this
 process.
+
+In a process `memtap run` started, everything is recorded already: the
+block only scopes it. Entering and leaving put marks in the event order
+(memtap_mark); the run's collector ends a block of its capture at each and
+says where, and on leaving, `memtap extract` cuts the part between the two
+into the Tracker's own capture.
 """
 
 import ctypes
@@ -15,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 from . import _paths
 
@@ -27,23 +34,42 @@ class TrackerError(RuntimeError):
     """A Tracker could not start or finish."""
 
 
-def _preloaded():
-    """True when this process runs under `memtap run` (the shim preloaded)."""
-    return "libmemtap.so" in os.environ.get("LD_PRELOAD", "") and \
-        any("libmemtap.so" in line for line in open("/proc/self/maps"))
+# MT_SHMF_* (src/transport.h): what a memtap run records.
+_RUN_NATIVE, _RUN_PYALLOC, _RUN_FOLLOW_FORK = 0x1, 0x2, 0x4
+
+
+def _loaded_shim():
+    """The shim already in this process (preloaded by memtap run, or loaded
+    by an earlier Tracker), or None."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.rstrip("\n").split(None, 5)
+            if len(parts) == 6 and parts[5].endswith("/libmemtap.so"):
+                return parts[5]
+    return None
 
 
 def _load_shim():
     global _shim
     if _shim is None:
+        # One shim per process: the one memtap run preloaded, if any.
         # PyDLL: calls keep the GIL (the Python allocators are swapped with
         # it held under trace_python_allocators).
-        lib = ctypes.PyDLL(_paths.shim(), mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        loaded = _loaded_shim()
+        mode = os.RTLD_NOW | (os.RTLD_NOLOAD if loaded else os.RTLD_LOCAL)
+        lib = ctypes.PyDLL(loaded or _paths.shim(), mode=mode)
         for name in ("memtap_start", "memtap_patch", "memtap_unpatch"):
             getattr(lib, name).restype = ctypes.c_int
             getattr(lib, name).argtypes = []
         lib.memtap_stop.restype = None
         lib.memtap_stop.argtypes = []
+        for name in ("memtap_mark", "memtap_run_flags", "memtap_collector_pid"):
+            getattr(lib, name).restype = ctypes.c_long
+            getattr(lib, name).argtypes = []
+        lib.memtap_mark_offset.restype = ctypes.c_longlong
+        lib.memtap_mark_offset.argtypes = [ctypes.c_long]
+        lib.memtap_capture_path.restype = ctypes.c_char_p
+        lib.memtap_capture_path.argtypes = []
         _shim = lib
     return _shim
 
@@ -52,6 +78,26 @@ def _patch_new_objects():
     """Redirect the objects loaded since the last look (cheap when none)."""
     if _active is not None and _shim is not None:
         _shim.memtap_patch()
+
+
+def _mark(lib, timeout=30.0):
+    """Puts a mark in memtap run's event order and waits until the run's
+    collector has written everything before it. @return its file offset."""
+    k = lib.memtap_mark()
+    if k < 0:
+        raise TrackerError("memtap: memtap run stopped recording this process")
+    deadline = time.monotonic() + timeout
+    while True:
+        at = lib.memtap_mark_offset(k)
+        if at >= 0:
+            return at
+        if at == -1:
+            raise TrackerError(
+                "memtap: the capture of this 'memtap run' has no events to cut a "
+                "Tracker's block from (an --aggregate run, or it could not be written)")
+        if time.monotonic() > deadline:
+            raise TrackerError("memtap: memtap run's collector did not answer")
+        time.sleep(0.0005)
 
 
 class _ExtensionLoaderHook:
@@ -103,6 +149,7 @@ class Tracker:
         self._proc = None
         self._hook = _ExtensionLoaderHook()
         self._sock = None
+        self._scope = None      # under memtap run: (memtap, run's capture, start, time)
 
     def __enter__(self):
         global _active
@@ -111,18 +158,62 @@ class Tracker:
                 raise TrackerError(
                     "memtap: a Tracker is already recording into '%s'; trackers "
                     "cannot be nested or run concurrently" % _active.path)
-            if _preloaded():
-                raise TrackerError(
-                    "memtap: this process runs under 'memtap run', which already "
-                    "records it; use memtap.Tracker in a process started without it")
             _active = self
         try:
-            self._start()
+            lib = _load_shim()
+            flags = lib.memtap_run_flags()
+            if flags >= 0:
+                self._start_scoped(lib, flags)
+            else:
+                self._start()
         except BaseException:
             with _lock:
                 _active = None
             raise
         return self
+
+    def _start_scoped(self, lib, flags):
+        """Inside memtap run: the block is cut from the run's capture."""
+        wanted = [(self.native, _RUN_NATIVE, "native", "--native"),
+                  (self.trace_python_allocators, _RUN_PYALLOC,
+                   "trace_python_allocators", "--trace-python-allocators"),
+                  (self.follow_fork, _RUN_FOLLOW_FORK, "follow_fork", "--follow-fork")]
+        for asked, bit, name, option in wanted:
+            if asked and not flags & bit:
+                raise TrackerError(
+                    "memtap: this process runs under 'memtap run' without %s, which "
+                    "decides what is recorded; %s=True needs 'memtap run %s'"
+                    % (option, name, option))
+        if self.aggregate:
+            raise TrackerError(
+                "memtap: under 'memtap run' a Tracker's capture is cut from the run's "
+                "events; aggregate=True needs a process started without memtap run")
+        if os.path.lexists(self.path) and not self.overwrite:
+            raise TrackerError("memtap: '%s' exists; pass overwrite=True to replace it"
+                               % self.path)
+        run_capture = lib.memtap_capture_path().decode(errors="surrogateescape")
+        try:  # the memtap that writes the run's capture reads it best
+            memtap = os.readlink("/proc/%d/exe" % lib.memtap_collector_pid())
+        except OSError:
+            memtap = _paths.binary()
+        start = _mark(lib)
+        self._scope = (memtap, run_capture, start, time.monotonic())
+
+    def _stop_scoped(self):
+        lib = _shim
+        memtap, run_capture, start, began = self._scope
+        self._scope = None
+        end = _mark(lib)
+        cmd = [memtap, "extract", run_capture, "--from", str(start),
+               "--to", str(end), "-o", self.path,
+               "--duration-us", str(int((time.monotonic() - began) * 1e6))]
+        if self.overwrite:
+            cmd.append("-f")
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise TrackerError(proc.stderr.decode(errors="replace").strip() or
+                               "memtap: memtap extract failed (%d)" % proc.returncode)
 
     def _start(self):
         lib = _load_shim()
@@ -191,6 +282,13 @@ class Tracker:
     def stop(self):
         """Stops recording and waits until the capture is complete."""
         global _active
+        if self._scope is not None:
+            try:
+                self._stop_scoped()
+            finally:
+                with _lock:
+                    _active = None
+            return
         if self._proc is None:
             return
         lib = _shim

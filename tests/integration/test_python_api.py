@@ -182,3 +182,65 @@ def test_diff_from_the_package(pkg, tmp_path):
     row = json.loads(proc.stdout)["rows"][0]
     assert (row["file"], row["line"], row["change_bytes"]) == \
         (str(script), line_of(src, "extra"), 10 * MiB + 1)
+
+
+SCOPED = """\
+import memtap, sys, threading
+before = bytearray(30 * 2**20)  # @before
+with memtap.Tracker(sys.argv[1]):
+    kept = bytearray(50 * 2**20)  # @keep
+    gone = bytearray(5 * 2**20)  # @gone
+    del gone
+    del before  # allocated before the block: its free is not the block's
+    t = threading.Thread(target=lambda: kept2.append(bytearray(7 * 2**20)))  # @thread
+    kept2 = []
+    t.start(); t.join()
+after = bytearray(20 * 2**20)  # @after
+for option in ("native", "aggregate"):
+    try:
+        with memtap.Tracker(sys.argv[1] + "." + option, **{option: True}):
+            pass
+    except memtap.TrackerError as e:
+        print(option + ":", e)
+cap = memtap.Capture(sys.argv[1])
+import json
+print(json.dumps({"peak": cap.peak_memory_bytes, "leaked": cap.leaked_bytes,
+                  "rows": [r._asdict() for r in cap.locations()],
+                  "leaks": [r._asdict() for r in cap.locations(leaks=True)]}))
+"""
+
+
+def test_tracker_under_memtap_run_scopes_the_recording(pkg, tmp_path):
+    """Under `memtap run` the block's capture is cut from the run's: the
+    block's allocations, from every thread, exactly; nothing from before or
+    after; and the run's own capture still holds everything."""
+    script = tmp_path / "scoped.py"
+    script.write_text(SCOPED)
+    out, run = tmp_path / "block.bin", tmp_path / "run.bin"
+    proc = pkg.run([pkg.memtap, "run", "-q", "-o", run, "--python", pkg.python,
+                    script, out], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("native: memtap: this process runs under 'memtap run' "
+                               "without --native"), lines
+    assert lines[1].startswith("aggregate: memtap: "), lines
+    doc = json.loads(lines[2])
+    # at the peak: kept and the thread's block (gone was freed before)
+    own = {tag: [(r["own_bytes"], r["own_count"])
+                 for r in at(doc["rows"], script, line_of(SCOPED, tag)) if r["own_count"]]
+           for tag in ("before", "keep", "gone", "thread", "after")}
+    assert own == {"before": [], "keep": [(50 * MiB + 1, 1)], "gone": [],
+                   "thread": [(7 * MiB + 1, 1)], "after": []}
+    leaks = {(r["line"], r["own_bytes"]) for r in doc["leaks"]
+             if r["file"] == str(script) and r["own_count"]}
+    assert leaks == {(line_of(SCOPED, "keep"), 50 * MiB + 1),
+                     (line_of(SCOPED, "thread"), 7 * MiB + 1)}
+    assert 57 * MiB + 2 <= doc["peak"] < 58 * MiB
+    # the run's capture is whole
+    summary = json.loads(pkg.run([pkg.memtap, "summary", "--leaks", "--json", "-n", "100000", run],
+                                 cwd=tmp_path).stdout)
+    at_exit = {r["line"]: r["own_bytes"] for r in summary["rows"]
+               if r["file"] == str(script) and r["own_count"]}
+    assert at_exit[line_of(SCOPED, "keep")] == 50 * MiB + 1
+    assert at_exit[line_of(SCOPED, "after")] == 20 * MiB + 1
+    assert line_of(SCOPED, "before") not in at_exit
