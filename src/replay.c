@@ -240,7 +240,8 @@ static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
     }
     s->blocks[idx] = b;
     uint64_t old, key = s->by_number ? r->u.ev.number : r->u.ev.addr;
-    if (mt_amap_take(&s->live, key, &old)) {
+    /* A number is never given twice: only an address can be live already. */
+    if (!s->by_number && mt_amap_take(&s->live, key, &old)) {
         /* A block we never saw end (its free came from an untracked
          * thread): the new one replaces it. */
         heap_sub(s, &s->blocks[old], s->blocks[old].size, 1);
