@@ -6,7 +6,10 @@ PREFIX ?= /usr/local
 BUILD ?= build
 PYTHON ?= python3
 DEBIAN_DEPS := gcc g++ pkg-config meson ninja-build libunwind-dev liblz4-dev \
-               libdw-dev python3-dev python3-venv nodejs valgrind
+               libdw-dev python3-dev python3-venv
+# What only the tests need: node and Chromium run the HTML reports,
+# valgrind checks the reader.
+DEBIAN_TEST_DEPS := nodejs valgrind chromium
 TEST_VENV := $(BUILD)/test-venv
 # The package as pip installs it (pip install .), for the tests of the
 # Python API, the pytest plugin and the IPython magics.
@@ -14,7 +17,7 @@ PKG_VENV := $(BUILD)/pkg-venv
 PKG_SOURCES := pyproject.toml meson.build meson_options.txt python/meson.build \
                $(wildcard python/memtap/*.py preload/*.[ch] src/*.[ch] reader/*.[ch] reader/*.in)
 
-.PHONY: all deps demo test unit integration install sanitize fuzz bench clean
+.PHONY: all deps test-deps demo test unit integration install sanitize fuzz bench clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -33,6 +36,9 @@ deps:
 	  fi; \
 	fi
 
+test-deps:
+	@$(MAKE) --no-print-directory deps DEBIAN_DEPS="$(DEBIAN_TEST_DEPS)"
+
 $(BUILD)/build.ninja: meson.build | deps
 	meson setup --reconfigure $(BUILD) >/dev/null 2>&1 || meson setup $(BUILD)
 
@@ -45,8 +51,9 @@ demo: all
 	$(BUILD)/memtap flamegraph -o $(BUILD)/demo-flamegraph.html $(BUILD)/demo.bin
 
 # What the tests need from PyPI (numpy: native stacks through a C
-# extension; austin-python: reading the Austin export back).
-TEST_REQUIREMENTS := pytest numpy austin-python
+# extension; austin-python: reading the Austin export back; playwright:
+# driving Chromium through the HTML reports).
+TEST_REQUIREMENTS := pytest numpy austin-python playwright
 
 $(TEST_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(TEST_VENV)
@@ -65,7 +72,7 @@ $(PKG_VENV)/.installed: $(PKG_VENV)/.deps $(PKG_SOURCES)
 	$(PKG_VENV)/bin/pip install -q --force-reinstall --no-deps .
 	touch $@
 
-integration: all $(TEST_VENV)/.installed $(PKG_VENV)/.installed
+integration: all test-deps $(TEST_VENV)/.installed $(PKG_VENV)/.installed
 	MEMTAP_BUILD=$(abspath $(BUILD)) MEMTAP_PKG_VENV=$(abspath $(PKG_VENV)) \
 	  $(TEST_VENV)/bin/pytest -q tests/integration
 
