@@ -21,6 +21,17 @@ import pytest
 
 from conftest import MEMTAP, PROGRAMS, TIMEOUT, clean_env, memtap_run
 
+
+def _sanitized():
+    """An ASan build cannot run under valgrind; `make sanitize` runs this
+    file again on the plain build after its ASan pass."""
+    ldd = subprocess.run(["ldd", str(MEMTAP)], capture_output=True, text=True)
+    return "libasan" in ldd.stdout
+
+
+pytestmark = pytest.mark.skipif(_sanitized(), reason="ASan build (make sanitize runs "
+                                "this file on the plain build too)")
+
 PROG = """\
 import numpy as np
 KEEP = [np.ones(100_000) for _ in range(3)]
