@@ -12,36 +12,16 @@ wants. Needs `chromium` (Debian) and `playwright` (PyPI, in the test venv);
 """
 
 import shutil
-import subprocess
 import time
 
 import pytest
 
-from conftest import DEFAULT_PYTHON, MEMTAP, TIMEOUT, clean_env, memtap_run
+# The same programs and helpers as the node-driven tests.
+from test_reports_html import PROG, WIDE, _trace as trace, memtap
 
 CHROMIUM = shutil.which("chromium")
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM, reason="chromium (Debian) not installed")
-
-PROG = """\
-KEEP = []
-
-def make_big():
-    return bytearray(50 * 2**20)
-
-def spike():
-    t = bytearray(20 * 2**20)
-    del t
-
-KEEP.append(make_big())
-spike()
-"""
-
-# 317 * 317 = 100,489 distinct stacks (as in test_reports_html.py).
-WIDE_N = 317
-WIDE = "\n".join(["KEEP = []", "def inner():"] +
-                 ["    KEEP.append(bytearray(600))"] * WIDE_N +
-                 ["def outer():"] + ["    inner()"] * WIDE_N + ["outer()"]) + "\n"
 
 # Where the page draws each label, in CSS pixels of the canvas.
 RECORD_LABELS = """
@@ -56,23 +36,6 @@ CanvasRenderingContext2D.prototype.fillText = function (text, x, y) {
   return fill.apply(this, arguments);
 };
 """
-
-
-def memtap(*args):
-    proc = subprocess.run([str(MEMTAP), *map(str, args)], capture_output=True, text=True,
-                          timeout=TIMEOUT, env=clean_env())
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def trace(tmp_path_factory, name, text):
-    d = tmp_path_factory.mktemp(name)
-    script = d / (name + ".py")
-    script.write_text(text)
-    cap = d / (name + ".bin")
-    proc = memtap_run(["-o", cap, "--python", DEFAULT_PYTHON, script], cwd=d)
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return cap
 
 
 @pytest.fixture(scope="module")
