@@ -29,48 +29,53 @@ uint64_t session_wall_us(void)
     return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
-static uint64_t read_rss(pid_t pid)
+/* The text of /proc/<pid>/<file> into buf (NUL-terminated). @return 0, or
+ * -1 (the process is gone, or the file is empty). */
+static int read_proc(pid_t pid, const char *file, char *buf, size_t cap)
 {
     char path[64];
-    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return 0;
-    char buf[128];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+        return -1;
+    ssize_t n = read(fd, buf, cap - 1);
     close(fd);
     if (n <= 0)
-        return 0;
+        return -1;
     buf[n] = 0;
+    return 0;
+}
+
+static uint64_t read_rss(pid_t pid)
+{
+    char buf[128];
     unsigned long long size, resident;
-    if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
+    if (read_proc(pid, "statm", buf, sizeof buf) < 0 ||
+        sscanf(buf, "%llu %llu", &size, &resident) != 2)
         return 0;
     return resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
-
-/* CPU time used so far by process pid (/proc), and by this process, in µs. */
-static uint64_t cpu_us(pid_t pid)
+/* CPU time process pid has used so far, in µs (0 when gone). */
+static uint64_t process_cpu_us(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char buf[1024];
+    if (read_proc(pid, "stat", buf, sizeof buf) < 0)
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
     const char *p = strrchr(buf, ')');  /* the name may hold anything */
     unsigned long long utime, stime;
     if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
                      &utime, &stime) != 2)
         return 0;
+    return (utime + stime) * 1000000ull / (uint64_t)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU time this process (the collector) has used so far, in µs. */
+static uint64_t own_cpu_us(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (utime + stime) * 1000000ull / (uint64_t)sysconf(_SC_CLK_TCK) +
-           (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 static double usable_cpus(void)
@@ -92,7 +97,7 @@ static void pace(struct session_capture *cap, uint64_t now)
 {
     if (!cap->w || now - cap->pace_at < 200000)
         return;
-    uint64_t cpu = cpu_us(cap->pid);
+    uint64_t cpu = process_cpu_us(cap->pid) + own_cpu_us();
     uint32_t waits = mt_collector_ring_waits(cap->c);
     if (cap->pace_at && cpu >= cap->pace_cpu) {
         static double cpus;
