@@ -93,7 +93,9 @@ int cmd_extract(int argc, char **argv)
         die("cannot create '%s': %s", output,
             rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
 
-    uint64_t events = 0;
+    /* Frees of blocks numbered before the first one in [FROM, TO) are
+     * dropped by the writer: they are not counted. */
+    uint64_t events = 0, first_number = UINT64_MAX;
     struct mt_record rec;
     for (;;) {
         rc = mt_reader_next(r, &rec);
@@ -114,6 +116,12 @@ int cmd_extract(int argc, char **argv)
             continue;
         if (mt_writer_add(w, &rec) != MT_OK)
             break;
+        int numbered = rec.tag == MT_T_ALLOC || rec.tag == MT_T_REALLOC ||
+                       rec.tag == MT_T_MREMAP;
+        if (numbered && rec.u.ev.number && first_number == UINT64_MAX)
+            first_number = rec.u.ev.number;
+        if (rec.tag == MT_T_FREE && rec.u.ev.number < first_number)
+            continue;
         if (scoped && rec.tag != MT_T_SAMPLE && rec.tag != MT_T_END)
             events++;
     }
