@@ -17,6 +17,11 @@ enum obj_state { OBJ_UNOPENED, OBJ_OPEN, OBJ_NO_FILE };
 
 struct cu_range { Dwarf_Addr lo, hi; Dwarf_Off die; };
 
+/* The functions of one compile unit: each range of each subprogram DIE
+ * that is not nested in another function, sorted by (lo, die); maxhi[i]
+ * is the largest hi of f[0..i], which ends a search for overlaps. */
+struct cu_funcs { Dwarf_Off cu; struct cu_range *f; Dwarf_Addr *maxhi; size_t n; };
+
 /* A function symbol with a size, at its runtime address; the name points
  * into the ELF string table libdwfl keeps for the module. */
 struct elf_sym { uint64_t addr, size; const char *name; int rank; };
@@ -38,6 +43,8 @@ struct object {
     struct elf_sym *syms; /* sorted by addr; built on first use */
     size_t nsyms;
     int syms_built;
+    struct cu_funcs *funcs; /* the CUs looked into so far */
+    size_t nfuncs;
     int dead;            /* replaced by a later overlapping object */
 };
 
@@ -650,6 +657,111 @@ static int walk_scopes(Dwarf_Die *parent, Dwarf_Addr pc, struct die_vec *out,
     return 0;
 }
 
+static int func_range_cmp(const void *a, const void *b)
+{
+    const struct cu_range *x = a, *y = b;
+    if (x->lo != y->lo)
+        return x->lo < y->lo ? -1 : 1;
+    return x->die < y->die ? -1 : x->die > y->die;
+}
+
+/* Adds the ranges of the functions under parent (through namespaces and
+ * classes, as walk_scopes goes) to cf. @return -1 out of memory. */
+static int collect_funcs(Dwarf_Die *parent, struct cu_funcs *cf, size_t *cap,
+                         int depth)
+{
+    Dwarf_Die child;
+
+    if (depth > 256 || dwarf_child(parent, &child) != 0)
+        return 0;
+    do {
+        switch (dwarf_tag(&child)) {
+        case DW_TAG_subprogram: {
+            Dwarf_Addr base, lo, hi;
+            ptrdiff_t r = 0;
+            while ((r = dwarf_ranges(&child, r, &base, &lo, &hi)) > 0) {
+                if (lo >= hi)
+                    continue;
+                if (grow((void **)&cf->f, cap, cf->n + 1, sizeof(*cf->f)))
+                    return -1;
+                cf->f[cf->n++] = (struct cu_range){lo, hi, dwarf_dieoffset(&child)};
+            }
+            break;
+        }
+        case DW_TAG_namespace:
+        case DW_TAG_module:
+        case DW_TAG_class_type:
+        case DW_TAG_structure_type:
+        case DW_TAG_union_type:
+            if (collect_funcs(&child, cf, cap, depth + 1) < 0)
+                return -1;
+            break;
+        default:
+            break;
+        }
+    } while (dwarf_siblingof(&child, &child) == 0);
+    return 0;
+}
+
+/* The function table of the CU cudie, built on first use: an address in a
+ * big CU (CPython's ceval.c) then costs a binary search, not a walk over
+ * every function before it. NULL when out of memory. */
+static struct cu_funcs *cu_funcs(struct object *o, Dwarf_Die *cudie)
+{
+    Dwarf_Off off = dwarf_dieoffset(cudie);
+    for (size_t i = 0; i < o->nfuncs; i++)
+        if (o->funcs[i].cu == off)
+            return &o->funcs[i];
+    struct cu_funcs cf = {off, NULL, NULL, 0};
+    size_t cap = 0, ocap = o->nfuncs;
+    if (collect_funcs(cudie, &cf, &cap, 0) < 0 ||
+        !(cf.maxhi = malloc((cf.n ? cf.n : 1) * sizeof(*cf.maxhi))) ||
+        grow((void **)&o->funcs, &ocap, o->nfuncs + 1, sizeof(*o->funcs))) {
+        free(cf.f);
+        free(cf.maxhi);
+        return NULL;
+    }
+    qsort(cf.f, cf.n, sizeof(*cf.f), func_range_cmp);
+    for (size_t i = 0; i < cf.n; i++)
+        cf.maxhi[i] = i && cf.maxhi[i - 1] > cf.f[i].hi ? cf.maxhi[i - 1] : cf.f[i].hi;
+    o->funcs[o->nfuncs] = cf;
+    return &o->funcs[o->nfuncs++];
+}
+
+/* Collects, outermost first, the function holding pc in the CU and the
+ * inlined subroutines inside it that hold pc. When functions overlap
+ * (assembly aliases: __clone3 and clone3), the first in DIE order, as a
+ * walk of the CU would find. */
+static void cu_scopes(struct object *o, Dwarf_Die *cudie, Dwarf_Addr pc,
+                      struct die_vec *out)
+{
+    struct cu_funcs *cf = cu_funcs(o, cudie);
+    const struct cu_range *best = NULL;
+    Dwarf_Die fn;
+    size_t lo = 0, hi;
+
+    if (!cf) {
+        walk_scopes(cudie, pc, out, 0);
+        return;
+    }
+    hi = cf->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cf->f[mid].lo <= pc)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    while (lo-- > 0 && cf->maxhi[lo] > pc)
+        if (pc < cf->f[lo].hi && (!best || cf->f[lo].die < best->die))
+            best = &cf->f[lo];
+    if (!best || !dwarf_offdie(dwarf_cu_getdwarf(cudie->cu), best->die, &fn) ||
+        grow((void **)&out->v, &out->cap, out->n + 1, sizeof(*out->v)))
+        return;
+    out->v[out->n++] = fn;
+    walk_scopes(&fn, pc, out, 1);
+}
+
 /* Appends the frames of pc (= ip - 1) in object o to s->frames. */
 static int resolve_in_object(struct mt_symbolizer *s, struct object *o,
                              uint64_t ip, int *oom)
@@ -687,7 +799,7 @@ static int resolve_in_object(struct mt_symbolizer *s, struct object *o,
         /* The physical nesting, innermost first: each inlined_subroutine
          * DIE carries its call site in the next one out. */
         struct die_vec chain = { NULL, 0, 0 };
-        walk_scopes(cudie, pc - bias, &chain, 0);
+        cu_scopes(o, cudie, pc - bias, &chain);
         for (size_t i = 0; i < chain.n / 2; i++) {
             Dwarf_Die t = chain.v[i];
             chain.v[i] = chain.v[chain.n - 1 - i];
@@ -840,6 +952,11 @@ void mt_symbolizer_free(struct mt_symbolizer *s)
         free(s->objs[i].segs);
         free(s->objs[i].cus);
         free(s->objs[i].syms);
+        for (size_t j = 0; j < s->objs[i].nfuncs; j++) {
+            free(s->objs[i].funcs[j].f);
+            free(s->objs[i].funcs[j].maxhi);
+        }
+        free(s->objs[i].funcs);
     }
     for (size_t i = 0; i < s->strs_cap; i++)
         free(s->strs[i].s);

@@ -139,6 +139,13 @@ void mt_reader_numbers_only(struct mt_reader *r);
  * one block, whatever the file's size. */
 int mt_reader_next(struct mt_reader *r, struct mt_record *rec);
 
+/* Decodes up to max records, all from the block being decoded, into
+ * recs[0..n): the same records as n calls of mt_reader_next, fewer calls.
+ * Only the last may point into the reader's buffers (a definition ends
+ * the run). @return n > 0, or what mt_reader_next returns at the end (0 or
+ * an error; an error after some records comes with the next call). */
+int mt_reader_next_many(struct mt_reader *r, struct mt_record *recs, int max);
+
 /* Byte offset in the file of the block being decoded (for messages). */
 uint64_t mt_reader_offset(const struct mt_reader *r);
 

@@ -36,7 +36,7 @@ struct mt_reader {
 
 struct cursor { const uint8_t *p, *end; int bad; };
 
-static uint64_t get_varint(struct cursor *c)
+static uint64_t get_varint_checked(struct cursor *c)
 {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
@@ -49,6 +49,32 @@ static uint64_t get_varint(struct cursor *c)
         if (!(b & 0x80))
             return v;
     }
+    c->bad = 1;
+    return 0;
+}
+
+/* Most varints are one or two bytes, and a block has at least 10 bytes
+ * left but for its last record: only then is each byte bounds-checked. */
+static inline uint64_t get_varint(struct cursor *c)
+{
+    const uint8_t *p = c->p;
+    if (c->end - p < 10)
+        return get_varint_checked(c);
+    uint64_t v = p[0];
+    if (v < 0x80) {
+        c->p = p + 1;
+        return v;
+    }
+    v &= 0x7f;
+    for (int i = 1, shift = 7; i < 10; i++, shift += 7) {
+        uint8_t b = p[i];
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            c->p = p + i + 1;
+            return v;
+        }
+    }
+    c->p = p + 10;
     c->bad = 1;
     return 0;
 }
@@ -208,7 +234,7 @@ static int next_block(struct mt_reader *r)
     return 1;
 }
 
-static uint64_t get_delta(struct cursor *c, uint64_t *base)
+static inline uint64_t get_delta(struct cursor *c, uint64_t *base)
 {
     *base += (uint64_t)mt_unzigzag(get_varint(c));
     return *base;
@@ -400,7 +426,14 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
     return c->bad ? MT_E_CORRUPT : 1;
 }
 
-int mt_reader_next(struct mt_reader *r, struct mt_record *rec)
+/* Records whose strings or tables live in the reader's buffers. */
+static int points_into_reader(enum mt_tag tag)
+{
+    return tag == MT_T_THREAD || tag == MT_T_CODE || tag == MT_T_OBJECT ||
+           tag == MT_T_TOTALS || tag == MT_T_PROGRAM;
+}
+
+int mt_reader_next_many(struct mt_reader *r, struct mt_record *recs, int max)
 {
     if (r->done)
         return r->done_rc;
@@ -415,16 +448,32 @@ int mt_reader_next(struct mt_reader *r, struct mt_record *rec)
         }
     }
     struct cursor c = {r->p, r->end, 0};
-    int rc = decode(r, &c, rec);
-    if (rc < 0) {
-        r->done = 1;
-        r->done_rc = rc;
-        return rc;
+    int n = 0;
+    while (n < max && c.p < c.end) {
+        struct mt_record *rec = &recs[n];
+        int rc = decode(r, &c, rec);
+        if (rc < 0) {
+            r->done = 1;
+            r->done_rc = rc;
+            break;  /* the error comes with the next call */
+        }
+        r->p = c.p;
+        n++;
+        if (rec->tag == MT_T_TRAILER) {
+            r->done = 1;
+            r->done_rc = 0;
+            break;
+        }
+        if (points_into_reader(rec->tag))
+            break;
     }
-    r->p = c.p;
-    if (rec->tag == MT_T_TRAILER)
-        r->done = 1;
-    return 1;
+    return n ? n : r->done_rc;
+}
+
+int mt_reader_next(struct mt_reader *r, struct mt_record *rec)
+{
+    int rc = mt_reader_next_many(r, rec, 1);
+    return rc > 0 ? 1 : rc;
 }
 
 uint64_t mt_reader_offset(const struct mt_reader *r)

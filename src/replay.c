@@ -25,8 +25,21 @@ struct block {
     uint64_t thread_seq;    /* the thread's allocation count at allocation */
     uint32_t group, thread;
     uint8_t allocator;
+    uint8_t live;           /* in the number window: not yet ended */
     uint32_t tick;          /* sample clock at allocation, in T_TICK_US
                                (fits the padding: the block stays 32 bytes) */
+};
+
+/* Live heap blocks by allocation number, when keyed by number. Numbers are
+ * dense and most blocks die young, so the recent ones sit in a ring indexed
+ * by number: no hashing, no probing. A block that outlives WINDOW_MAX later
+ * allocations moves to the hash map (`live`), so memory follows live
+ * blocks, not events. */
+#define WINDOW_MAX (1u << 16)
+struct window {
+    struct block *e;        /* number n at e[n & (cap - 1)] */
+    uint64_t base, next;    /* [base, next): the numbers the ring covers */
+    uint32_t cap;
 };
 
 struct mapping {
@@ -48,7 +61,8 @@ struct mt_replay {
     struct mt_imap group_ids;
     struct group_state *gs;
     uint32_t gcap;
-    struct mt_amap live;        /* heap address -> index in blocks */
+    struct mt_amap live;        /* heap address (or number) -> index in blocks */
+    struct window win;          /* by number: the recent blocks */
     struct block *blocks;
     uint32_t *free_blocks;
     size_t nblocks, cap_blocks, nfree, cap_free;
@@ -183,8 +197,9 @@ static void heap_sub(struct mt_replay *s, const struct block *b, uint64_t bytes,
     s->heap -= bytes;
 }
 
-static struct block new_block(struct mt_replay *s, const struct mt_record *r,
-                              uint64_t size)
+/* Fills *b with a new block of r's and counts it in the totals. */
+static void new_block(struct mt_replay *s, const struct mt_record *r,
+                      uint64_t size, struct block *b)
 {
     struct mt_analysis *a = s->a;
     uint32_t t = r->thread;
@@ -193,7 +208,7 @@ static struct block new_block(struct mt_replay *s, const struct mt_record *r,
         s->thread_allocs = grow(s->thread_allocs, &cap, (size_t)t + 1, sizeof(uint64_t));
         s->cap_threads = (uint32_t)cap;
     }
-    struct block b = {
+    *b = (struct block){
         .size = size,
         .thread_seq = ++s->thread_allocs[t],
         .group = group_of(s, r->u.ev.py_stack, r->u.ev.native_stack, t),
@@ -201,18 +216,17 @@ static struct block new_block(struct mt_replay *s, const struct mt_record *r,
         .allocator = r->u.ev.allocator < MT_A_COUNT ? r->u.ev.allocator : 0,
         .tick = s->tick,
     };
-    struct mt_group *g = &a->groups[b.group];
-    g->allocators |= 1u << b.allocator;
+    struct mt_group *g = &a->groups[b->group];
+    g->allocators |= 1u << b->allocator;
     a->total_allocations++;
-    a->allocators[b.allocator].count++;
-    a->allocators[b.allocator].bytes += size;
-    if (mt_allocator_counts(b.allocator)) {
+    a->allocators[b->allocator].count++;
+    a->allocators[b->allocator].bytes += size;
+    if (mt_allocator_counts(b->allocator)) {
         g->total_bytes += size;
         g->total_count++;
         a->total_allocated_bytes += size;
     }
     a->histogram[size ? 63 - __builtin_clzll(size) : 0]++;
-    return b;
 }
 
 /* A block ends: temporary when its own thread made fewer than N other
@@ -228,9 +242,9 @@ static void block_end(struct mt_replay *s, const struct block *b, uint32_t threa
     }
 }
 
-static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
+/* Keeps b in the hash map under key; an address may be live already. */
+static void live_put(struct mt_replay *s, uint64_t key, const struct block *b)
 {
-    struct block b = new_block(s, r, r->u.ev.size);
     uint32_t idx;
     if (s->nfree) {
         idx = s->free_blocks[--s->nfree];
@@ -238,9 +252,8 @@ static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
         s->blocks = grow(s->blocks, &s->cap_blocks, s->nblocks + 1, sizeof *s->blocks);
         idx = (uint32_t)s->nblocks++;
     }
-    s->blocks[idx] = b;
-    uint64_t old, key = s->by_number ? r->u.ev.number : r->u.ev.addr;
-    /* A number is never given twice: only an address can be live already. */
+    s->blocks[idx] = *b;
+    uint64_t old;
     if (!s->by_number && mt_amap_take(&s->live, key, &old)) {
         /* A block we never saw end (its free came from an untracked
          * thread): the new one replaces it. */
@@ -248,19 +261,115 @@ static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
         s->free_blocks = grow(s->free_blocks, &s->cap_free, s->nfree + 1, sizeof(uint32_t));
         s->free_blocks[s->nfree++] = (uint32_t)old;
     }
-    mt_amap_put(&s->live, key, idx);
-    heap_add(s, &b);
+    if (mt_amap_put(&s->live, key, idx) < 0)
+        out_of_memory();
+}
+
+static int live_take(struct mt_replay *s, uint64_t key, struct block *b)
+{
+    uint64_t idx;
+    if (!mt_amap_take(&s->live, key, &idx))
+        return 0;
+    *b = s->blocks[idx];
+    s->free_blocks = grow(s->free_blocks, &s->cap_free, s->nfree + 1, sizeof(uint32_t));
+    s->free_blocks[s->nfree++] = (uint32_t)idx;
+    return 1;
+}
+
+/* Moves the window's base past ended blocks. */
+static void window_advance(struct window *w)
+{
+    while (w->base < w->next && !w->e[w->base & (w->cap - 1)].live)
+        w->base++;
+    if (w->base == w->next)
+        w->base = w->next = 0;  /* empty: the next number starts it */
+}
+
+/* Makes room for number n: the ring doubles up to WINDOW_MAX, then its
+ * oldest quarter's survivors move to the hash map. */
+static void window_room(struct mt_replay *s, uint64_t n)
+{
+    struct window *w = &s->win;
+    while (w->next && n - w->base >= w->cap) {
+        if (w->cap < WINDOW_MAX) {
+            uint32_t cap = w->cap ? w->cap * 2 : 1024;
+            struct block *e = malloc((size_t)cap * sizeof *e);
+            if (!e)
+                out_of_memory();
+            for (uint64_t i = w->base; i < w->next; i++)
+                e[i & (cap - 1)] = w->e[i & (w->cap - 1)];
+            free(w->e);
+            w->e = e;
+            w->cap = cap;
+            continue;
+        }
+        uint64_t stop = w->base + w->cap / 4 < w->next ? w->base + w->cap / 4 : w->next;
+        for (; w->base < stop; w->base++) {
+            struct block *b = &w->e[w->base & (w->cap - 1)];
+            if (b->live)
+                live_put(s, w->base, b);
+        }
+        window_advance(w);
+    }
+    if (!w->cap) {
+        w->e = malloc(1024 * sizeof *w->e);
+        if (!w->e)
+            out_of_memory();
+        w->cap = 1024;
+    }
+}
+
+/* The slot for number n, marked live; the caller fills it. */
+static struct block *window_slot(struct mt_replay *s, uint64_t n)
+{
+    struct window *w = &s->win;
+    window_room(s, n);
+    if (!w->next)
+        w->base = w->next = n;
+    for (; w->next < n; w->next++)  /* numbers of mappings: never heap */
+        w->e[w->next & (w->cap - 1)].live = 0;
+    w->next = n + 1;
+    return &w->e[n & (w->cap - 1)];
+}
+
+static int window_take(struct mt_replay *s, uint64_t n, struct block *b)
+{
+    struct window *w = &s->win;
+    if (n < w->base || n >= w->next)
+        return live_take(s, n, b);
+    struct block *e = &w->e[n & (w->cap - 1)];
+    if (!e->live)
+        return 0;
+    *b = *e;
+    e->live = 0;
+    if (n == w->base)
+        window_advance(w);
+    return 1;
+}
+
+static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
+{
+    struct block local, *b = &local;
+    /* Numbers only grow (the reader counts them): a smaller one would be
+     * a replay fed by hand, kept exact through the hash map. */
+    int in_window = s->by_number && (!s->win.next || r->u.ev.number >= s->win.next);
+    if (in_window)
+        b = window_slot(s, r->u.ev.number);
+    new_block(s, r, r->u.ev.size, b);
+    if (in_window)
+        b->live = 1;
+    else
+        live_put(s, s->by_number ? r->u.ev.number : r->u.ev.addr, b);
+    heap_add(s, b);
 }
 
 /* key: the block's address, or its number when keyed by number. */
 static void heap_free(struct mt_replay *s, uint64_t key, uint32_t thread)
 {
-    uint64_t idx;
-    if (!key || !mt_amap_take(&s->live, key, &idx))
+    struct block b;
+    if (!key || !(s->by_number ? window_take(s, key, &b) : live_take(s, key, &b)))
         return;  /* allocated before tracking began, or not by a hook */
-    block_end(s, &s->blocks[idx], thread);
-    s->free_blocks = grow(s->free_blocks, &s->cap_free, s->nfree + 1, sizeof(uint32_t));
-    s->free_blocks[s->nfree++] = (uint32_t)idx;
+    block_end(s, &b, thread);
 }
 
 /* Index of the first mapping ending after addr. */
@@ -329,7 +438,8 @@ static void map_add(struct mt_replay *s, const struct mt_record *r, uint64_t add
     if (!size)
         return;
     map_remove(s, addr, addr + size, r->thread);  /* MAP_FIXED replaces */
-    struct block b = new_block(s, r, size);
+    struct block b;
+    new_block(s, r, size, &b);
     size_t i = map_find(s, addr);
     s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
     memmove(&s->maps[i + 1], &s->maps[i], (s->nmaps - i) * sizeof *s->maps);
@@ -840,6 +950,7 @@ static void replay_release(struct mt_replay *s)
 {
     mt_imap_release(&s->group_ids);
     mt_amap_release(&s->live);
+    free(s->win.e);
     free(s->gs), free(s->blocks), free(s->free_blocks), free(s->maps);
     free(s->thread_allocs);
     temporal_release(s->t);

@@ -1,0 +1,256 @@
+/* Unit test for the replay's live-block bookkeeping (src/replay.c): a
+ * capture written with the real writer, read back twice — blocks keyed by
+ * address (the reader maps numbers back to addresses) and keyed by
+ * allocation number (the reports' way: recent numbers in a ring, survivors
+ * moved to a hash map) — must give the same analysis, and both the
+ * numbers a model of the workload computes:
+ *  - blocks that outlive the ring (freed 100,000+ allocations later), many
+ *    of them, freed in and out of order;
+ *  - long runs of mappings, whose numbers are never heap blocks (gaps in
+ *    the ring bigger than the ring);
+ *  - reallocs, frees of unknown addresses, the ring emptying and
+ *    restarting;
+ *  - the temporary counts (freed before the thread's next allocation),
+ *    which need each block's place in its thread's order.
+ * Exit 0 on success; prints each failure. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../src/capture.h"
+#include "../../src/replay.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                                    \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            failures++;                                                     \
+            fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                 \
+            fprintf(stderr, __VA_ARGS__);                                   \
+            fputc('\n', stderr);                                            \
+        }                                                                   \
+    } while (0)
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* The model: live heap blocks by address, and the heap's high-water mark. */
+#define MAXLIVE 400000
+static struct { uint64_t addr, size; uint32_t py; } live[MAXLIVE];
+static size_t nlive;
+static uint64_t heap, peak, nallocs, nfrees, allocated;
+
+static struct mt_writer *w;
+static uint64_t next_addr = 0x10000;
+
+static void add(const struct mt_record *r)
+{
+    if (mt_writer_add(w, r) != MT_OK) {
+        fprintf(stderr, "mt_writer_add failed\n");
+        exit(2);
+    }
+}
+
+static void alloc(uint64_t size, uint32_t py)
+{
+    struct mt_record r = {.tag = MT_T_ALLOC, .thread = 1};
+    r.u.ev.allocator = MT_A_MALLOC;
+    r.u.ev.addr = next_addr;
+    r.u.ev.size = size;
+    r.u.ev.py_stack = py;
+    add(&r);
+    live[nlive].addr = next_addr, live[nlive].size = size, live[nlive].py = py;
+    nlive++;
+    next_addr += 64;
+    heap += size, nallocs++, allocated += size;
+    if (heap > peak)
+        peak = heap;
+}
+
+static void release(size_t i)
+{
+    struct mt_record r = {.tag = MT_T_FREE, .thread = 1};
+    r.u.ev.addr = live[i].addr;
+    add(&r);
+    heap -= live[i].size, nfrees++;
+    live[i] = live[--nlive];
+}
+
+/* A mapping made and unmapped: a number that is never a heap block. */
+static void mapping(void)
+{
+    struct mt_record r = {.tag = MT_T_ALLOC, .thread = 1};
+    r.u.ev.allocator = MT_A_MMAP_FILE;  /* not in the heap: the peak stays */
+    r.u.ev.addr = 0x7f0000000000ull;
+    r.u.ev.size = 4096;
+    r.u.ev.py_stack = 1;
+    add(&r);
+    r = (struct mt_record){.tag = MT_T_MUNMAP, .thread = 1};
+    r.u.ev.addr = 0x7f0000000000ull;
+    r.u.ev.size = 4096;
+    add(&r);
+}
+
+static void write_capture(const char *path)
+{
+    struct mt_header h = {.pid = 1, .start_time_us = 1, .command = "test-replay"};
+    if (mt_writer_open(path, 1, &h, &w) != MT_OK) {
+        fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
+        exit(2);
+    }
+    struct mt_record r = {.tag = MT_T_THREAD};
+    r.u.thread.index = 1;
+    r.u.thread.tid = 7;
+    r.u.thread.name = "main";
+    add(&r);
+
+    /* 2,000 survivors, then churn: most blocks die young, one in 50 is
+     * freed much later (picked at random among all live blocks). */
+    for (int i = 0; i < 2000; i++)
+        alloc(1000 + (uint64_t)i, 2);
+    for (int i = 0; i < 300000; i++) {
+        uint64_t x = rnd();
+        if (nlive > 2000 && x % 100 < 48) {
+            size_t k = x % 50 == 0 ? (size_t)(rnd() % nlive) : nlive - 1 - (size_t)(rnd() % 8 % nlive);
+            release(k);
+        } else if (x % 100 < 49) {
+            struct mt_record f = {.tag = MT_T_FREE, .thread = 1};
+            f.u.ev.addr = 0x1000 + (x & 0xff0);  /* never allocated: dropped */
+            add(&f);
+        } else {
+            alloc(16 + x % 4000, 10 + (uint32_t)(x >> 60));
+        }
+        if (i == 150000)  /* a gap of numbers bigger than the ring */
+            for (int k = 0; k < 70000; k++)
+                mapping();
+    }
+    /* a realloc of a survivor: ends it, makes a block */
+    struct mt_record re = {.tag = MT_T_REALLOC, .thread = 1};
+    re.u.ev.allocator = MT_A_REALLOC;
+    re.u.ev.old_addr = live[0].addr;
+    re.u.ev.addr = next_addr;
+    re.u.ev.size = 12345;
+    re.u.ev.py_stack = 4;
+    add(&re);
+    heap -= live[0].size, nfrees++;
+    live[0] = (typeof(live[0])){next_addr, 12345, 4};
+    next_addr += 64;
+    heap += 12345, nallocs++, allocated += 12345;
+    if (heap > peak)
+        peak = heap;
+    /* everything but 10 blocks ends; the ring empties, then restarts */
+    while (nlive > 10)
+        release(nlive - 1);
+    for (int k = 0; k < 100; k++)
+        mapping();
+    for (int i = 0; i < 5; i++)
+        alloc(777, 5);
+    struct mt_trailer t = {.duration_us = 10, .events = 1};
+    if (mt_writer_close(w, &t) != MT_OK) {
+        fprintf(stderr, "mt_writer_close failed\n");
+        exit(2);
+    }
+}
+
+static struct mt_analysis *replay_file(const char *path, int by_number)
+{
+    struct mt_reader *rd;
+    if (mt_reader_open(path, &rd, NULL) != MT_OK) {
+        fprintf(stderr, "cannot read %s\n", path);
+        exit(2);
+    }
+    struct mt_analysis_opts opts = {.temporary_n = 1};
+    struct mt_replay *rp = mt_replay_new(&opts);
+    if (by_number) {
+        mt_reader_numbers_only(rd);
+        mt_replay_key_by_number(rp);
+    }
+    struct mt_record r;
+    int rc;
+    while ((rc = mt_reader_next(rd, &r)) == 1)
+        CHECK(mt_replay_add(rp, &r) == MT_OK, "replay refused a record");
+    CHECK(rc == 0, "reading ended with %d", rc);
+    struct mt_analysis *a = mt_replay_finish(rp, mt_reader_header(rd));
+    mt_reader_close(rd);
+    return a;
+}
+
+static const struct mt_group *group_of_stack(const struct mt_analysis *a, uint32_t py)
+{
+    for (uint32_t i = 0; i < a->ngroups; i++)
+        if (a->groups[i].py_stack == py)
+            return &a->groups[i];
+    return NULL;
+}
+
+int main(void)
+{
+    char path[PATH_MAX];
+    const char *dir = getenv("TMPDIR");
+    snprintf(path, sizeof path, "%s/memtap-test-replay-%d.bin", dir && *dir ? dir : "/tmp",
+             (int)getpid());
+    write_capture(path);
+    struct mt_analysis *by_addr = replay_file(path, 0), *by_num = replay_file(path, 1);
+    unlink(path);
+
+    uint64_t end = 0;
+    for (size_t i = 0; i < nlive; i++)
+        end += live[i].size;
+    const struct mt_analysis *as[2] = {by_addr, by_num};
+    for (int k = 0; k < 2; k++) {
+        const struct mt_analysis *a = as[k];
+        const char *how = k ? "by number" : "by address";
+        /* the mappings are allocations too, never in the heap */
+        CHECK(a->total_allocations == nallocs + 70100,
+              "%s: %" PRIu64 " allocations, want %" PRIu64, how, a->total_allocations,
+              nallocs + 70100);
+        CHECK(a->total_frees == nfrees + 70100, "%s: %" PRIu64 " frees, want %" PRIu64, how,
+              a->total_frees, nfrees + 70100);
+        CHECK(a->total_allocated_bytes == allocated, "%s: %" PRIu64 " bytes, want %" PRIu64,
+              how, a->total_allocated_bytes, allocated);
+        CHECK(a->peak_bytes == peak, "%s: peak %" PRIu64 ", want %" PRIu64, how,
+              a->peak_bytes, peak);
+        CHECK(a->end_bytes == end, "%s: end %" PRIu64 ", want %" PRIu64, how, a->end_bytes,
+              end);
+        const struct mt_group *g = group_of_stack(a, 5);
+        CHECK(g && g->end_count == 5 && g->end_bytes == 5 * 777,
+              "%s: the blocks after the ring restarted", how);
+        g = group_of_stack(a, 4);
+        CHECK(g && g->total_count == 1 && g->end_count == 1 && g->end_bytes == 12345,
+              "%s: the realloc", how);
+    }
+    CHECK(by_addr->ngroups == by_num->ngroups, "groups: %u by address, %u by number",
+          by_addr->ngroups, by_num->ngroups);
+    for (uint32_t i = 0; i < by_addr->ngroups && i < by_num->ngroups; i++)
+        CHECK(!memcmp(&by_addr->groups[i], &by_num->groups[i], sizeof by_addr->groups[i]),
+              "group %u differs: temp %" PRIu64 "/%" PRIu64 ", peak %" PRIu64 "/%" PRIu64
+              ", end %" PRIu64 "/%" PRIu64,
+              i, by_addr->groups[i].temp_count, by_num->groups[i].temp_count,
+              by_addr->groups[i].peak_bytes, by_num->groups[i].peak_bytes,
+              by_addr->groups[i].end_bytes, by_num->groups[i].end_bytes);
+    uint64_t temp = 0;
+    for (uint32_t i = 0; i < by_num->ngroups; i++)
+        temp += by_num->groups[i].temp_count;
+    CHECK(temp > 10000, "temporary blocks: %" PRIu64, temp);
+    mt_analysis_free(by_addr);
+    mt_analysis_free(by_num);
+    if (failures) {
+        fprintf(stderr, "test-replay: %d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("test-replay: ok\n");
+    return 0;
+}
