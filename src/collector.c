@@ -24,6 +24,8 @@ struct slot_state {
     int broken;          /* a record did not parse: skip this owner */
     uint32_t thread;     /* capture-wide thread index, 0 until known */
     uint64_t tail;
+    uint64_t head_seen;  /* the ring's head when last read: reading it costs
+                            a cache miss, the producer writes it per event */
     struct idmap codes, pynodes, nativenodes;
 };
 
@@ -441,7 +443,7 @@ static void slot_release(struct mt_collector *c, unsigned k)
     free(st->nativenodes.to);
     uint64_t tail = st->tail;
     memset(st, 0, sizeof *st);
-    st->tail = tail;
+    st->tail = st->head_seen = tail;
     c->listed[k] = c->listed[--c->nlisted];
     atomic_store_explicit(&c->shm->slots[i].state, MT_SLOT_FREE,
                           memory_order_release);
@@ -464,7 +466,10 @@ static long drain_pass(struct mt_collector *c, uint64_t *waiting, long budget)
         for (unsigned k = 0; k < c->nlisted; k++) {
             unsigned i = c->listed[k];
             struct mt_slot *s = &c->shm->slots[i];
-            uint64_t head = atomic_load_explicit(&s->head, memory_order_acquire);
+            struct slot_state *st = &c->slots[i];
+            if (st->tail == st->head_seen)
+                st->head_seen = atomic_load_explicit(&s->head, memory_order_acquire);
+            uint64_t head = st->head_seen;
             int rc;
             while ((rc = slot_step(c, i, head)) == 1) {
                 progress = 1;

@@ -102,19 +102,30 @@ static int amap_grow(struct mt_amap *m)
     return 0;
 }
 
-int mt_amap_put(struct mt_amap *m, uint64_t key, uint64_t value)
+uint64_t *mt_amap_upsert(struct mt_amap *m, uint64_t key, int *found)
 {
     if ((m->used + 1) * 2 > m->cap && amap_grow(m) < 0)
-        return -1;
+        return NULL;
     size_t j = amap_home(key, m->cap);
     for (; m->e[j].key; j = (j + 1) & (m->cap - 1))
         if (m->e[j].key == key) {
-            m->e[j].value = value;
-            return 0;
+            *found = 1;
+            return &m->e[j].value;
         }
     m->e[j].key = key;
-    m->e[j].value = value;
+    m->e[j].value = 0;
     m->used++;
+    *found = 0;
+    return &m->e[j].value;
+}
+
+int mt_amap_put(struct mt_amap *m, uint64_t key, uint64_t value)
+{
+    int found;
+    uint64_t *v = mt_amap_upsert(m, key, &found);
+    if (!v)
+        return -1;
+    *v = value;
     return 0;
 }
 

@@ -25,6 +25,10 @@ struct mt_amap {
 
 /* Inserts or replaces. @return 0, or -1 when out of memory. */
 int mt_amap_put(struct mt_amap *m, uint64_t key, uint64_t value);
+/* The value of key, inserted as 0 when absent (*found says which): one
+ * probe where a lookup then an insert would take two. The pointer is valid
+ * until the map next changes. @return NULL when out of memory. */
+uint64_t *mt_amap_upsert(struct mt_amap *m, uint64_t key, int *found);
 /* Looks key up; *value is set when found. @return 1 found, 0 not. */
 int mt_amap_get(const struct mt_amap *m, uint64_t key, uint64_t *value);
 /* Removes key; *value gets its value. @return 1 removed, 0 absent. */

@@ -172,10 +172,16 @@ static uint8_t *put_delta(uint8_t *p, uint64_t *base, uint64_t value)
     return p;
 }
 
-/* Numbers a new block; heap blocks are remembered for their free. */
-static int block_new(struct mt_writer *w, unsigned allocator, uint64_t addr)
+/* Numbers a new block; heap blocks are remembered for their free (in
+ * *slot when the caller holds the map's slot for addr already). */
+static int block_new(struct mt_writer *w, unsigned allocator, uint64_t addr,
+                     uint64_t *slot)
 {
     uint64_t number = ++w->nallocs;
+    if (slot) {
+        *slot = number;
+        return MT_OK;
+    }
     if (!mt_allocator_is_mapping(allocator) &&
         mt_amap_put(&w->live, addr, number) < 0) {
         w->failed = 1;
@@ -212,16 +218,30 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         return MT_E_CORRUPT;  /* not representable: the format's bounds */
     if (w->used + need > MT_BLOCK_MAX_RAW && mt_writer_flush(w) != MT_OK)
         return MT_E_IO;
-    uint64_t number;
+    uint64_t number, *slot = NULL;
+    int found = 0;
     if ((r->tag == MT_T_ALLOC || r->tag == MT_T_REALLOC) && r->u.ev.addr &&
         !mt_allocator_is_mapping(r->tag == MT_T_ALLOC ? r->u.ev.allocator : MT_A_REALLOC) &&
-        r->u.ev.addr != r->u.ev.old_addr &&
-        mt_amap_get(&w->live, r->u.ev.addr, &number)) {
+        r->u.ev.addr != r->u.ev.old_addr) {
+        /* An allocation takes its address's slot now (the hot path: one
+         * probe); a realloc ends its old block first, which may move
+         * slots, so it only looks. */
+        if (r->tag == MT_T_ALLOC) {
+            if (!(slot = mt_amap_upsert(&w->live, r->u.ev.addr, &found))) {
+                w->failed = 1;
+                return MT_E_NOMEM;
+            }
+        } else {
+            found = mt_amap_get(&w->live, r->u.ev.addr, &number);
+        }
+    }
+    if (found) {
         /* The address is handed out again but its free was never seen (an
          * untracked thread freed it): the capture ends the old block here,
          * so readers keying blocks by number or by address agree. */
         struct mt_record end = {.tag = MT_T_FREE, .thread = r->thread};
         end.u.ev.addr = r->u.ev.addr;
+        slot = NULL;  /* the free takes the slot */
         int rc = mt_writer_add(w, &end);
         if (rc != MT_OK)
             return rc;
@@ -236,7 +256,7 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
                                   r->u.ev.addr)) &&
         block_new(w, r->tag == MT_T_ALLOC ? r->u.ev.allocator & 0xfu  /* as decoded */
                      : r->tag == MT_T_REALLOC ? MT_A_REALLOC : MT_A_MMAP,
-                  r->u.ev.addr) != MT_OK)
+                  r->u.ev.addr, slot) != MT_OK)
         return MT_E_NOMEM;
     uint8_t *p = w->raw + w->used;
     if (is_event(r->tag) && r->thread != w->thread) {
