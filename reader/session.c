@@ -288,6 +288,8 @@ static int ended_waited(struct session *f, int *status)
     return 0;
 }
 
+#define SMALL_DRAIN 4096
+
 void session_collect(struct session *f, int *status, struct mt_exit *exit)
 {
     *status = 0;
@@ -320,8 +322,14 @@ void session_collect(struct session *f, int *status, struct mt_exit *exit)
         } else if (session_process_ended(f->caps[0].pid, exit)) {
             return;
         }
-        if (moved == 0) {
-            struct timespec ts = {0, 500 * 1000};
+        /* A drain that found little: the program writes slower than we
+         * read. Waiting lets events gather (a ring holds ~20,000), so each
+         * pass moves thousands instead of a handful: the fixed cost of a
+         * pass (listing rings, looking at the process) then stops costing
+         * a core, and the ring heads the threads write stop moving to our
+         * cache after every event. */
+        if (moved < SMALL_DRAIN) {
+            struct timespec ts = {0, moved == 0 ? 500 * 1000 : 200 * 1000};
             nanosleep(&ts, NULL);
         }
     }
