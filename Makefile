@@ -81,7 +81,7 @@ test: unit integration
 # Side by side with memray, heaptrack and tracemalloc (docs/performance.md):
 # writes bench/results/latest.md. BENCH_ARGS=--quick for a short run.
 BENCH_ARGS ?=
-bench: all
+bench: all test-deps
 	$(PYTHON) bench/run.py --python $(PYTHON) $(BENCH_ARGS)
 
 install: all
