@@ -467,7 +467,7 @@ def run_scale(e, args):
             else:
                 html = os.path.join(e.out, "fg-scale.html")
                 row["reports"][rep] = time_report(e, e.memtap, MEMTAP_REPORTS[rep](cap, html),
-                                                  "scale-%d-%s" % (events, rep))
+                                                  "scale-%d-%s" % (events, rep), 1)
             log("    memtap %-10s %s" % (rep, fmt_rep(row["reports"][rep])))
         rows.append(row)
     return rows
@@ -739,6 +739,16 @@ def markdown(e, args, info, s, reports, scale):
     return "\n".join(L)
 
 
+def phase(name, fn, *a):
+    try:
+        return fn(*a)
+    except Exception:
+        import traceback
+        log("bench: the %s phase failed; its section is left out:\n%s" % (
+            name, traceback.format_exc()))
+        return []
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="runs per tool and workload (median)")
@@ -772,8 +782,11 @@ def main():
     run_tracking(e, args, results)
     check_captures(e, results)
     s = summarize(results)
-    reports = [] if args.no_reports else run_reports(e, s, max(1, min(args.runs, 3)))
-    scale = run_scale(e, args) if args.scale else []
+    # A failure in a later phase must not throw away the tracking runs (minutes of work): it
+    # is logged and that phase's section stays empty.
+    reports = [] if args.no_reports else phase("reports", run_reports, e, s,
+                                               max(1, min(args.runs, 3)))
+    scale = phase("scale", run_scale, e, args) if args.scale else []
     md = markdown(e, args, info, s, reports, scale)
     print(md)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
