@@ -420,3 +420,57 @@ def test_reader_loads_nothing_named_in_capture(tmp_path, memtap):
     for cmd in ("summary", "tree", "flamegraph", "export-collapsed", "parse"):
         assert_result_or_error(report(cmd, f, tmp_path), f)
     assert not mark.exists(), "the reader ran the constructor of a library named in a capture"
+
+
+# ---- where reading stops, in a capture of many blocks --------------------------
+
+def _many_blocks(nblocks, per_block, bad=None):
+    """A capture of nblocks blocks of per_block 100-byte allocations each;
+    bad = (block index, record): that record is put in the middle of that
+    block. @return the bytes and each block's offset."""
+    raws = []
+    for k in range(nblocks):
+        recs = [alloc(0x10000 if k == 0 and i == 0 else 0x100, 100) for i in range(per_block)]
+        if bad and bad[0] == k:
+            recs.insert(per_block // 2, bad[1])
+        raws.append(b"".join(recs))
+    raws[-1] += trailer(events=nblocks * per_block)
+    data = header()
+    offsets = []
+    for raw in raws:
+        offsets.append(len(data))
+        data += block(raw)
+    return data, offsets
+
+
+def _stats_json(f, tmp_path):
+    import json
+    proc = report("stats-json", f, tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    return json.loads(proc.stdout)
+
+
+def test_stop_offset_many_blocks_bad_crc(tmp_path, memtap):
+    """Reading runs ahead of the replay on a second thread, in batches of
+    records that span blocks: a block whose CRC fails must still end the
+    report exactly at that block, with every allocation before it."""
+    data, offsets = _many_blocks(12, 9000)
+    for k in (1, 7, 11):
+        bad = bytearray(data)
+        bad[offsets[k] + 12] ^= 0xFF  # the block's CRC
+        stats = _stats_json(write(tmp_path, "crc%d.bin" % k, bytes(bad)), tmp_path)
+        assert stats["complete"] is False
+        assert stats["truncated_at"] == offsets[k], (k, stats["truncated_at"], offsets[k])
+        assert stats["total_allocations"] == k * 9000
+
+
+def test_stop_offset_many_blocks_record_refused(tmp_path, memtap):
+    """A record the replay refuses (an event of thread 10^9, more threads than
+    records so far) in the middle of block 6: the report ends at that block,
+    with the allocations before the record, none after."""
+    switch = b"\x10" + varint(10 ** 9)
+    data, offsets = _many_blocks(12, 9000, bad=(6, switch + alloc(0x100, 100)))
+    stats = _stats_json(write(tmp_path, "refused.bin", data), tmp_path)
+    assert stats["complete"] is False
+    assert stats["truncated_at"] == offsets[6], (stats["truncated_at"], offsets[6])
+    assert stats["total_allocations"] == 6 * 9000 + 4500
