@@ -218,23 +218,40 @@ static int node_table_grow(struct node_table *t)
 
 /* The id of node (parent, a, b, flags) in this thread's trie; a new id is
  * announced to the collector with a node record first. 0 on failure. */
+/* The node's entry in t (cap > 0), or the empty slot where it would go. */
+static struct node_entry *node_probe(struct node_table *t, uint32_t parent,
+                                     uint64_t a, uint32_t b, uint32_t flags)
+{
+    uint64_t j = mix(a ^ ((uint64_t)parent << 32) ^ b) & (t->cap - 1);
+    for (; t->e[j].id; j = (j + 1) & (t->cap - 1)) {
+        struct node_entry *e = &t->e[j];
+        if (e->a == a && e->parent == parent && e->b == b && e->flags == flags)
+            break;
+    }
+    return &t->e[j];
+}
+
+/* The node's id, or 0 when this thread has not announced it. */
+static uint32_t node_find(struct node_table *t, uint32_t parent, uint64_t a,
+                          uint32_t b, uint32_t flags)
+{
+    return t->cap ? node_probe(t, parent, a, b, flags)->id : 0;
+}
+
 static uint32_t node_intern(struct mt_thread *th, struct node_table *t,
                             uint16_t type, uint32_t parent, uint64_t a,
                             uint32_t b, uint32_t flags)
 {
     if (t->used * 2 >= t->cap && node_table_grow(t) < 0)
         return 0;
-    uint64_t j = mix(a ^ ((uint64_t)parent << 32) ^ b) & (t->cap - 1);
-    for (; t->e[j].id; j = (j + 1) & (t->cap - 1)) {
-        struct node_entry *e = &t->e[j];
-        if (e->a == a && e->parent == parent && e->b == b && e->flags == flags)
-            return e->id;
-    }
+    struct node_entry *e = node_probe(t, parent, a, b, flags);
+    if (e->id)
+        return e->id;
     struct mt_rnode *r = ring_reserve(th, sizeof *r);
     if (!r)
         return 0;
     uint32_t id = ++t->next_id;
-    t->e[j] = (struct node_entry){a, parent, b, flags, id};
+    *e = (struct node_entry){a, parent, b, flags, id};
     t->used++;
     *r = (struct mt_rnode){{type, 0, sizeof *r}, id, parent, a, b, flags};
     ring_commit(th, sizeof *r);
@@ -389,14 +406,20 @@ static uint32_t native_stack(struct mt_thread *t)
     uint32_t k = 0, lim = n < t->nnative ? n : t->nnative;
     while (k < lim && t->native[k].a == ips[n - 1 - k])
         k++;
-    /* A return address not seen before may lie in a newly loaded object:
-     * only then ask the loader (its lock) whether objects changed. */
-    if (k < n && mt_native_objects_changed())
-        mt_native_objects_each(object_announce, t);
+    int checked = 0;
     for (uint32_t i = k; i < n; i++) {
-        uint32_t node = node_intern(t, &t->nativenodes, MT_R_NATIVENODE,
-                                    i ? t->native[i - 1].node : 0,
-                                    ips[n - 1 - i], 0, 0);
+        uint32_t parent = i ? t->native[i - 1].node : 0;
+        uint32_t node = checked ? 0 : node_find(&t->nativenodes, parent, ips[n - 1 - i], 0, 0);
+        if (!node) {
+            /* A frame this thread never announced may lie in a newly
+             * loaded object: only then ask the loader (its lock, which
+             * all threads share) whether objects changed, once. */
+            if (!checked && mt_native_objects_changed())
+                mt_native_objects_each(object_announce, t);
+            checked = 1;
+            node = node_intern(t, &t->nativenodes, MT_R_NATIVENODE, parent,
+                               ips[n - 1 - i], 0, 0);
+        }
         if (!node) {
             t->nnative = i;
             return i ? t->native[i - 1].node : 0;
