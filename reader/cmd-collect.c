@@ -7,7 +7,9 @@
  * complete, 1 when it could not be created or written. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../src/transport.h"
 #include "commands.h"
 #include "session.h"
 #include "util.h"
@@ -107,7 +110,16 @@ int cmd_collect(int argc, char **argv)
     int status;
     struct mt_exit exit;
     session_collect(&s, &status, &exit);
-    close(shm_fd);
     session_finish(&s, &exit);
+    /* The program keeps its mapping of the transport (a thread still inside
+     * a hook may write to it); its rings' pages need not stay: a Tracker
+     * per test would otherwise keep ~1 MiB of shared memory per test. A
+     * late write just faults in a fresh page nobody reads. */
+    if (fallocate(shm_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)MT_SHM_RINGS_OFFSET,
+                  (off_t)(MT_SHM_BYTES - MT_SHM_RINGS_OFFSET)) != 0 && errno != EOPNOTSUPP)
+        fprintf(stderr, "memtap: cannot release the transport's memory: %s\n",
+                strerror(errno));
+    close(shm_fd);
     return 0;
 }
