@@ -446,6 +446,20 @@ static int cu_range_cmp(const void *a, const void *b)
     return x->lo < y->lo ? -1 : x->lo > y->lo;
 }
 
+/* In r[0..n), sorted by lo: the index of the first range starting after pc. */
+static size_t ranges_after(const struct cu_range *r, size_t n, Dwarf_Addr pc)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (r[mid].lo <= pc)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* clang emits no .debug_aranges by default, and libdw before 0.191 then
  * finds no CU for any address (dwfl_module_addrdie returns NULL).  Build the
  * table from the CUs' own DW_AT_ranges/low_pc instead. */
@@ -489,7 +503,6 @@ static Dwarf_Die *object_cu(struct object *o, uint64_t pc, Dwarf_Die *buf,
 {
     Dwarf_Die *cu = dwfl_module_addrdie(o->mod, pc, bias);
     Dwarf *dw;
-    size_t lo = 0, hi;
 
     if (cu)
         return cu;
@@ -499,14 +512,7 @@ static Dwarf_Die *object_cu(struct object *o, uint64_t pc, Dwarf_Die *buf,
     if (!dw)
         return NULL;
     /* Ranges may nest or overlap (rare): scan back from the last start <= pc. */
-    hi = o->ncus;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (o->cus[mid].lo <= pc - *bias)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    size_t lo = ranges_after(o->cus, o->ncus, pc - *bias);
     while (lo-- > 0)
         if (pc - *bias < o->cus[lo].hi)
             return dwarf_offdie(dw, o->cus[lo].die, buf);
@@ -738,20 +744,12 @@ static void cu_scopes(struct object *o, Dwarf_Die *cudie, Dwarf_Addr pc,
     struct cu_funcs *cf = cu_funcs(o, cudie);
     const struct cu_range *best = NULL;
     Dwarf_Die fn;
-    size_t lo = 0, hi;
 
     if (!cf) {
         walk_scopes(cudie, pc, out, 0);
         return;
     }
-    hi = cf->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (cf->f[mid].lo <= pc)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    size_t lo = ranges_after(cf->f, cf->n, pc);
     while (lo-- > 0 && cf->maxhi[lo] > pc)
         if (pc < cf->f[lo].hi && (!best || cf->f[lo].die < best->die))
             best = &cf->f[lo];
