@@ -319,7 +319,7 @@ static void window_room(struct mt_replay *s, uint64_t n)
     }
 }
 
-/* The slot for number n, marked live; the caller fills it. */
+/* The slot for number n, in the ring; the caller fills it and marks it live. */
 static struct block *window_slot(struct mt_replay *s, uint64_t n)
 {
     struct window *w = &s->win;
