@@ -23,8 +23,10 @@ static double seconds(void)
  * work, so a report reads a capture in about half the time on two cores.
  * A batch owns copies of what its records point to, and knows each one's
  * block (a replay error names it). Batches are big: with small ones the
- * threads sleep and wake so often that both run slower (measured: 2048
- * records per batch doubled the time of 32768). */
+ * reading thread keeps writing into cache lines the replaying core has
+ * just read, and both slow down (measured: 2,048 records per batch took
+ * twice as long as 32,768; spinning instead of sleeping between batches
+ * did not help). */
 #define BATCH_RECORDS 32768
 #define BATCHES 3                /* in flight: bounds the memory */
 #define CHUNK (64u * 1024)
