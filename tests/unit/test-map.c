@@ -12,28 +12,8 @@
 
 #include "../../src/map.h"
 
-static int failures;
-
-#define CHECK(cond, ...) \
-    do { \
-        if (!(cond)) { \
-            if (++failures <= 40) { \
-                fprintf(stderr, "%s:%d: ", __FILE__, __LINE__); \
-                fprintf(stderr, __VA_ARGS__); \
-                fputc('\n', stderr); \
-            } \
-        } \
-    } while (0)
-
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-
-static uint64_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+#define CHECK_SEED 0x2545f4914f6cdd1dull
+#include "check.h"
 
 /* The reference: an unsorted array, searched linearly. */
 struct ref { uint64_t *key, *value; size_t n, cap; };

@@ -25,27 +25,8 @@
 #include "../../src/capture.h"
 #include "../../src/replay.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            failures++;                                                     \
-            fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                 \
-            fprintf(stderr, __VA_ARGS__);                                   \
-            fputc('\n', stderr);                                            \
-        }                                                                   \
-    } while (0)
-
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+#define CHECK_SEED 0x9e3779b97f4a7c15ull
+#include "check.h"
 
 /* The model: live heap blocks by address, and the heap's high-water mark. */
 #define MAXLIVE 400000
