@@ -36,45 +36,25 @@ struct mt_reader {
 
 struct cursor { const uint8_t *p, *end; int bad; };
 
-static uint64_t get_varint_checked(struct cursor *c)
-{
-    uint64_t v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (c->p >= c->end) {
-            c->bad = 1;
-            return 0;
-        }
-        uint8_t b = *c->p++;
-        v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80))
-            return v;
-    }
-    c->bad = 1;
-    return 0;
-}
-
-/* Most varints are one or two bytes, and a block has at least 10 bytes
- * left but for its last record: only then is each byte bounds-checked. */
+/* Most varints are one byte; the others are read up to a bound worked out
+ * once (10 bytes, or the block's end), not checked per byte. */
 static inline uint64_t get_varint(struct cursor *c)
 {
     const uint8_t *p = c->p;
-    if (c->end - p < 10)
-        return get_varint_checked(c);
-    uint64_t v = p[0];
-    if (v < 0x80) {
+    if (p < c->end && *p < 0x80) {
         c->p = p + 1;
-        return v;
+        return *p;
     }
-    v &= 0x7f;
-    for (int i = 1, shift = 7; i < 10; i++, shift += 7) {
-        uint8_t b = p[i];
-        v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
+    size_t left = (size_t)(c->end - p), n = left < 10 ? left : 10;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        v |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+        if (!(p[i] & 0x80)) {
             c->p = p + i + 1;
             return v;
         }
     }
-    c->p = p + 10;
+    c->p = p + n;  /* cut at the block's end, or longer than 64 bits */
     c->bad = 1;
     return 0;
 }
