@@ -44,7 +44,7 @@ struct object {
     size_t nsyms;
     int syms_built;
     struct cu_funcs *funcs; /* the CUs looked into so far */
-    size_t nfuncs;
+    size_t nfuncs, funcs_cap;
     int dead;            /* replaced by a later overlapping object */
 };
 
@@ -719,10 +719,10 @@ static struct cu_funcs *cu_funcs(struct object *o, Dwarf_Die *cudie)
         if (o->funcs[i].cu == off)
             return &o->funcs[i];
     struct cu_funcs cf = {off, NULL, NULL, 0};
-    size_t cap = 0, ocap = o->nfuncs;
+    size_t cap = 0;
     if (collect_funcs(cudie, &cf, &cap, 0) < 0 ||
         !(cf.maxhi = malloc((cf.n ? cf.n : 1) * sizeof(*cf.maxhi))) ||
-        grow((void **)&o->funcs, &ocap, o->nfuncs + 1, sizeof(*o->funcs))) {
+        grow((void **)&o->funcs, &o->funcs_cap, o->nfuncs + 1, sizeof(*o->funcs))) {
         free(cf.f);
         free(cf.maxhi);
         return NULL;
