@@ -11,10 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Frame flag: this frame started a new C-level evaluation (3.11 is_entry,
- * 3.12+ the frame below it is a C-stack shim frame; always set before 3.11).
- * The reader uses it to merge Python frames into native stacks. */
-#define MT_PYF_ENTRY 0x1u
+#include "../src/format.h"  /* MT_PYF_ENTRY: 3.11 is_entry; 3.12+ the frame
+                               below is a C-stack shim frame; always set
+                               before 3.11 */
 
 struct mt_pyframe {
     const void *code;  /* the code object's address */

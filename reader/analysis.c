@@ -347,7 +347,7 @@ int mt_analysis_py_frames(const struct mt_analysis *a, uint32_t py_stack,
         struct mt_frame *f = &out[n++];
         memset(f, 0, sizeof *f);
         f->is_python = 1;
-        f->is_entry = (node->flags & 1) != 0;
+        f->is_entry = (node->flags & MT_PYF_ENTRY) != 0;
         if (!c) {
             f->function = "<unknown>";
             f->file = "";

@@ -44,7 +44,9 @@ static inline uint32_t mt_get_u32le(const uint8_t *p)
  * order) or equal to it (churn), not near the last allocation. */
 struct mt_deltas {
     uint64_t alloc_addr, free_addr, free_index, py, native;
-    uint64_t pynode, nativenode, ip;   /* node ids (always +1) and return addresses */
+    uint64_t ip;                        /* return addresses */
+    uint64_t sample_time, sample_rss, sample_heap;
+    uint64_t pynode, nativenode;        /* version 1 only: node ids */
 };
 
 /* A free names its block by allocation number (the n-th allocation of the

@@ -50,6 +50,10 @@ static inline int mt_allocator_is_mapping(unsigned a)
  * "unknown" for values this version does not know. Static. */
 const char *mt_allocator_name(unsigned a);
 
+/* PYNODE flag: the frame started a new C-level evaluation (merging Python
+ * and native stacks splits there). The only flag the format stores. */
+#define MT_PYF_ENTRY 0x1u
+
 /* Record tags in the decompressed stream (docs/format.md §Records). */
 enum mt_tag {
     MT_T_ALLOC = 0x01,

@@ -76,6 +76,13 @@ uint32_t mt_imap_intern(struct mt_imap *m, const uint64_t k[3], int *is_new)
     return m->e[j].id;
 }
 
+void mt_imap_clear(struct mt_imap *m)
+{
+    if (m->used)
+        memset(m->e, 0, m->cap * sizeof *m->e);
+    m->used = 0;
+}
+
 void mt_imap_release(struct mt_imap *m)
 {
     free(m->e);

@@ -15,6 +15,8 @@ struct mt_imap {
 /* The id of key k; *is_new tells whether it was just assigned (the next
  * id is used + 1). @return the id, or 0 when out of memory. */
 uint32_t mt_imap_intern(struct mt_imap *m, const uint64_t k[3], int *is_new);
+/* Forgets every key (ids restart at 1) but keeps the memory. */
+void mt_imap_clear(struct mt_imap *m);
 void mt_imap_release(struct mt_imap *m);
 
 /* Address map: a 64-bit key (never 0) -> a 64-bit value, with deletion. */

@@ -29,6 +29,10 @@ struct mt_reader {
     uint64_t nallocs;        /* allocations decoded: the last one's number */
     int numbers_only;        /* no address map: see mt_reader_numbers_only */
     struct mt_amap live;     /* heap allocation number -> its address */
+    int v1;                  /* a version-1 capture (docs/format.md) */
+    uint32_t node_id[2];     /* the last PYNODE and NATIVENODE ids (version 2) */
+    struct file { const uint8_t *s; uint32_t n; } *files;  /* this block's, in raw */
+    uint32_t nfiles, files_cap;
     char strings[4][4096 + 1];  /* NUL-terminated copies for the record */
     uint64_t seg[64];
     struct mt_totals totals;
@@ -73,19 +77,52 @@ static const uint8_t *get_bytes(struct cursor *c, uint32_t *len)
     return s;
 }
 
-/* A NUL-terminated copy in one of the record's string slots; long strings
- * are cut (names and paths, never data). */
-static const char *get_str(struct mt_reader *r, struct cursor *c, int slot)
+/* A NUL-terminated copy of n bytes at s in one of the record's string
+ * slots; long strings are cut (names and paths, never data). */
+static const char *keep_str(struct mt_reader *r, const uint8_t *s, uint32_t n, int slot)
 {
-    uint32_t n;
-    const uint8_t *s = get_bytes(c, &n);
-    if (!s)
-        return "";
     if (n > 4096)
         n = 4096;
     memcpy(r->strings[slot], s, n);
     r->strings[slot][n] = 0;
     return r->strings[slot];
+}
+
+static const char *get_str(struct mt_reader *r, struct cursor *c, int slot)
+{
+    uint32_t n;
+    const uint8_t *s = get_bytes(c, &n);
+    return s ? keep_str(r, s, n, slot) : "";
+}
+
+/* CODE's file name (version 2): spelled out and added to the block's
+ * list, or an index into that list. */
+static const char *get_file(struct mt_reader *r, struct cursor *c, int slot)
+{
+    uint64_t k = get_varint(c);
+    if (k) {
+        if (k > r->nfiles) {
+            c->bad = 1;
+            return "";
+        }
+        return keep_str(r, r->files[k - 1].s, r->files[k - 1].n, slot);
+    }
+    uint32_t n;
+    const uint8_t *s = get_bytes(c, &n);
+    if (!s)
+        return "";
+    if (r->nfiles == r->files_cap) {
+        uint32_t cap = r->files_cap ? r->files_cap * 2 : 64;
+        struct file *f = realloc(r->files, cap * sizeof *f);
+        if (!f) {
+            c->bad = 1;  /* reported as corrupt: NOMEM has no path out of decode */
+            return "";
+        }
+        r->files = f;
+        r->files_cap = cap;
+    }
+    r->files[r->nfiles++] = (struct file){s, n};
+    return keep_str(r, s, n, slot);
 }
 
 static int read_exact(struct mt_reader *r, void *buf, size_t n)
@@ -136,6 +173,7 @@ static int read_header(struct mt_reader *r, uint32_t *found_version)
         struct cursor c = {buf + 16, buf + 16 + len, 0};
         uint32_t n1;
         r->header.format_version = version;
+        r->v1 = version == 1;
         r->header.flags = (uint32_t)get_varint(&c);
         r->header.pid = (int32_t)get_varint(&c);
         r->header.start_time_us = get_varint(&c);
@@ -210,6 +248,7 @@ static int next_block(struct mt_reader *r)
     r->p = r->raw;
     r->end = r->raw + n;
     memset(&r->d, 0, sizeof r->d);
+    r->nfiles = 0;
     r->thread = 0;
     return 1;
 }
@@ -249,6 +288,50 @@ static uint64_t block_end(struct mt_reader *r, struct cursor *c, uint64_t ref,
     if (!mt_amap_take(&r->live, r->d.free_index, &addr))
         c->bad = 1;  /* the writer only refers to blocks it numbered */
     return addr;
+}
+
+static void decode_group_v1(struct cursor *c, struct mt_record *rec)
+{
+    rec->u.group.py_stack = (uint32_t)get_varint(c);
+    rec->u.group.native_stack = (uint32_t)get_varint(c);
+    rec->u.group.thread = (uint32_t)get_varint(c);
+    rec->u.group.allocators = (uint32_t)get_varint(c);
+    rec->u.group.total_bytes = get_varint(c);
+    rec->u.group.total_count = get_varint(c);
+    rec->u.group.peak_bytes = get_varint(c);
+    rec->u.group.peak_count = get_varint(c);
+    rec->u.group.end_bytes = get_varint(c);
+    rec->u.group.end_count = get_varint(c);
+}
+
+/* Version 2: the shape's low 2 bits say which counts equal which. */
+static void decode_group(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
+{
+    rec->u.group.py_stack = (uint32_t)get_delta(c, &r->d.py);
+    rec->u.group.native_stack = (uint32_t)get_delta(c, &r->d.native);
+    rec->u.group.thread = (uint32_t)get_varint(c);
+    uint64_t shape = get_varint(c);
+    rec->u.group.allocators = (uint32_t)(shape >> 2);
+    uint64_t tb = get_varint(c), tc = get_varint(c);
+    rec->u.group.total_bytes = tb;
+    rec->u.group.total_count = tc;
+    switch (shape & 3) {
+    case 0:
+        rec->u.group.peak_bytes = rec->u.group.end_bytes = tb;
+        rec->u.group.peak_count = rec->u.group.end_count = tc;
+        break;
+    case 1:
+        break;  /* all zero, as decode() left them */
+    case 2:
+        rec->u.group.peak_bytes = rec->u.group.end_bytes = get_varint(c);
+        rec->u.group.peak_count = rec->u.group.end_count = get_varint(c);
+        break;
+    default:
+        rec->u.group.peak_bytes = get_varint(c);
+        rec->u.group.peak_count = get_varint(c);
+        rec->u.group.end_bytes = get_varint(c);
+        rec->u.group.end_count = get_varint(c);
+    }
 }
 
 static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
@@ -318,21 +401,34 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         rec->u.code.firstlineno = (int32_t)mt_unzigzag(get_varint(c));
         rec->u.code.name = get_str(r, c, 0);
         rec->u.code.qualname = get_str(r, c, 1);
-        rec->u.code.filename = get_str(r, c, 2);
+        rec->u.code.filename = r->v1 ? get_str(r, c, 2) : get_file(r, c, 2);
         break;
     case MT_T_PYNODE:
-    case MT_T_NATIVENODE:
-        rec->u.node.id = (uint32_t)get_delta(
-            c, rec->tag == MT_T_PYNODE ? &r->d.pynode : &r->d.nativenode);
+    case MT_T_NATIVENODE: {
+        int native = rec->tag == MT_T_NATIVENODE;
+        if (r->v1) {
+            rec->u.node.id = (uint32_t)get_delta(c, native ? &r->d.nativenode : &r->d.pynode);
+        } else {
+            if (r->node_id[native] == UINT32_MAX)
+                c->bad = 1;
+            rec->u.node.id = ++r->node_id[native];
+        }
         rec->u.node.parent =
             (uint32_t)((uint64_t)rec->u.node.id - (uint64_t)mt_unzigzag(get_varint(c)));
-        rec->u.node.a = rec->tag == MT_T_NATIVENODE ? get_delta(c, &r->d.ip)
-                                                    : get_varint(c);
-        if (rec->tag == MT_T_PYNODE) {
+        if (native) {
+            rec->u.node.a = get_delta(c, &r->d.ip);
+        } else if (r->v1) {
+            rec->u.node.a = get_varint(c);
             rec->u.node.b = (uint32_t)get_varint(c);
             rec->u.node.flags = (uint32_t)get_varint(c);
+        } else {
+            rec->u.node.a = get_varint(c);
+            uint64_t line = get_varint(c);
+            rec->u.node.b = (uint32_t)(line >> 1);
+            rec->u.node.flags = (uint32_t)(line & MT_PYF_ENTRY);
         }
         break;
+    }
     case MT_T_OBJECT:
         rec->u.object.path = get_str(r, c, 0);
         rec->u.object.base = get_varint(c);
@@ -348,21 +444,21 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         rec->u.object.unload = (uint32_t)get_varint(c);
         break;
     case MT_T_SAMPLE:
-        rec->u.sample.time_us = get_varint(c);
-        rec->u.sample.rss_bytes = get_varint(c);
-        rec->u.sample.heap_bytes = get_varint(c);
+        if (r->v1) {
+            rec->u.sample.time_us = get_varint(c);
+            rec->u.sample.rss_bytes = get_varint(c);
+            rec->u.sample.heap_bytes = get_varint(c);
+        } else {
+            rec->u.sample.time_us = get_delta(c, &r->d.sample_time);
+            rec->u.sample.rss_bytes = get_delta(c, &r->d.sample_rss);
+            rec->u.sample.heap_bytes = get_delta(c, &r->d.sample_heap);
+        }
         break;
     case MT_T_GROUP:
-        rec->u.group.py_stack = (uint32_t)get_varint(c);
-        rec->u.group.native_stack = (uint32_t)get_varint(c);
-        rec->u.group.thread = (uint32_t)get_varint(c);
-        rec->u.group.allocators = (uint32_t)get_varint(c);
-        rec->u.group.total_bytes = get_varint(c);
-        rec->u.group.total_count = get_varint(c);
-        rec->u.group.peak_bytes = get_varint(c);
-        rec->u.group.peak_count = get_varint(c);
-        rec->u.group.end_bytes = get_varint(c);
-        rec->u.group.end_count = get_varint(c);
+        if (r->v1)
+            decode_group_v1(c, rec);
+        else
+            decode_group(r, c, rec);
         break;
     case MT_T_TOTALS: {
         struct mt_totals *t = &r->totals;
@@ -476,5 +572,6 @@ void mt_reader_close(struct mt_reader *r)
     free(r->comp);
     free(r->command);
     mt_amap_release(&r->live);
+    free(r->files);
     free(r);
 }

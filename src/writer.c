@@ -25,6 +25,8 @@ struct mt_writer {
     uint32_t thread;     /* thread of the last event in this block */
     uint64_t nallocs;    /* allocations written: the last one's number */
     struct mt_amap live; /* heap address -> its allocation number */
+    struct mt_imap files; /* this block's file names -> their CODE file index */
+    uint32_t node_id[2]; /* the last PYNODE and NATIVENODE ids written */
     int fast;            /* LZ4 fast mode instead of HC */
 };
 
@@ -142,6 +144,7 @@ int mt_writer_flush(struct mt_writer *w)
     mt_put_u32le(w->comp + 12, mt_crc32(0, w->comp + MT_BLOCK_HEADER, (size_t)n));
     w->used = 0;
     memset(&w->d, 0, sizeof w->d);
+    mt_imap_clear(&w->files);
     w->thread = 0;
     return write_all(w, w->comp, MT_BLOCK_HEADER + (size_t)n);
 }
@@ -201,6 +204,33 @@ static uint64_t block_ref(struct mt_writer *w, uint64_t addr)
     return ref;
 }
 
+/* CODE's file field: the index of a file name this block already spelled
+ * out, or 0 (the name follows, and takes the next index). */
+static int file_ref(struct mt_writer *w, const char *filename, uint32_t *ref)
+{
+    size_t n = str_len(filename);
+    uint64_t key[3] = {mt_hash_bytes(filename, n, 1), mt_hash_bytes(filename, n, 2), n};
+    int is_new;
+    uint32_t id = mt_imap_intern(&w->files, key, &is_new);
+    if (!id)
+        return MT_E_NOMEM;
+    *ref = is_new ? 0 : id;
+    return MT_OK;
+}
+
+/* GROUP's shape: which of peak and end the record has to spell out. */
+static unsigned group_shape(const struct mt_record *r)
+{
+    uint64_t tb = r->u.group.total_bytes, tc = r->u.group.total_count;
+    uint64_t pb = r->u.group.peak_bytes, pc = r->u.group.peak_count;
+    uint64_t eb = r->u.group.end_bytes, ec = r->u.group.end_count;
+    if (pb == tb && pc == tc && eb == tb && ec == tc)
+        return 0;
+    if (!pb && !pc && !eb && !ec)
+        return 1;
+    return eb == pb && ec == pc ? 2 : 3;
+}
+
 static int is_event(enum mt_tag t)
 {
     return t == MT_T_ALLOC || t == MT_T_FREE || t == MT_T_REALLOC ||
@@ -214,8 +244,12 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
     size_t need = FIXED_MAX + var_size(r);
     if (need > MT_BLOCK_MAX_RAW ||
         (r->tag == MT_T_ALLOC && r->u.ev.allocator > 0xf) ||
-        (r->tag == MT_T_OBJECT && r->u.object.nseg > 32))
+        (r->tag == MT_T_OBJECT && r->u.object.nseg > 32) ||
+        (r->tag == MT_T_PYNODE && (r->u.node.flags & ~MT_PYF_ENTRY)))
         return MT_E_CORRUPT;  /* not representable: the format's bounds */
+    if ((r->tag == MT_T_PYNODE || r->tag == MT_T_NATIVENODE) &&
+        r->u.node.id != w->node_id[r->tag == MT_T_NATIVENODE] + 1)
+        return MT_E_CORRUPT;  /* ids are implicit: each must be the next */
     if (w->used + need > MT_BLOCK_MAX_RAW && mt_writer_flush(w) != MT_OK)
         return MT_E_IO;
     uint64_t number, *slot = NULL;
@@ -307,27 +341,35 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         p = mt_put_varint(p, r->u.thread.tid);
         p = put_str(p, r->u.thread.name);
         break;
-    case MT_T_CODE:
+    case MT_T_CODE: {
+        const char *name = r->u.code.name ? r->u.code.name : "";
+        const char *qual = r->u.code.qualname ? r->u.code.qualname : "";
+        uint32_t file;
+        if (file_ref(w, r->u.code.filename, &file) != MT_OK) {
+            w->failed = 1;
+            return MT_E_NOMEM;
+        }
         p = mt_put_varint(p, r->u.code.id);
         p = mt_put_varint(p, mt_zigzag(r->u.code.firstlineno));
-        p = put_str(p, r->u.code.name);
-        p = put_str(p, r->u.code.qualname);
-        p = put_str(p, r->u.code.filename);
+        p = put_str(p, name);
+        p = put_str(p, strcmp(qual, name) ? qual : "");
+        p = mt_put_varint(p, file);
+        if (!file)
+            p = put_str(p, r->u.code.filename);
         break;
+    }
     case MT_T_PYNODE:
     case MT_T_NATIVENODE:
-        /* Ids come in order and parents are near: both as differences. */
-        p = put_delta(p, r->tag == MT_T_PYNODE ? &w->d.pynode : &w->d.nativenode,
-                      r->u.node.id);
+        /* Parents are near: a difference. */
+        w->node_id[r->tag == MT_T_NATIVENODE] = r->u.node.id;
         p = mt_put_varint(p, mt_zigzag((int64_t)((uint64_t)r->u.node.id -
                                                   (uint64_t)r->u.node.parent)));
-        if (r->tag == MT_T_NATIVENODE)
+        if (r->tag == MT_T_NATIVENODE) {
             p = put_delta(p, &w->d.ip, r->u.node.a);
-        else
+        } else {
             p = mt_put_varint(p, r->u.node.a);
-        if (r->tag == MT_T_PYNODE) {
-            p = mt_put_varint(p, r->u.node.b);
-            p = mt_put_varint(p, r->u.node.flags);
+            p = mt_put_varint(p, (uint64_t)r->u.node.b << 1 |
+                                     (r->u.node.flags & MT_PYF_ENTRY));
         }
         break;
     case MT_T_OBJECT:
@@ -340,22 +382,28 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         p = mt_put_varint(p, r->u.object.unload);
         break;
     case MT_T_SAMPLE:
-        p = mt_put_varint(p, r->u.sample.time_us);
-        p = mt_put_varint(p, r->u.sample.rss_bytes);
-        p = mt_put_varint(p, r->u.sample.heap_bytes);
+        p = put_delta(p, &w->d.sample_time, r->u.sample.time_us);
+        p = put_delta(p, &w->d.sample_rss, r->u.sample.rss_bytes);
+        p = put_delta(p, &w->d.sample_heap, r->u.sample.heap_bytes);
         break;
-    case MT_T_GROUP:
-        p = mt_put_varint(p, r->u.group.py_stack);
-        p = mt_put_varint(p, r->u.group.native_stack);
+    case MT_T_GROUP: {
+        unsigned shape = group_shape(r);
+        p = put_delta(p, &w->d.py, r->u.group.py_stack);
+        p = put_delta(p, &w->d.native, r->u.group.native_stack);
         p = mt_put_varint(p, r->u.group.thread);
-        p = mt_put_varint(p, r->u.group.allocators);
+        p = mt_put_varint(p, (uint64_t)r->u.group.allocators << 2 | shape);
         p = mt_put_varint(p, r->u.group.total_bytes);
         p = mt_put_varint(p, r->u.group.total_count);
-        p = mt_put_varint(p, r->u.group.peak_bytes);
-        p = mt_put_varint(p, r->u.group.peak_count);
-        p = mt_put_varint(p, r->u.group.end_bytes);
-        p = mt_put_varint(p, r->u.group.end_count);
+        if (shape >= 2) {
+            p = mt_put_varint(p, r->u.group.peak_bytes);
+            p = mt_put_varint(p, r->u.group.peak_count);
+        }
+        if (shape == 3) {
+            p = mt_put_varint(p, r->u.group.end_bytes);
+            p = mt_put_varint(p, r->u.group.end_count);
+        }
         break;
+    }
     case MT_T_TOTALS: {
         const struct mt_totals *t = r->u.totals;
         p = mt_put_varint(p, t->allocations);
@@ -420,6 +468,7 @@ int mt_writer_close(struct mt_writer *w, const struct mt_trailer *trailer)
     free(w->raw);
     free(w->comp);
     mt_amap_release(&w->live);
+    mt_imap_release(&w->files);
     free(w);
     return rc;
 }

@@ -1,5 +1,5 @@
-"""The program behind tests/data/format-v1.bin, the golden capture of format
-version 1 (tests/integration/test_golden.py). It makes a few allocations
+"""The program behind the golden captures of each format version,
+tests/data/format-v*.bin (tests/integration/test_golden.py). It makes a few allocations
 whose sizes are known, in two threads, keeps one block to the end (a leak)
 and maps, remaps and unmaps anonymous memory. Re-recording it makes a different
 file (addresses, times): never replace a golden capture, add one for a new

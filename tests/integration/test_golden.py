@@ -4,9 +4,12 @@ by every later memtap forever (style.md rule 7; docs/format.md).
 tests/data/format-v1.bin            memtap run --python /usr/bin/python3
                                     tests/data/golden.py (Debian 3.11.2)
 tests/data/format-v1-aggregate.bin  the same with --aggregate
+tests/data/format-v2.bin            the same program, format version 2
+tests/data/format-v2-aggregate.bin  ... with --aggregate
+tests/data/format-v2-native.bin     ... with --native
 
 Their numbers never change: a reader that reports anything else for them has
-broken compatibility with format version 1 (or changed what a report
+broken compatibility with that format version (or changed what a report
 means, which then needs a reason in the commit). Never re-record these
 files; a new format version gets new ones next to them.
 """
@@ -23,6 +26,9 @@ from conftest import MEMTAP, TIMEOUT, memtap_stats
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN = DATA / "format-v1.bin"
 AGGREGATE = DATA / "format-v1-aggregate.bin"
+GOLDEN2 = DATA / "format-v2.bin"
+AGGREGATE2 = DATA / "format-v2-aggregate.bin"
+NATIVE2 = DATA / "format-v2-native.bin"
 SCRIPT = "/work/main/tests/data/golden.py"  # the path it was recorded from
 
 COMMON = {
@@ -46,6 +52,24 @@ COMMON = {
     },
 }
 
+# Version 2 was recorded later, from a collector that names Python threads
+# and writes realloc as ALLOC of allocator realloc plus its FREE.
+COMMON2 = dict(
+    COMMON, format_version=2, total_allocations=1642, total_frees=1604,
+    total_allocated_bytes=8709958, peak_memory_bytes=5510490,
+    allocators={
+        "malloc": {"count": 1340, "bytes": 2392232},
+        "calloc": {"count": 100, "bytes": 459813},
+        "realloc": {"count": 196, "bytes": 582265},
+        "mmap": {"count": 6, "bytes": 5275648},
+    })
+
+
+def threads2(pid):
+    return [{"id": pid, "index": 1, "name": "python3"},
+            {"id": pid + 1, "index": 2, "name": "worker"}]
+
+
 EXPECTED = {
     GOLDEN: dict(COMMON, pid=4747, duration_ms=72, peak_rss_bytes=9646080,
                  threads=[{"id": 4747, "index": 1, "name": "python3"},
@@ -53,6 +77,12 @@ EXPECTED = {
     AGGREGATE: dict(COMMON, pid=4751, duration_ms=23, peak_rss_bytes=8822784,
                     threads=[{"id": 4751, "index": 1, "name": "python3"},
                              {"id": 4753, "index": 2, "name": "python3"}]),
+    GOLDEN2: dict(COMMON2, pid=874, duration_ms=17, peak_rss_bytes=9003008,
+                  end_memory_bytes=3270345, threads=threads2(874)),
+    AGGREGATE2: dict(COMMON2, pid=877, duration_ms=17, peak_rss_bytes=8867840,
+                     end_memory_bytes=3270705, threads=threads2(877)),
+    NATIVE2: dict(COMMON2, pid=880, duration_ms=18, peak_rss_bytes=9834496, native=True,
+                  end_memory_bytes=3270345, threads=threads2(880)),
 }
 
 # The lines of golden.py, as (function, line, bytes, count) in top_locations.
@@ -72,21 +102,42 @@ PARSE_COUNTS = {
     # and 368 GROUP and TOTALS records (parse does not name them yet)
     AGGREGATE: {"HEADER": 1, "PROGRAM": 1, "THREAD": 2, "CODE": 109, "PYNODE": 874,
                 "SAMPLE": 2, "TRAILER": 1},
+    GOLDEN2: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 3, "CODE": 108,
+              "PYNODE": 874, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 2,
+              "END": 1, "TRAILER": 1},
+    AGGREGATE2: {"HEADER": 1, "PROGRAM": 1, "THREAD": 2, "CODE": 108, "PYNODE": 874,
+                 "GROUP": 367, "TOTALS": 1, "SAMPLE": 2, "TRAILER": 1},
+    NATIVE2: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 5, "CODE": 109,
+              "PYNODE": 874, "NATIVENODE": 3713, "OBJECT": 11, "ALLOC": 1642, "FREE": 1600,
+              "MUNMAP": 4, "SAMPLE": 2, "END": 1, "TRAILER": 1},
 }
-PARSE_TOTAL = {GOLDEN: 4053, AGGREGATE: 1357}
+PARSE_TOTAL = {GOLDEN: 4053, AGGREGATE: 1357, GOLDEN2: 4239, AGGREGATE2: 1356,
+               NATIVE2: 7966}
 PARSE_HEADER = {
     GOLDEN: 'HEADER version=1 flags=0x0 pid=4747 start=2026-11-22T03:25:16Z '
             'command="/usr/bin/python3 tests/data/golden.py"',
     AGGREGATE: 'HEADER version=1 flags=0x2,aggregate pid=4751 start=2026-11-22T03:25:16Z '
                'command="/usr/bin/python3 tests/data/golden.py"',
+    GOLDEN2: 'HEADER version=2 flags=0x0 pid=874 start=2026-12-01T11:24:12Z '
+             'command="/usr/bin/python3 tests/data/golden.py"',
+    AGGREGATE2: 'HEADER version=2 flags=0x2,aggregate pid=877 start=2026-12-01T11:24:12Z '
+                'command="/usr/bin/python3 tests/data/golden.py"',
+    NATIVE2: 'HEADER version=2 flags=0x1,native pid=880 start=2026-12-01T11:24:12Z '
+             'command="/usr/bin/python3 tests/data/golden.py"',
 }
 PARSE_TRAILER = {
     GOLDEN: "TRAILER exit=0 duration_us=72714 events=3051 lost=0",
     AGGREGATE: "TRAILER exit=0 duration_us=23249 events=3051 lost=0",
+    GOLDEN2: "TRAILER exit=0 duration_us=17114 events=3246 lost=0",
+    AGGREGATE2: "TRAILER exit=0 duration_us=17733 events=3246 lost=0",
+    NATIVE2: "TRAILER exit=0 duration_us=18089 events=3246 lost=0",
 }
 
 CAPTURES = [pytest.param(GOLDEN, id="format-v1"),
-            pytest.param(AGGREGATE, id="format-v1-aggregate")]
+            pytest.param(AGGREGATE, id="format-v1-aggregate"),
+            pytest.param(GOLDEN2, id="format-v2"),
+            pytest.param(AGGREGATE2, id="format-v2-aggregate"),
+            pytest.param(NATIVE2, id="format-v2-native")]
 
 
 def has_command(name):
@@ -101,6 +152,8 @@ def test_golden_stats(memtap, capture):
     for key, want in EXPECTED[capture].items():
         assert stats.get(key) == want, "%s: %s is %r, want %r" % (
             capture.name, key, stats.get(key), want)
+    if capture == NATIVE2:
+        return  # its locations are native frames: this machine's symbols, not the format's
     rows = [(r["function"], r["line"], r["bytes"], r["count"])
             for r in stats["top_locations"] if r.get("file") == SCRIPT]
     assert rows == GOLDEN_LINES, rows
@@ -141,3 +194,6 @@ def test_golden_files_unchanged():
     """The golden files are never re-recorded (their sizes are part of the pin)."""
     assert GOLDEN.stat().st_size == 13057
     assert AGGREGATE.stat().st_size == 6928
+    assert GOLDEN2.stat().st_size == 12499
+    assert AGGREGATE2.stat().st_size == 5356
+    assert NATIVE2.stat().st_size == 23401

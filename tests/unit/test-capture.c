@@ -498,7 +498,10 @@ static void code_rec(struct cap *c, uint32_t id, int32_t first,
     r.u.code.name = name;
     r.u.code.qualname = qual;
     r.u.code.filename = file;
-    add(c, &r);
+    CHECK_RC(mt_writer_add(c->w, &r), MT_OK, "mt_writer_add CODE");
+    if (!strcmp(qual, name))
+        r.u.code.qualname = "";  /* stored as "same as name" */
+    stream_push(&c->want, &r);
 }
 
 static void node_rec(struct cap *c, enum mt_tag tag, uint32_t id, uint32_t parent,
@@ -879,20 +882,40 @@ static void test_edges(void)
     thread_rec(&c, 0, 0, "");
     thread_rec(&c, UINT32_MAX, UINT32_MAX, big);
     flush(&c);
+    /* file names: new, repeated, repeated after others, cut at 4096 */
     code_rec(&c, 1, 1, "<module>", "", "/tmp/x.py");
     code_rec(&c, 2, -1, "", "", "");
     code_rec(&c, UINT32_MAX, INT32_MIN, big, big, big);
     code_rec(&c, 3, INT32_MAX, "f", "C.f", "x.py");
-    /* node ids going up, down and wrapping; parents before and after */
+    code_rec(&c, 4, 5, "g", "g", "/tmp/x.py");
+    code_rec(&c, 5, 6, "h", "<lambda>", big);
+    code_rec(&c, 6, 7, "<module>", "<module>", "");
+    code_rec(&c, 7, 8, "i", "C.i", "x.py");
+    /* parents before, after and far; lines and the entry flag at their edges */
     node_rec(&c, MT_T_PYNODE, 1, 0, 1, 0, 0);
     node_rec(&c, MT_T_PYNODE, 2, 1, UINT64_MAX, 7, 1);
-    node_rec(&c, MT_T_PYNODE, UINT32_MAX, UINT32_MAX, UINT64_MAX, UINT32_MAX, UINT32_MAX);
-    node_rec(&c, MT_T_PYNODE, 3, UINT32_MAX, 0, 0, 0);
-    node_rec(&c, MT_T_PYNODE, UINT32_MAX - 1, 0, 3, 1, 1);
+    node_rec(&c, MT_T_PYNODE, 3, UINT32_MAX, UINT64_MAX, UINT32_MAX, 1);
+    node_rec(&c, MT_T_PYNODE, 4, 9, 0, UINT32_MAX, 0);
+    node_rec(&c, MT_T_PYNODE, 5, 0, 3, 1, 1);
     node_rec(&c, MT_T_NATIVENODE, 1, 0, 0x7f0000001234ull, 0, 0);
     node_rec(&c, MT_T_NATIVENODE, 2, 1, 0, 0, 0);
-    node_rec(&c, MT_T_NATIVENODE, UINT32_MAX, UINT32_MAX, UINT64_MAX, 0, 0);
-    node_rec(&c, MT_T_NATIVENODE, 3, 2, 1ull << 63, 0, 0);
+    node_rec(&c, MT_T_NATIVENODE, 3, UINT32_MAX, UINT64_MAX, 0, 0);
+    node_rec(&c, MT_T_NATIVENODE, 4, 2, 1ull << 63, 0, 0);
+    /* ids are implicit: a node out of order, or a flag the format does not
+     * store, is refused and the writer goes on */
+    struct mt_record bad = {.tag = MT_T_PYNODE};
+    bad.u.node.id = 7;
+    CHECK_RC(mt_writer_add(c.w, &bad), MT_E_CORRUPT, "a PYNODE id skipping one");
+    bad.u.node.id = 5;
+    CHECK_RC(mt_writer_add(c.w, &bad), MT_E_CORRUPT, "a PYNODE id again");
+    bad.u.node.id = 6;
+    bad.u.node.flags = 2;
+    CHECK_RC(mt_writer_add(c.w, &bad), MT_E_CORRUPT, "a PYNODE flag other than ENTRY");
+    bad.tag = MT_T_NATIVENODE;
+    bad.u.node.id = 4;
+    bad.u.node.flags = 0;
+    CHECK_RC(mt_writer_add(c.w, &bad), MT_E_CORRUPT, "a NATIVENODE id again");
+    node_rec(&c, MT_T_PYNODE, 6, 5, 2, 3, 0);
     object_rec(&c, "", 0, NULL, 0, 0, NULL, 0);
     object_rec(&c, path, UINT64_MAX, bid, 20, 32, seg, 1);
     object_rec(&c, "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x7f0000000000ull, bid, 64, 1,
@@ -900,6 +923,11 @@ static void test_edges(void)
     flush(&c);
     flush(&c);  /* nothing buffered: no empty block */
     c.flushes--;
+    /* a new block spells its file names out again */
+    code_rec(&c, 8, 1, "j", "", "x.py");
+    code_rec(&c, 9, 1, "k", "", "x.py");
+    node_rec(&c, MT_T_PYNODE, 7, 6, 8, 2, 1);
+    node_rec(&c, MT_T_NATIVENODE, 5, 4, 0x1000, 0, 0);
 
     /* every event tag, every address edge, on changing threads */
     uint32_t threads[] = {0, 1, 1, 2, UINT32_MAX, 0, 7};
@@ -944,10 +972,29 @@ static void test_edges(void)
     simple_rec(&c, MT_T_SAMPLE, 0, UINT64_MAX, UINT64_MAX, NULL);
     simple_rec(&c, MT_T_END, 3, 0, 0, NULL);
     /* aggregate records */
+    /* every GROUP shape: peak and end as the totals, zero, equal, apart */
     struct mt_record g = {.tag = MT_T_GROUP};
     add(&c, &g);
     g.u.group = (__typeof__(g.u.group)){UINT32_MAX, 1, UINT32_MAX, 0x3fff, UINT64_MAX, 1,
                                         UINT64_MAX - 1, 2, UINT64_MAX, UINT64_MAX};
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){3, 0, 1, 0x2, 100, 2, 100, 2, 100, 2};
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){2, UINT32_MAX, 0, UINT32_MAX, 100, 2, 0, 0, 0, 0};
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){1, 0, 1, 0x4, 100, 2, 50, 1, 50, 1};
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){1, 0, 1, 0x4, 100, 2, 100, 2, 50, 1};
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){1, 0, 1, 0x4, 100, 2, 0, 0, 50, 1};
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){1, 0, 1, 0x4, 100, 2, 100, 0, 100, 0};
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){1, 0, 1, 0x4, 100, 2, 50, 1, 50, 2};
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){1, 0, 1, 0x2, 100, 5, 0, 2, 0, 2};  /* malloc(0)s */
+    add(&c, &g);
+    g.u.group = (__typeof__(g.u.group)){1, 0, 1, 0x2, 100, 5, 0, 0, 0, 2};
     add(&c, &g);
     static struct mt_totals tot0, tot;
     struct mt_record tr0 = {.tag = MT_T_TOTALS};
@@ -1058,6 +1105,7 @@ static void test_large(void)
     cap_open(&c, file, &h);
     thread_rec(&c, 1, 100, "main");
     uint64_t near = 0x555555550000ull;
+    uint32_t nodes[2] = {0, 0};  /* the last NATIVENODE and PYNODE ids */
     for (unsigned i = 0; i < 150000; i++) {
         if (i % 30000 == 0)  /* blocks of both compression modes */
             mt_writer_set_fast(c.w, (i / 30000) & 1);
@@ -1092,8 +1140,9 @@ static void test_large(void)
             if (i % 1000 == 0)
                 simple_rec(&c, MT_T_SAMPLE, 0, i, r, NULL);
             else
-                node_rec(&c, r & 1 ? MT_T_PYNODE : MT_T_NATIVENODE, i, (uint32_t)(r % (i + 1)),
-                         r & 1 ? (r >> 40) : near, (uint32_t)(r >> 50), (uint32_t)r & 1);
+                node_rec(&c, r & 1 ? MT_T_PYNODE : MT_T_NATIVENODE, ++nodes[r & 1],
+                         (uint32_t)(r % (i + 1)), r & 1 ? (r >> 40) : near,
+                         (uint32_t)(r >> 50), (uint32_t)r & 1);
         }
     }
     struct mt_trailer tr = {.exit = {0, 9}, .duration_us = 5, .events = 150000};
