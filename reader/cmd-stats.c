@@ -30,6 +30,11 @@ static int in_libc(const struct mt_loc *l)
             !strncmp(l->object, "libc-", 5));
 }
 
+static int outside_libc(const struct mt_loc *l)
+{
+    return !in_libc(l);
+}
+
 /* Everything ever allocated, per innermost location, biggest first.
  * @return the array (free it) with *n entries. */
 static struct location_total *top_locations(struct mt_report *r, uint32_t *n)
@@ -41,11 +46,7 @@ static struct location_total *top_locations(struct mt_report *r, uint32_t *n)
         const struct mt_group *g = &a->groups[i];
         if (!g->total_count)
             continue;
-        const uint32_t *stack;
-        int depth = mt_report_stack(r, g, &stack), k = 0;
-        while (k + 1 < depth && in_libc(mt_report_loc(r, stack[k])))
-            k++;
-        uint32_t loc = stack[k];
+        uint32_t loc = mt_report_innermost(r, g, outside_libc);
         if (loc >= nlocs) {
             uint32_t cap = mt_report_nlocs(r) + 1 > loc + 1 ? mt_report_nlocs(r) + 1 : loc + 1;
             t = realloc(t, cap * sizeof *t);

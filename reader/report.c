@@ -701,23 +701,28 @@ static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_
     *n = (uint32_t)k;
 }
 
+/* g's Python frames into r->py, innermost first. @return how many. */
+static int py_frames(struct mt_report *r, const struct mt_group *g)
+{
+    if (!g->py_stack)
+        return 0;
+    int np = mt_analysis_py_frames(r->a, g->py_stack, r->pyraw, MAX_DEPTH);
+    for (int i = 0; i < np; i++) {
+        const struct mt_frame *f = &r->pyraw[i];
+        r->py[i] = (struct mt_rframe){
+            intern(&r->strings, f->function), intern(&r->strings, f->file),
+            intern(&r->strings, ""), f->line, 1, (uint8_t)(f->is_entry != 0),
+            MT_K_NORMAL, 0 };
+    }
+    return np;
+}
+
 int mt_report_stack(struct mt_report *r, const struct mt_group *g,
                     const uint32_t **out)
 {
-    int np = 0, nn = 0, nips = 0;
-    if (g->py_stack) {
-        np = mt_analysis_py_frames(r->a, g->py_stack, r->pyraw, MAX_DEPTH);
-        for (int i = 0; i < np; i++) {
-            const struct mt_frame *f = &r->pyraw[i];
-            r->py[i] = (struct mt_rframe){
-                intern(&r->strings, f->function), intern(&r->strings, f->file),
-                intern(&r->strings, ""), f->line, 1, (uint8_t)(f->is_entry != 0),
-                MT_K_NORMAL, 0 };
-        }
-    }
+    int np = py_frames(r, g), nn = 0, nips = 0;
     if (g->native_stack)
         nips = mt_analysis_native_ips(r->a, g->native_stack, r->ips, MAX_DEPTH);
-    nn = 0;
     for (int i = 0; i < nips; i++) {
         uint32_t s, k;
         symbolize(r, r->ips[i], &s, &k);
@@ -740,6 +745,46 @@ int mt_report_stack(struct mt_report *r, const struct mt_group *g,
     if (n == 0) r->stack[n++] = 0;
     *out = r->stack;
     return n;
+}
+
+/* The merge emits, innermost first, the native frames it keeps up to the
+ * first eval group, where the Python stack begins (mt_hybrid_merge): the
+ * walk follows it that far, resolving return addresses one by one, and
+ * asks mt_report_stack for anything past that point. */
+uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
+                             int (*accept)(const struct mt_loc *))
+{
+    int nips = g->native_stack
+        ? mt_analysis_native_ips(r->a, g->native_stack, r->ips, MAX_DEPTH) : 0;
+    int leading = 1, show = r->o.show_internals;
+    for (int i = 0; i < nips; i++) {
+        uint32_t s, k, e = 0;
+        symbolize(r, r->ips[i], &s, &k);
+        const struct mt_rframe *f = r->ipframes + s;
+        for (uint32_t j = 0; j < k; j++)
+            e |= f[j].kind == MT_K_EVAL;
+        if (e && py_frames(r, g)) {
+            uint32_t loc = loc_id(r, &r->py[0]);  /* the Python stack starts here */
+            if (accept(mt_report_loc(r, loc)))
+                return loc;
+            break;
+        }
+        for (uint32_t j = 0; j < k; j++) {
+            if (e ? !show
+                  : f[j].kind == MT_K_SHIM || (f[j].kind == MT_K_ALLOCATOR && leading) ||
+                        (f[j].kind == MT_K_INTERNAL && !show))
+                continue;
+            leading &= e;  /* eval frames shown do not end the leading allocators */
+            uint32_t loc = loc_id(r, &f[j]);
+            if (accept(mt_report_loc(r, loc)))
+                return loc;
+        }
+    }
+    const uint32_t *stack;
+    int depth = mt_report_stack(r, g, &stack), k = 0;
+    while (k + 1 < depth && !accept(mt_report_loc(r, stack[k])))
+        k++;
+    return stack[k];
 }
 
 /* ---- rows --------------------------------------------------------------------------------- */

@@ -110,6 +110,12 @@ uint32_t mt_report_nlocs(const struct mt_report *r);
 int mt_report_stack(struct mt_report *r, const struct mt_group *g,
                     const uint32_t **out);
 
+/* The innermost location of g's stack (as mt_report_stack gives it) that
+ * accept() takes, or its outermost when accept() takes none; resolves only
+ * the native frames it has to look at. */
+uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
+                             int (*accept)(const struct mt_loc *));
+
 /* A pseudo-location naming thread index `thread` ("thread-name (tid)"),
  * for the first level of --split-threads trees. */
 uint32_t mt_report_thread_loc(struct mt_report *r, uint32_t thread);

@@ -2,11 +2,16 @@
  * native frame classification, the hybrid Python/native merge on synthetic
  * stacks, per-location own/total rows, call trees and option parsing.
  * Exit 0 on success; prints each failure. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../../reader/report.h"
+#include "../../src/capture.h"
 
 static int failures;
 
@@ -243,6 +248,191 @@ static void test_args(void)
     CHECK(mt_report_parse_args(4, a4, all, "u", &o) == 2, "exclusive");
 }
 
+/* Predicates for test_innermost: what stats takes, everything, nothing,
+ * Python only, all but eval frames, an arbitrary half of the functions. */
+static int take_outside_libc(const struct mt_loc *l)
+{
+    return l->is_python || !l->object || strncmp(l->object, "libc.so", 7);
+}
+static int take_all(const struct mt_loc *l) { (void)l; return 1; }
+static int take_none(const struct mt_loc *l) { (void)l; return 0; }
+static int take_python(const struct mt_loc *l) { return l->is_python; }
+static int take_not_eval(const struct mt_loc *l)
+{
+    return strncmp(l->function, "_PyEval_", 8) != 0;
+}
+static int take_half(const struct mt_loc *l)
+{
+    unsigned h = 5381;
+    for (const char *p = l->function; *p; p++)
+        h = h * 33 + (unsigned char)*p;
+    return (h >> 3) & 1;
+}
+
+/* Functions whose names the classifier knows: the synthetic stacks below
+ * return into them (their addresses resolve through this binary's DWARF). */
+__attribute__((noinline)) void mt_hook_fake(void) { __asm__ volatile(""); }
+__attribute__((noinline)) void _PyEval_EvalFrameDefault_fake(void) { __asm__ volatile(""); }
+__attribute__((noinline)) void PyEval_fake_internal(void) { __asm__ volatile(""); }
+__attribute__((noinline)) void _Znwm_fake_allocator(void) { __asm__ volatile(""); }
+__attribute__((noinline)) void plain_one(void) { __asm__ volatile(""); }
+__attribute__((noinline)) void plain_two(void) { __asm__ volatile(""); }
+
+static int add_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct mt_writer *w = arg;
+    uint64_t seg[64];
+    uint32_t n = 0;
+    for (int i = 0; i < info->dlpi_phnum && n < 32; i++)
+        if (info->dlpi_phdr[i].p_type == PT_LOAD) {
+            seg[2 * n] = info->dlpi_phdr[i].p_vaddr;
+            seg[2 * n + 1] = info->dlpi_phdr[i].p_memsz;
+            n++;
+        }
+    char exe[4096];
+    const char *path = info->dlpi_name;
+    if (!path[0]) {
+        ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        exe[k > 0 ? k : 0] = 0;
+        path = exe;
+    }
+    struct mt_record r = {.tag = MT_T_OBJECT};
+    r.u.object.path = path;
+    r.u.object.base = info->dlpi_addr;
+    r.u.object.nseg = n;
+    r.u.object.seg = seg;
+    CHECK(mt_writer_add(w, &r) == MT_OK, "OBJECT %s", path);
+    return 0;
+}
+
+static uint64_t rnd_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void)
+{
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 7;
+    rnd_state ^= rnd_state << 17;
+    return rnd_state;
+}
+
+/* A native capture of random stacks over the frames the merge treats
+ * differently: shim, eval, internal, allocator, plain, a C library function,
+ * repeated return addresses; Python stacks with and without entry frames. */
+static void write_synthetic(const char *path)
+{
+    uint64_t ips[] = {
+        (uint64_t)(uintptr_t)mt_hook_fake + 1, (uint64_t)(uintptr_t)_PyEval_EvalFrameDefault_fake + 1,
+        (uint64_t)(uintptr_t)PyEval_fake_internal + 1,
+        (uint64_t)(uintptr_t)_Znwm_fake_allocator + 1, (uint64_t)(uintptr_t)plain_one + 1,
+        (uint64_t)(uintptr_t)plain_two + 1, (uint64_t)(uintptr_t)dlsym(RTLD_DEFAULT, "labs") + 1,
+        (uint64_t)(uintptr_t)dlsym(RTLD_DEFAULT, "qsort") + 1,
+    };
+    const size_t nip = sizeof ips / sizeof *ips;
+    struct mt_header h = {.flags = MT_HF_NATIVE, .pid = 1, .command = "synthetic"};
+    struct mt_writer *w;
+    unlink(path);
+    if (mt_writer_open(path, 1, &h, &w) != MT_OK) {
+        CHECK(0, "cannot write %s", path);
+        return;
+    }
+    struct mt_record r = {.tag = MT_T_PROGRAM};
+    r.u.program.python_version = "3.11.0";
+    mt_writer_add(w, &r);
+    dl_iterate_phdr(add_object, w);
+    static const char *const names[] = {"f", "g", "h"};
+    for (uint32_t c = 1; c <= 3; c++) {
+        r = (struct mt_record){.tag = MT_T_CODE};
+        r.u.code.id = c;
+        r.u.code.firstlineno = 1;
+        r.u.code.name = names[c - 1];
+        r.u.code.qualname = "";
+        r.u.code.filename = "x.py";
+        mt_writer_add(w, &r);
+    }
+    uint32_t pynodes = 0, natnodes = 0;
+    for (uint32_t g = 0; g < 3000; g++) {
+        /* each stack gets its own nodes, outermost first */
+        uint32_t py = 0, native = 0, depth = (uint32_t)(rnd() % 6);
+        for (uint32_t i = 0; i < depth; i++) {
+            r = (struct mt_record){.tag = MT_T_PYNODE};
+            r.u.node.id = ++pynodes;
+            r.u.node.parent = py;
+            r.u.node.a = 1 + rnd() % 3;
+            r.u.node.b = 1 + (uint32_t)(rnd() % 50);
+            r.u.node.flags = rnd() % 3 ? 0 : MT_PYF_ENTRY;
+            mt_writer_add(w, &r);
+            py = r.u.node.id;
+        }
+        depth = (uint32_t)(rnd() % 9);
+        uint64_t last = 0;
+        for (uint32_t i = 0; i < depth; i++) {
+            r = (struct mt_record){.tag = MT_T_NATIVENODE};
+            r.u.node.id = ++natnodes;
+            r.u.node.parent = native;
+            r.u.node.a = last && rnd() % 4 == 0 ? last : ips[rnd() % nip];  /* recursion */
+            last = r.u.node.a;
+            mt_writer_add(w, &r);
+            native = r.u.node.id;
+        }
+        r = (struct mt_record){.tag = MT_T_ALLOC, .thread = 1};
+        r.u.ev.allocator = MT_A_MALLOC;
+        r.u.ev.addr = 0x100000 + 64 * (uint64_t)g;
+        r.u.ev.size = g + 1;
+        r.u.ev.py_stack = py;
+        r.u.ev.native_stack = native;
+        CHECK(mt_writer_add(w, &r) == MT_OK, "ALLOC");
+    }
+    struct mt_trailer t = {.events = 3000};
+    CHECK(mt_writer_close(w, &t) == MT_OK, "close %s", path);
+}
+
+/* mt_report_innermost gives what a scan of the whole stack gives: on
+ * synthetic stacks over every kind of frame, and on real captures (their
+ * frames resolved against this machine's files: whatever they resolve to,
+ * both ways must agree). */
+static void test_innermost(const char *data)
+{
+    char synthetic[64];
+    snprintf(synthetic, sizeof synthetic, "/tmp/memtap-test-report-%d.bin", (int)getpid());
+    write_synthetic(synthetic);
+    char real[3][4096];
+    static const char *const captures[] = {"format-v2-native.bin", "format-v2.bin",
+                                           "format-v1.bin"};
+    const char *paths[4] = {synthetic, real[0], real[1], real[2]};
+    for (int c = 0; c < 3; c++)
+        snprintf(real[c], sizeof real[c], "%s/%s", data, captures[c]);
+    int (*const takes[])(const struct mt_loc *) = {take_outside_libc, take_all, take_none,
+                                                   take_python, take_not_eval, take_half};
+    for (int c = 0; c < 4; c++) {
+        for (int internals = 0; internals < 2; internals++) {
+            struct mt_report_opts o = {.rows = -1, .show_internals = internals,
+                                       .file = paths[c]};
+            struct mt_report *r = mt_report_open(&o);
+            CHECK(r != NULL, "%s", paths[c]);
+            if (!r)
+                continue;
+            const struct mt_analysis *a = mt_report_analysis(r);
+            CHECK(a->ngroups > 300, "%s: %u groups", paths[c], a->ngroups);
+            for (size_t t = 0; t < sizeof takes / sizeof *takes; t++) {
+                int differ = 0;
+                /* the walk first, so that it meets return addresses unresolved */
+                for (uint32_t i = 0; i < a->ngroups; i++) {
+                    uint32_t got = mt_report_innermost(r, &a->groups[i], takes[t]);
+                    const uint32_t *stack;
+                    int depth = mt_report_stack(r, &a->groups[i], &stack), k = 0;
+                    while (k + 1 < depth && !takes[t](mt_report_loc(r, stack[k])))
+                        k++;
+                    differ += got != stack[k];
+                }
+                CHECK(!differ, "%s, internals %d, predicate %zu: %d groups differ",
+                      paths[c], internals, t, differ);
+            }
+            mt_report_free(r);
+        }
+    }
+    unlink(synthetic);
+}
+
 static void test_misc(void)
 {
     char buf[128];
@@ -256,8 +446,12 @@ static void test_misc(void)
     CHECK(!strcmp(buf, "malloc,mmap"), "%s", buf);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc < 2) {
+        fprintf(stderr, "usage: test-report DATA_DIR (tests/data)\n");
+        return 2;
+    }
     test_size();
     test_classify();
     test_merge();
@@ -265,6 +459,7 @@ int main(void)
     test_tree();
     test_args();
     test_misc();
+    test_innermost(argv[1]);
     if (failures) {
         fprintf(stderr, "%d failure(s)\n", failures);
         return 1;
