@@ -147,10 +147,10 @@ static void build_structured(struct buf *out, const uint8_t *p, const uint8_t *e
 }
 
 /* Built with -DMT_FUZZ_SKIP_HUGE_IDS, inputs whose thread, code or node
- * ids are beyond any real capture's are not analysed: reader/analysis.c
- * sizes its tables by the largest id (an open bug, see
- * tests/fuzz/open-bugs/README), and without the filter every fuzzing job
- * stops on it within seconds. The regression build has no filter. */
+ * ids are beyond any real capture's are not analysed: the analysis sized
+ * its tables by the largest id until a7a1e12 (docs/reliability.md, bug 1),
+ * and without the filter every fuzzing job stopped on it within seconds.
+ * The regression build has no filter. */
 #define HUGE_ID (1u << 20)
 
 /* @return 1 when the file holds an id the analysis cannot take (see above). */
