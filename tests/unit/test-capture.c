@@ -1094,6 +1094,22 @@ static void test_crc32(void)
                   "crc32: %zu bytes at offset %zu", n, off);
     uint32_t part = mt_crc32(0, buf, 77);
     CHECK(mt_crc32(part, buf + 77, 500) == mt_crc32(0, buf, 577), "crc32: continued");
+    CHECK(mt_crc32(part, buf + 77, 20) == crc32_bitwise(0, buf, 97), "crc32: continued, short");
+    /* many folding steps (64 bytes each, where the CPU has them), and the
+     * block sizes the format uses */
+    size_t big = 263190 + 7;
+    uint8_t *b = malloc(big);
+    if (!b)
+        abort();
+    for (size_t i = 0; i < big; i++)
+        b[i] = (uint8_t)rnd();
+    static const size_t lens[] = {64, 127, 128, 4096, 4096 + 13, 65536 + 63, 263190};
+    for (size_t i = 0; i < sizeof lens / sizeof *lens; i++)
+        for (size_t off = 0; off < 8; off += 7)
+            CHECK(mt_crc32(0xdeadbeefu, b + off, lens[i]) ==
+                      crc32_bitwise(0xdeadbeefu, b + off, lens[i]),
+                  "crc32: %zu bytes at offset %zu", lens[i], off);
+    free(b);
 }
 
 static void test_large(void)
