@@ -550,6 +550,15 @@ enum mt_frame_kind mt_classify_native(const char *function, const char *object)
     return MT_K_NORMAL;
 }
 
+/* Whether the merge leaves out a native frame outside an eval group: shim
+ * frames always, allocator frames while nothing has been kept yet (leading),
+ * CPython's plumbing unless show_internals. */
+static int merge_hides(const struct mt_rframe *f, int leading, int show_internals)
+{
+    return f->kind == MT_K_SHIM || (f->kind == MT_K_ALLOCATOR && leading) ||
+           (f->kind == MT_K_INTERNAL && !show_internals);
+}
+
 int mt_hybrid_merge(const struct mt_rframe *nat, int nn,
                     const struct mt_rframe *py, int np, int show_internals,
                     struct mt_rframe *out, int max)
@@ -598,12 +607,9 @@ int mt_hybrid_merge(const struct mt_rframe *nat, int nn,
             evalno++;
         } else {
             for (int k = i; k < j; k++) {
-                const struct mt_rframe *f = &nat[k];
-                if (f->kind == MT_K_SHIM) continue;
-                if (f->kind == MT_K_ALLOCATOR && leading) continue;
-                if (f->kind == MT_K_INTERNAL && !show_internals) continue;
+                if (merge_hides(&nat[k], leading, show_internals)) continue;
                 leading = 0;
-                EMIT(*f);
+                EMIT(nat[k]);
             }
         }
         i = j;
@@ -770,9 +776,7 @@ uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
             break;
         }
         for (uint32_t j = 0; j < k; j++) {
-            if (e ? !show
-                  : f[j].kind == MT_K_SHIM || (f[j].kind == MT_K_ALLOCATOR && leading) ||
-                        (f[j].kind == MT_K_INTERNAL && !show))
+            if (e ? !show : merge_hides(&f[j], leading, show))
                 continue;
             leading &= e;  /* eval frames shown do not end the leading allocators */
             uint32_t loc = loc_id(r, &f[j]);

@@ -29,7 +29,6 @@ struct mt_reader {
     uint64_t nallocs;        /* allocations decoded: the last one's number */
     int numbers_only;        /* no address map: see mt_reader_numbers_only */
     struct mt_amap live;     /* heap allocation number -> its address */
-    int v1;                  /* a version-1 capture (docs/format.md) */
     uint32_t node_id[2];     /* the last PYNODE and NATIVENODE ids (version 2) */
     struct file { const uint8_t *s; uint32_t n; } *files;  /* this block's, in raw */
     uint32_t nfiles, files_cap;
@@ -125,6 +124,12 @@ static const char *get_file(struct mt_reader *r, struct cursor *c, int slot)
     return keep_str(r, s, n, slot);
 }
 
+/* Version 1 spelled some records out in full (docs/format.md). */
+static int v1(const struct mt_reader *r)
+{
+    return r->header.format_version == 1;
+}
+
 static int read_exact(struct mt_reader *r, void *buf, size_t n)
 {
     size_t got = fread(buf, 1, n, r->f);
@@ -173,7 +178,6 @@ static int read_header(struct mt_reader *r, uint32_t *found_version)
         struct cursor c = {buf + 16, buf + 16 + len, 0};
         uint32_t n1;
         r->header.format_version = version;
-        r->v1 = version == 1;
         r->header.flags = (uint32_t)get_varint(&c);
         r->header.pid = (int32_t)get_varint(&c);
         r->header.start_time_us = get_varint(&c);
@@ -401,12 +405,12 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         rec->u.code.firstlineno = (int32_t)mt_unzigzag(get_varint(c));
         rec->u.code.name = get_str(r, c, 0);
         rec->u.code.qualname = get_str(r, c, 1);
-        rec->u.code.filename = r->v1 ? get_str(r, c, 2) : get_file(r, c, 2);
+        rec->u.code.filename = v1(r) ? get_str(r, c, 2) : get_file(r, c, 2);
         break;
     case MT_T_PYNODE:
     case MT_T_NATIVENODE: {
         int native = rec->tag == MT_T_NATIVENODE;
-        if (r->v1) {
+        if (v1(r)) {
             rec->u.node.id = (uint32_t)get_delta(c, native ? &r->d.nativenode : &r->d.pynode);
         } else {
             if (r->node_id[native] == UINT32_MAX)
@@ -417,7 +421,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
             (uint32_t)((uint64_t)rec->u.node.id - (uint64_t)mt_unzigzag(get_varint(c)));
         if (native) {
             rec->u.node.a = get_delta(c, &r->d.ip);
-        } else if (r->v1) {
+        } else if (v1(r)) {
             rec->u.node.a = get_varint(c);
             rec->u.node.b = (uint32_t)get_varint(c);
             rec->u.node.flags = (uint32_t)get_varint(c);
@@ -444,7 +448,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         rec->u.object.unload = (uint32_t)get_varint(c);
         break;
     case MT_T_SAMPLE:
-        if (r->v1) {
+        if (v1(r)) {
             rec->u.sample.time_us = get_varint(c);
             rec->u.sample.rss_bytes = get_varint(c);
             rec->u.sample.heap_bytes = get_varint(c);
@@ -455,7 +459,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         }
         break;
     case MT_T_GROUP:
-        if (r->v1)
+        if (v1(r))
             decode_group_v1(c, rec);
         else
             decode_group(r, c, rec);
