@@ -45,7 +45,7 @@ static inline uint32_t mt_get_u32le(const uint8_t *p)
 struct mt_deltas {
     uint64_t alloc_addr, free_addr, free_index, py, native;
     uint64_t ip;                        /* return addresses */
-    uint64_t sample_time, sample_rss, sample_heap;
+    uint64_t sample_time, sample_step, sample_rss, sample_heap;
     uint64_t pynode, nativenode;        /* version 1 only: node ids */
 };
 

@@ -453,7 +453,8 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
             rec->u.sample.rss_bytes = get_varint(c);
             rec->u.sample.heap_bytes = get_varint(c);
         } else {
-            rec->u.sample.time_us = get_delta(c, &r->d.sample_time);
+            r->d.sample_time += get_delta(c, &r->d.sample_step);
+            rec->u.sample.time_us = r->d.sample_time;
             rec->u.sample.rss_bytes = get_delta(c, &r->d.sample_rss);
             rec->u.sample.heap_bytes = get_delta(c, &r->d.sample_heap);
         }

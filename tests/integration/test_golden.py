@@ -56,11 +56,11 @@ COMMON = {
 # and writes realloc as ALLOC of allocator realloc plus its FREE.
 COMMON2 = dict(
     COMMON, format_version=2, total_allocations=1642, total_frees=1604,
-    total_allocated_bytes=8709958, peak_memory_bytes=5510490,
+    total_allocated_bytes=8709971, peak_memory_bytes=5510490,
     allocators={
-        "malloc": {"count": 1340, "bytes": 2392232},
+        "malloc": {"count": 1340, "bytes": 2392236},
         "calloc": {"count": 100, "bytes": 459813},
-        "realloc": {"count": 196, "bytes": 582265},
+        "realloc": {"count": 196, "bytes": 582274},
         "mmap": {"count": 6, "bytes": 5275648},
     })
 
@@ -77,12 +77,12 @@ EXPECTED = {
     AGGREGATE: dict(COMMON, pid=4751, duration_ms=23, peak_rss_bytes=8822784,
                     threads=[{"id": 4751, "index": 1, "name": "python3"},
                              {"id": 4753, "index": 2, "name": "python3"}]),
-    GOLDEN2: dict(COMMON2, pid=874, duration_ms=17, peak_rss_bytes=9003008,
-                  end_memory_bytes=3270345, threads=threads2(874)),
-    AGGREGATE2: dict(COMMON2, pid=877, duration_ms=17, peak_rss_bytes=8867840,
-                     end_memory_bytes=3270705, threads=threads2(877)),
-    NATIVE2: dict(COMMON2, pid=880, duration_ms=18, peak_rss_bytes=9834496, native=True,
-                  end_memory_bytes=3270345, threads=threads2(880)),
+    GOLDEN2: dict(COMMON2, pid=8402, duration_ms=23, peak_rss_bytes=10145792,
+                  end_memory_bytes=3270345, threads=threads2(8402)),
+    AGGREGATE2: dict(COMMON2, pid=8405, duration_ms=18, peak_rss_bytes=8798208,
+                     end_memory_bytes=3270705, threads=threads2(8405)),
+    NATIVE2: dict(COMMON2, pid=8408, duration_ms=29, peak_rss_bytes=10592256, native=True,
+                  end_memory_bytes=3270345, threads=threads2(8408)),
 }
 
 # The lines of golden.py, as (function, line, bytes, count) in top_locations.
@@ -103,34 +103,43 @@ PARSE_COUNTS = {
     AGGREGATE: {"HEADER": 1, "PROGRAM": 1, "THREAD": 2, "CODE": 109, "PYNODE": 874,
                 "SAMPLE": 2, "TRAILER": 1},
     GOLDEN2: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 3, "CODE": 108,
-              "PYNODE": 874, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 2,
+              "PYNODE": 874, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 3,
               "END": 1, "TRAILER": 1},
-    AGGREGATE2: {"HEADER": 1, "PROGRAM": 1, "THREAD": 2, "CODE": 108, "PYNODE": 874,
+    AGGREGATE2: {"HEADER": 1, "PROGRAM": 1, "THREAD": 2, "CODE": 109, "PYNODE": 874,
                  "GROUP": 367, "TOTALS": 1, "SAMPLE": 2, "TRAILER": 1},
     NATIVE2: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 5, "CODE": 109,
               "PYNODE": 874, "NATIVENODE": 3713, "OBJECT": 11, "ALLOC": 1642, "FREE": 1600,
-              "MUNMAP": 4, "SAMPLE": 2, "END": 1, "TRAILER": 1},
+              "MUNMAP": 4, "SAMPLE": 3, "END": 1, "TRAILER": 1},
 }
-PARSE_TOTAL = {GOLDEN: 4053, AGGREGATE: 1357, GOLDEN2: 4239, AGGREGATE2: 1356,
-               NATIVE2: 7966}
+PARSE_TOTAL = {GOLDEN: 4053, AGGREGATE: 1357, GOLDEN2: 4240, AGGREGATE2: 1357,
+               NATIVE2: 7967}
+# Version 2 stores a sample's time as the change of its step from the last.
+PARSE_SAMPLES = {
+    GOLDEN2: ["SAMPLE time_us=528 rss=1576960", "SAMPLE time_us=10834 rss=8228864",
+              "SAMPLE time_us=21093 rss=10145792"],
+    AGGREGATE2: ["SAMPLE time_us=620 rss=1732608 heap=0",
+                 "SAMPLE time_us=10856 rss=8798208 heap=2934410"],
+    NATIVE2: ["SAMPLE time_us=461 rss=1695744", "SAMPLE time_us=10467 rss=8331264",
+              "SAMPLE time_us=20641 rss=10592256"],
+}
 PARSE_HEADER = {
     GOLDEN: 'HEADER version=1 flags=0x0 pid=4747 start=2026-11-22T03:25:16Z '
             'command="/usr/bin/python3 tests/data/golden.py"',
     AGGREGATE: 'HEADER version=1 flags=0x2,aggregate pid=4751 start=2026-11-22T03:25:16Z '
                'command="/usr/bin/python3 tests/data/golden.py"',
-    GOLDEN2: 'HEADER version=2 flags=0x0 pid=874 start=2026-12-01T11:24:12Z '
+    GOLDEN2: 'HEADER version=2 flags=0x0 pid=8402 start=2026-12-01T12:55:52Z '
              'command="/usr/bin/python3 tests/data/golden.py"',
-    AGGREGATE2: 'HEADER version=2 flags=0x2,aggregate pid=877 start=2026-12-01T11:24:12Z '
+    AGGREGATE2: 'HEADER version=2 flags=0x2,aggregate pid=8405 start=2026-12-01T12:55:52Z '
                 'command="/usr/bin/python3 tests/data/golden.py"',
-    NATIVE2: 'HEADER version=2 flags=0x1,native pid=880 start=2026-12-01T11:24:12Z '
+    NATIVE2: 'HEADER version=2 flags=0x1,native pid=8408 start=2026-12-01T12:55:52Z '
              'command="/usr/bin/python3 tests/data/golden.py"',
 }
 PARSE_TRAILER = {
     GOLDEN: "TRAILER exit=0 duration_us=72714 events=3051 lost=0",
     AGGREGATE: "TRAILER exit=0 duration_us=23249 events=3051 lost=0",
-    GOLDEN2: "TRAILER exit=0 duration_us=17114 events=3246 lost=0",
-    AGGREGATE2: "TRAILER exit=0 duration_us=17733 events=3246 lost=0",
-    NATIVE2: "TRAILER exit=0 duration_us=18089 events=3246 lost=0",
+    GOLDEN2: "TRAILER exit=0 duration_us=23440 events=3246 lost=0",
+    AGGREGATE2: "TRAILER exit=0 duration_us=18799 events=3246 lost=0",
+    NATIVE2: "TRAILER exit=0 duration_us=29793 events=3246 lost=0",
 }
 
 CAPTURES = [pytest.param(GOLDEN, id="format-v1"),
@@ -178,6 +187,8 @@ def test_golden_parse(memtap, capture):
         assert counts.get(tag) == want, "%s: %d %s records, want %d" % (
             capture.name, counts.get(tag, 0), tag, want)
     assert sum(counts.values()) - 1 == PARSE_TOTAL[capture]  # the header is no record
+    if capture in PARSE_SAMPLES:
+        assert [line for line in lines if line.startswith("SAMPLE ")] == PARSE_SAMPLES[capture]
 
 
 def test_golden_truncated(memtap, tmp_path):
@@ -194,6 +205,6 @@ def test_golden_files_unchanged():
     """The golden files are never re-recorded (their sizes are part of the pin)."""
     assert GOLDEN.stat().st_size == 13057
     assert AGGREGATE.stat().st_size == 6928
-    assert GOLDEN2.stat().st_size == 12499
-    assert AGGREGATE2.stat().st_size == 5356
-    assert NATIVE2.stat().st_size == 23401
+    assert GOLDEN2.stat().st_size == 12507
+    assert AGGREGATE2.stat().st_size == 5367
+    assert NATIVE2.stat().st_size == 23414
