@@ -216,8 +216,6 @@ static int node_table_grow(struct node_table *t)
     return 0;
 }
 
-/* The id of node (parent, a, b, flags) in this thread's trie; a new id is
- * announced to the collector with a node record first. 0 on failure. */
 /* The node's entry in t (cap > 0), or the empty slot where it would go. */
 static struct node_entry *node_probe(struct node_table *t, uint32_t parent,
                                      uint64_t a, uint32_t b, uint32_t flags)
@@ -238,6 +236,8 @@ static uint32_t node_find(struct node_table *t, uint32_t parent, uint64_t a,
     return t->cap ? node_probe(t, parent, a, b, flags)->id : 0;
 }
 
+/* The id of node (parent, a, b, flags) in this thread's trie; a new id is
+ * announced to the collector with a node record first. 0 on failure. */
 static uint32_t node_intern(struct mt_thread *th, struct node_table *t,
                             uint16_t type, uint32_t parent, uint64_t a,
                             uint32_t b, uint32_t flags)

@@ -21,18 +21,13 @@ static int by_bytes(const void *x, const void *y)
     return a->loc < b->loc ? -1 : a->loc > b->loc;
 }
 
-/* The C library's (and loader's) own frames: a native location is the
- * innermost frame outside them, where the program asked for memory. */
-static int in_libc(const struct mt_loc *l)
-{
-    return !l->is_python && l->object &&
-           (!strncmp(l->object, "libc.so", 7) || !strncmp(l->object, "ld-linux", 8) ||
-            !strncmp(l->object, "libc-", 5));
-}
-
+/* A native location is the innermost frame outside the C library's (and
+ * the loader's) own frames: where the program asked for memory. */
 static int outside_libc(const struct mt_loc *l)
 {
-    return !in_libc(l);
+    return l->is_python || !l->object ||
+           (strncmp(l->object, "libc.so", 7) && strncmp(l->object, "ld-linux", 8) &&
+            strncmp(l->object, "libc-", 5));
 }
 
 /* Everything ever allocated, per innermost location, biggest first.
