@@ -114,6 +114,45 @@ static void pace(struct session_capture *cap, uint64_t now)
     cap->pace_waits = waits;
 }
 
+/* Microseconds, since boot, during which some runnable thread on this
+ * machine waited for a core (the kernel's CPU pressure count, exact at any
+ * interval, where process CPU times come in 10 ms ticks). @return 0 when
+ * the kernel does not count it. */
+static uint64_t cpu_stall_us(void)
+{
+    char buf[256];
+    int fd = open("/proc/pressure/cpu", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    const char *total = strstr(buf, "total=");  /* the first line's: "some" */
+    return total ? strtoull(total + 6, NULL, 10) : 0;
+}
+
+/* pace() decides only every 200 ms, and a busy program would pay for high
+ * compression all that time: every 20 ms, when threads waited for a core
+ * more than a tenth of the time, twice in a row (once is a blip), blocks
+ * switch to fast mode at once; pace() alone switches back. */
+static void pace_contention(struct session_capture *cap, uint64_t now)
+{
+    if (!cap->w || now - cap->contend_at < 20000)
+        return;
+    uint64_t stall = cpu_stall_us();
+    if (!stall)
+        return;
+    int waited = cap->contend_at &&
+                 stall - cap->contend_stall > (now - cap->contend_at) / 10;
+    if (waited && cap->contended)
+        mt_writer_set_fast(cap->w, 1);
+    cap->contended = waited;
+    cap->contend_at = now;
+    cap->contend_stall = stall;
+}
+
 /* Moves what the process's rings hold into its capture, samples its RSS
  * every 10 ms and flushes every 100 ms. @return records moved. */
 long session_capture_step(struct session_capture *cap, uint64_t now)
@@ -123,6 +162,7 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
         mt_collector_sample(cap->c, now - cap->start, read_rss(cap->pid));
         cap->last_sample = now;
     }
+    pace_contention(cap, now);
     pace(cap, now);
     if (cap->w && now - cap->last_flush >= 100000) {
         mt_writer_flush(cap->w);

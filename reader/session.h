@@ -28,6 +28,8 @@ struct session_capture {
     uint64_t start, last_flush, last_sample;
     uint64_t pace_at, pace_cpu;  /* the last pacing decision's clock */
     uint32_t pace_waits;
+    uint64_t contend_at, contend_stall;  /* pace_contention()'s last look */
+    int contended;
     int told;
 };
 
