@@ -253,16 +253,19 @@ static void live_put(struct mt_replay *s, uint64_t key, const struct block *b)
         idx = (uint32_t)s->nblocks++;
     }
     s->blocks[idx] = *b;
-    uint64_t old;
-    if (!s->by_number && mt_amap_take(&s->live, key, &old)) {
+    int found;
+    uint64_t *slot = mt_amap_upsert(&s->live, key, &found);
+    if (!slot)
+        out_of_memory();
+    if (found && !s->by_number) {
         /* A block we never saw end (its free came from an untracked
          * thread): the new one replaces it. */
+        uint64_t old = *slot;
         heap_sub(s, &s->blocks[old], s->blocks[old].size, 1);
         s->free_blocks = grow(s->free_blocks, &s->cap_free, s->nfree + 1, sizeof(uint32_t));
         s->free_blocks[s->nfree++] = (uint32_t)old;
     }
-    if (mt_amap_put(&s->live, key, idx) < 0)
-        out_of_memory();
+    *slot = idx;
 }
 
 static int live_take(struct mt_replay *s, uint64_t key, struct block *b)
