@@ -25,7 +25,7 @@
 static const char collect_usage[] =
     "usage: memtap collect -o FILE --pid PID [-f] [--native] [--aggregate]\n"
     "                      [--trace-python-allocators] [--follow-fork --socket FD]\n"
-    "                      [--command TEXT]\n"
+    "                      [--addresses] [--command TEXT]\n"
     "(used by the Python API, memtap.Tracker; not meant to be run by hand)";
 
 int cmd_collect(int argc, char **argv)
@@ -38,6 +38,7 @@ int cmd_collect(int argc, char **argv)
         {"trace-python-allocators", no_argument, NULL, 'A'},
         {"follow-fork", no_argument, NULL, 'F'},
         {"aggregate", no_argument, NULL, 'G'},
+        {"addresses", no_argument, NULL, 'D'},
         {"socket", required_argument, NULL, 'S'},
         {"command", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
@@ -45,6 +46,7 @@ int cmd_collect(int argc, char **argv)
     };
     const char *output = NULL, *command = "";
     int force = 0, native = 0, pyalloc = 0, follow = 0, aggregate = 0, sock = -1;
+    int addresses = 0;
     long pid = 0;
     int ch;
     while ((ch = getopt_long(argc, argv, "o:fh", longopts, NULL)) != -1) {
@@ -56,6 +58,7 @@ int cmd_collect(int argc, char **argv)
         case 'A': pyalloc = 1; break;
         case 'F': follow = 1; break;
         case 'G': aggregate = 1; break;
+        case 'D': addresses = 1; break;
         case 'S': sock = (int)strtol(optarg, NULL, 10); break;
         case 'C': command = optarg; break;
         case 'h': puts(collect_usage); return 0;
@@ -77,7 +80,8 @@ int cmd_collect(int argc, char **argv)
         die("cannot set up shared memory: %s", strerror(errno));
     struct mt_header h = {
         .flags = (native ? MT_HF_NATIVE : 0) | (pyalloc ? MT_HF_PYALLOC : 0) |
-                 (follow ? MT_HF_FOLLOW_FORK : 0) | (aggregate ? MT_HF_AGGREGATE : 0),
+                 (follow ? MT_HF_FOLLOW_FORK : 0) | (aggregate ? MT_HF_AGGREGATE : 0) |
+                 (addresses && !aggregate ? MT_HF_ADDRESSES : 0),
         .pid = (int32_t)pid,
         .start_time_us = session_wall_us(),
         .command = command,

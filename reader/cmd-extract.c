@@ -37,6 +37,29 @@ static int is_scoped(enum mt_tag tag)
            tag == MT_T_END;
 }
 
+/* The writer matches frees to blocks by address; a capture without
+ * addresses reads back with 0 for them, so each block goes by its number
+ * instead (unique while it lives, and never written: the new capture has
+ * no addresses either). */
+static void address_by_number(struct mt_record *rec)
+{
+    switch (rec->tag) {
+    case MT_T_ALLOC:
+        if (!mt_allocator_is_mapping(rec->u.ev.allocator))
+            rec->u.ev.addr = rec->u.ev.number;
+        break;
+    case MT_T_FREE:
+        rec->u.ev.addr = rec->u.ev.number;
+        break;
+    case MT_T_REALLOC:
+        rec->u.ev.old_addr = rec->u.ev.old_number;
+        rec->u.ev.addr = rec->u.ev.number;
+        break;
+    default:
+        break;
+    }
+}
+
 static uint64_t offset_arg(const char *s)
 {
     char *end;
@@ -85,6 +108,7 @@ int cmd_extract(int argc, char **argv)
     const struct mt_header *h = mt_reader_header(r);
     if (h->flags & MT_HF_AGGREGATE)
         die("'%s' is an aggregate capture: it has no events to cut", path);
+    int addresses = mt_header_has_addresses(h);
     struct mt_writer *w;
     rc = mt_writer_open(output, force, h, &w);
     if (rc == MT_E_EXISTS)
@@ -114,6 +138,8 @@ int cmd_extract(int argc, char **argv)
             continue;
         if (!scoped && !is_definition(rec.tag))
             continue;
+        if (!addresses)
+            address_by_number(&rec);
         if (mt_writer_add(w, &rec) != MT_OK)
             break;
         int numbered = rec.tag == MT_T_ALLOC || rec.tag == MT_T_REALLOC ||

@@ -34,28 +34,43 @@ static void print_header(const struct mt_header *h)
     if (h->flags & MT_HF_AGGREGATE) printf(",aggregate");
     if (h->flags & MT_HF_FOLLOW_FORK) printf(",follow-fork");
     if (h->flags & MT_HF_PYALLOC) printf(",python-allocators");
+    if (h->flags & MT_HF_ADDRESSES) printf(",addresses");
     printf(" pid=%d start=%s command=", (int)h->pid, when);
     put_str(h->command);
     putchar('\n');
 }
 
-static void print_record(const struct mt_record *r)
+/* A heap block: by its address, or by its number in a capture without
+ * addresses ("old" for the block a realloc ends). */
+static void print_block(int addresses, const char *old, uint64_t addr, uint64_t number)
+{
+    if (addresses)
+        printf(" %s=0x%" PRIx64, *old ? "old" : "addr", addr);
+    else
+        printf(" %sblock=%" PRIu64, old, number);
+}
+
+static void print_record(const struct mt_record *r, int addresses)
 {
     switch (r->tag) {
     case MT_T_ALLOC:
-        printf("ALLOC thread=%u %s addr=0x%" PRIx64 " size=%" PRIu64 " py=%u native=%u\n",
-               r->thread, mt_allocator_name(r->u.ev.allocator), r->u.ev.addr, r->u.ev.size,
+        printf("ALLOC thread=%u %s", r->thread, mt_allocator_name(r->u.ev.allocator));
+        print_block(addresses || mt_allocator_is_mapping(r->u.ev.allocator), "",
+                    r->u.ev.addr, r->u.ev.number);
+        printf(" size=%" PRIu64 " py=%u native=%u\n", r->u.ev.size,
                r->u.ev.py_stack, r->u.ev.native_stack);
         break;
     case MT_T_FREE:
-        printf("FREE thread=%u%s%s addr=0x%" PRIx64 "\n", r->thread,
-               r->u.ev.allocator ? " " : "",
-               r->u.ev.allocator ? mt_allocator_name(r->u.ev.allocator) : "", r->u.ev.addr);
+        printf("FREE thread=%u%s%s", r->thread, r->u.ev.allocator ? " " : "",
+               r->u.ev.allocator ? mt_allocator_name(r->u.ev.allocator) : "");
+        print_block(addresses, "", r->u.ev.addr, r->u.ev.number);
+        putchar('\n');
         break;
     case MT_T_REALLOC:
-        printf("REALLOC thread=%u %s old=0x%" PRIx64 " addr=0x%" PRIx64 " size=%" PRIu64
-               " py=%u native=%u\n", r->thread, mt_allocator_name(r->u.ev.allocator),
-               r->u.ev.old_addr, r->u.ev.addr, r->u.ev.size, r->u.ev.py_stack,
+        printf("REALLOC thread=%u %s", r->thread, mt_allocator_name(r->u.ev.allocator));
+        print_block(addresses, "old_", r->u.ev.old_addr, r->u.ev.old_number);
+        print_block(addresses, "", r->u.ev.addr, r->u.ev.number);
+        printf(" size=%" PRIu64 " py=%u native=%u\n", r->u.ev.size, r->u.ev.py_stack,
                r->u.ev.native_stack);
         break;
     case MT_T_MUNMAP:
@@ -178,12 +193,13 @@ int cmd_parse(int argc, char **argv)
     int err = mt_reader_open(file, &rd, &found);
     if (err != MT_OK) die_capture(file, err, found);
     print_header(mt_reader_header(rd));
+    int addresses = mt_header_has_addresses(mt_reader_header(rd));
 
     struct mt_record rec;
     uint64_t n = 0;
     int rc;
     while ((rc = mt_reader_next(rd, &rec)) == 1) {
-        print_record(&rec);
+        print_record(&rec, addresses);
         n++;
     }
     int status = 0;

@@ -23,7 +23,7 @@
 
 struct run_opts {
     const char *output;
-    int force, native, quiet, pyalloc, follow_fork, aggregate;
+    int force, native, quiet, pyalloc, follow_fork, aggregate, addresses;
     const char *python;
 };
 
@@ -37,6 +37,7 @@ struct target {
 static const char run_usage[] =
     "usage: memtap run [-o FILE] [-f|--force] [--native] [--python PY] [-q]\n"
     "                  [--trace-python-allocators] [--follow-fork] [--aggregate]\n"
+    "                  [--addresses]\n"
     "                  (SCRIPT | -m MODULE | -c CODE | EXECUTABLE) [ARGS...]";
 
 /* The file on PATH (or the path itself when it has a slash), or NULL. */
@@ -290,6 +291,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         {"trace-python-allocators", no_argument, NULL, 'A'},
         {"follow-fork", no_argument, NULL, 'F'},
         {"aggregate", no_argument, NULL, 'G'},
+        {"addresses", no_argument, NULL, 'D'},
         {"python", required_argument, NULL, 'P'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -310,6 +312,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         case 'A': o->pyalloc = 1; break;
         case 'F': o->follow_fork = 1; break;
         case 'G': o->aggregate = 1; break;
+        case 'D': o->addresses = 1; break;
         case 'P': o->python = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': puts(run_usage); exit(0);
@@ -333,7 +336,8 @@ int cmd_run(int argc, char **argv)
     int shm_fd;
     uint32_t flags = (o.native ? MT_SHMF_NATIVE : 0) |
                      (o.pyalloc ? MT_SHMF_PYALLOC : 0) |
-                     (o.follow_fork ? MT_SHMF_FOLLOW_FORK : 0);
+                     (o.follow_fork ? MT_SHMF_FOLLOW_FORK : 0) |
+                     (o.addresses ? MT_SHMF_ADDRESSES : 0);
     if (mt_collector_new(flags, (int)getpid(), &c, &shm_fd) != MT_OK)
         die("cannot set up shared memory: %s", strerror(errno));
     if (o.output && !o.force && access(o.output, F_OK) == 0)
@@ -374,7 +378,8 @@ int cmd_run(int argc, char **argv)
     struct mt_header h = {
         .flags = (o.native ? MT_HF_NATIVE : 0) | (o.pyalloc ? MT_HF_PYALLOC : 0) |
                  (o.follow_fork ? MT_HF_FOLLOW_FORK : 0) |
-                 (o.aggregate ? MT_HF_AGGREGATE : 0),
+                 (o.aggregate ? MT_HF_AGGREGATE : 0) |
+                 (o.addresses && !o.aggregate ? MT_HF_ADDRESSES : 0),
         .pid = (int32_t)pid,
         .start_time_us = session_wall_us(),
         .command = join_argv(t.argv),

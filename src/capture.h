@@ -47,6 +47,9 @@ struct mt_record {
     union {
         struct {               /* ALLOC FREE REALLOC MUNMAP MREMAP */
             uint8_t allocator; /* enum mt_allocator; 0 for FREE and MUNMAP */
+            /* Read back, a heap block's addr is 0 when the capture does not
+             * store addresses (format 3 without MT_HF_ADDRESSES). Written,
+             * addr is needed either way: frees are matched by it. */
             uint64_t addr, size;
             uint64_t old_addr, old_size;   /* REALLOC, MREMAP */
             uint32_t py_stack, native_stack;
@@ -126,6 +129,11 @@ int mt_reader_open(const char *path, struct mt_reader **out,
                    uint32_t *found_version);
 
 const struct mt_header *mt_reader_header(const struct mt_reader *r);
+
+/* Does a capture with this header store heap blocks' addresses? (Always
+ * before format 3; from 3 on, with MT_HF_ADDRESSES.) Without them, heap
+ * events read back with addr 0: name their blocks by number. */
+int mt_header_has_addresses(const struct mt_header *h);
 
 /* Frees and reallocs then name their block only by number (ev.number,
  * ev.old_number), with addr 0: the reader keeps no map of live blocks,

@@ -14,7 +14,13 @@
 #define MT_HF_AGGREGATE 0x2u
 #define MT_HF_FOLLOW_FORK 0x4u
 #define MT_HF_PYALLOC 0x8u
-#define MT_HF_KNOWN (MT_HF_NATIVE | MT_HF_AGGREGATE | MT_HF_FOLLOW_FORK | MT_HF_PYALLOC)
+/* Heap blocks' addresses are stored (--addresses). From version 3 on they
+ * are left out unless asked for: no report needs them (frees name blocks by
+ * number) and they are the least compressible part of a capture. Versions
+ * 1 and 2 always store them. Mappings' addresses are always stored. */
+#define MT_HF_ADDRESSES 0x10u
+#define MT_HF_KNOWN (MT_HF_NATIVE | MT_HF_AGGREGATE | MT_HF_FOLLOW_FORK | \
+                     MT_HF_PYALLOC | MT_HF_ADDRESSES)
 
 /* Allocators: which function made (or ended) a block. Values are stored. */
 enum mt_allocator {

@@ -124,6 +124,16 @@ static const char *get_file(struct mt_reader *r, struct cursor *c, int slot)
     return keep_str(r, s, n, slot);
 }
 
+int mt_header_has_addresses(const struct mt_header *h)
+{
+    return h->format_version < 3 || (h->flags & MT_HF_ADDRESSES);
+}
+
+static int has_addresses(const struct mt_reader *r)
+{
+    return mt_header_has_addresses(&r->header);
+}
+
 /* Version 1 spelled some records out in full (docs/format.md). */
 static int v1(const struct mt_reader *r)
 {
@@ -346,7 +356,8 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
     if (MT_TAG_IS_ALLOC(tag)) {
         rec->tag = MT_T_ALLOC;
         rec->u.ev.allocator = tag & 0xf;
-        rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
+        if (has_addresses(r) || mt_allocator_is_mapping(rec->u.ev.allocator))
+            rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
         rec->u.ev.size = get_varint(c);
         rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
         if (tag & MT_TAG_ALLOC_NATIVE)
@@ -368,11 +379,19 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         uint64_t ref = get_varint(c);
         if (ref && !c->bad)
             rec->u.ev.old_addr = block_end(r, c, ref - 1, &rec->u.ev.old_number);
-        rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
+        int made;  /* a new block: realloc did not fail */
+        if (has_addresses(r)) {
+            rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
+            made = rec->u.ev.addr != 0;
+        } else {
+            made = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
+            if (made > 1)
+                c->bad = 1;
+        }
         rec->u.ev.size = get_varint(c);
         rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
         rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
-        if (rec->u.ev.addr && !c->bad)
+        if (made && !c->bad)
             rec->u.ev.number = block_new(r, c, MT_A_REALLOC, rec->u.ev.addr);
         break;
     }

@@ -824,7 +824,7 @@ static void on_record(struct mt_replay *s, const struct mt_record *r)
     case MT_T_REALLOC:
         heap_free(s, s->by_number ? r->u.ev.old_number : r->u.ev.old_addr,
                   r->thread);
-        if (r->u.ev.addr)
+        if (s->by_number ? r->u.ev.number : r->u.ev.addr)  /* not a failed realloc */
             heap_alloc(s, r);
         break;
     case MT_T_MUNMAP:

@@ -34,6 +34,7 @@ enum mt_slot_state {
 #define MT_SHMF_NATIVE 0x1u
 #define MT_SHMF_PYALLOC 0x2u  /* --trace-python-allocators */
 #define MT_SHMF_FOLLOW_FORK 0x4u  /* forked children get transports of their own */
+#define MT_SHMF_ADDRESSES 0x8u    /* --addresses: only for the Python API to see */
 
 /* What a followed child sends the collector on the socket named in
  * MT_ENV_SHM, with its new transport's memfd attached (SCM_RIGHTS). */

@@ -28,6 +28,7 @@ struct mt_writer {
     struct mt_imap files; /* this block's file names -> their CODE file index */
     uint32_t node_id[2]; /* the last PYNODE and NATIVENODE ids written */
     int fast;            /* LZ4 fast mode instead of HC */
+    int addresses;       /* heap blocks' addresses are written */
 };
 
 static int write_all(struct mt_writer *w, const void *buf, size_t n)
@@ -94,6 +95,7 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
         return MT_E_NOMEM;
     }
     w->fd = fd;
+    w->addresses = (h->flags & MT_HF_ADDRESSES) != 0;
     memcpy(hdr, MT_FILE_MAGIC, 8);
     mt_put_u32le(hdr + 8, MT_FORMAT_VERSION);
     uint8_t *p = hdr + 16;
@@ -302,7 +304,8 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         int nat = r->u.ev.native_stack != 0;
         *p++ = (uint8_t)(MT_TAG_ALLOC_BASE | (nat ? MT_TAG_ALLOC_NATIVE : 0) |
                          (r->u.ev.allocator & 0xf));
-        p = put_delta(p, &w->d.alloc_addr, r->u.ev.addr);
+        if (w->addresses || mt_allocator_is_mapping(r->u.ev.allocator & 0xf))
+            p = put_delta(p, &w->d.alloc_addr, r->u.ev.addr);
         p = mt_put_varint(p, r->u.ev.size);
         p = put_delta(p, &w->d.py, r->u.ev.py_stack);
         if (nat)
@@ -318,7 +321,10 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
     case MT_T_REALLOC:
         *p++ = r->u.ev.allocator;
         p = mt_put_varint(p, ref);
-        p = put_delta(p, &w->d.alloc_addr, r->u.ev.addr);
+        if (w->addresses)
+            p = put_delta(p, &w->d.alloc_addr, r->u.ev.addr);
+        else
+            *p++ = r->u.ev.addr != 0;  /* a new block, or a failed realloc */
         p = mt_put_varint(p, r->u.ev.size);
         p = put_delta(p, &w->d.py, r->u.ev.py_stack);
         p = put_delta(p, &w->d.native, r->u.ev.native_stack);

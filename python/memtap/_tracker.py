@@ -35,7 +35,7 @@ class TrackerError(RuntimeError):
 
 
 # MT_SHMF_* (src/transport.h): what a memtap run records.
-_RUN_NATIVE, _RUN_PYALLOC, _RUN_FOLLOW_FORK = 0x1, 0x2, 0x4
+_RUN_NATIVE, _RUN_PYALLOC, _RUN_FOLLOW_FORK, _RUN_ADDRESSES = 0x1, 0x2, 0x4, 0x8
 
 
 def _loaded_shim():
@@ -134,17 +134,20 @@ class Tracker:
     native: native (C) stacks too; aggregate: a small capture of per-stack
     totals (`memtap run --aggregate`); follow_fork: children forked inside
     the block are recorded in captures of their own; trace_python_allocators:
-    pymalloc's allocations are recorded one by one; overwrite: replace an
-    existing file. Only one Tracker may record at a time.
+    pymalloc's allocations are recorded one by one; addresses: heap blocks'
+    addresses are stored too (`memtap parse` shows them; reports do not need
+    them); overwrite: replace an existing file. Only one Tracker may record
+    at a time.
     """
 
     def __init__(self, path, native=False, aggregate=False, follow_fork=False,
-                 trace_python_allocators=False, overwrite=False):
+                 trace_python_allocators=False, addresses=False, overwrite=False):
         self.path = os.fspath(path)
         self.native = native
         self.aggregate = aggregate
         self.follow_fork = follow_fork
         self.trace_python_allocators = trace_python_allocators
+        self.addresses = addresses
         self.overwrite = overwrite
         self._proc = None
         self._hook = _ExtensionLoaderHook()
@@ -177,7 +180,8 @@ class Tracker:
         wanted = [(self.native, _RUN_NATIVE, "native", "--native"),
                   (self.trace_python_allocators, _RUN_PYALLOC,
                    "trace_python_allocators", "--trace-python-allocators"),
-                  (self.follow_fork, _RUN_FOLLOW_FORK, "follow_fork", "--follow-fork")]
+                  (self.follow_fork, _RUN_FOLLOW_FORK, "follow_fork", "--follow-fork"),
+                  (self.addresses, _RUN_ADDRESSES, "addresses", "--addresses")]
         for asked, bit, name, option in wanted:
             if asked and not flags & bit:
                 raise TrackerError(
@@ -227,6 +231,8 @@ class Tracker:
             cmd.append("--aggregate")
         if self.trace_python_allocators:
             cmd.append("--trace-python-allocators")
+        if self.addresses:
+            cmd.append("--addresses")
         pass_fds = ()
         sock_fd = -1
         if self.follow_fork:

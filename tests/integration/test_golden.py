@@ -7,6 +7,8 @@ tests/data/format-v1-aggregate.bin  the same with --aggregate
 tests/data/format-v2.bin            the same program, format version 2
 tests/data/format-v2-aggregate.bin  ... with --aggregate
 tests/data/format-v2-native.bin     ... with --native
+tests/data/format-v3.bin            the same program, format version 3 (no heap addresses)
+tests/data/format-v3-addresses.bin  ... with --addresses
 
 Their numbers never change: a reader that reports anything else for them has
 broken compatibility with that format version (or changed what a report
@@ -29,6 +31,8 @@ AGGREGATE = DATA / "format-v1-aggregate.bin"
 GOLDEN2 = DATA / "format-v2.bin"
 AGGREGATE2 = DATA / "format-v2-aggregate.bin"
 NATIVE2 = DATA / "format-v2-native.bin"
+GOLDEN3 = DATA / "format-v3.bin"
+ADDRESSES3 = DATA / "format-v3-addresses.bin"
 SCRIPT = "/work/main/tests/data/golden.py"  # the path it was recorded from
 
 COMMON = {
@@ -83,6 +87,12 @@ EXPECTED = {
                      end_memory_bytes=3270705, threads=threads2(8405)),
     NATIVE2: dict(COMMON2, pid=8408, duration_ms=29, peak_rss_bytes=10592256, native=True,
                   end_memory_bytes=3270345, threads=threads2(8408)),
+    GOLDEN3: dict(COMMON2, format_version=3, pid=18973, duration_ms=29,
+                  peak_rss_bytes=9416704, end_memory_bytes=3270345,
+                  threads=threads2(18973)),
+    ADDRESSES3: dict(COMMON2, format_version=3, pid=18976, duration_ms=24,
+                     peak_rss_bytes=10510336, end_memory_bytes=3270345,
+                     threads=threads2(18976)),
 }
 
 # The lines of golden.py, as (function, line, bytes, count) in top_locations.
@@ -110,9 +120,15 @@ PARSE_COUNTS = {
     NATIVE2: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 5, "CODE": 109,
               "PYNODE": 874, "NATIVENODE": 3713, "OBJECT": 11, "ALLOC": 1642, "FREE": 1600,
               "MUNMAP": 4, "SAMPLE": 3, "END": 1, "TRAILER": 1},
+    GOLDEN3: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 3, "CODE": 108,
+              "PYNODE": 874, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 3,
+              "END": 1, "TRAILER": 1},
+    ADDRESSES3: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 3, "CODE": 108,
+                 "PYNODE": 873, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 3,
+                 "END": 1, "TRAILER": 1},
 }
 PARSE_TOTAL = {GOLDEN: 4053, AGGREGATE: 1357, GOLDEN2: 4240, AGGREGATE2: 1357,
-               NATIVE2: 7967}
+               NATIVE2: 7967, GOLDEN3: 4240, ADDRESSES3: 4239}
 # Version 2 stores a sample's time as the change of its step from the last.
 PARSE_SAMPLES = {
     GOLDEN2: ["SAMPLE time_us=528 rss=1576960", "SAMPLE time_us=10834 rss=8228864",
@@ -121,6 +137,10 @@ PARSE_SAMPLES = {
                  "SAMPLE time_us=10856 rss=8798208 heap=2934410"],
     NATIVE2: ["SAMPLE time_us=461 rss=1695744", "SAMPLE time_us=10467 rss=8331264",
               "SAMPLE time_us=20641 rss=10592256"],
+    GOLDEN3: ["SAMPLE time_us=147 rss=1601536", "SAMPLE time_us=10390 rss=7417856",
+              "SAMPLE time_us=20531 rss=9416704"],
+    ADDRESSES3: ["SAMPLE time_us=138 rss=237568", "SAMPLE time_us=10324 rss=8241152",
+                 "SAMPLE time_us=20848 rss=10510336"],
 }
 PARSE_HEADER = {
     GOLDEN: 'HEADER version=1 flags=0x0 pid=4747 start=2026-11-22T03:25:16Z '
@@ -133,6 +153,10 @@ PARSE_HEADER = {
                 'command="/usr/bin/python3 tests/data/golden.py"',
     NATIVE2: 'HEADER version=2 flags=0x1,native pid=8408 start=2026-12-01T12:55:52Z '
              'command="/usr/bin/python3 tests/data/golden.py"',
+    GOLDEN3: 'HEADER version=3 flags=0x0 pid=18973 start=2026-12-01T14:03:16Z '
+             'command="/usr/bin/python3 tests/data/golden.py"',
+    ADDRESSES3: 'HEADER version=3 flags=0x10,addresses pid=18976 start=2026-12-01T14:03:16Z '
+                'command="/usr/bin/python3 tests/data/golden.py"',
 }
 PARSE_TRAILER = {
     GOLDEN: "TRAILER exit=0 duration_us=72714 events=3051 lost=0",
@@ -140,13 +164,17 @@ PARSE_TRAILER = {
     GOLDEN2: "TRAILER exit=0 duration_us=23440 events=3246 lost=0",
     AGGREGATE2: "TRAILER exit=0 duration_us=18799 events=3246 lost=0",
     NATIVE2: "TRAILER exit=0 duration_us=29793 events=3246 lost=0",
+    GOLDEN3: "TRAILER exit=0 duration_us=29282 events=3246 lost=0",
+    ADDRESSES3: "TRAILER exit=0 duration_us=24401 events=3246 lost=0",
 }
 
 CAPTURES = [pytest.param(GOLDEN, id="format-v1"),
             pytest.param(AGGREGATE, id="format-v1-aggregate"),
             pytest.param(GOLDEN2, id="format-v2"),
             pytest.param(AGGREGATE2, id="format-v2-aggregate"),
-            pytest.param(NATIVE2, id="format-v2-native")]
+            pytest.param(NATIVE2, id="format-v2-native"),
+            pytest.param(GOLDEN3, id="format-v3"),
+            pytest.param(ADDRESSES3, id="format-v3-addresses")]
 
 
 def has_command(name):
@@ -189,6 +217,32 @@ def test_golden_parse(memtap, capture):
     assert sum(counts.values()) - 1 == PARSE_TOTAL[capture]  # the header is no record
     if capture in PARSE_SAMPLES:
         assert [line for line in lines if line.startswith("SAMPLE ")] == PARSE_SAMPLES[capture]
+    check_blocks(capture, lines)
+
+
+def check_blocks(capture, lines):
+    """Heap blocks go by address in captures that store addresses, else by
+    allocation number: numbered 1, 2, 3... in order (mappings count too),
+    each freed at most once, and only after it was made."""
+    addresses = capture != GOLDEN3
+    number, live = 0, set()
+    for line in lines:
+        tag, fields = line.split(" ", 1)[0], dict(
+            f.split("=", 1) for f in line.split(" ")[1:] if "=" in f)
+        mapping = tag == "ALLOC" and line.split(" ")[2].startswith("mmap")
+        if tag == "ALLOC":
+            number += 1
+            if addresses or mapping:
+                assert fields["addr"].startswith("0x") and "block" not in fields, line
+            else:
+                assert fields["block"] == str(number) and "addr" not in fields, line
+                live.add(number)
+        elif tag == "FREE":
+            if addresses:
+                assert fields["addr"].startswith("0x") and "block" not in fields, line
+            else:
+                assert int(fields["block"]) in live, line
+                live.remove(int(fields["block"]))
 
 
 def test_golden_truncated(memtap, tmp_path):
@@ -208,3 +262,5 @@ def test_golden_files_unchanged():
     assert GOLDEN2.stat().st_size == 12507
     assert AGGREGATE2.stat().st_size == 5367
     assert NATIVE2.stat().st_size == 23414
+    assert GOLDEN3.stat().st_size == 9087
+    assert ADDRESSES3.stat().st_size == 12505

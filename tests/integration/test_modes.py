@@ -228,3 +228,48 @@ def test_trace_python_allocators_counts_small_objects(tmp_path, run_memtap):
     # without the flag the tuples are invisible (inside pymalloc arenas)
     proc, plain = run_memtap(tmp_path, TUPLES, out=tmp_path / "plain.bin")
     assert sum(l["count"] for l in find_locations(plain, "prog.py", line_of(TUPLES, "tuples"))) < 1000
+
+
+ADDRESSES = """\
+import ctypes
+keep = bytearray(3_000_001)  # @keep
+addr = ctypes.addressof((ctypes.c_char * len(keep)).from_buffer(keep))
+with open(OUT, "w") as f:
+    f.write(hex(addr))
+for i in range(1000):
+    b = bytes(5000 + i)  # @churn
+"""
+
+
+def parse_lines(capture):
+    out = subprocess.run([str(MEMTAP), "parse", str(capture)], capture_output=True,
+                         check=True, env=clean_env())
+    return out.stdout.decode().splitlines()
+
+
+def test_addresses_only_when_asked(tmp_path, run_memtap):
+    """Heap addresses are left out unless --addresses: the reports are the
+    same either way, the capture smaller without; with them, parse shows
+    where each block was (here, the bytearray's buffer as Python saw it)."""
+    results = {}
+    for flag in ([], ["--addresses"]):
+        out = tmp_path / ("addr%d.txt" % len(flag))
+        script = ADDRESSES.replace("OUT", repr(str(out)))
+        proc, stats = run_memtap(tmp_path, script, extra=flag,
+                                 out=tmp_path / ("c%d.bin" % len(flag)))
+        keep = line_of(script, "keep")
+        assert_location(stats, "prog.py", keep, 3_000_002)  # +1: bytearray's NUL
+        lines = parse_lines(proc.capture)
+        big = [l for l in lines if l.startswith("ALLOC ") and "size=3000002 " in l]
+        assert len(big) == 1, big
+        if flag:
+            assert " addr=%s " % out.read_text() in big[0], (big[0], out.read_text())
+        else:
+            assert " block=" in big[0] and " addr=" not in big[0], big[0]
+            assert not any(" addr=" in l for l in lines
+                           if l.startswith(("FREE ", "ALLOC ")) and " mmap" not in l)
+        results[bool(flag)] = (proc.capture.stat().st_size,
+                               {k: stats[k] for k in ("total_allocations", "total_frees",
+                                                      "total_allocated_bytes")})
+    assert results[False][1]["total_allocations"] > 1000
+    assert results[False][0] < results[True][0], results

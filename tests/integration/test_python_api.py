@@ -273,3 +273,40 @@ def test_tracker_many_times_keeps_little_shared_memory(pkg, tmp_path):
     proc = pkg.run([pkg.python, script, tmp_path], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.split()[-1]) < 8 * 1024, proc.stdout
+
+
+ADDRESSES = """\
+import ctypes, memtap, sys
+for addresses in (False, True):
+    path = sys.argv[1] + str(int(addresses))
+    try:
+        with memtap.Tracker(path, addresses=addresses):
+            b = bytearray(1_000_001)
+    except memtap.TrackerError as e:
+        print("error", str(e).split(";")[0])
+        continue
+    print(hex(ctypes.addressof((ctypes.c_char * len(b)).from_buffer(b))))
+"""
+
+
+def test_tracker_addresses(pkg, tmp_path):
+    """addresses=True stores heap addresses (the buffer's own, as Python
+    sees it); under memtap run it is the run's choice."""
+    script = tmp_path / "addresses.py"
+    script.write_text(ADDRESSES)
+    out = tmp_path / "a"
+    proc = pkg.run([pkg.python, script, out], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    addrs = proc.stdout.split()
+    for i, flag in enumerate(("0x0 ", "0x10,addresses ")):
+        lines = pkg.run([pkg.memtap, "parse", "%s%d" % (out, i)], cwd=tmp_path).stdout
+        assert lines.startswith("HEADER version=3 flags=" + flag), lines[:80]
+        big = [l for l in lines.splitlines() if "size=1000002 " in l]
+        want = " addr=%s " % addrs[1] if i else " block="
+        assert len(big) == 1 and want in big[0], (big, want)
+    proc = pkg.run([pkg.memtap, "run", "-q", "-o", tmp_path / "run.bin", "--python",
+                    pkg.python, script, out], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1] == ("error memtap: this process runs under 'memtap run' without "
+                        "--addresses, which decides what is recorded"), lines

@@ -335,6 +335,7 @@ struct cap {
     struct mt_writer *w;
     struct stream want;   /* what was written, THREAD_SWITCH included */
     unsigned flushes;
+    int addresses;        /* the header asks for heap addresses */
 };
 
 static void add(struct cap *c, const struct mt_record *r)
@@ -428,6 +429,16 @@ static int is_mapping(unsigned a)
     return a == MT_A_MMAP || a == MT_A_MMAP_FILE || a == MT_A_MMAP_RESERVE;
 }
 
+/* Pushes an expected event: without MT_HF_ADDRESSES, heap blocks read
+ * back without their addresses. */
+static void want_event(struct cap *c, struct mt_record r)
+{
+    if (!c->addresses && r.tag != MT_T_MUNMAP && r.tag != MT_T_MREMAP &&
+        !(r.tag == MT_T_ALLOC && is_mapping(r.u.ev.allocator)))
+        r.u.ev.addr = r.u.ev.old_addr = 0;
+    stream_push(&c->want, &r);
+}
+
 /* Writes one event and pushes what the reader must give back for it. */
 static void ev(struct cap *c, enum mt_tag tag, uint32_t thread, uint8_t allocator,
                uint64_t addr, uint64_t size, uint64_t old_addr, uint64_t old_size,
@@ -445,7 +456,7 @@ static void ev(struct cap *c, enum mt_tag tag, uint32_t thread, uint8_t allocato
          (tag == MT_T_REALLOC && addr != old_addr)) && addr && live_take(addr)) {
         struct mt_record end = {.tag = MT_T_FREE, .thread = thread};
         end.u.ev.addr = addr;
-        stream_push(&c->want, &end);
+        want_event(c, end);
     }
     switch (tag) {
     case MT_T_ALLOC:
@@ -477,7 +488,7 @@ static void ev(struct cap *c, enum mt_tag tag, uint32_t thread, uint8_t allocato
         CHECK(0, "ev: not an event tag 0x%02x", tag);
         return;
     }
-    stream_push(&c->want, &want);
+    want_event(c, want);
 }
 
 static void thread_rec(struct cap *c, uint32_t index, uint32_t tid, const char *name)
@@ -552,6 +563,7 @@ static void cap_open(struct cap *c, const char *path, const struct mt_header *h)
     memset(c, 0, sizeof *c);
     live_reset();
     unlink(path);
+    c->addresses = (h->flags & MT_HF_ADDRESSES) != 0;
     int rc = mt_writer_open(path, 0, h, &c->w);
     CHECK_RC(rc, MT_OK, "mt_writer_open");
     if (rc != MT_OK)
@@ -855,7 +867,9 @@ static uint32_t largest_build_id(void)
     return lo;
 }
 
-static void test_edges(void)
+/* flags: every header flag, with or without MT_HF_ADDRESSES (heap events
+ * are written differently without it). */
+static void test_edges(uint32_t flags)
 {
     static char big[4097], path[4097];
     static uint8_t bid[MT_BLOCK_MAX_RAW];
@@ -870,10 +884,10 @@ static void test_edges(void)
     for (size_t i = 0; i < 64; i++)
         seg[i] = i & 1 ? UINT64_MAX - i : (i ? i << 40 : 0);
 
-    struct mt_header h = {.flags = MT_HF_KNOWN, .pid = INT32_MAX,
+    struct mt_header h = {.flags = flags, .pid = INT32_MAX,
                           .start_time_us = UINT64_MAX,
                           .command = "python3 -c 'print(\"h\\u00e9\")' \t\x01 end"};
-    const char *file = tmp_path("edges.bin");
+    const char *file = tmp_path(flags & MT_HF_ADDRESSES ? "edges.bin" : "edges-noaddr.bin");
     struct cap c;
     cap_open(&c, file, &h);
 
@@ -1035,7 +1049,7 @@ static void test_edges(void)
     int before = failures;
     int rc = read_all(file, &got, &gh);
     CHECK_RC(rc, 0, "edges: end of the complete capture");
-    CHECK(gh.format_version == MT_FORMAT_VERSION && gh.flags == MT_HF_KNOWN &&
+    CHECK(gh.format_version == MT_FORMAT_VERSION && gh.flags == flags &&
           gh.pid == INT32_MAX && gh.start_time_us == UINT64_MAX &&
           !strcmp(gh.command, h.command), "edges: header fields");
     compare_streams("edges", &c.want, &got);
@@ -1110,6 +1124,55 @@ static void test_crc32(void)
                       crc32_bitwise(0xdeadbeefu, b + off, lens[i]),
                   "crc32: %zu bytes at offset %zu", lens[i], off);
     free(b);
+}
+
+/* A capture without addresses: its header, then one block made by hand
+ * from raw record bytes (docs/format.md, Blocks). @return the file. */
+static const char *hand_block(const uint8_t *raw, int n)
+{
+    const char *file = tmp_path("hand.bin");
+    unlink(file);
+    struct mt_header h = {.pid = 1, .command = "hand"};
+    struct mt_writer *w;
+    if (mt_writer_open(file, 0, &h, &w) != MT_OK || mt_writer_close(w, NULL) != MT_OK)
+        exit(2);
+    uint8_t block[16 + 256];
+    int comp = LZ4_compress_default((const char *)raw, (char *)block + 16, n, 256);
+    mt_put_u32le(block, MT_BLOCK_MAGIC);
+    mt_put_u32le(block + 4, (uint32_t)n);
+    mt_put_u32le(block + 8, (uint32_t)comp);
+    mt_put_u32le(block + 12, mt_crc32(0, block + 16, (size_t)comp));
+    FILE *f = fopen(file, "ab");
+    if (!f || comp <= 0 || fwrite(block, 1, 16 + (size_t)comp, f) != 16 + (size_t)comp)
+        exit(2);
+    fclose(f);
+    return file;
+}
+
+/* Without addresses a REALLOC says by one byte whether it made a block:
+ * 0 and 1 decode, anything else is corrupt. */
+static void test_realloc_made(void)
+{
+    for (uint8_t made = 0; made < 4; made++) {
+        /* ALLOC malloc (no addr) size 8 py 0; REALLOC of block 1 */
+        const uint8_t raw[] = {0x21, 8, 0, MT_T_REALLOC, MT_A_REALLOC, 3, made, 9, 0, 0};
+        struct mt_reader *r;
+        CHECK_RC(mt_reader_open(hand_block(raw, sizeof raw), &r, NULL), MT_OK, "made: open");
+        struct mt_record a, re;
+        CHECK(mt_reader_next(r, &a) == 1 && a.tag == MT_T_ALLOC && a.u.ev.number == 1 &&
+              a.u.ev.addr == 0 && a.u.ev.size == 8, "made %u: the ALLOC", made);
+        int rc = mt_reader_next(r, &re);
+        if (made > 1) {
+            CHECK_RC(rc, MT_E_CORRUPT, "made byte 2 or more");
+        } else {
+            CHECK(rc == 1 && re.tag == MT_T_REALLOC && re.u.ev.old_number == 1 &&
+                  re.u.ev.number == (made ? 2u : 0u) && re.u.ev.size == 9 &&
+                  !re.u.ev.addr && !re.u.ev.old_addr,
+                  "made %u: REALLOC read as number %" PRIu64 " ending %" PRIu64, made,
+                  re.u.ev.number, re.u.ev.old_number);
+        }
+        mt_reader_close(r);
+    }
 }
 
 static void test_large(void)
@@ -1308,7 +1371,7 @@ static void test_refusals(void)
                   "unknown header flag 0x%x accepted", bit);
 
     /* and the writer's own header with an unknown flag */
-    struct mt_header h = {.flags = 0x10, .command = "x"};
+    struct mt_header h = {.flags = (MT_HF_KNOWN + 1) & ~MT_HF_KNOWN, .command = "x"};
     struct mt_writer *w;
     const char *file = tmp_path("flags.bin");
     unlink(file);
@@ -1369,14 +1432,16 @@ int main(void)
     test_crc32();
     test_refusals();
     test_no_trailer();
-    test_edges();
+    test_edges(MT_HF_KNOWN);
+    test_edges(MT_HF_KNOWN & ~MT_HF_ADDRESSES);
     test_large();
+    test_realloc_made();
 
     if (damaged_fd >= 0)
         close(damaged_fd);
     free(live.key), free(live.idx), free(live.st), free(live.vec);
-    const char *names[] = {"damaged.bin", "probe.bin", "edges.bin", "large.bin", "notrailer.bin",
-                           "header.bin", "bytes.bin", "flags.bin", "exists.bin", "link.bin"};
+    const char *names[] = {"damaged.bin", "probe.bin", "edges.bin", "edges-noaddr.bin", "large.bin", "notrailer.bin",
+                           "header.bin", "hand.bin", "bytes.bin", "flags.bin", "exists.bin", "link.bin"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         unlink(tmp_path(names[i]));
     rmdir(tmpdir);

@@ -2,8 +2,9 @@
  * capture written with the real writer, read back twice — blocks keyed by
  * address (the reader maps numbers back to addresses) and keyed by
  * allocation number (the reports' way: recent numbers in a ring, survivors
- * moved to a hash map) — must give the same analysis, and both the
- * numbers a model of the workload computes:
+ * moved to a hash map) — and the same capture written without addresses,
+ * read by number, must give the same analysis, and all the numbers a model
+ * of the workload computes:
  *  - blocks that outlive the ring (freed 100,000+ allocations later), many
  *    of them, freed in and out of order;
  *  - long runs of mappings, whose numbers are never heap blocks (gaps in
@@ -34,15 +35,16 @@ static struct { uint64_t addr, size; uint32_t py; } live[MAXLIVE];
 static size_t nlive;
 static uint64_t heap, peak, nallocs, nfrees, allocated;
 
-static struct mt_writer *w;
+static struct mt_writer *w[2];  /* with addresses, without */
 static uint64_t next_addr = 0x10000;
 
 static void add(const struct mt_record *r)
 {
-    if (mt_writer_add(w, r) != MT_OK) {
-        fprintf(stderr, "mt_writer_add failed\n");
-        exit(2);
-    }
+    for (int i = 0; i < 2; i++)
+        if (mt_writer_add(w[i], r) != MT_OK) {
+            fprintf(stderr, "mt_writer_add failed\n");
+            exit(2);
+        }
 }
 
 static void alloc(uint64_t size, uint32_t py)
@@ -85,12 +87,15 @@ static void mapping(void)
     add(&r);
 }
 
-static void write_capture(const char *path)
+static void write_capture(char path[2][PATH_MAX])
 {
-    struct mt_header h = {.pid = 1, .start_time_us = 1, .command = "test-replay"};
-    if (mt_writer_open(path, 1, &h, &w) != MT_OK) {
-        fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
-        exit(2);
+    for (int i = 0; i < 2; i++) {
+        struct mt_header h = {.flags = i ? 0 : MT_HF_ADDRESSES, .pid = 1,
+                              .start_time_us = 1, .command = "test-replay"};
+        if (mt_writer_open(path[i], 1, &h, &w[i]) != MT_OK) {
+            fprintf(stderr, "cannot write %s: %s\n", path[i], strerror(errno));
+            exit(2);
+        }
     }
     struct mt_record r = {.tag = MT_T_THREAD};
     r.u.thread.index = 1;
@@ -140,10 +145,11 @@ static void write_capture(const char *path)
     for (int i = 0; i < 5; i++)
         alloc(777, 5);
     struct mt_trailer t = {.duration_us = 10, .events = 1};
-    if (mt_writer_close(w, &t) != MT_OK) {
-        fprintf(stderr, "mt_writer_close failed\n");
-        exit(2);
-    }
+    for (int i = 0; i < 2; i++)
+        if (mt_writer_close(w[i], &t) != MT_OK) {
+            fprintf(stderr, "mt_writer_close failed\n");
+            exit(2);
+        }
 }
 
 static struct mt_analysis *replay_file(const char *path, int by_number)
@@ -179,21 +185,26 @@ static const struct mt_group *group_of_stack(const struct mt_analysis *a, uint32
 
 int main(void)
 {
-    char path[PATH_MAX];
+    char path[2][PATH_MAX];
     const char *dir = getenv("TMPDIR");
-    snprintf(path, sizeof path, "%s/memtap-test-replay-%d.bin", dir && *dir ? dir : "/tmp",
-             (int)getpid());
+    for (int i = 0; i < 2; i++)
+        snprintf(path[i], sizeof path[i], "%s/memtap-test-replay-%d%s.bin",
+                 dir && *dir ? dir : "/tmp", (int)getpid(), i ? "-noaddr" : "");
     write_capture(path);
-    struct mt_analysis *by_addr = replay_file(path, 0), *by_num = replay_file(path, 1);
-    unlink(path);
+    struct mt_analysis *by_addr = replay_file(path[0], 0), *by_num = replay_file(path[0], 1);
+    struct mt_analysis *no_addr = replay_file(path[1], 1);
+    unlink(path[0]);
+    unlink(path[1]);
 
     uint64_t end = 0;
     for (size_t i = 0; i < nlive; i++)
         end += live[i].size;
-    const struct mt_analysis *as[2] = {by_addr, by_num};
-    for (int k = 0; k < 2; k++) {
+    const struct mt_analysis *as[3] = {by_addr, by_num, no_addr};
+    static const char *const hows[3] = {"by address", "by number",
+                                        "by number, no addresses"};
+    for (int k = 0; k < 3; k++) {
         const struct mt_analysis *a = as[k];
-        const char *how = k ? "by number" : "by address";
+        const char *how = hows[k];
         /* the mappings are allocations too, never in the heap */
         CHECK(a->total_allocations == nallocs + 70100,
               "%s: %" PRIu64 " allocations, want %" PRIu64, how, a->total_allocations,
@@ -213,21 +224,25 @@ int main(void)
         CHECK(g && g->total_count == 1 && g->end_count == 1 && g->end_bytes == 12345,
               "%s: the realloc", how);
     }
-    CHECK(by_addr->ngroups == by_num->ngroups, "groups: %u by address, %u by number",
-          by_addr->ngroups, by_num->ngroups);
-    for (uint32_t i = 0; i < by_addr->ngroups && i < by_num->ngroups; i++)
-        CHECK(!memcmp(&by_addr->groups[i], &by_num->groups[i], sizeof by_addr->groups[i]),
-              "group %u differs: temp %" PRIu64 "/%" PRIu64 ", peak %" PRIu64 "/%" PRIu64
-              ", end %" PRIu64 "/%" PRIu64,
-              i, by_addr->groups[i].temp_count, by_num->groups[i].temp_count,
-              by_addr->groups[i].peak_bytes, by_num->groups[i].peak_bytes,
-              by_addr->groups[i].end_bytes, by_num->groups[i].end_bytes);
+    for (int k = 1; k < 3; k++) {
+        const struct mt_analysis *b = as[k];
+        CHECK(by_addr->ngroups == b->ngroups, "groups: %u by address, %u %s",
+              by_addr->ngroups, b->ngroups, hows[k]);
+        for (uint32_t i = 0; i < by_addr->ngroups && i < b->ngroups; i++)
+            CHECK(!memcmp(&by_addr->groups[i], &b->groups[i], sizeof b->groups[i]),
+                  "group %u differs %s: temp %" PRIu64 "/%" PRIu64 ", peak %" PRIu64
+                  "/%" PRIu64 ", end %" PRIu64 "/%" PRIu64, i, hows[k],
+                  by_addr->groups[i].temp_count, b->groups[i].temp_count,
+                  by_addr->groups[i].peak_bytes, b->groups[i].peak_bytes,
+                  by_addr->groups[i].end_bytes, b->groups[i].end_bytes);
+    }
     uint64_t temp = 0;
     for (uint32_t i = 0; i < by_num->ngroups; i++)
         temp += by_num->groups[i].temp_count;
     CHECK(temp > 10000, "temporary blocks: %" PRIu64, temp);
     mt_analysis_free(by_addr);
     mt_analysis_free(by_num);
+    mt_analysis_free(no_addr);
     if (failures) {
         fprintf(stderr, "test-replay: %d check(s) failed\n", failures);
         return 1;
