@@ -159,7 +159,11 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
 {
     long moved = mt_collector_drain(cap->c);
     if (now - cap->last_sample >= 10000) {
-        mt_collector_sample(cap->c, now - cap->start, read_rss(cap->pid));
+        /* 0: the program has exited (its statm reads 0 until it is
+         * reaped); a sample then would draw its RSS falling to nothing. */
+        uint64_t rss = read_rss(cap->pid);
+        if (rss)
+            mt_collector_sample(cap->c, now - cap->start, rss);
         cap->last_sample = now;
     }
     pace_contention(cap, now);
