@@ -56,10 +56,29 @@ struct mt_deltas {
  * saw allocated are not written at all. */
 
 /* Allocation tags carry the allocator in their low 4 bits; the 0x10 bit
- * says a native stack id follows. */
+ * says the allocation has a native stack. Tags from MT_TAG_ALLOC_BASE
+ * write the stack ids; from MT_TAG_ALLOC_SAME (format 3 on) the stacks are
+ * the ones the last stack ids written named (their delta bases), and no
+ * stack field follows: a loop allocating from one place costs no byte for
+ * its stacks, which LZ4 could not always have matched between the
+ * varying sizes. */
 #define MT_TAG_ALLOC_BASE 0x20u
+#define MT_TAG_ALLOC_SAME 0x40u
 #define MT_TAG_ALLOC_NATIVE 0x10u
-#define MT_TAG_IS_ALLOC(t) (((t) & 0xe0u) == MT_TAG_ALLOC_BASE)
+#define MT_TAG_IS_ALLOC(t) ((t) >= MT_TAG_ALLOC_BASE && (t) < MT_TAG_ALLOC_SAME + 0x20u)
+
+/* Format 3 on, the short forms of the two commonest records after ALLOC.
+ * A FREE whose reference (the zigzag of its number's change) is below 128
+ * is the one byte MT_TAG_FREE_SHORT | reference: programs mostly free what
+ * they allocated last or nearly so. Below 128 + 2048 it is two bytes,
+ * MT_TAG_FREE_MID | high 3 bits, then the low 8, of reference - 128. A
+ * THREAD_SWITCH to thread t < 31 is the byte MT_TAG_SWITCH_SHORT + t:
+ * threads allocating together switch every few events. */
+#define MT_TAG_FREE_SHORT 0x80u
+#define MT_TAG_FREE_MID 0x08u
+#define MT_FREE_MID_MAX (0x80u + 0x800u)
+#define MT_TAG_SWITCH_SHORT 0x60u
+#define MT_SWITCH_SHORT_MAX 31u
 
 /* CRC-32 (IEEE, as zlib), continuing from crc (0 to start). */
 uint32_t mt_crc32(uint32_t crc, const void *data, size_t n);

@@ -359,12 +359,42 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         if (has_addresses(r) || mt_allocator_is_mapping(rec->u.ev.allocator))
             rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
         rec->u.ev.size = get_varint(c);
-        rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
-        if (tag & MT_TAG_ALLOC_NATIVE)
-            rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
+        if (tag >= MT_TAG_ALLOC_SAME) {
+            if (r->header.format_version < 3)
+                c->bad = 1;  /* a reserved tag then */
+            rec->u.ev.py_stack = (uint32_t)r->d.py;
+            if (tag & MT_TAG_ALLOC_NATIVE)
+                rec->u.ev.native_stack = (uint32_t)r->d.native;
+        } else {
+            rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
+            if (tag & MT_TAG_ALLOC_NATIVE)
+                rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
+        }
         if (!c->bad)
             rec->u.ev.number = block_new(r, c, rec->u.ev.allocator, rec->u.ev.addr);
         return c->bad ? MT_E_CORRUPT : 1;
+    }
+    int v3 = r->header.format_version >= 3;
+    if (tag >= MT_TAG_FREE_SHORT ||
+        (tag >= MT_TAG_FREE_MID && tag < MT_TAG_FREE_MID + 8)) {
+        if (!v3)
+            return MT_E_CORRUPT;  /* reserved tags then */
+        uint64_t ref = tag & 0x7fu;
+        if (tag < MT_TAG_FREE_SHORT) {
+            if (c->p == c->end)
+                return MT_E_CORRUPT;
+            ref = 0x80u + ((uint64_t)(tag & 7u) << 8 | *c->p++);
+        }
+        rec->tag = MT_T_FREE;
+        rec->u.ev.addr = block_end(r, c, ref, &rec->u.ev.number);
+        return c->bad ? MT_E_CORRUPT : 1;
+    }
+    if (tag >= MT_TAG_SWITCH_SHORT && tag < MT_TAG_SWITCH_SHORT + MT_SWITCH_SHORT_MAX) {
+        if (!v3)
+            return MT_E_CORRUPT;
+        rec->tag = MT_T_THREAD_SWITCH;
+        r->thread = rec->thread = tag - MT_TAG_SWITCH_SHORT;
+        return 1;
     }
     rec->tag = (enum mt_tag)tag;
     switch (rec->tag) {

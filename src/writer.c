@@ -170,6 +170,33 @@ static size_t var_size(const struct mt_record *r)
     }
 }
 
+/* THREAD_SWITCH, in its short form when the thread allows. */
+static uint8_t *put_switch(uint8_t *p, uint32_t thread)
+{
+    if (thread < MT_SWITCH_SHORT_MAX) {
+        *p++ = (uint8_t)(MT_TAG_SWITCH_SHORT + thread);
+        return p;
+    }
+    *p++ = MT_T_THREAD_SWITCH;
+    return mt_put_varint(p, thread);
+}
+
+/* FREE of reference ref (the zigzag of its number's change), in the
+ * shortest of its three forms. */
+static uint8_t *put_free(uint8_t *p, uint64_t ref)
+{
+    if (ref < 0x80) {
+        *p++ = (uint8_t)(MT_TAG_FREE_SHORT | ref);
+    } else if (ref < MT_FREE_MID_MAX) {
+        *p++ = (uint8_t)(MT_TAG_FREE_MID | ((ref - 0x80) >> 8));
+        *p++ = (uint8_t)(ref - 0x80);
+    } else {
+        *p++ = MT_T_FREE;
+        p = mt_put_varint(p, ref);
+    }
+    return p;
+}
+
 static uint8_t *put_delta(uint8_t *p, uint64_t *base, uint64_t value)
 {
     p = mt_put_varint(p, mt_zigzag((int64_t)(value - *base)));
@@ -296,28 +323,37 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         return MT_E_NOMEM;
     uint8_t *p = w->raw + w->used;
     if (is_event(r->tag) && r->thread != w->thread) {
-        *p++ = MT_T_THREAD_SWITCH;
-        p = mt_put_varint(p, r->thread);
+        p = put_switch(p, r->thread);
         w->thread = r->thread;
     }
     if (r->tag == MT_T_ALLOC) {
         int nat = r->u.ev.native_stack != 0;
-        *p++ = (uint8_t)(MT_TAG_ALLOC_BASE | (nat ? MT_TAG_ALLOC_NATIVE : 0) |
-                         (r->u.ev.allocator & 0xf));
+        int same = r->u.ev.py_stack == w->d.py && (!nat || r->u.ev.native_stack == w->d.native);
+        *p++ = (uint8_t)((same ? MT_TAG_ALLOC_SAME : MT_TAG_ALLOC_BASE) |
+                         (nat ? MT_TAG_ALLOC_NATIVE : 0) | (r->u.ev.allocator & 0xf));
         if (w->addresses || mt_allocator_is_mapping(r->u.ev.allocator & 0xf))
             p = put_delta(p, &w->d.alloc_addr, r->u.ev.addr);
         p = mt_put_varint(p, r->u.ev.size);
-        p = put_delta(p, &w->d.py, r->u.ev.py_stack);
-        if (nat)
-            p = put_delta(p, &w->d.native, r->u.ev.native_stack);
+        if (!same) {
+            p = put_delta(p, &w->d.py, r->u.ev.py_stack);
+            if (nat)
+                p = put_delta(p, &w->d.native, r->u.ev.native_stack);
+        }
+        w->used = (size_t)(p - w->raw);
+        return MT_OK;
+    }
+    if (r->tag == MT_T_FREE || r->tag == MT_T_THREAD_SWITCH) {
+        if (r->tag == MT_T_FREE) {
+            p = put_free(p, ref - 1);
+        } else {
+            p = put_switch(p, r->thread);
+            w->thread = r->thread;
+        }
         w->used = (size_t)(p - w->raw);
         return MT_OK;
     }
     *p++ = (uint8_t)r->tag;
     switch (r->tag) {
-    case MT_T_FREE:
-        p = mt_put_varint(p, ref - 1);
-        break;
     case MT_T_REALLOC:
         *p++ = r->u.ev.allocator;
         p = mt_put_varint(p, ref);
@@ -442,10 +478,6 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         p = mt_put_varint(p, r->u.trailer.duration_us);
         p = mt_put_varint(p, r->u.trailer.events);
         p = mt_put_varint(p, r->u.trailer.lost_events);
-        break;
-    case MT_T_THREAD_SWITCH:
-        p = mt_put_varint(p, r->thread);
-        w->thread = r->thread;
         break;
     default:
         return MT_E_CORRUPT;

@@ -87,12 +87,12 @@ EXPECTED = {
                      end_memory_bytes=3270705, threads=threads2(8405)),
     NATIVE2: dict(COMMON2, pid=8408, duration_ms=29, peak_rss_bytes=10592256, native=True,
                   end_memory_bytes=3270345, threads=threads2(8408)),
-    GOLDEN3: dict(COMMON2, format_version=3, pid=18973, duration_ms=29,
-                  peak_rss_bytes=9416704, end_memory_bytes=3270345,
-                  threads=threads2(18973)),
-    ADDRESSES3: dict(COMMON2, format_version=3, pid=18976, duration_ms=24,
-                     peak_rss_bytes=10510336, end_memory_bytes=3270345,
-                     threads=threads2(18976)),
+    GOLDEN3: dict(COMMON2, format_version=3, pid=30317, duration_ms=24,
+                  peak_rss_bytes=10248192, end_memory_bytes=3270345,
+                  threads=threads2(30317)),
+    ADDRESSES3: dict(COMMON2, format_version=3, pid=30320, duration_ms=30,
+                     peak_rss_bytes=10104832, end_memory_bytes=3270345,
+                     threads=threads2(30320)),
 }
 
 # The lines of golden.py, as (function, line, bytes, count) in top_locations.
@@ -121,14 +121,14 @@ PARSE_COUNTS = {
               "PYNODE": 874, "NATIVENODE": 3713, "OBJECT": 11, "ALLOC": 1642, "FREE": 1600,
               "MUNMAP": 4, "SAMPLE": 3, "END": 1, "TRAILER": 1},
     GOLDEN3: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 3, "CODE": 108,
-              "PYNODE": 874, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 3,
+              "PYNODE": 873, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 3,
               "END": 1, "TRAILER": 1},
     ADDRESSES3: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 3, "CODE": 108,
-                 "PYNODE": 873, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 3,
+                 "PYNODE": 874, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 3,
                  "END": 1, "TRAILER": 1},
 }
 PARSE_TOTAL = {GOLDEN: 4053, AGGREGATE: 1357, GOLDEN2: 4240, AGGREGATE2: 1357,
-               NATIVE2: 7967, GOLDEN3: 4240, ADDRESSES3: 4239}
+               NATIVE2: 7967, GOLDEN3: 4239, ADDRESSES3: 4240}
 # Version 2 stores a sample's time as the change of its step from the last.
 PARSE_SAMPLES = {
     GOLDEN2: ["SAMPLE time_us=528 rss=1576960", "SAMPLE time_us=10834 rss=8228864",
@@ -137,10 +137,10 @@ PARSE_SAMPLES = {
                  "SAMPLE time_us=10856 rss=8798208 heap=2934410"],
     NATIVE2: ["SAMPLE time_us=461 rss=1695744", "SAMPLE time_us=10467 rss=8331264",
               "SAMPLE time_us=20641 rss=10592256"],
-    GOLDEN3: ["SAMPLE time_us=147 rss=1601536", "SAMPLE time_us=10390 rss=7417856",
-              "SAMPLE time_us=20531 rss=9416704"],
-    ADDRESSES3: ["SAMPLE time_us=138 rss=237568", "SAMPLE time_us=10324 rss=8241152",
-                 "SAMPLE time_us=20848 rss=10510336"],
+    GOLDEN3: ["SAMPLE time_us=90 rss=237568", "SAMPLE time_us=10211 rss=7909376",
+              "SAMPLE time_us=20216 rss=10248192"],
+    ADDRESSES3: ["SAMPLE time_us=115 rss=237568", "SAMPLE time_us=13975 rss=8568832",
+                 "SAMPLE time_us=24518 rss=10104832"],
 }
 PARSE_HEADER = {
     GOLDEN: 'HEADER version=1 flags=0x0 pid=4747 start=2026-11-22T03:25:16Z '
@@ -153,9 +153,9 @@ PARSE_HEADER = {
                 'command="/usr/bin/python3 tests/data/golden.py"',
     NATIVE2: 'HEADER version=2 flags=0x1,native pid=8408 start=2026-12-01T12:55:52Z '
              'command="/usr/bin/python3 tests/data/golden.py"',
-    GOLDEN3: 'HEADER version=3 flags=0x0 pid=18973 start=2026-12-01T14:03:16Z '
+    GOLDEN3: 'HEADER version=3 flags=0x0 pid=30317 start=2026-12-01T14:11:28Z '
              'command="/usr/bin/python3 tests/data/golden.py"',
-    ADDRESSES3: 'HEADER version=3 flags=0x10,addresses pid=18976 start=2026-12-01T14:03:16Z '
+    ADDRESSES3: 'HEADER version=3 flags=0x10,addresses pid=30320 start=2026-12-01T14:11:28Z '
                 'command="/usr/bin/python3 tests/data/golden.py"',
 }
 PARSE_TRAILER = {
@@ -164,8 +164,8 @@ PARSE_TRAILER = {
     GOLDEN2: "TRAILER exit=0 duration_us=23440 events=3246 lost=0",
     AGGREGATE2: "TRAILER exit=0 duration_us=18799 events=3246 lost=0",
     NATIVE2: "TRAILER exit=0 duration_us=29793 events=3246 lost=0",
-    GOLDEN3: "TRAILER exit=0 duration_us=29282 events=3246 lost=0",
-    ADDRESSES3: "TRAILER exit=0 duration_us=24401 events=3246 lost=0",
+    GOLDEN3: "TRAILER exit=0 duration_us=24954 events=3246 lost=0",
+    ADDRESSES3: "TRAILER exit=0 duration_us=30890 events=3246 lost=0",
 }
 
 CAPTURES = [pytest.param(GOLDEN, id="format-v1"),
@@ -262,5 +262,5 @@ def test_golden_files_unchanged():
     assert GOLDEN2.stat().st_size == 12507
     assert AGGREGATE2.stat().st_size == 5367
     assert NATIVE2.stat().st_size == 23414
-    assert GOLDEN3.stat().st_size == 9087
-    assert ADDRESSES3.stat().st_size == 12505
+    assert GOLDEN3.stat().st_size == 8410
+    assert ADDRESSES3.stat().st_size == 11825

@@ -1126,9 +1126,10 @@ static void test_crc32(void)
     free(b);
 }
 
-/* A capture without addresses: its header, then one block made by hand
- * from raw record bytes (docs/format.md, Blocks). @return the file. */
-static const char *hand_block(const uint8_t *raw, int n)
+/* A capture of format version (without addresses from 3 on): its header,
+ * then one block made by hand from raw record bytes (docs/format.md,
+ * Blocks). @return the file. */
+static const char *hand_block(const uint8_t *raw, int n, uint32_t version)
 {
     const char *file = tmp_path("hand.bin");
     unlink(file);
@@ -1136,6 +1137,16 @@ static const char *hand_block(const uint8_t *raw, int n)
     struct mt_writer *w;
     if (mt_writer_open(file, 0, &h, &w) != MT_OK || mt_writer_close(w, NULL) != MT_OK)
         exit(2);
+    size_t hn;
+    uint8_t *hdr = slurp(file, &hn);
+    uint32_t len = mt_get_u32le(hdr + 12);
+    mt_put_u32le(hdr + 8, version);
+    mt_put_u32le(hdr + 16 + len, mt_crc32(0, hdr, 16 + (size_t)len));
+    FILE *hf = fopen(file, "wb");
+    if (!hf || fwrite(hdr, 1, hn, hf) != hn)
+        exit(2);
+    fclose(hf);
+    free(hdr);
     uint8_t block[16 + 256];
     int comp = LZ4_compress_default((const char *)raw, (char *)block + 16, n, 256);
     mt_put_u32le(block, MT_BLOCK_MAGIC);
@@ -1157,7 +1168,8 @@ static void test_realloc_made(void)
         /* ALLOC malloc (no addr) size 8 py 0; REALLOC of block 1 */
         const uint8_t raw[] = {0x21, 8, 0, MT_T_REALLOC, MT_A_REALLOC, 3, made, 9, 0, 0};
         struct mt_reader *r;
-        CHECK_RC(mt_reader_open(hand_block(raw, sizeof raw), &r, NULL), MT_OK, "made: open");
+        CHECK_RC(mt_reader_open(hand_block(raw, sizeof raw, MT_FORMAT_VERSION), &r, NULL),
+                 MT_OK, "made: open");
         struct mt_record a, re;
         CHECK(mt_reader_next(r, &a) == 1 && a.tag == MT_T_ALLOC && a.u.ev.number == 1 &&
               a.u.ev.addr == 0 && a.u.ev.size == 8, "made %u: the ALLOC", made);
@@ -1171,6 +1183,79 @@ static void test_realloc_made(void)
                   "made %u: REALLOC read as number %" PRIu64 " ending %" PRIu64, made,
                   re.u.ev.number, re.u.ev.old_number);
         }
+        mt_reader_close(r);
+    }
+}
+
+/* Format 3's short forms (src/codec.h): the writer takes the shortest
+ * form at each bound, checked by the exact size of the block; the reader
+ * gives the records back; version 2 readers' files never hold them. */
+static void test_short_forms(void)
+{
+    struct mt_header h = {.pid = 2, .command = "short"};
+    const char *file = tmp_path("short.bin");
+    struct cap c;
+    cap_open(&c, file, &h);
+    size_t want = 0;
+    for (uint64_t i = 0; i < 3000; i++) {  /* numbers 1..3000, stacks unchanged */
+        ev(&c, MT_T_ALLOC, 5, MT_A_MALLOC, 0x1000 + 16 * i, 8, 0, 0, 0, 0);
+        want += 2;                /* ALLOC_SAME | malloc, size */
+    }
+    want += 1;                    /* the short switch to thread 5, before the first */
+    /* frees, each by its change from the last one's number (the first's
+     * from 0): the forms' bounds, no block freed twice */
+    static const struct { int64_t change; unsigned bytes; } steps[] = {
+        {+1000, 2},               /* zigzag 2000: the two-byte form */
+        {+1088, 3},               /* 2176: tag and a 2-byte varint */
+        {+64, 2},                 /* 128: the smallest two-byte form */
+        {-63, 1},                 /* 125 */
+        {-64, 1},                 /* 127: the largest one-byte form */
+        {-1088, 2},               /* 2175: the largest two-byte form */
+        {-65, 2},                 /* 129 */
+    };
+    uint64_t n = 0;
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        n += (uint64_t)steps[i].change;
+        ev(&c, MT_T_FREE, 5, 0, 0x1000 + 16 * (n - 1), 0, 0, 0, 0, 0);
+        want += steps[i].bytes;
+    }
+    ev(&c, MT_T_FREE, 30, 0, 0x1000 + 16 * n, 0, 0, 0, 0, 0);   /* n + 1 */
+    want += 1 + 1;                /* short switch to 30; change +1 */
+    ev(&c, MT_T_FREE, 31, 0, 0x1000 + 16 * (n + 1), 0, 0, 0, 0, 0);
+    want += 2 + 1;                /* thread 31 takes the long switch */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x100000, 8, 0, 0, 7, 0);
+    want += 3;                    /* a new stack: BASE tag, size, py delta */
+    flush(&c);
+    cap_close(&c, NULL);
+    size_t fn;
+    uint8_t *b = slurp(file, &fn);
+    struct layout *l = xmalloc(sizeof *l);
+    walk("short forms", b, fn, l);
+    CHECK(l->nblocks == 1 && l->raw[0] == want, "short forms: %zu blocks, %u raw bytes, want %zu",
+          l->nblocks, l->nblocks ? l->raw[0] : 0, want);
+    struct stream got = {0};
+    read_all(file, &got, NULL);
+    compare_streams("short forms", &c.want, &got);
+    stream_free(&got);
+    stream_free(&c.want);
+    free(l);
+    free(b);
+
+    /* in a version 2 file each of them is a reserved tag (after a
+     * version 2 ALLOC, which the FREEs could otherwise end) */
+    static const uint8_t v3_only[][8] = {
+        {3, 0x41, 0, 8}, {5, 0x21, 0x20, 8, 0, 0x82}, {6, 0x21, 0x20, 8, 0, 0x08, 0},
+        {1, 0x65}};
+    for (size_t i = 0; i < 4; i++) {
+        struct mt_reader *r;
+        struct mt_record rec;
+        CHECK_RC(mt_reader_open(hand_block(v3_only[i] + 1, v3_only[i][0], 2), &r, NULL),
+                 MT_OK, "version 2: open");
+        int rc;
+        while ((rc = mt_reader_next(r, &rec)) == 1 && rec.tag == MT_T_ALLOC)
+            ;
+        CHECK(rc == MT_E_CORRUPT, "version 2, format 3 tag 0x%02x: got %d",
+              v3_only[i][v3_only[i][0] > 3 ? 5 : 1], rc);
         mt_reader_close(r);
     }
 }
@@ -1436,12 +1521,13 @@ int main(void)
     test_edges(MT_HF_KNOWN & ~MT_HF_ADDRESSES);
     test_large();
     test_realloc_made();
+    test_short_forms();
 
     if (damaged_fd >= 0)
         close(damaged_fd);
     free(live.key), free(live.idx), free(live.st), free(live.vec);
     const char *names[] = {"damaged.bin", "probe.bin", "edges.bin", "edges-noaddr.bin", "large.bin", "notrailer.bin",
-                           "header.bin", "hand.bin", "bytes.bin", "flags.bin", "exists.bin", "link.bin"};
+                           "header.bin", "hand.bin", "short.bin", "bytes.bin", "flags.bin", "exists.bin", "link.bin"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         unlink(tmp_path(names[i]));
     rmdir(tmpdir);
