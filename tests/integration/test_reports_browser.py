@@ -77,7 +77,11 @@ class Page:
 
     def click_frame(self, name):
         self.page.evaluate("window.__labels = []")
-        hits = [l for l in self.labels_now() if l["text"].startswith(name)]
+        # A loaded machine may take longer than labels_now's wait to redraw.
+        for _ in range(20):
+            hits = [l for l in self.labels_now() if l["text"].startswith(name)]
+            if hits:
+                break
         assert hits, "no frame labelled %r" % name
         box = self.page.locator("#flame").bounding_box()
         self.page.mouse.click(box["x"] + hits[0]["x"] + 2, box["y"] + hits[0]["y"] - 3)
