@@ -192,7 +192,8 @@ static int read_header(struct mt_reader *r, uint32_t *found_version)
         r->header.pid = (int32_t)get_varint(&c);
         r->header.start_time_us = get_varint(&c);
         const uint8_t *cmd = get_bytes(&c, &n1);
-        if (c.bad || (r->header.flags & ~MT_HF_KNOWN))
+        uint32_t known = version < 3 ? MT_HF_KNOWN & ~MT_HF_ADDRESSES : MT_HF_KNOWN;
+        if (c.bad || (r->header.flags & ~known))  /* ADDRESSES: reserved before 3 */
             rc = MT_E_CORRUPT;
         else if (!(r->command = dup_bytes(cmd, n1)))
             rc = MT_E_NOMEM;

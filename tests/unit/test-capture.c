@@ -1454,6 +1454,9 @@ static void test_refusals(void)
         if (!(bit & MT_HF_KNOWN))
             CHECK(open_header(MT_FORMAT_VERSION, MT_HF_KNOWN | bit, NULL) == MT_E_CORRUPT,
                   "unknown header flag 0x%x accepted", bit);
+    /* ADDRESSES came with version 3: a reserved bit before */
+    CHECK(open_header(2, MT_HF_ADDRESSES, NULL) == MT_E_CORRUPT, "version 2 with ADDRESSES");
+    CHECK(open_header(3, MT_HF_ADDRESSES, NULL) == MT_OK, "version 3 with ADDRESSES");
 
     /* and the writer's own header with an unknown flag */
     struct mt_header h = {.flags = (MT_HF_KNOWN + 1) & ~MT_HF_KNOWN, .command = "x"};
