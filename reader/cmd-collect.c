@@ -67,6 +67,8 @@ int cmd_collect(int argc, char **argv)
     }
     if (!output || pid <= 0 || optind != argc || (follow && sock < 0))
         die_usage("%s", collect_usage);
+    if (addresses && aggregate)
+        die_usage("--addresses and --aggregate exclude each other\n%s", collect_usage);
     /* Ctrl-C goes to the whole process group: the program decides what
      * happens, and we see it stop or die. */
     signal(SIGINT, SIG_IGN);
@@ -81,7 +83,7 @@ int cmd_collect(int argc, char **argv)
     struct mt_header h = {
         .flags = (native ? MT_HF_NATIVE : 0) | (pyalloc ? MT_HF_PYALLOC : 0) |
                  (follow ? MT_HF_FOLLOW_FORK : 0) | (aggregate ? MT_HF_AGGREGATE : 0) |
-                 (addresses && !aggregate ? MT_HF_ADDRESSES : 0),
+                 (addresses ? MT_HF_ADDRESSES : 0),
         .pid = (int32_t)pid,
         .start_time_us = session_wall_us(),
         .command = command,

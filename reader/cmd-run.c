@@ -321,6 +321,8 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
     }
     if (optind >= argc)
         die_usage("nothing to run\n%s", run_usage);
+    if (o->addresses && o->aggregate)  /* an aggregate capture has no blocks */
+        die_usage("--addresses and --aggregate exclude each other\n%s", run_usage);
     *first = optind;
 }
 
@@ -379,7 +381,7 @@ int cmd_run(int argc, char **argv)
         .flags = (o.native ? MT_HF_NATIVE : 0) | (o.pyalloc ? MT_HF_PYALLOC : 0) |
                  (o.follow_fork ? MT_HF_FOLLOW_FORK : 0) |
                  (o.aggregate ? MT_HF_AGGREGATE : 0) |
-                 (o.addresses && !o.aggregate ? MT_HF_ADDRESSES : 0),
+                 (o.addresses ? MT_HF_ADDRESSES : 0),
         .pid = (int32_t)pid,
         .start_time_us = session_wall_us(),
         .command = join_argv(t.argv),

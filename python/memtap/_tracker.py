@@ -156,6 +156,9 @@ class Tracker:
 
     def __enter__(self):
         global _active
+        if self.addresses and self.aggregate:
+            raise TrackerError("memtap: addresses=True and aggregate=True exclude each "
+                               "other: an aggregate capture keeps no blocks")
         with _lock:
             if _active is not None:
                 raise TrackerError(

@@ -273,3 +273,10 @@ def test_addresses_only_when_asked(tmp_path, run_memtap):
                                                       "total_allocated_bytes")})
     assert results[False][1]["total_allocations"] > 1000
     assert results[False][0] < results[True][0], results
+    # an aggregate capture keeps no blocks to give addresses to
+    proc = subprocess.run([str(MEMTAP), "run", "--addresses", "--aggregate", "-o",
+                           str(tmp_path / "x.bin"), "--python", DEFAULT_PYTHON, "-c", "pass"],
+                          capture_output=True, env=clean_env())
+    assert proc.returncode == 2 and not (tmp_path / "x.bin").exists()
+    assert proc.stderr.decode().splitlines()[0] == (
+        "memtap: --addresses and --aggregate exclude each other"), proc.stderr

@@ -277,6 +277,10 @@ def test_tracker_many_times_keeps_little_shared_memory(pkg, tmp_path):
 
 ADDRESSES = """\
 import ctypes, memtap, sys
+try:
+    memtap.Tracker(sys.argv[1] + "x", addresses=True, aggregate=True).__enter__()
+except memtap.TrackerError as e:
+    print("error", e)
 for addresses in (False, True):
     path = sys.argv[1] + str(int(addresses))
     try:
@@ -297,7 +301,10 @@ def test_tracker_addresses(pkg, tmp_path):
     out = tmp_path / "a"
     proc = pkg.run([pkg.python, script, out], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    addrs = proc.stdout.split()
+    first, rest = proc.stdout.split("\n", 1)
+    assert first == ("error memtap: addresses=True and aggregate=True exclude each other: "
+                     "an aggregate capture keeps no blocks"), first
+    addrs = rest.split()
     for i, flag in enumerate(("0x0 ", "0x10,addresses ")):
         lines = pkg.run([pkg.memtap, "parse", "%s%d" % (out, i)], cwd=tmp_path).stdout
         assert lines.startswith("HEADER version=3 flags=" + flag), lines[:80]
@@ -308,5 +315,5 @@ def test_tracker_addresses(pkg, tmp_path):
                     pkg.python, script, out], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[1] == ("error memtap: this process runs under 'memtap run' without "
+    assert lines[2] == ("error memtap: this process runs under 'memtap run' without "
                         "--addresses, which decides what is recorded"), lines
