@@ -203,6 +203,7 @@ int cmd_stats(int argc, char **argv)
     int rc = mt_report_parse_args(argc, argv, MT_O_JSON, stats_usage, &o);
     if (rc >= 0)
         return rc;  /* --help, or a usage error already reported */
+    o.totals_only = 1;  /* locations by bytes allocated; peak and end of the run */
     struct mt_report *r = mt_report_open(&o);
     if (!r)
         return MT_EXIT_FAIL;

@@ -308,6 +308,7 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     ao.temporary_n = o->temporary_n ? o->temporary_n : 1;
     ao.progress = isatty(2);
     ao.temporal = o->temporal;
+    ao.totals_only = o->totals_only;
     int err = mt_analyze(o->file, &ao, &a, &found);
     if (err != MT_OK)
         die_capture(o->file, err, found);   /* exits */

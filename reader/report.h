@@ -44,6 +44,8 @@ struct mt_report_opts {
     const char *format;       /* --format; NULL when not given */
     int show_internals;
     int temporal;             /* --temporal: the analysis keeps time buckets */
+    int totals_only;          /* set by the command, not an option: it shows
+                                 totals only (mt_analysis_opts) */
     const char *file;         /* the capture (the one positional argument) */
 };
 

@@ -74,6 +74,8 @@ struct mt_replay {
     uint32_t sample_stride, sample_skip;
     int ended;
     int by_number;              /* heap blocks keyed by allocation number */
+    int detail;                 /* groups' peak, end and temporary counts
+                                   are kept (not opts->totals_only) */
     uint64_t nrecords;          /* records added: bounds every id */
     struct group_cache group_cache[1024];
     unsigned temporary_n;
@@ -171,11 +173,13 @@ static void heap_add(struct mt_replay *s, const struct block *b)
 {
     if (!mt_allocator_counts(b->allocator))
         return;
-    touch(s, b->group);
-    s->gs[b->group].cur_bytes += b->size;
-    s->gs[b->group].cur_count++;
-    if (s->t)
-        temporal_add(s, b);
+    if (s->detail) {
+        touch(s, b->group);
+        s->gs[b->group].cur_bytes += b->size;
+        s->gs[b->group].cur_count++;
+        if (s->t)
+            temporal_add(s, b);
+    }
     s->heap += b->size;
     if (s->heap >= s->a->peak_bytes) {  /* ties: the latest */
         s->a->peak_bytes = s->heap;
@@ -189,11 +193,13 @@ static void heap_sub(struct mt_replay *s, const struct block *b, uint64_t bytes,
 {
     if (!mt_allocator_counts(b->allocator))
         return;
-    touch(s, b->group);
-    s->gs[b->group].cur_bytes -= bytes;
-    s->gs[b->group].cur_count -= (uint64_t)count;
-    if (s->t)
-        temporal_sub(s, b, bytes, (uint64_t)count);
+    if (s->detail) {
+        touch(s, b->group);
+        s->gs[b->group].cur_bytes -= bytes;
+        s->gs[b->group].cur_count -= (uint64_t)count;
+        if (s->t)
+            temporal_sub(s, b, bytes, (uint64_t)count);
+    }
     s->heap -= bytes;
 }
 
@@ -235,7 +241,7 @@ static void block_end(struct mt_replay *s, const struct block *b, uint32_t threa
 {
     s->a->total_frees++;
     heap_sub(s, b, b->size, 1);
-    if (thread == b->thread && mt_allocator_counts(b->allocator) &&
+    if (s->detail && thread == b->thread && mt_allocator_counts(b->allocator) &&
         s->thread_allocs[thread] - b->thread_seq < s->temporary_n) {
         s->a->groups[b->group].temp_bytes += b->size;
         s->a->groups[b->group].temp_count++;
@@ -904,9 +910,11 @@ struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts)
     s->a = calloc(1, sizeof *s->a);
     if (s->a)
         s->a->samples = calloc(MAX_SAMPLES, sizeof *s->a->samples);
-    if (opts->temporal)
+    s->detail = !opts->totals_only;
+    int temporal = opts->temporal && s->detail;
+    if (temporal)
         s->t = calloc(1, sizeof *s->t);
-    if (!s->a || !s->a->samples || (opts->temporal && !s->t)) {
+    if (!s->a || !s->a->samples || (temporal && !s->t)) {
         if (s->a)
             free(s->a->samples), free(s->a);
         free(s->t);

@@ -18,6 +18,11 @@ struct mt_analysis_opts {
     int progress;           /* show progress on stderr (TTY) after 1 s */
     int temporal;           /* keep allocations by time bucket per group
                                (struct mt_temporal); costs nothing when 0 */
+    int totals_only;        /* only totals are wanted: the run's (peak and
+                               end included) and each group's total_*; the
+                               groups' peak_*, end_* and temp_* stay 0 and
+                               temporal is ignored. ~10 % less replay per
+                               event, for reports that show no more */
 };
 
 /* A group of allocations with the same stack (and thread when split). */

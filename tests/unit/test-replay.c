@@ -152,14 +152,14 @@ static void write_capture(char path[2][PATH_MAX])
         }
 }
 
-static struct mt_analysis *replay_file(const char *path, int by_number)
+static struct mt_analysis *replay_file(const char *path, int by_number, int totals_only)
 {
     struct mt_reader *rd;
     if (mt_reader_open(path, &rd, NULL) != MT_OK) {
         fprintf(stderr, "cannot read %s\n", path);
         exit(2);
     }
-    struct mt_analysis_opts opts = {.temporary_n = 1};
+    struct mt_analysis_opts opts = {.temporary_n = 1, .totals_only = totals_only};
     struct mt_replay *rp = mt_replay_new(&opts);
     if (by_number) {
         mt_reader_numbers_only(rd);
@@ -191,8 +191,9 @@ int main(void)
         snprintf(path[i], sizeof path[i], "%s/memtap-test-replay-%d%s.bin",
                  dir && *dir ? dir : "/tmp", (int)getpid(), i ? "-noaddr" : "");
     write_capture(path);
-    struct mt_analysis *by_addr = replay_file(path[0], 0), *by_num = replay_file(path[0], 1);
-    struct mt_analysis *no_addr = replay_file(path[1], 1);
+    struct mt_analysis *by_addr = replay_file(path[0], 0, 0), *by_num = replay_file(path[0], 1, 0);
+    struct mt_analysis *no_addr = replay_file(path[1], 1, 0);
+    struct mt_analysis *totals = replay_file(path[1], 1, 1);
     unlink(path[0]);
     unlink(path[1]);
 
@@ -236,6 +237,24 @@ int main(void)
                   by_addr->groups[i].peak_bytes, b->groups[i].peak_bytes,
                   by_addr->groups[i].end_bytes, b->groups[i].end_bytes);
     }
+    /* totals only: the same totals, peak and end of the run; each group's
+     * totals, nothing else */
+    CHECK(totals->total_allocations == by_addr->total_allocations &&
+          totals->total_frees == by_addr->total_frees &&
+          totals->total_allocated_bytes == by_addr->total_allocated_bytes &&
+          totals->peak_bytes == by_addr->peak_bytes &&
+          totals->peak_time_us == by_addr->peak_time_us &&
+          totals->end_bytes == by_addr->end_bytes &&
+          !memcmp(totals->histogram, by_addr->histogram, sizeof totals->histogram) &&
+          !memcmp(totals->allocators, by_addr->allocators, sizeof totals->allocators) &&
+          totals->ngroups == by_addr->ngroups, "totals only: the run's totals differ");
+    for (uint32_t i = 0; i < totals->ngroups && i < by_addr->ngroups; i++) {
+        const struct mt_group *t = &totals->groups[i], *g = &by_addr->groups[i];
+        CHECK(t->py_stack == g->py_stack && t->total_bytes == g->total_bytes &&
+              t->total_count == g->total_count && t->allocators == g->allocators &&
+              !t->peak_bytes && !t->peak_count && !t->end_bytes && !t->end_count &&
+              !t->temp_bytes && !t->temp_count, "totals only: group %u", i);
+    }
     uint64_t temp = 0;
     for (uint32_t i = 0; i < by_num->ngroups; i++)
         temp += by_num->groups[i].temp_count;
@@ -243,6 +262,7 @@ int main(void)
     mt_analysis_free(by_addr);
     mt_analysis_free(by_num);
     mt_analysis_free(no_addr);
+    mt_analysis_free(totals);
     if (failures) {
         fprintf(stderr, "test-replay: %d check(s) failed\n", failures);
         return 1;
