@@ -29,12 +29,10 @@ uint64_t session_wall_us(void)
     return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
-/* The text of /proc/<pid>/<file> into buf (NUL-terminated). @return 0, or
- * -1 (the process is gone, or the file is empty). */
-static int read_proc(pid_t pid, const char *file, char *buf, size_t cap)
+/* The text of a small /proc file into buf (NUL-terminated). @return 0, or
+ * -1 (missing, or empty). */
+static int read_text(const char *path, char *buf, size_t cap)
 {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -44,6 +42,15 @@ static int read_proc(pid_t pid, const char *file, char *buf, size_t cap)
         return -1;
     buf[n] = 0;
     return 0;
+}
+
+/* The text of /proc/<pid>/<file> into buf. @return 0, or -1 (the process
+ * is gone, or the file is empty). */
+static int read_proc(pid_t pid, const char *file, char *buf, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
+    return read_text(path, buf, cap);
 }
 
 static uint64_t read_rss(pid_t pid)
@@ -121,14 +128,8 @@ static void pace(struct session_capture *cap, uint64_t now)
 static uint64_t cpu_stall_us(void)
 {
     char buf[256];
-    int fd = open("/proc/pressure/cpu", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text("/proc/pressure/cpu", buf, sizeof buf) < 0)
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
     const char *total = strstr(buf, "total=");  /* the first line's: "some" */
     return total ? strtoull(total + 6, NULL, 10) : 0;
 }
