@@ -28,6 +28,7 @@ struct mt_reader {
     int done_rc;
     uint64_t nallocs;        /* allocations decoded: the last one's number */
     int numbers_only;        /* no address map: see mt_reader_numbers_only */
+    int addresses;           /* mt_header_has_addresses(&header), asked per event */
     struct mt_amap live;     /* heap allocation number -> its address */
     uint32_t node_id[2];     /* the last PYNODE and NATIVENODE ids (version 2) */
     struct file { const uint8_t *s; uint32_t n; } *files;  /* this block's, in raw */
@@ -131,7 +132,7 @@ int mt_header_has_addresses(const struct mt_header *h)
 
 static int has_addresses(const struct mt_reader *r)
 {
-    return mt_header_has_addresses(&r->header);
+    return r->addresses;
 }
 
 /* Version 1 spelled some records out in full (docs/format.md). */
@@ -198,6 +199,7 @@ static int read_header(struct mt_reader *r, uint32_t *found_version)
         else if (!(r->command = dup_bytes(cmd, n1)))
             rc = MT_E_NOMEM;
         r->header.command = r->command;
+        r->addresses = mt_header_has_addresses(&r->header);
     }
     free(buf);
     return rc;
