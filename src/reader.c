@@ -130,15 +130,17 @@ int mt_header_has_addresses(const struct mt_header *h)
     return h->format_version < 3 || (h->flags & MT_HF_ADDRESSES);
 }
 
-static int has_addresses(const struct mt_reader *r)
-{
-    return r->addresses;
-}
-
 /* Version 1 spelled some records out in full (docs/format.md). */
 static int v1(const struct mt_reader *r)
 {
     return r->header.format_version == 1;
+}
+
+/* Version 3 brought the short forms of ALLOC, FREE and THREAD_SWITCH;
+ * before, their tags were reserved. */
+static int short_forms(const struct mt_reader *r)
+{
+    return r->header.format_version >= 3;
 }
 
 static int read_exact(struct mt_reader *r, void *buf, size_t n)
@@ -359,12 +361,12 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
     if (MT_TAG_IS_ALLOC(tag)) {
         rec->tag = MT_T_ALLOC;
         rec->u.ev.allocator = tag & 0xf;
-        if (has_addresses(r) || mt_allocator_is_mapping(rec->u.ev.allocator))
+        if (r->addresses || mt_allocator_is_mapping(rec->u.ev.allocator))
             rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
         rec->u.ev.size = get_varint(c);
         if (tag >= MT_TAG_ALLOC_SAME) {
-            if (r->header.format_version < 3)
-                c->bad = 1;  /* a reserved tag then */
+            if (!short_forms(r))
+                c->bad = 1;
             rec->u.ev.py_stack = (uint32_t)r->d.py;
             if (tag & MT_TAG_ALLOC_NATIVE)
                 rec->u.ev.native_stack = (uint32_t)r->d.native;
@@ -377,11 +379,10 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
             rec->u.ev.number = block_new(r, c, rec->u.ev.allocator, rec->u.ev.addr);
         return c->bad ? MT_E_CORRUPT : 1;
     }
-    int v3 = r->header.format_version >= 3;
     if (tag >= MT_TAG_FREE_SHORT ||
         (tag >= MT_TAG_FREE_MID && tag < MT_TAG_FREE_MID + 8)) {
-        if (!v3)
-            return MT_E_CORRUPT;  /* reserved tags then */
+        if (!short_forms(r))
+            return MT_E_CORRUPT;
         uint64_t ref = tag & 0x7fu;
         if (tag < MT_TAG_FREE_SHORT) {
             if (c->p == c->end)
@@ -393,7 +394,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         return c->bad ? MT_E_CORRUPT : 1;
     }
     if (tag >= MT_TAG_SWITCH_SHORT && tag < MT_TAG_SWITCH_SHORT + MT_SWITCH_SHORT_MAX) {
-        if (!v3)
+        if (!short_forms(r))
             return MT_E_CORRUPT;
         rec->tag = MT_T_THREAD_SWITCH;
         r->thread = rec->thread = tag - MT_TAG_SWITCH_SHORT;
@@ -413,7 +414,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         if (ref && !c->bad)
             rec->u.ev.old_addr = block_end(r, c, ref - 1, &rec->u.ev.old_number);
         int made;  /* a new block: realloc did not fail */
-        if (has_addresses(r)) {
+        if (r->addresses) {
             rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
             made = rec->u.ev.addr != 0;
         } else {
