@@ -51,6 +51,7 @@ struct batch {
 
 struct pipeline {
     struct mt_reader *rd;
+    const struct mt_analysis_opts *opts;
     pthread_mutex_t lock;
     pthread_cond_t changed;
     struct batch *full_head, *full_tail, *empty;
@@ -140,6 +141,14 @@ static void batch_reset(struct batch *b)
     b->next = NULL;
 }
 
+/* Hands the OBJECT and NATIVENODE records of rec[0..n) to opts->on_native. */
+static void pass_native(const struct mt_analysis_opts *o, const struct mt_record *rec, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (rec[i].tag == MT_T_NATIVENODE || rec[i].tag == MT_T_OBJECT)
+            o->on_native(&rec[i], o->on_native_arg);
+}
+
 /* Fills b with the next records. */
 static void batch_fill(struct pipeline *pl, struct batch *b)
 {
@@ -149,8 +158,12 @@ static void batch_fill(struct pipeline *pl, struct batch *b)
             b->last = 1;
             b->rc = rc;
             b->end_offset = mt_reader_offset(pl->rd);
+            if (pl->opts->on_native)
+                pl->opts->on_native(NULL, pl->opts->on_native_arg);
             return;
         }
+        if (pl->opts->on_native)
+            pass_native(pl->opts, &b->rec[b->n], rc);
         uint64_t offset = mt_reader_offset(pl->rd);
         if (!b->nspans || b->spans[b->nspans - 1].offset != offset)
             b->spans[b->nspans++] = (struct span){b->n, offset};
@@ -255,10 +268,11 @@ static int batch_replay(struct mt_replay *replay, const struct batch *b,
 
 /* Reads and replays everything; a second thread reads when it can start.
  * @return like batch_replay's end. */
-static int replay_all(struct mt_reader *rd, struct mt_replay *replay,
-                      struct progress *progress, uint64_t *offset)
+static int replay_all(struct mt_reader *rd, const struct mt_analysis_opts *opts,
+                      struct mt_replay *replay, struct progress *progress,
+                      uint64_t *offset)
 {
-    struct pipeline pl = {.rd = rd};
+    struct pipeline pl = {.rd = rd, .opts = opts};
     struct batch *all[BATCHES] = {0};
     int rc = MT_E_NOMEM;
     for (int i = 0; i < BATCHES; i++) {
@@ -321,7 +335,7 @@ int mt_analyze(const char *path, const struct mt_analysis_opts *opts,
     struct progress progress = {path, mt_reader_file_size(rd), opts->progress && isatty(2), 0,
                                seconds()};
     uint64_t offset = 0;
-    rc = replay_all(rd, replay, &progress, &offset);
+    rc = replay_all(rd, opts, replay, &progress, &offset);
     if (progress.shown)
         fprintf(stderr, "\r\033[K");
     struct mt_analysis *a = mt_replay_finish(replay, mt_reader_header(rd));

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "symbols.h"
+#include "symbols-ahead.h"
 #include "util.h"
 
 #define MAX_DEPTH 4096   /* frames per side (Python, native) we resolve */
@@ -309,7 +310,13 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     ao.progress = isatty(2);
     ao.temporal = o->temporal;
     ao.totals_only = o->totals_only;
+    struct mt_ahead *ahead = mt_ahead_new();
+    if (ahead) {
+        ao.on_native = mt_ahead_record;
+        ao.on_native_arg = ahead;
+    }
     int err = mt_analyze(o->file, &ao, &a, &found);
+    struct mt_symbolizer *sym = mt_ahead_finish(ahead, err == MT_OK ? a : NULL);
     if (err != MT_OK)
         die_capture(o->file, err, found);   /* exits */
     if (o->metric == MT_M_TEMPORARY && (a->header.flags & MT_HF_AGGREGATE))
@@ -321,21 +328,15 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     warn_incomplete(a, o->file);
 
     struct mt_report *r = calloc(1, sizeof *r);
-    if (!r) { mt_analysis_free(a); fputs("memtap: out of memory\n", stderr); return NULL; }
+    if (!r) {
+        mt_symbolizer_free(sym);
+        mt_analysis_free(a);
+        fputs("memtap: out of memory\n", stderr);
+        return NULL;
+    }
     r->o = *o;
     r->a = a;
-    if (a->nnativenodes > 1) {
-        r->sym = mt_symbolizer_new();
-        for (uint32_t i = 0; r->sym && i < a->nobjects; i++) {
-            const struct mt_object_info *ob = &a->objects[i];
-            struct mt_segment segs[64];
-            size_t ns = ob->nseg < 64 ? ob->nseg : 64;
-            for (size_t s = 0; s < ns; s++)
-                segs[s] = (struct mt_segment){ ob->seg[2 * s], ob->seg[2 * s + 1], 0 };
-            mt_symbolizer_add_object(r->sym, ob->path ? ob->path : "", ob->base,
-                                     ob->build_id, ob->build_id_len, segs, ns);
-        }
-    }
+    r->sym = sym;
     /* The main program is recorded with an empty path; when it is Python,
      * classify its frames as the interpreter's own. */
     r->python_object = (a->python_version && a->python_version[0])

@@ -23,6 +23,13 @@ struct mt_analysis_opts {
                                groups' peak_*, end_* and temp_* stay 0 and
                                temporal is ignored. ~10 % less replay per
                                event, for reports that show no more */
+    /* mt_analyze calls it on the thread that reads the capture with each
+     * OBJECT and NATIVENODE record, as soon as it is read and before the
+     * replay has it, then once with NULL when reading ended: work that
+     * needs only those (symbolization) can start while the replay runs.
+     * The record is valid during the call only. NULL: no calls. */
+    void (*on_native)(const struct mt_record *r, void *arg);
+    void *on_native_arg;
 };
 
 /* A group of allocations with the same stack (and thread when split). */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../../reader/report.h"
+#include "../../reader/symbols-ahead.h"
 #include "../../src/capture.h"
 
 static int failures;
@@ -433,6 +434,59 @@ static void test_innermost(const char *data)
     unlink(synthetic);
 }
 
+static int same_text(const char *x, const char *y)
+{
+    return x == y || (x && y && !strcmp(x, y));
+}
+
+/* The symbolizer mt_ahead_finish hands over after loading objects on its
+ * thread during the analysis resolves every return address of the capture
+ * as one built after it does; and with none of that (no state, the
+ * analysis failed) it still gives the one built after, or none. */
+static void test_ahead(const char *data)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/format-v2-native.bin", data);
+    struct mt_analysis_opts o = {0}, plain = {0};
+    struct mt_ahead *w = mt_ahead_new();
+    CHECK(w != NULL, "mt_ahead_new");
+    o.on_native = mt_ahead_record;
+    o.on_native_arg = w;
+    struct mt_analysis *a = NULL, *b = NULL;
+    CHECK(mt_analyze(path, &o, &a, NULL) == MT_OK, "%s", path);
+    CHECK(mt_analyze(path, &plain, &b, NULL) == MT_OK, "%s", path);
+    if (!a || !b)
+        return;
+    CHECK(a->nnativenodes > 1000 && a->nobjects > 3, "%u nodes, %u objects",
+          a->nnativenodes, a->nobjects);
+    struct mt_symbolizer *ahead = mt_ahead_finish(w, a), *after = mt_ahead_finish(NULL, b);
+    CHECK(ahead && after, "symbolizers");
+    int differ = 0, named = 0;
+    for (uint32_t i = 1; ahead && after && i < a->nnativenodes; i++) {
+        struct mt_symbol x[16], y[16];
+        int n = mt_symbolizer_resolve(ahead, a->nativenodes[i].a, x, 16);
+        int m = mt_symbolizer_resolve(after, a->nativenodes[i].a, y, 16);
+        if (n != m) {
+            differ++;
+            continue;
+        }
+        for (int k = 0; k < n && k < 16; k++) {
+            named += x[k].function != NULL;
+            differ += !same_text(x[k].function, y[k].function) ||
+                      !same_text(x[k].file, y[k].file) || x[k].line != y[k].line ||
+                      !same_text(x[k].object, y[k].object) ||
+                      x[k].address != y[k].address || x[k].flags != y[k].flags;
+        }
+    }
+    CHECK(!differ, "%d return addresses resolve differently", differ);
+    CHECK(named > 0, "no function named");
+    mt_symbolizer_free(ahead);
+    mt_symbolizer_free(after);
+    CHECK(mt_ahead_finish(mt_ahead_new(), NULL) == NULL, "failed analysis");
+    mt_analysis_free(a);
+    mt_analysis_free(b);
+}
+
 static void test_misc(void)
 {
     char buf[128];
@@ -460,6 +514,7 @@ int main(int argc, char **argv)
     test_args();
     test_misc();
     test_innermost(argv[1]);
+    test_ahead(argv[1]);
     if (failures) {
         fprintf(stderr, "%d failure(s)\n", failures);
         return 1;
