@@ -53,12 +53,7 @@ static void add_object(struct mt_symbolizer *sym, const struct mt_object_info *o
                              ob->build_id, ob->build_id_len, segs, ns);
 }
 
-static void object_free(struct mt_object_info *ob)
-{
-    free(ob);  /* one block: see object_copy */
-}
-
-/* A copy of r's object in one block. NULL: out of memory. */
+/* A copy of r's object in one block (free() frees it). NULL: out of memory. */
 static struct mt_object_info *object_copy(const struct mt_record *r)
 {
     size_t path = strlen(r->u.object.path) + 1;
@@ -95,7 +90,7 @@ static void *run(void *arg)
         pthread_mutex_unlock(&w->lock);
         if (it.object) {
             add_object(w->sym, it.object);
-            object_free(it.object);
+            free(it.object);
             w->nobjects++;
         } else {
             mt_symbolizer_resolve(w->sym, it.ip, NULL, 0);
@@ -186,11 +181,13 @@ void mt_ahead_record(const struct mt_record *r, void *ahead)
         pthread_mutex_unlock(&w->lock);
         return;
     }
-    struct item it = {NULL, r->u.node.a};
+    struct item it = {NULL, 0};
     if (r->tag == MT_T_OBJECT && !(it.object = object_copy(r))) {
         w->failed = 1;
         return;
     }
+    if (r->tag == MT_T_NATIVENODE)
+        it.ip = r->u.node.a;
     if (r->tag == MT_T_NATIVENODE && !w->started) {
         start(w);
         if (w->failed)
@@ -232,7 +229,7 @@ struct mt_symbolizer *mt_ahead_finish(struct mt_ahead *w, const struct mt_analys
             sym = NULL;
         }
         for (size_t i = w->taken; i < w->n; i++)
-            object_free(w->items[i].object);
+            free(w->items[i].object);
         free(w->items);
         free(w->spans);
         free(w->warmed);
