@@ -63,6 +63,15 @@ static inline uint64_t get_varint(struct cursor *c)
     return 0;
 }
 
+/* One byte; 0 and the cursor bad at the block's end. */
+static inline uint8_t get_u8(struct cursor *c)
+{
+    if (c->p < c->end)
+        return *c->p++;
+    c->bad = 1;
+    return 0;
+}
+
 static const uint8_t *get_bytes(struct cursor *c, uint32_t *len)
 {
     uint64_t n = get_varint(c);
@@ -385,9 +394,9 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
             return MT_E_CORRUPT;
         uint64_t ref = tag & 0x7fu;
         if (tag < MT_TAG_FREE_SHORT) {
-            if (c->p == c->end)
+            ref = 0x80u + ((uint64_t)(tag & 7u) << 8 | get_u8(c));
+            if (c->bad)
                 return MT_E_CORRUPT;
-            ref = 0x80u + ((uint64_t)(tag & 7u) << 8 | *c->p++);
         }
         rec->tag = MT_T_FREE;
         rec->u.ev.addr = block_end(r, c, ref, &rec->u.ev.number);
@@ -409,7 +418,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         break;
     }
     case MT_T_REALLOC: {
-        rec->u.ev.allocator = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
+        rec->u.ev.allocator = get_u8(c);
         uint64_t ref = get_varint(c);
         if (ref && !c->bad)
             rec->u.ev.old_addr = block_end(r, c, ref - 1, &rec->u.ev.old_number);
@@ -418,7 +427,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
             rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
             made = rec->u.ev.addr != 0;
         } else {
-            made = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
+            made = get_u8(c);
             if (made > 1)
                 c->bad = 1;
         }
@@ -430,7 +439,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         break;
     }
     case MT_T_MREMAP:
-        rec->u.ev.allocator = c->p < c->end ? *c->p++ : (c->bad = 1, 0);
+        rec->u.ev.allocator = get_u8(c);
         rec->u.ev.old_addr = get_delta(c, &r->d.free_addr);
         rec->u.ev.old_size = get_varint(c);
         rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
