@@ -101,6 +101,14 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
  * return MT_E_IO without writing). Not thread-safe: one writer, one thread. */
 int mt_writer_add(struct mt_writer *w, const struct mt_record *rec);
 
+/* The same as mt_writer_add of an ALLOC or a FREE record with these
+ * fields, without building one: the collector's path for the bulk of a
+ * capture. A FREE of an address with no live block writes nothing. */
+int mt_writer_alloc(struct mt_writer *w, uint32_t thread, unsigned allocator,
+                    uint64_t addr, uint64_t size, uint32_t py_stack,
+                    uint32_t native_stack);
+int mt_writer_free(struct mt_writer *w, uint32_t thread, uint64_t addr);
+
 /* Compresses and writes what is buffered as one block (done at least every
  * ~100 ms by the collector so a killed collector loses little). */
 int mt_writer_flush(struct mt_writer *w);

@@ -326,8 +326,21 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
         [MT_R_ALLOC] = MT_T_ALLOC, [MT_R_FREE] = MT_T_FREE,
         [MT_R_MUNMAP] = MT_T_MUNMAP, [MT_R_END] = MT_T_END,
     };
+    uint32_t thread = thread_of(c, st);
+    if (e->h.type != MT_R_END)
+        c->events++;
+    if (!c->replay && (e->h.type == MT_R_ALLOC || e->h.type == MT_R_FREE)) {
+        /* The bulk of a capture: straight to the writer, no record built. */
+        if (c->err == MT_OK)
+            c->err = e->h.type == MT_R_FREE
+                ? mt_writer_free(c->w, thread, e->addr)
+                : mt_writer_alloc(c->w, thread, (uint8_t)e->h.kind, e->addr, e->size,
+                                  idmap_get(&st->pynodes, e->py_stack),
+                                  idmap_get(&st->nativenodes, e->native_stack));
+        return;
+    }
     struct mt_record r = {.tag = tags[e->h.type]};
-    r.thread = thread_of(c, st);
+    r.thread = thread;
     r.u.ev.allocator = (uint8_t)e->h.kind;
     r.u.ev.addr = e->addr;
     if (e->h.type == MT_R_ALLOC || e->h.type == MT_R_MUNMAP)
@@ -337,15 +350,14 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
         r.u.ev.native_stack = idmap_get(&st->nativenodes, e->native_stack);
     }
     put(c, &r);
-    if (e->h.type != MT_R_END)
-        c->events++;
 }
+
+#define EVENT_TYPES (1u << MT_R_ALLOC | 1u << MT_R_FREE | 1u << MT_R_MUNMAP | \
+                     1u << MT_R_NOP | 1u << MT_R_END | 1u << MT_R_MARK)
 
 static int is_event(uint16_t type)
 {
-    return type == MT_R_ALLOC || type == MT_R_FREE ||
-           type == MT_R_MUNMAP || type == MT_R_NOP ||
-           type == MT_R_END || type == MT_R_MARK;
+    return type < 32 && (EVENT_TYPES >> type & 1);
 }
 
 /* Everything before the mark goes to the file, ending a block there; the
@@ -359,67 +371,83 @@ static void on_mark(struct mt_collector *c, const struct mt_revent *e)
     atomic_store_explicit(&c->shm->marks_done, e->addr + 1, memory_order_release);
 }
 
-/* Consumes the record at the slot's tail. @return 1 consumed, 0 the next
- * event must wait for an earlier number, -1 the ring is empty. */
-static int slot_step(struct mt_collector *c, unsigned i, uint64_t head)
+/* A record that is not an event: a definition, or padding. */
+static int on_definition(struct mt_collector *c, struct slot_state *st,
+                         const struct mt_rhdr *h)
 {
-    struct slot_state *st = &c->slots[i];
-    if (st->tail == head)
-        return -1;
-    uint8_t *ring = mt_shm_ring(c->shm, i);
-    uint64_t pos = st->tail & (MT_RING_BYTES - 1);
-    const struct mt_rhdr *h = (const struct mt_rhdr *)(ring + pos);
-    if (st->broken || h->len < sizeof *h || (h->len & 7) ||
-        h->len > MT_RING_BYTES - pos || h->len > head - st->tail ||
-        (is_event(h->type) && h->len < mt_revent_len(h->type))) {
-        st->broken = 1;  /* a damaged ring: drop what is left of it */
-        st->tail = head;
-        return 1;
-    }
-    int rc = MT_OK;
     switch (h->type) {
     case MT_R_PAD:
-        break;
+        return MT_OK;
     case MT_R_CODE:
-        rc = h->len >= sizeof(struct mt_rcode)
-                 ? on_code(c, st, (const struct mt_rcode *)h) : MT_E_CORRUPT;
-        break;
+        return h->len >= sizeof(struct mt_rcode)
+                   ? on_code(c, st, (const struct mt_rcode *)h) : MT_E_CORRUPT;
     case MT_R_PYNODE:
     case MT_R_NATIVENODE:
-        rc = h->len >= sizeof(struct mt_rnode)
-                 ? on_node(c, st, (const struct mt_rnode *)h) : MT_E_CORRUPT;
-        break;
+        return h->len >= sizeof(struct mt_rnode)
+                   ? on_node(c, st, (const struct mt_rnode *)h) : MT_E_CORRUPT;
     case MT_R_THREAD:
         if (h->len >= sizeof(struct mt_rthread))
             on_thread(c, st, (const struct mt_rthread *)h);
-        break;
+        return MT_OK;
     case MT_R_OBJECT:
-        rc = h->len >= sizeof(struct mt_robject)
-                 ? on_object(c, (const struct mt_robject *)h) : MT_E_CORRUPT;
-        break;
+        return h->len >= sizeof(struct mt_robject)
+                   ? on_object(c, (const struct mt_robject *)h) : MT_E_CORRUPT;
     default:
-        if (!is_event(h->type)) {
-            rc = MT_E_CORRUPT;
+        return MT_E_CORRUPT;
+    }
+}
+
+/* Consumes records of slot i from its tail up to head, at most budget of
+ * them. *blocked is set when it stopped at an event that must wait for an
+ * earlier number. @return records consumed. */
+static long slot_drain(struct mt_collector *c, unsigned i, uint64_t head, long budget,
+                       int *blocked)
+{
+    struct slot_state *st = &c->slots[i];
+    const uint8_t *ring = mt_shm_ring(c->shm, i);
+    uint64_t tail = st->tail;  /* a local: the calls below could alias it */
+    long n = 0;
+    *blocked = 0;
+    while (tail != head && n < budget) {
+        uint64_t pos = tail & (MT_RING_BYTES - 1);
+        const struct mt_rhdr *h = (const struct mt_rhdr *)(ring + pos);
+        uint32_t len = h->len;  /* read once: the program's memory */
+        uint16_t type = h->type;
+        int event = is_event(type);
+        if (st->broken || len < sizeof *h || (len & 7) || len > MT_RING_BYTES - pos ||
+            len > head - tail || (event && len < mt_revent_len(type))) {
+            st->broken = 1;  /* a damaged ring: drop what is left of it */
+            tail = head;
+            n++;
             break;
         }
-        const struct mt_revent *e = (const struct mt_revent *)h;
-        if (e->seq > c->next_seq)
-            return 0;
-        /* Equal: the next one. Smaller: a number given up on (below) that
-         * came after all; its event is kept, out of place. */
-        if (e->seq == c->next_seq)
-            c->next_seq++;
-        if (h->type == MT_R_MARK)
-            on_mark(c, e);
-        else if (h->type != MT_R_NOP)
-            on_event(c, st, e);
+        if (event) {
+            const struct mt_revent *e = (const struct mt_revent *)h;
+            if (e->seq > c->next_seq) {
+                *blocked = 1;
+                break;
+            }
+            /* Equal: the next one. Smaller: a number given up on (see
+             * mt_collector_drain) that came after all; its event is kept,
+             * out of place. */
+            if (e->seq == c->next_seq)
+                c->next_seq++;
+            if (type == MT_R_MARK)
+                on_mark(c, e);
+            else if (type != MT_R_NOP)
+                on_event(c, st, e);
+        } else {
+            int rc = on_definition(c, st, h);
+            if (rc == MT_E_NOMEM)
+                c->err = rc;
+            else if (rc != MT_OK)
+                st->broken = 1;
+        }
+        tail += len;
+        n++;
     }
-    if (rc == MT_E_NOMEM)
-        c->err = rc;
-    else if (rc != MT_OK)
-        st->broken = 1;
-    st->tail += h->len;
-    return 1;
+    st->tail = tail;
+    return n;
 }
 
 static void list_slots(struct mt_collector *c)
@@ -470,15 +498,14 @@ static long drain_pass(struct mt_collector *c, uint64_t *waiting, long budget)
             if (st->tail == st->head_seen)
                 st->head_seen = atomic_load_explicit(&s->head, memory_order_acquire);
             uint64_t head = st->head_seen;
-            int rc;
-            while ((rc = slot_step(c, i, head)) == 1) {
+            int blocked;
+            long n = slot_drain(c, i, head, budget - moved, &blocked);
+            if (n)
                 progress = 1;
-                if (++moved >= budget)
-                    break;
-            }
-            if (rc == 0) {
+            moved += n;
+            if (blocked) {
                 const struct mt_revent *e = (const struct mt_revent *)(
-                    mt_shm_ring(c->shm, i) + (c->slots[i].tail & (MT_RING_BYTES - 1)));
+                    mt_shm_ring(c->shm, i) + (st->tail & (MT_RING_BYTES - 1)));
                 if (e->seq < *waiting)
                     *waiting = e->seq;
             }

@@ -30,10 +30,10 @@ uint64_t mt_hash_bytes(const void *p, size_t n, uint64_t seed)
 
 /* The address map's slot for a key: Fibonacci hashing, the top bits of one
  * multiplication (one multiply per probe start: the collector numbers
- * every allocation and free through this map). cap is a power of two. */
-static size_t amap_home(uint64_t key, size_t cap)
+ * every allocation and free through this map). shift is 64 - log2(cap). */
+static size_t amap_home(uint64_t key, unsigned shift)
 {
-    return (size_t)((key * 0x9e3779b97f4a7c15ull) >> (64 - __builtin_ctzll(cap)));
+    return (size_t)((key * 0x9e3779b97f4a7c15ull) >> shift);
 }
 
 static uint64_t ikey_hash(const uint64_t k[3])
@@ -92,13 +92,14 @@ void mt_imap_release(struct mt_imap *m)
 static int amap_grow(struct mt_amap *m)
 {
     size_t cap = m->cap ? m->cap * 2 : 1024;
+    unsigned shift = 64 - (unsigned)__builtin_ctzll(cap);
     struct mt_aentry *e = calloc(cap, sizeof *e);
     if (!e)
         return -1;
     for (size_t i = 0; i < m->cap; i++) {
         if (!m->e[i].key)
             continue;
-        size_t j = amap_home(m->e[i].key, cap);
+        size_t j = amap_home(m->e[i].key, shift);
         while (e[j].key)
             j = (j + 1) & (cap - 1);
         e[j] = m->e[i];
@@ -106,24 +107,30 @@ static int amap_grow(struct mt_amap *m)
     free(m->e);
     m->e = e;
     m->cap = cap;
+    m->shift = shift;
     return 0;
 }
+
+/* The probe loops below work on local copies of the table and its mask:
+ * keys and the map's sizes are both 64-bit words, so the compiler would
+ * otherwise reload the sizes after every key it reads. */
 
 uint64_t *mt_amap_upsert(struct mt_amap *m, uint64_t key, int *found)
 {
     if ((m->used + 1) * 2 > m->cap && amap_grow(m) < 0)
         return NULL;
-    size_t j = amap_home(key, m->cap);
-    for (; m->e[j].key; j = (j + 1) & (m->cap - 1))
-        if (m->e[j].key == key) {
+    struct mt_aentry *e = m->e;
+    size_t mask = m->cap - 1, j = amap_home(key, m->shift);
+    for (; e[j].key; j = (j + 1) & mask)
+        if (e[j].key == key) {
             *found = 1;
-            return &m->e[j].value;
+            return &e[j].value;
         }
-    m->e[j].key = key;
-    m->e[j].value = 0;
+    e[j].key = key;
+    e[j].value = 0;
     m->used++;
     *found = 0;
-    return &m->e[j].value;
+    return &e[j].value;
 }
 
 int mt_amap_put(struct mt_amap *m, uint64_t key, uint64_t value)
@@ -140,9 +147,11 @@ int mt_amap_get(const struct mt_amap *m, uint64_t key, uint64_t *value)
 {
     if (!m->cap)
         return 0;
-    for (size_t j = amap_home(key, m->cap); m->e[j].key; j = (j + 1) & (m->cap - 1))
-        if (m->e[j].key == key) {
-            *value = m->e[j].value;
+    const struct mt_aentry *e = m->e;
+    size_t mask = m->cap - 1;
+    for (size_t j = amap_home(key, m->shift); e[j].key; j = (j + 1) & mask)
+        if (e[j].key == key) {
+            *value = e[j].value;
             return 1;
         }
     return 0;
@@ -152,23 +161,25 @@ int mt_amap_take(struct mt_amap *m, uint64_t key, uint64_t *value)
 {
     if (!m->cap)
         return 0;
-    size_t mask = m->cap - 1, j = amap_home(key, m->cap);
-    for (; m->e[j].key; j = (j + 1) & mask)
-        if (m->e[j].key == key)
+    struct mt_aentry *e = m->e;
+    size_t mask = m->cap - 1, j = amap_home(key, m->shift);
+    unsigned shift = m->shift;
+    for (; e[j].key; j = (j + 1) & mask)
+        if (e[j].key == key)
             break;
-    if (!m->e[j].key)
+    if (!e[j].key)
         return 0;
-    *value = m->e[j].value;
+    *value = e[j].value;
     /* Backward-shift deletion keeps probe chains whole without tombstones. */
     size_t hole = j;
-    for (size_t i = (j + 1) & mask; m->e[i].key; i = (i + 1) & mask) {
-        size_t home = amap_home(m->e[i].key, m->cap);
+    for (size_t i = (j + 1) & mask; e[i].key; i = (i + 1) & mask) {
+        size_t home = amap_home(e[i].key, shift);
         if (((i - home) & mask) >= ((i - hole) & mask)) {
-            m->e[hole] = m->e[i];
+            e[hole] = e[i];
             hole = i;
         }
     }
-    m->e[hole].key = 0;
+    e[hole].key = 0;
     m->used--;
     return 1;
 }

@@ -23,6 +23,7 @@ void mt_imap_release(struct mt_imap *m);
 struct mt_amap {
     struct mt_aentry { uint64_t key, value; } *e;
     size_t cap, used;
+    unsigned shift;  /* 64 - log2(cap) */
 };
 
 /* Inserts or replaces. @return 0, or -1 when out of memory. */

@@ -214,7 +214,7 @@ static int block_new(struct mt_writer *w, unsigned allocator, uint64_t addr,
         *slot = number;
         return MT_OK;
     }
-    if (!mt_allocator_is_mapping(allocator) &&
+    if (addr && !mt_allocator_is_mapping(allocator) &&
         mt_amap_put(&w->live, addr, number) < 0) {
         w->failed = 1;
         return MT_E_NOMEM;
@@ -260,19 +260,101 @@ static unsigned group_shape(const struct mt_record *r)
     return eb == pb && ec == pc ? 2 : 3;
 }
 
-static int is_event(enum mt_tag t)
+/* An ALLOC or FREE, thread switch included, takes at most this much. */
+#define EVENT_MAX 48
+
+/* The event's thread, switched to when it is not the block's. */
+static uint8_t *put_thread(struct mt_writer *w, uint8_t *p, uint32_t thread)
 {
-    return t == MT_T_ALLOC || t == MT_T_FREE || t == MT_T_REALLOC ||
-           t == MT_T_MUNMAP || t == MT_T_MREMAP;
+    if (thread == w->thread)
+        return p;
+    w->thread = thread;
+    return put_switch(p, thread);
+}
+
+/* Room for n events: a full block is flushed first, since a flush resets
+ * the delta bases an event's encoding is relative to. */
+static int make_room(struct mt_writer *w, size_t n)
+{
+    if (w->failed)
+        return MT_E_IO;
+    if (w->used + n * EVENT_MAX > MT_BLOCK_MAX_RAW && mt_writer_flush(w) != MT_OK)
+        return MT_E_IO;
+    return MT_OK;
+}
+
+int mt_writer_free(struct mt_writer *w, uint32_t thread, uint64_t addr)
+{
+    int rc = make_room(w, 1);
+    if (rc != MT_OK)
+        return rc;
+    uint64_t ref = block_ref(w, addr);
+    if (!ref)
+        return MT_OK;  /* nothing the capture knows of ends */
+    uint8_t *p = put_thread(w, w->raw + w->used, thread);
+    p = put_free(p, ref - 1);
+    w->used = (size_t)(p - w->raw);
+    return MT_OK;
+}
+
+int mt_writer_alloc(struct mt_writer *w, uint32_t thread, unsigned allocator,
+                    uint64_t addr, uint64_t size, uint32_t py_stack,
+                    uint32_t native_stack)
+{
+    if (allocator > 0xf)
+        return MT_E_CORRUPT;  /* not representable: the format's bounds */
+    int rc = make_room(w, 2);
+    if (rc != MT_OK)
+        return rc;
+    int mapping = mt_allocator_is_mapping(allocator);
+    uint64_t *slot = NULL;
+    if (addr && !mapping) {
+        /* The hot path: one probe takes the address's slot. */
+        int found;
+        if (!(slot = mt_amap_upsert(&w->live, addr, &found))) {
+            w->failed = 1;
+            return MT_E_NOMEM;
+        }
+        if (found) {
+            /* The address is handed out again but its free was never seen
+             * (an untracked thread freed it): the capture ends the old
+             * block here, so readers keying blocks by number or by address
+             * agree. The free takes the slot. */
+            slot = NULL;
+            if ((rc = mt_writer_free(w, thread, addr)) != MT_OK)
+                return rc;
+        }
+    }
+    if ((rc = block_new(w, allocator, addr, slot)) != MT_OK)
+        return rc;
+    uint8_t *p = put_thread(w, w->raw + w->used, thread);
+    int nat = native_stack != 0;
+    int same = py_stack == w->d.py && (!nat || native_stack == w->d.native);
+    *p++ = (uint8_t)((same ? MT_TAG_ALLOC_SAME : MT_TAG_ALLOC_BASE) |
+                     (nat ? MT_TAG_ALLOC_NATIVE : 0) | allocator);
+    if (w->addresses || mapping)
+        p = put_delta(p, &w->d.alloc_addr, addr);
+    p = mt_put_varint(p, size);
+    if (!same) {
+        p = put_delta(p, &w->d.py, py_stack);
+        if (nat)
+            p = put_delta(p, &w->d.native, native_stack);
+    }
+    w->used = (size_t)(p - w->raw);
+    return MT_OK;
 }
 
 int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
 {
+    if (r->tag == MT_T_ALLOC)
+        return mt_writer_alloc(w, r->thread, r->u.ev.allocator, r->u.ev.addr,
+                               r->u.ev.size, r->u.ev.py_stack, r->u.ev.native_stack);
+    if (r->tag == MT_T_FREE)
+        return mt_writer_free(w, r->thread, r->u.ev.addr);
     if (w->failed)
         return MT_E_IO;
     size_t need = FIXED_MAX + var_size(r);
     if (need > MT_BLOCK_MAX_RAW ||
-        (r->tag == MT_T_ALLOC && r->u.ev.allocator > 0xf) ||
         (r->tag == MT_T_OBJECT && r->u.object.nseg > 32) ||
         (r->tag == MT_T_PYNODE && (r->u.node.flags & ~MT_PYF_ENTRY)))
         return MT_E_CORRUPT;  /* not representable: the format's bounds */
@@ -281,74 +363,27 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         return MT_E_CORRUPT;  /* ids are implicit: each must be the next */
     if (w->used + need > MT_BLOCK_MAX_RAW && mt_writer_flush(w) != MT_OK)
         return MT_E_IO;
-    uint64_t number, *slot = NULL;
-    int found = 0;
-    if ((r->tag == MT_T_ALLOC || r->tag == MT_T_REALLOC) && r->u.ev.addr &&
-        !mt_allocator_is_mapping(r->tag == MT_T_ALLOC ? r->u.ev.allocator : MT_A_REALLOC) &&
-        r->u.ev.addr != r->u.ev.old_addr) {
-        /* An allocation takes its address's slot now (the hot path: one
-         * probe); a realloc ends its old block first, which may move
-         * slots, so it only looks. */
-        if (r->tag == MT_T_ALLOC) {
-            if (!(slot = mt_amap_upsert(&w->live, r->u.ev.addr, &found))) {
-                w->failed = 1;
-                return MT_E_NOMEM;
-            }
-        } else {
-            found = mt_amap_get(&w->live, r->u.ev.addr, &number);
-        }
-    }
-    if (found) {
-        /* The address is handed out again but its free was never seen (an
-         * untracked thread freed it): the capture ends the old block here,
-         * so readers keying blocks by number or by address agree. */
-        struct mt_record end = {.tag = MT_T_FREE, .thread = r->thread};
-        end.u.ev.addr = r->u.ev.addr;
-        slot = NULL;  /* the free takes the slot */
-        int rc = mt_writer_add(w, &end);
+    uint64_t number;
+    if (r->tag == MT_T_REALLOC && r->u.ev.addr && r->u.ev.addr != r->u.ev.old_addr &&
+        mt_amap_get(&w->live, r->u.ev.addr, &number)) {
+        /* As for an allocation at an address still live (above). */
+        int rc = mt_writer_free(w, r->thread, r->u.ev.addr);
         if (rc != MT_OK)
             return rc;
     }
     uint64_t ref = 0;
-    if (r->tag == MT_T_FREE || r->tag == MT_T_REALLOC) {
-        ref = block_ref(w, r->tag == MT_T_FREE ? r->u.ev.addr : r->u.ev.old_addr);
-        if (r->tag == MT_T_FREE && !ref)
-            return MT_OK;  /* nothing the capture knows of ends */
-    }
-    if ((r->tag == MT_T_ALLOC || ((r->tag == MT_T_REALLOC || r->tag == MT_T_MREMAP) &&
-                                  r->u.ev.addr)) &&
-        block_new(w, r->tag == MT_T_ALLOC ? r->u.ev.allocator & 0xfu  /* as decoded */
-                     : r->tag == MT_T_REALLOC ? MT_A_REALLOC : MT_A_MMAP,
-                  r->u.ev.addr, slot) != MT_OK)
+    if (r->tag == MT_T_REALLOC)
+        ref = block_ref(w, r->u.ev.old_addr);
+    if (((r->tag == MT_T_REALLOC || r->tag == MT_T_MREMAP) && r->u.ev.addr) &&
+        block_new(w, r->tag == MT_T_REALLOC ? MT_A_REALLOC : MT_A_MMAP,
+                  r->u.ev.addr, NULL) != MT_OK)
         return MT_E_NOMEM;
     uint8_t *p = w->raw + w->used;
-    if (is_event(r->tag) && r->thread != w->thread) {
+    if (r->tag == MT_T_REALLOC || r->tag == MT_T_MUNMAP || r->tag == MT_T_MREMAP)
+        p = put_thread(w, p, r->thread);
+    if (r->tag == MT_T_THREAD_SWITCH) {
         p = put_switch(p, r->thread);
         w->thread = r->thread;
-    }
-    if (r->tag == MT_T_ALLOC) {
-        int nat = r->u.ev.native_stack != 0;
-        int same = r->u.ev.py_stack == w->d.py && (!nat || r->u.ev.native_stack == w->d.native);
-        *p++ = (uint8_t)((same ? MT_TAG_ALLOC_SAME : MT_TAG_ALLOC_BASE) |
-                         (nat ? MT_TAG_ALLOC_NATIVE : 0) | (r->u.ev.allocator & 0xf));
-        if (w->addresses || mt_allocator_is_mapping(r->u.ev.allocator & 0xf))
-            p = put_delta(p, &w->d.alloc_addr, r->u.ev.addr);
-        p = mt_put_varint(p, r->u.ev.size);
-        if (!same) {
-            p = put_delta(p, &w->d.py, r->u.ev.py_stack);
-            if (nat)
-                p = put_delta(p, &w->d.native, r->u.ev.native_stack);
-        }
-        w->used = (size_t)(p - w->raw);
-        return MT_OK;
-    }
-    if (r->tag == MT_T_FREE || r->tag == MT_T_THREAD_SWITCH) {
-        if (r->tag == MT_T_FREE) {
-            p = put_free(p, ref - 1);
-        } else {
-            p = put_switch(p, r->thread);
-            w->thread = r->thread;
-        }
         w->used = (size_t)(p - w->raw);
         return MT_OK;
     }
