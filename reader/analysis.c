@@ -248,15 +248,13 @@ static void progress_update(struct progress *p, uint64_t offset)
 static int batch_replay(struct mt_replay *replay, const struct batch *b,
                         uint64_t *offset)
 {
-    uint32_t span = 0;
-    for (uint32_t i = 0; i < b->n; i++) {
-        int rc = mt_replay_add(replay, &b->rec[i]);
-        if (rc != MT_OK) {
-            while (span + 1 < b->nspans && b->spans[span + 1].first <= i)
-                span++;
-            *offset = b->spans[span].offset;
-            return rc;  /* reported like a damaged block: what came before stands */
-        }
+    uint32_t span = 0, i;
+    int rc = mt_replay_add_many(replay, b->rec, b->n, &i);
+    if (rc != MT_OK) {
+        while (span + 1 < b->nspans && b->spans[span + 1].first <= i)
+            span++;
+        *offset = b->spans[span].offset;
+        return rc;  /* reported like a damaged block: what came before stands */
     }
     if (b->last) {
         *offset = b->end_offset;

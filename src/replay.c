@@ -50,6 +50,10 @@ struct mapping {
 
 struct temporal;
 
+/* The per-event path of the replay: inlined into it, where the calls'
+ * saved registers cost as much as their bodies. */
+#define HOT static inline __attribute__((always_inline))
+
 struct group_cache { uint32_t py, native, thread, group; /* group + 1 */ };
 
 struct mt_replay {
@@ -123,7 +127,7 @@ static char *xstrdup(const char *s)
     return d;
 }
 
-static uint32_t group_of(struct mt_replay *s, uint32_t py, uint32_t native,
+HOT uint32_t group_of(struct mt_replay *s, uint32_t py, uint32_t native,
                          uint32_t thread)
 {
     if (!s->opts->split_threads)
@@ -159,7 +163,7 @@ static uint32_t group_of(struct mt_replay *s, uint32_t py, uint32_t native,
 }
 
 /* Brings a group's peak snapshot up to date before it changes. */
-static void touch(struct mt_replay *s, uint32_t g)
+HOT void touch(struct mt_replay *s, uint32_t g)
 {
     struct group_state *st = &s->gs[g];
     if (st->peak_version != s->peak_version) {
@@ -169,7 +173,7 @@ static void touch(struct mt_replay *s, uint32_t g)
     }
 }
 
-static void heap_add(struct mt_replay *s, const struct block *b)
+HOT void heap_add(struct mt_replay *s, const struct block *b)
 {
     if (!mt_allocator_counts(b->allocator))
         return;
@@ -188,7 +192,7 @@ static void heap_add(struct mt_replay *s, const struct block *b)
     }
 }
 
-static void heap_sub(struct mt_replay *s, const struct block *b, uint64_t bytes,
+HOT void heap_sub(struct mt_replay *s, const struct block *b, uint64_t bytes,
                      int count)
 {
     if (!mt_allocator_counts(b->allocator))
@@ -204,7 +208,7 @@ static void heap_sub(struct mt_replay *s, const struct block *b, uint64_t bytes,
 }
 
 /* Fills *b with a new block of r's and counts it in the totals. */
-static void new_block(struct mt_replay *s, const struct mt_record *r,
+HOT void new_block(struct mt_replay *s, const struct mt_record *r,
                       uint64_t size, struct block *b)
 {
     struct mt_analysis *a = s->a;
@@ -237,7 +241,7 @@ static void new_block(struct mt_replay *s, const struct mt_record *r,
 
 /* A block ends: temporary when its own thread made fewer than N other
  * allocations since. */
-static void block_end(struct mt_replay *s, const struct block *b, uint32_t thread)
+HOT void block_end(struct mt_replay *s, const struct block *b, uint32_t thread)
 {
     s->a->total_frees++;
     heap_sub(s, b, b->size, 1);
@@ -294,9 +298,9 @@ static void window_advance(struct window *w)
         w->base = w->next = 0;  /* empty: the next number starts it */
 }
 
-/* Makes room for number n: the ring doubles up to WINDOW_MAX, then its
+/* window_room's slow path: the ring doubles up to WINDOW_MAX, then its
  * oldest quarter's survivors move to the hash map. */
-static void window_room(struct mt_replay *s, uint64_t n)
+static void window_grow(struct mt_replay *s, uint64_t n)
 {
     struct window *w = &s->win;
     while (w->next && n - w->base >= w->cap) {
@@ -328,8 +332,16 @@ static void window_room(struct mt_replay *s, uint64_t n)
     }
 }
 
+/* Makes room for number n in the ring. */
+HOT void window_room(struct mt_replay *s, uint64_t n)
+{
+    const struct window *w = &s->win;
+    if (!w->cap || (w->next && n - w->base >= w->cap))
+        window_grow(s, n);
+}
+
 /* The slot for number n, in the ring; the caller fills it and marks it live. */
-static struct block *window_slot(struct mt_replay *s, uint64_t n)
+HOT struct block *window_slot(struct mt_replay *s, uint64_t n)
 {
     struct window *w = &s->win;
     window_room(s, n);
@@ -341,7 +353,7 @@ static struct block *window_slot(struct mt_replay *s, uint64_t n)
     return &w->e[n & (w->cap - 1)];
 }
 
-static int window_take(struct mt_replay *s, uint64_t n, struct block *b)
+HOT int window_take(struct mt_replay *s, uint64_t n, struct block *b)
 {
     struct window *w = &s->win;
     if (n < w->base || n >= w->next)
@@ -356,7 +368,7 @@ static int window_take(struct mt_replay *s, uint64_t n, struct block *b)
     return 1;
 }
 
-static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
+HOT void heap_alloc(struct mt_replay *s, const struct mt_record *r)
 {
     struct block local, *b = &local;
     /* Numbers only grow (the reader counts them): a smaller one would be
@@ -373,7 +385,7 @@ static void heap_alloc(struct mt_replay *s, const struct mt_record *r)
 }
 
 /* key: the block's address, or its number when keyed by number. */
-static void heap_free(struct mt_replay *s, uint64_t key, uint32_t thread)
+HOT void heap_free(struct mt_replay *s, uint64_t key, uint32_t thread)
 {
     struct block b;
     if (!key || !(s->by_number ? window_take(s, key, &b) : live_take(s, key, &b)))
@@ -950,10 +962,22 @@ static int ids_plausible(const struct mt_replay *s, const struct mt_record *r)
 
 int mt_replay_add(struct mt_replay *s, const struct mt_record *rec)
 {
-    s->nrecords++;
-    if (!ids_plausible(s, rec))
-        return MT_E_CORRUPT;
-    on_record(s, rec);
+    uint32_t done;
+    return mt_replay_add_many(s, rec, 1, &done);
+}
+
+int mt_replay_add_many(struct mt_replay *s, const struct mt_record *recs, uint32_t n,
+                       uint32_t *done)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        s->nrecords++;
+        if (!ids_plausible(s, &recs[i])) {
+            *done = i;
+            return MT_E_CORRUPT;
+        }
+        on_record(s, &recs[i]);
+    }
+    *done = n;
     return MT_OK;
 }
 

@@ -128,6 +128,12 @@ void mt_replay_key_by_number(struct mt_replay *r);
  * (bigger than the number of records so far): it is not applied. */
 int mt_replay_add(struct mt_replay *r, const struct mt_record *rec);
 
+/* mt_replay_add of recs[0..n) in turn, stopping at the first that fails;
+ * *done gets how many were applied. One call per batch: the per-record
+ * call costs as much as replaying an event. */
+int mt_replay_add_many(struct mt_replay *r, const struct mt_record *recs, uint32_t n,
+                       uint32_t *done);
+
 /* Ends the replay: what is alive now is "the end" unless an END record
  * came. @return the result (free with mt_analysis_free); r is freed.
  * header: copied into the result (strings too). NULL when out of memory. */
