@@ -115,9 +115,24 @@ static int amap_grow(struct mt_amap *m)
  * keys and the map's sizes are both 64-bit words, so the compiler would
  * otherwise reload the sizes after every key it reads. */
 
+/* Up to this many slots the map stays at most 1/8 full, then at most
+ * half: an insertion into a half-full table probes 2.5 slots on average,
+ * and the branches that end the probe and the deletion's shift mispredict
+ * about as often; a sparse one stops at the first slot nearly always. The
+ * collector numbers every allocation and free through this map: on native2
+ * it spends ~20 % less CPU with the sparse table. Past 4 MiB a lookup is a
+ * cache miss whatever the fill, and memory matters more. */
+#define AMAP_SPARSE_SLOTS (1u << 18)
+
+static int amap_full(const struct mt_amap *m)
+{
+    size_t need = m->used + 1;
+    return need * 2 > m->cap || (m->cap < AMAP_SPARSE_SLOTS && need * 8 > m->cap);
+}
+
 uint64_t *mt_amap_upsert(struct mt_amap *m, uint64_t key, int *found)
 {
-    if ((m->used + 1) * 2 > m->cap && amap_grow(m) < 0)
+    if (amap_full(m) && amap_grow(m) < 0)
         return NULL;
     struct mt_aentry *e = m->e;
     size_t mask = m->cap - 1, j = amap_home(key, m->shift);
