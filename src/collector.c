@@ -322,33 +322,34 @@ static int on_object(struct mt_collector *c, const struct mt_robject *o)
 static void on_event(struct mt_collector *c, struct slot_state *st,
                      const struct mt_revent *e)
 {
-    static const enum mt_tag tags[] = {
-        [MT_R_ALLOC] = MT_T_ALLOC, [MT_R_FREE] = MT_T_FREE,
-        [MT_R_MUNMAP] = MT_T_MUNMAP, [MT_R_END] = MT_T_END,
-    };
     uint32_t thread = thread_of(c, st);
     if (e->h.type != MT_R_END)
         c->events++;
-    if (!c->replay && (e->h.type == MT_R_ALLOC || e->h.type == MT_R_FREE)) {
-        /* The bulk of a capture: straight to the writer, no record built. */
+    if (e->h.type == MT_R_FREE) {
+        /* The bulk of a capture: no record built. */
         if (c->err == MT_OK)
-            c->err = e->h.type == MT_R_FREE
-                ? mt_writer_free(c->w, thread, e->addr)
-                : mt_writer_alloc(c->w, thread, (uint8_t)e->h.kind, e->addr, e->size,
-                                  idmap_get(&st->pynodes, e->py_stack),
-                                  idmap_get(&st->nativenodes, e->native_stack));
+            c->err = c->replay ? mt_replay_free(c->replay, thread, e->addr)
+                               : mt_writer_free(c->w, thread, e->addr);
         return;
     }
-    struct mt_record r = {.tag = tags[e->h.type]};
+    if (e->h.type == MT_R_ALLOC) {
+        uint32_t py = idmap_get(&st->pynodes, e->py_stack);
+        uint32_t native = idmap_get(&st->nativenodes, e->native_stack);
+        if (c->err == MT_OK)
+            c->err = c->replay
+                ? mt_replay_alloc(c->replay, thread, (uint8_t)e->h.kind, e->addr, e->size,
+                                  py, native)
+                : mt_writer_alloc(c->w, thread, (uint8_t)e->h.kind, e->addr, e->size,
+                                  py, native);
+        return;
+    }
+    /* MUNMAP or END */
+    struct mt_record r = {.tag = e->h.type == MT_R_MUNMAP ? MT_T_MUNMAP : MT_T_END};
     r.thread = thread;
     r.u.ev.allocator = (uint8_t)e->h.kind;
     r.u.ev.addr = e->addr;
-    if (e->h.type == MT_R_ALLOC || e->h.type == MT_R_MUNMAP)
+    if (e->h.type == MT_R_MUNMAP)
         r.u.ev.size = e->size;
-    if (e->h.type == MT_R_ALLOC) {
-        r.u.ev.py_stack = idmap_get(&st->pynodes, e->py_stack);
-        r.u.ev.native_stack = idmap_get(&st->nativenodes, e->native_stack);
-    }
     put(c, &r);
 }
 

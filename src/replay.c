@@ -207,12 +207,11 @@ HOT void heap_sub(struct mt_replay *s, const struct block *b, uint64_t bytes,
     s->heap -= bytes;
 }
 
-/* Fills *b with a new block of r's and counts it in the totals. */
-HOT void new_block(struct mt_replay *s, const struct mt_record *r,
-                      uint64_t size, struct block *b)
+/* Fills *b with a new block and counts it in the totals. */
+HOT void new_block(struct mt_replay *s, uint32_t t, unsigned allocator, uint32_t py,
+                   uint32_t native, uint64_t size, struct block *b)
 {
     struct mt_analysis *a = s->a;
-    uint32_t t = r->thread;
     if (t >= s->cap_threads) {
         size_t cap = s->cap_threads;
         s->thread_allocs = grow(s->thread_allocs, &cap, (size_t)t + 1, sizeof(uint64_t));
@@ -221,9 +220,9 @@ HOT void new_block(struct mt_replay *s, const struct mt_record *r,
     *b = (struct block){
         .size = size,
         .thread_seq = ++s->thread_allocs[t],
-        .group = group_of(s, r->u.ev.py_stack, r->u.ev.native_stack, t),
+        .group = group_of(s, py, native, t),
         .thread = t,
-        .allocator = r->u.ev.allocator < MT_A_COUNT ? r->u.ev.allocator : 0,
+        .allocator = allocator < MT_A_COUNT ? (uint8_t)allocator : 0,
         .tick = s->tick,
     };
     struct mt_group *g = &a->groups[b->group];
@@ -368,20 +367,29 @@ HOT int window_take(struct mt_replay *s, uint64_t n, struct block *b)
     return 1;
 }
 
-HOT void heap_alloc(struct mt_replay *s, const struct mt_record *r)
+/* key: the block's number when keyed by number, else its address. */
+HOT void heap_alloc(struct mt_replay *s, uint64_t key, uint32_t thread,
+                    unsigned allocator, uint32_t py, uint32_t native, uint64_t size)
 {
     struct block local, *b = &local;
     /* Numbers only grow (the reader counts them): a smaller one would be
      * a replay fed by hand, kept exact through the hash map. */
-    int in_window = s->by_number && (!s->win.next || r->u.ev.number >= s->win.next);
+    int in_window = s->by_number && (!s->win.next || key >= s->win.next);
     if (in_window)
-        b = window_slot(s, r->u.ev.number);
-    new_block(s, r, r->u.ev.size, b);
+        b = window_slot(s, key);
+    new_block(s, thread, allocator, py, native, size, b);
     if (in_window)
         b->live = 1;
     else
-        live_put(s, s->by_number ? r->u.ev.number : r->u.ev.addr, b);
+        live_put(s, key, b);
     heap_add(s, b);
+}
+
+/* An ALLOC or REALLOC record's new block. */
+HOT void heap_alloc_record(struct mt_replay *s, const struct mt_record *r)
+{
+    heap_alloc(s, s->by_number ? r->u.ev.number : r->u.ev.addr, r->thread,
+               r->u.ev.allocator, r->u.ev.py_stack, r->u.ev.native_stack, r->u.ev.size);
 }
 
 /* key: the block's address, or its number when keyed by number. */
@@ -460,7 +468,8 @@ static void map_add(struct mt_replay *s, const struct mt_record *r, uint64_t add
         return;
     map_remove(s, addr, addr + size, r->thread);  /* MAP_FIXED replaces */
     struct block b;
-    new_block(s, r, size, &b);
+    new_block(s, r->thread, r->u.ev.allocator, r->u.ev.py_stack, r->u.ev.native_stack,
+              size, &b);
     size_t i = map_find(s, addr);
     s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
     memmove(&s->maps[i + 1], &s->maps[i], (s->nmaps - i) * sizeof *s->maps);
@@ -834,7 +843,7 @@ static void on_record(struct mt_replay *s, const struct mt_record *r)
         if (mt_allocator_is_mapping(r->u.ev.allocator))
             map_add(s, r, r->u.ev.addr, r->u.ev.size);
         else
-            heap_alloc(s, r);
+            heap_alloc_record(s, r);
         break;
     case MT_T_FREE:
         heap_free(s, s->by_number ? r->u.ev.number : r->u.ev.addr, r->thread);
@@ -843,7 +852,7 @@ static void on_record(struct mt_replay *s, const struct mt_record *r)
         heap_free(s, s->by_number ? r->u.ev.old_number : r->u.ev.old_addr,
                   r->thread);
         if (s->by_number ? r->u.ev.number : r->u.ev.addr)  /* not a failed realloc */
-            heap_alloc(s, r);
+            heap_alloc_record(s, r);
         break;
     case MT_T_MUNMAP:
         map_remove(s, r->u.ev.addr, r->u.ev.addr + r->u.ev.size, r->thread);
@@ -964,6 +973,34 @@ int mt_replay_add(struct mt_replay *s, const struct mt_record *rec)
 {
     uint32_t done;
     return mt_replay_add_many(s, rec, 1, &done);
+}
+
+int mt_replay_alloc(struct mt_replay *s, uint32_t thread, unsigned allocator,
+                    uint64_t addr, uint64_t size, uint32_t py_stack, uint32_t native_stack)
+{
+    if (s->by_number || mt_allocator_is_mapping(allocator)) {
+        struct mt_record r = {.tag = MT_T_ALLOC, .thread = thread};
+        r.u.ev.allocator = (uint8_t)allocator;
+        r.u.ev.addr = addr;
+        r.u.ev.size = size;
+        r.u.ev.py_stack = py_stack;
+        r.u.ev.native_stack = native_stack;
+        return mt_replay_add(s, &r);
+    }
+    if (++s->nrecords < thread)
+        return MT_E_CORRUPT;  /* as ids_plausible */
+    heap_alloc(s, addr, thread, allocator, py_stack, native_stack, size);
+    return MT_OK;
+}
+
+int mt_replay_free(struct mt_replay *s, uint32_t thread, uint64_t addr)
+{
+    if (s->by_number)
+        return MT_E_CORRUPT;  /* its frees name numbers: mt_replay_add */
+    if (++s->nrecords < thread)
+        return MT_E_CORRUPT;
+    heap_free(s, addr, thread);
+    return MT_OK;
 }
 
 int mt_replay_add_many(struct mt_replay *s, const struct mt_record *recs, uint32_t n,
