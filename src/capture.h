@@ -114,9 +114,10 @@ int mt_writer_free(struct mt_writer *w, uint32_t thread, uint64_t addr);
 int mt_writer_flush(struct mt_writer *w);
 
 /* How blocks flushed from now on are compressed: fast 0 (the default)
- * with LZ4's high-compression mode (level 6: files ~25-40 % smaller),
- * fast 1 with LZ4's fast mode (~4x less CPU per block). Same format, same
- * decoder: a capture may mix both. */
+ * with LZ4's high-compression mode (level 6: files ~25-40 % smaller) where
+ * the fast mode cannot halve a big block (nearly random data: HC would
+ * gain ~10 % at 100 times the CPU), fast 1 with LZ4's fast mode only (~4x
+ * less CPU per block). Same format, same decoder: a capture may mix both. */
 void mt_writer_set_fast(struct mt_writer *w, int fast);
 
 /* Writes the trailer, flushes, closes and frees w (NULL is accepted).
