@@ -975,10 +975,17 @@ int mt_replay_add(struct mt_replay *s, const struct mt_record *rec)
     return mt_replay_add_many(s, rec, 1, &done);
 }
 
+/* Counts a heap event's record; whether its thread can be right (as
+ * ids_plausible). */
+static int heap_event_plausible(struct mt_replay *s, uint32_t thread)
+{
+    return !s->by_number && thread <= ++s->nrecords;
+}
+
 int mt_replay_alloc(struct mt_replay *s, uint32_t thread, unsigned allocator,
                     uint64_t addr, uint64_t size, uint32_t py_stack, uint32_t native_stack)
 {
-    if (s->by_number || mt_allocator_is_mapping(allocator)) {
+    if (!s->by_number && mt_allocator_is_mapping(allocator)) {
         struct mt_record r = {.tag = MT_T_ALLOC, .thread = thread};
         r.u.ev.allocator = (uint8_t)allocator;
         r.u.ev.addr = addr;
@@ -987,17 +994,15 @@ int mt_replay_alloc(struct mt_replay *s, uint32_t thread, unsigned allocator,
         r.u.ev.native_stack = native_stack;
         return mt_replay_add(s, &r);
     }
-    if (++s->nrecords < thread)
-        return MT_E_CORRUPT;  /* as ids_plausible */
+    if (!heap_event_plausible(s, thread))
+        return MT_E_CORRUPT;
     heap_alloc(s, addr, thread, allocator, py_stack, native_stack, size);
     return MT_OK;
 }
 
 int mt_replay_free(struct mt_replay *s, uint32_t thread, uint64_t addr)
 {
-    if (s->by_number)
-        return MT_E_CORRUPT;  /* its frees name numbers: mt_replay_add */
-    if (++s->nrecords < thread)
+    if (!heap_event_plausible(s, thread))
         return MT_E_CORRUPT;
     heap_free(s, addr, thread);
     return MT_OK;

@@ -131,7 +131,7 @@ int mt_replay_add(struct mt_replay *r, const struct mt_record *rec);
 /* The same as mt_replay_add of an ALLOC or a FREE record with these
  * fields, without building one: the collector's path when it aggregates.
  * For a replay keyed by address: one keyed by number needs the numbers a
- * reader gives (mt_replay_add); mt_replay_free then fails. */
+ * reader gives (mt_replay_add), and both return MT_E_CORRUPT. */
 int mt_replay_alloc(struct mt_replay *r, uint32_t thread, unsigned allocator,
                     uint64_t addr, uint64_t size, uint32_t py_stack, uint32_t native_stack);
 int mt_replay_free(struct mt_replay *r, uint32_t thread, uint64_t addr);

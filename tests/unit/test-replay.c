@@ -152,7 +152,10 @@ static void write_capture(char path[2][PATH_MAX])
         }
 }
 
-static struct mt_analysis *replay_file(const char *path, int by_number, int totals_only)
+/* direct: allocations and frees go in through mt_replay_alloc and
+ * mt_replay_free (the collector's way with --aggregate), not as records. */
+static struct mt_analysis *replay_file(const char *path, int by_number, int totals_only,
+                                       int direct)
 {
     struct mt_reader *rd;
     if (mt_reader_open(path, &rd, NULL) != MT_OK) {
@@ -167,8 +170,17 @@ static struct mt_analysis *replay_file(const char *path, int by_number, int tota
     }
     struct mt_record r;
     int rc;
-    while ((rc = mt_reader_next(rd, &r)) == 1)
-        CHECK(mt_replay_add(rp, &r) == MT_OK, "replay refused a record");
+    while ((rc = mt_reader_next(rd, &r)) == 1) {
+        int added;
+        if (direct && r.tag == MT_T_ALLOC)
+            added = mt_replay_alloc(rp, r.thread, r.u.ev.allocator, r.u.ev.addr,
+                                    r.u.ev.size, r.u.ev.py_stack, r.u.ev.native_stack);
+        else if (direct && r.tag == MT_T_FREE)
+            added = mt_replay_free(rp, r.thread, r.u.ev.addr);
+        else
+            added = mt_replay_add(rp, &r);
+        CHECK(added == MT_OK, "replay refused a record");
+    }
     CHECK(rc == 0, "reading ended with %d", rc);
     struct mt_analysis *a = mt_replay_finish(rp, mt_reader_header(rd));
     mt_reader_close(rd);
@@ -191,19 +203,22 @@ int main(void)
         snprintf(path[i], sizeof path[i], "%s/memtap-test-replay-%d%s.bin",
                  dir && *dir ? dir : "/tmp", (int)getpid(), i ? "-noaddr" : "");
     write_capture(path);
-    struct mt_analysis *by_addr = replay_file(path[0], 0, 0), *by_num = replay_file(path[0], 1, 0);
-    struct mt_analysis *no_addr = replay_file(path[1], 1, 0);
-    struct mt_analysis *totals = replay_file(path[1], 1, 1);
+    struct mt_analysis *by_addr = replay_file(path[0], 0, 0, 0);
+    struct mt_analysis *by_num = replay_file(path[0], 1, 0, 0);
+    struct mt_analysis *no_addr = replay_file(path[1], 1, 0, 0);
+    struct mt_analysis *totals = replay_file(path[1], 1, 1, 0);
+    struct mt_analysis *direct = replay_file(path[0], 0, 0, 1);
     unlink(path[0]);
     unlink(path[1]);
 
     uint64_t end = 0;
     for (size_t i = 0; i < nlive; i++)
         end += live[i].size;
-    const struct mt_analysis *as[3] = {by_addr, by_num, no_addr};
-    static const char *const hows[3] = {"by address", "by number",
-                                        "by number, no addresses"};
-    for (int k = 0; k < 3; k++) {
+    const struct mt_analysis *as[4] = {by_addr, by_num, no_addr, direct};
+    static const char *const hows[4] = {"by address", "by number",
+                                        "by number, no addresses",
+                                        "by address, direct calls"};
+    for (int k = 0; k < 4; k++) {
         const struct mt_analysis *a = as[k];
         const char *how = hows[k];
         /* the mappings are allocations too, never in the heap */
@@ -225,7 +240,7 @@ int main(void)
         CHECK(g && g->total_count == 1 && g->end_count == 1 && g->end_bytes == 12345,
               "%s: the realloc", how);
     }
-    for (int k = 1; k < 3; k++) {
+    for (int k = 1; k < 4; k++) {
         const struct mt_analysis *b = as[k];
         CHECK(by_addr->ngroups == b->ngroups, "groups: %u by address, %u %s",
               by_addr->ngroups, b->ngroups, hows[k]);
@@ -263,6 +278,7 @@ int main(void)
     mt_analysis_free(by_num);
     mt_analysis_free(no_addr);
     mt_analysis_free(totals);
+    mt_analysis_free(direct);
     if (failures) {
         fprintf(stderr, "test-replay: %d check(s) failed\n", failures);
         return 1;
