@@ -86,4 +86,14 @@ uint32_t mt_crc32(uint32_t crc, const void *data, size_t n);
 /* Size of the block header before the compressed bytes. */
 #define MT_BLOCK_HEADER 16
 
+/* A block's CRC-32 in a capture of this format version: of its n
+ * compressed bytes, and from version 4 on of its raw_length field first
+ * (header: the block header), as that names the dictionary and a block
+ * decoded against the wrong one can decode to the right length. */
+static inline uint32_t mt_block_crc(uint32_t version, const uint8_t *header,
+                                    const void *data, size_t n)
+{
+    return mt_crc32(version >= 4 ? mt_crc32(0, header + 4, 4) : 0, data, n);
+}
+
 #endif

@@ -8,6 +8,10 @@
 #define MT_FILE_MAGIC "MEMTAPv\x01"   /* 8 bytes */
 #define MT_BLOCK_MAGIC 0x4b4c424du    /* "MBLK" little endian */
 #define MT_BLOCK_MAX_RAW (256u * 1024) /* largest uncompressed block */
+/* Version 4 on, a block header's raw_length holds the block's dictionary
+ * (0: none) in its top byte. */
+#define MT_BLOCK_DICTIONARY_SHIFT 24
+#define MT_BLOCK_LENGTH_MASK 0xffffffu
 
 /* Header flags */
 #define MT_HF_NATIVE 0x1u

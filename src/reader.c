@@ -13,6 +13,7 @@
 
 #include "capture.h"
 #include "codec.h"
+#include "dictionary.h"
 #include "map.h"
 
 struct mt_reader {
@@ -261,16 +262,26 @@ static int next_block(struct mt_reader *r)
     if (got != sizeof h)
         return ferror(r->f) ? MT_E_IO : MT_E_TRUNCATED;
     uint32_t raw = mt_get_u32le(h + 4), comp = mt_get_u32le(h + 8);
+    struct mt_dictionary dict = {0};
+    if (r->header.format_version >= 4) {
+        dict.id = raw >> MT_BLOCK_DICTIONARY_SHIFT;
+        raw &= MT_BLOCK_LENGTH_MASK;
+    }
     if (mt_get_u32le(h) != MT_BLOCK_MAGIC || raw > MT_BLOCK_MAX_RAW ||
-        comp > (uint32_t)LZ4_compressBound(MT_BLOCK_MAX_RAW))
+        comp > (uint32_t)LZ4_compressBound(MT_BLOCK_MAX_RAW) ||
+        (dict.id && !mt_dictionary_get(dict.id, &dict)))
         return MT_E_CORRUPT;
     int rc = read_exact(r, r->comp, comp);
     if (rc != MT_OK)
         return rc;
-    if (mt_crc32(0, r->comp, comp) != mt_get_u32le(h + 12))
+    if (mt_block_crc(r->header.format_version, h, r->comp, comp) != mt_get_u32le(h + 12))
         return MT_E_CORRUPT;
-    int n = LZ4_decompress_safe((const char *)r->comp, (char *)r->raw,
-                                (int)comp, MT_BLOCK_MAX_RAW);
+    int n = dict.id ?
+        LZ4_decompress_safe_usingDict((const char *)r->comp, (char *)r->raw,
+                                      (int)comp, MT_BLOCK_MAX_RAW, dict.data,
+                                      (int)dict.size) :
+        LZ4_decompress_safe((const char *)r->comp, (char *)r->raw,
+                            (int)comp, MT_BLOCK_MAX_RAW);
     if (n < 0 || (uint32_t)n != raw)
         return MT_E_CORRUPT;
     r->p = r->raw;

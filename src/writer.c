@@ -12,6 +12,7 @@
 
 #include "capture.h"
 #include "codec.h"
+#include "dictionary.h"
 #include "map.h"
 
 struct mt_writer {
@@ -29,6 +30,11 @@ struct mt_writer {
     uint32_t node_id[2]; /* the last PYNODE and NATIVENODE ids written */
     int fast;            /* LZ4 fast mode instead of HC */
     int addresses;       /* heap blocks' addresses are written */
+    /* The dictionary blocks are compressed against (dict.id 0: none), and
+     * LZ4 states with it loaded: copying one costs less than loading. */
+    struct mt_dictionary dict;
+    LZ4_stream_t *fast_dict;
+    LZ4_streamHC_t *hc_dict, *hc_work;
 };
 
 static int write_all(struct mt_writer *w, const void *buf, size_t n)
@@ -136,26 +142,76 @@ static int hc_futile(size_t raw, size_t n)
     return raw >= MT_BLOCK_MAX_RAW / 4 && n * 2 > raw;
 }
 
+/* From a program's Python version on (its PROGRAM record), blocks are
+ * compressed against that version's dictionary, if there is one. Without
+ * the memory for the LZ4 states they are not: a valid capture either way. */
+static void choose_dictionary(struct mt_writer *w, const char *python_version)
+{
+    struct mt_dictionary d;
+    if (w->dict.id || !mt_dictionary_for_python(python_version, &d))
+        return;
+    w->fast_dict = malloc(sizeof *w->fast_dict);
+    w->hc_dict = malloc(sizeof *w->hc_dict);
+    w->hc_work = malloc(sizeof *w->hc_work);
+    if (!w->fast_dict || !w->hc_dict || !w->hc_work) {
+        free(w->fast_dict);
+        free(w->hc_dict);
+        free(w->hc_work);
+        w->fast_dict = NULL;
+        w->hc_dict = w->hc_work = NULL;
+        return;
+    }
+    LZ4_initStream(w->fast_dict, sizeof *w->fast_dict);
+    LZ4_loadDict(w->fast_dict, d.data, (int)d.size);
+    LZ4_initStreamHC(w->hc_dict, sizeof *w->hc_dict);
+    LZ4_resetStreamHC_fast(w->hc_dict, 6);
+    LZ4_loadDictHC(w->hc_dict, d.data, (int)d.size);
+    w->dict = d;
+}
+
+/* Compresses the block into out, *dict_id set to the dictionary used (0:
+ * none). @return its size, <= 0 on failure. The fast mode without a
+ * dictionary comes first: a block it cannot halve stays as it is (see
+ * hc_futile; a dictionary of Python start-ups does nothing for native
+ * events and slows LZ4 down), the others are compressed again, against the
+ * dictionary and with HC unless the fast mode is asked for. */
+static int compress_block(struct mt_writer *w, char *out, unsigned *dict_id)
+{
+    const char *src = (const char *)w->raw;
+    int len = (int)w->used, cap = LZ4_compressBound(MT_BLOCK_MAX_RAW);
+    int n = LZ4_compress_default(src, out, len, cap);
+    *dict_id = 0;
+    if (n <= 0 || hc_futile(w->used, (size_t)n) || (w->fast && !w->dict.id))
+        return n;
+    if (!w->dict.id)
+        return LZ4_compress_HC(src, out, len, cap, 6);
+    *dict_id = w->dict.id;
+    if (w->fast) {
+        LZ4_stream_t work;
+        memcpy(&work, w->fast_dict, sizeof work);
+        return LZ4_compress_fast_continue(&work, src, out, len, cap, 1);
+    }
+    memcpy(w->hc_work, w->hc_dict, sizeof *w->hc_work);
+    return LZ4_compress_HC_continue(w->hc_work, src, out, len, cap);
+}
+
 int mt_writer_flush(struct mt_writer *w)
 {
     if (w->failed)
         return MT_E_IO;
     if (!w->used)
         return MT_OK;
-    char *out = (char *)w->comp + MT_BLOCK_HEADER;
-    int n = LZ4_compress_default((const char *)w->raw, out, (int)w->used,
-                                 LZ4_compressBound(MT_BLOCK_MAX_RAW));
-    if (n > 0 && !w->fast && !hc_futile(w->used, (size_t)n))
-        n = LZ4_compress_HC((const char *)w->raw, out, (int)w->used,
-                            LZ4_compressBound(MT_BLOCK_MAX_RAW), 6);
+    unsigned dict_id;
+    int n = compress_block(w, (char *)w->comp + MT_BLOCK_HEADER, &dict_id);
     if (n <= 0) {
         w->failed = 1;
         return MT_E_IO;
     }
     mt_put_u32le(w->comp, MT_BLOCK_MAGIC);
-    mt_put_u32le(w->comp + 4, (uint32_t)w->used);
+    mt_put_u32le(w->comp + 4, (uint32_t)w->used | dict_id << MT_BLOCK_DICTIONARY_SHIFT);
     mt_put_u32le(w->comp + 8, (uint32_t)n);
-    mt_put_u32le(w->comp + 12, mt_crc32(0, w->comp + MT_BLOCK_HEADER, (size_t)n));
+    mt_put_u32le(w->comp + 12, mt_block_crc(MT_FORMAT_VERSION, w->comp,
+                                             w->comp + MT_BLOCK_HEADER, (size_t)n));
     w->used = 0;
     memset(&w->d, 0, sizeof w->d);
     mt_imap_clear(&w->files);
@@ -518,6 +574,7 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         break;
     case MT_T_PROGRAM:
         p = put_str(p, r->u.program.python_version);
+        choose_dictionary(w, r->u.program.python_version);
         break;
     case MT_T_TRAILER:
         p = mt_put_varint(p, mt_zigzag(r->u.trailer.exit.code));
@@ -554,6 +611,9 @@ int mt_writer_close(struct mt_writer *w, const struct mt_trailer *trailer)
         rc = MT_E_IO;
     free(w->raw);
     free(w->comp);
+    free(w->fast_dict);
+    free(w->hc_dict);
+    free(w->hc_work);
     mt_amap_release(&w->live);
     mt_imap_release(&w->files);
     free(w);

@@ -14,8 +14,14 @@ mkdir -p "$OUT"
 ver=$(sed -n 's/^format_version *= *\([0-9][0-9]*\).*/\1/p' "$REPO/meson.build")
 printf '#pragma once\n#define MT_FORMAT_VERSION %s\n#define MT_VERSION "fuzz"\n' \
     "$ver" > "$OUT/version.h"
-# The capture library (every src/*.c, as meson's libmtcapture) and the analysis.
+# The capture library (every src/*.c and the embedded dictionaries, as
+# meson's libmtcapture) and the analysis.
 SRC="$(ls "$REPO"/src/*.c) $REPO/reader/analysis.c"
+for f in "$REPO"/src/dictionaries/*.bin; do
+    id=$(basename "$f" | cut -d- -f1)
+    python3 "$REPO/tools/embed.py" --binary "$f" "mt_dictionary_$id" "$OUT/dictionary-$id.c"
+    SRC="$SRC $OUT/dictionary-$id.c"
+done
 FLAGS="-g -O1 -std=gnu11 -fno-omit-frame-pointer -I$OUT -I$REPO -I$REPO/src"
 $CC $FLAGS -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -o "$OUT/fuzz_reader" "$REPO/tests/fuzz/fuzz_reader.c" $SRC -llz4

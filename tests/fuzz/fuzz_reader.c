@@ -31,6 +31,7 @@
 
 #include "capture.h"
 #include "codec.h"
+#include "dictionary.h"
 #include "../reader/analysis.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -104,13 +105,14 @@ static void fix_crcs(uint8_t *d, size_t n)
     if (len > n || 16 + len + 4 > n)
         return;
     mt_put_u32le(d + 16 + len, mt_crc32(0, d, 16 + (size_t)len));
+    uint32_t version = mt_get_u32le(d + 8);
     size_t off = 16 + (size_t)len + 4;
     while (off + MT_BLOCK_HEADER <= n) {
         uint64_t comp = mt_get_u32le(d + off + 8);
         if (comp > n - off - MT_BLOCK_HEADER)
             return;
-        mt_put_u32le(d + off + 12,
-                     mt_crc32(0, d + off + MT_BLOCK_HEADER, (size_t)comp));
+        mt_put_u32le(d + off + 12, mt_block_crc(version, d + off,
+                                                d + off + MT_BLOCK_HEADER, (size_t)comp));
         off += MT_BLOCK_HEADER + (size_t)comp;
     }
 }
@@ -130,17 +132,30 @@ static void build_structured(struct buf *out, const uint8_t *p, const uint8_t *e
     put_u32(out, mt_crc32(mt_crc32(0, fixed, 16), p, hl));
     p += hl;
     static char comp[LZ4_COMPRESSBOUND(65536)];
-    while (p < end) {
+    for (unsigned chunk = 0; p < end; chunk++) {
         size_t rl = get_u16(&p, end);
         if (rl > (size_t)(end - p))
             rl = (size_t)(end - p);
-        int n = LZ4_compress_default((const char *)p, comp, (int)rl, (int)sizeof comp);
+        /* chunks against no dictionary and each of the known ones in turn */
+        struct mt_dictionary dict = {0};
+        int n;
+        if (mt_dictionary_get(chunk % 6, &dict)) {
+            LZ4_stream_t s;
+            LZ4_initStream(&s, sizeof s);
+            LZ4_loadDict(&s, dict.data, (int)dict.size);
+            n = LZ4_compress_fast_continue(&s, (const char *)p, comp, (int)rl,
+                                           (int)sizeof comp, 1);
+        } else {
+            n = LZ4_compress_default((const char *)p, comp, (int)rl, (int)sizeof comp);
+        }
         if (n < 0)
             abort();
-        put_u32(out, MT_BLOCK_MAGIC);
-        put_u32(out, (uint32_t)rl);
-        put_u32(out, (uint32_t)n);
-        put_u32(out, mt_crc32(0, comp, (size_t)n));
+        uint8_t header[MT_BLOCK_HEADER];
+        mt_put_u32le(header, MT_BLOCK_MAGIC);
+        mt_put_u32le(header + 4, (uint32_t)rl | dict.id << MT_BLOCK_DICTIONARY_SHIFT);
+        mt_put_u32le(header + 8, (uint32_t)n);
+        mt_put_u32le(header + 12, mt_block_crc(MT_FORMAT_VERSION, header, comp, (size_t)n));
+        put(out, header, sizeof header);
         put(out, comp, (size_t)n);
         p += rl;
     }

@@ -21,13 +21,16 @@ LD_PRELOAD logger plus line markers from sys.settrace.
 """
 
 import hashlib
+import importlib.util
 import os
 import random
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -93,6 +96,55 @@ def test_core_bytearray_known_answer(tmp_path, run_memtap, python):
     assert re.match(r"^%d\.%d(\.|$)" % version[:2], str(stats["python_version"])), stats["python_version"]
     assert stats["allocators"]["malloc"]["bytes"] >= expected
     assert stats["allocators"]["malloc"]["count"] >= 1
+
+
+# The dictionary of each CPython version (docs/format.md, Dictionaries).
+DICTIONARY = {(3, 9): 1, (3, 10): 2, (3, 11): 3, (3, 12): 4, (3, 13): 5}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_dictionary_tool():
+    """tools/make-dictionary.py as a module: its LZ4 block decoder is
+    written from the LZ4 spec, apart from the one memtap links."""
+    spec = importlib.util.spec_from_file_location(
+        "make_dictionary", REPO / "tools" / "make-dictionary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("python", interpreter_params(min_version=(3, 9)))
+def test_start_up_compressed_against_its_version_dictionary(tmp_path, run_memtap, python):
+    """From the block with the program's Python version on, blocks name that
+    version's dictionary and decode (by the spec) only against it: they
+    refer into it. Block CRCs cover raw_length (format 4)."""
+    version = python_version_of(python)
+    proc, stats = run_memtap(tmp_path, CORE, python=python)
+    assert proc.stdout == b"done\n"
+    assert_location(stats, "prog.py", line_of(CORE, "alloc"), 52428801, 1, function="build")
+    tool = make_dictionary_tool()
+    want = DICTIONARY[version[:2]]
+    dictionary = next((REPO / "src" / "dictionaries").glob("%d-cpython-*.bin" % want)).read_bytes()
+    data = proc.capture.read_bytes()
+    assert struct.unpack_from("<I", data, 8)[0] == 4
+    pos = 16 + struct.unpack_from("<I", data, 12)[0] + 4
+    ids, dependent = [], 0
+    while pos < len(data):
+        magic, raw, comp, crc = struct.unpack_from("<IIII", data, pos)
+        assert magic == 0x4B4C424D
+        body = data[pos + 16:pos + 16 + comp]
+        assert zlib.crc32(body, zlib.crc32(data[pos + 4:pos + 8])) == crc
+        ids.append(raw >> 24)
+        if raw >> 24:
+            assert len(tool.lz4_block(body, dictionary)) == raw & 0xFFFFFF
+            try:
+                tool.lz4_block(body, b"")
+            except ValueError:
+                dependent += 1
+        pos += 16 + comp
+    first = ids.index(want)  # fails when no block names it
+    assert ids == [0] * first + [want] * (len(ids) - first), ids
+    assert dependent >= 1, ids
 
 
 MULTILINE = """\

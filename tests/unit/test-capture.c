@@ -32,6 +32,7 @@
 
 #include "../../src/capture.h"
 #include "../../src/codec.h"
+#include "../../src/dictionary.h"
 
 static int failures;
 
@@ -655,7 +656,8 @@ struct layout {
     size_t header_end;     /* first byte after the header's CRC */
     size_t nblocks;
     size_t block_start[4096];
-    uint32_t raw[4096];
+    uint32_t raw[4096], comp[4096];
+    unsigned dictionary[4096];
     uint32_t max_raw;
 };
 
@@ -683,13 +685,23 @@ static void walk(const char *what, const uint8_t *b, size_t n, struct layout *l)
         uint32_t magic = mt_get_u32le(b + p), rawn = mt_get_u32le(b + p + 4),
                  comp = mt_get_u32le(b + p + 8), crc = mt_get_u32le(b + p + 12);
         CHECK(magic == 0x4b4c424du && !memcmp(b + p, "MBLK", 4), "%s: block magic at %zu", what, p);
+        /* version 4: the top byte of raw_length names the dictionary */
+        struct mt_dictionary dict = {0};
+        CHECK(!(rawn >> 24) || mt_dictionary_get(rawn >> 24, &dict),
+              "%s: dictionary %u at %zu", what, rawn >> 24, p);
+        rawn &= 0xffffff;
+        l->dictionary[l->nblocks] = dict.id;
         CHECK(rawn > 0 && rawn <= MT_BLOCK_MAX_RAW, "%s: raw length %u at %zu", what, rawn, p);
         CHECK(comp <= n - p - 16, "%s: compressed length %u at %zu", what, comp, p);
         if (comp > n - p - 16)
             break;
-        CHECK(mt_crc32(0, b + p + 16, comp) == crc, "%s: block CRC-32 at %zu", what, p);
-        int k = LZ4_decompress_safe((const char *)b + p + 16, (char *)raw, (int)comp,
-                                    MT_BLOCK_MAX_RAW);
+        CHECK(mt_crc32(mt_crc32(0, b + p + 4, 4), b + p + 16, comp) == crc,
+              "%s: block CRC-32 at %zu", what, p);
+        int k = dict.id ?
+            LZ4_decompress_safe_usingDict((const char *)b + p + 16, (char *)raw, (int)comp,
+                                          MT_BLOCK_MAX_RAW, dict.data, (int)dict.size) :
+            LZ4_decompress_safe((const char *)b + p + 16, (char *)raw, (int)comp,
+                                MT_BLOCK_MAX_RAW);
         CHECK(k >= 0 && (uint32_t)k == rawn, "%s: lz4 block at %zu decodes to %d, not %u",
               what, p, k, rawn);
         /* every block starts with its own delta state: a record tag, and
@@ -697,6 +709,7 @@ static void walk(const char *what, const uint8_t *b, size_t n, struct layout *l)
         CHECK(k > 0 && (raw[0] == MT_T_THREAD_SWITCH || raw[0] < 0x80),
               "%s: block at %zu starts with 0x%02x", what, p, raw[0]);
         l->block_start[l->nblocks] = p;
+        l->comp[l->nblocks] = comp;
         l->raw[l->nblocks++] = rawn;
         if (rawn > l->max_raw)
             l->max_raw = rawn;
@@ -1064,6 +1077,8 @@ static void test_edges(uint32_t flags)
     struct layout *l = xmalloc(sizeof *l);
     walk("edges", b, n, l);
     CHECK(l->nblocks >= c.flushes + 1, "edges: %zu blocks, %u flushes", l->nblocks, c.flushes);
+    for (size_t i = 0; i < l->nblocks; i++)  /* 3.13's from the first PROGRAM on */
+        CHECK(l->dictionary[i] == 5, "edges: block %zu: dictionary %u", i, l->dictionary[i]);
     /* tag, empty path, base, a 3-byte length, nseg, unload; then the
      * allocation after it, which still fits (an event needs room for two
      * events, not for the largest record): its tag and size, and with
@@ -1133,7 +1148,8 @@ static void test_crc32(void)
 /* A capture of format version (without addresses from 3 on): its header,
  * then one block made by hand from raw record bytes (docs/format.md,
  * Blocks). @return the file. */
-static const char *hand_block(const uint8_t *raw, int n, uint32_t version)
+static const char *hand_block_dict(const uint8_t *raw, int n, uint32_t version,
+                                   unsigned dict_id)
 {
     const char *file = tmp_path("hand.bin");
     unlink(file);
@@ -1152,16 +1168,32 @@ static const char *hand_block(const uint8_t *raw, int n, uint32_t version)
     fclose(hf);
     free(hdr);
     uint8_t block[16 + 256];
-    int comp = LZ4_compress_default((const char *)raw, (char *)block + 16, n, 256);
+    struct mt_dictionary dict;
+    int comp;
+    if (mt_dictionary_get(dict_id, &dict)) {
+        LZ4_stream_t s;
+        LZ4_initStream(&s, sizeof s);
+        LZ4_loadDict(&s, dict.data, (int)dict.size);
+        comp = LZ4_compress_fast_continue(&s, (const char *)raw, (char *)block + 16, n, 256, 1);
+    } else {
+        comp = LZ4_compress_default((const char *)raw, (char *)block + 16, n, 256);
+    }
     mt_put_u32le(block, MT_BLOCK_MAGIC);
-    mt_put_u32le(block + 4, (uint32_t)n);
+    mt_put_u32le(block + 4, (uint32_t)n | dict_id << 24);
     mt_put_u32le(block + 8, (uint32_t)comp);
-    mt_put_u32le(block + 12, mt_crc32(0, block + 16, (size_t)comp));
+    /* the CRC-32 covers raw_length from version 4 on */
+    mt_put_u32le(block + 12, mt_crc32(version >= 4 ? mt_crc32(0, block + 4, 4) : 0,
+                                      block + 16, (size_t)comp));
     FILE *f = fopen(file, "ab");
     if (!f || comp <= 0 || fwrite(block, 1, 16 + (size_t)comp, f) != 16 + (size_t)comp)
         exit(2);
     fclose(f);
     return file;
+}
+
+static const char *hand_block(const uint8_t *raw, int n, uint32_t version)
+{
+    return hand_block_dict(raw, n, version, 0);
 }
 
 /* Without addresses a REALLOC says by one byte whether it made a block:
@@ -1264,7 +1296,10 @@ static void test_short_forms(void)
     }
 }
 
-static void test_large(void)
+/* python: the PROGRAM record's version after the first 1000 events (its
+ * dictionary is used from the block it is in on, for blocks LZ4 can halve:
+ * a stretch of such blocks in each compression mode), NULL for none. */
+static void test_large(const char *python)
 {
     struct mt_header h = {.flags = MT_HF_NATIVE, .pid = 4242, .start_time_us = 1,
                           .command = "large"};
@@ -1272,11 +1307,24 @@ static void test_large(void)
     struct cap c;
     cap_open(&c, file, &h);
     thread_rec(&c, 1, 100, "main");
+    struct mt_dictionary dict = {0};
+    if (python)
+        mt_dictionary_for_python(python, &dict);
     uint64_t near = 0x555555550000ull;
     uint32_t nodes[2] = {0, 0};  /* the last NATIVENODE and PYNODE ids */
     for (unsigned i = 0; i < 150000; i++) {
         if (i % 30000 == 0)  /* blocks of both compression modes */
             mt_writer_set_fast(c.w, (i / 30000) & 1);
+        if (python && i == 1000) {
+            flush(&c);
+            simple_rec(&c, MT_T_PROGRAM, 0, 0, 0, python);
+        }
+        if (python && (i == 30001 || i == 60001)) {
+            static char name[4001];
+            memset(name, 'x', 4000);
+            for (int k = 0; k < 140; k++)
+                thread_rec(&c, 1, 100, name);
+        }
         uint32_t t = 1 + (uint32_t)(rnd() % 3 == 0);
         uint64_t r = rnd();
         near += (r & 0xffff) - 0x8000;
@@ -1331,8 +1379,21 @@ static void test_large(void)
     struct layout *l = xmalloc(sizeof *l);
     walk("large", b, n, l);
     CHECK(l->nblocks >= 4, "large: %zu blocks", l->nblocks);
-    for (size_t i = 0; i + 1 < l->nblocks; i++)  /* full blocks */
-        CHECK(l->raw[i] > MT_BLOCK_MAX_RAW - 4096, "large: block %zu holds only %u bytes",
+    /* a big block the fast mode cannot halve stays as it is */
+    size_t with_dictionary = 0;
+    for (size_t i = 0; i < l->nblocks; i++) {
+        int futile = l->raw[i] >= MT_BLOCK_MAX_RAW / 4 && l->comp[i] * 2 > l->raw[i];
+        CHECK(l->dictionary[i] == (i && !futile ? dict.id : 0),
+              "large %s: block %zu (%u -> %u bytes): dictionary %u", python ? python : "",
+              i, l->raw[i], l->comp[i], l->dictionary[i]);
+        with_dictionary += l->dictionary[i] != 0;
+    }
+    CHECK(with_dictionary >= (python ? 2u : 0u), "large: %zu blocks with a dictionary",
+          with_dictionary);
+    /* full blocks, but for room left before a 4 kB THREAD record */
+    uint32_t slack = python ? 8192 : 4096;
+    for (size_t i = python ? 1 : 0; i + 1 < l->nblocks; i++)
+        CHECK(l->raw[i] > MT_BLOCK_MAX_RAW - slack, "large: block %zu holds only %u bytes",
               i, l->raw[i]);
 
     /* cuts: the header, ±40 bytes around every block boundary, the end, a
@@ -1364,6 +1425,67 @@ static void test_large(void)
     free(b);
     stream_free(&got);
     stream_free(&c.want);
+}
+
+/* Dictionaries: which one a Python version gets, and what a reader does
+ * with a block that names one. */
+static void test_dictionaries(void)
+{
+    static const struct { const char *version; unsigned id; } pick[] = {
+        {"3.9.18", 1}, {"3.10.0", 2}, {"3.11", 3}, {"3.11.2+", 3}, {"3.12.1", 4},
+        {"3.13.0rc1", 5}, {"3.1", 0}, {"3.110.1", 0}, {"3.8.18", 0}, {"2.7.18", 0},
+        {"", 0}, {"3", 0}, {"13.1", 0}, {NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof pick / sizeof *pick; i++) {
+        struct mt_dictionary d = {0};
+        int found = mt_dictionary_for_python(pick[i].version, &d);
+        CHECK(found == (pick[i].id != 0) && d.id == pick[i].id,
+              "dictionary for %s: %u, want %u", pick[i].version ? pick[i].version : "NULL",
+              d.id, pick[i].id);
+    }
+    /* captures name dictionaries by id: their bytes never change
+     * (docs/format.md lists the same sizes and CRC-32s) */
+    static const struct { size_t size; uint32_t crc; } pinned[] = {
+        {0, 0}, {40935, 0xdbddebc9u}, {41394, 0x450bfa13u}, {49157, 0x5536ff27u},
+        {51909, 0x3d30e7c6u}, {49376, 0x13902213u},
+    };
+    for (unsigned id = 0; id < 300; id++) {
+        struct mt_dictionary d = {0};
+        int known = id >= 1 && id <= 5;
+        CHECK(mt_dictionary_get(id, &d) == known, "dictionary %u", id);
+        if (known)
+            CHECK(d.id == id && d.size == pinned[id].size &&
+                  mt_crc32(0, d.data, d.size) == pinned[id].crc,
+                  "dictionary %u: %zu bytes, CRC-32 0x%08x", id, d.size,
+                  mt_crc32(0, d.data, d.size));
+    }
+
+    /* ALLOC malloc size 8, then a FREE of it: against dictionary 3, decodes;
+     * naming no dictionary this version knows, or a dictionary in a
+     * version 3 capture (raw_length then over the bound), is corrupt */
+    const uint8_t raw[] = {0x21, 8, 0, MT_T_FREE, 2, MT_T_PROGRAM, 4, '3', '.', '1', '1'};
+    static const struct { uint32_t version; unsigned id; int rc; } cases[] = {
+        {4, 3, 1}, {4, 1, 1}, {4, 6, MT_E_CORRUPT}, {4, 255, MT_E_CORRUPT}, {3, 3, MT_E_CORRUPT},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct mt_reader *r;
+        CHECK_RC(mt_reader_open(hand_block_dict(raw, sizeof raw, cases[i].version, cases[i].id),
+                                &r, NULL), MT_OK, "dictionary block: open");
+        struct mt_record rec;
+        int rc = mt_reader_next(r, &rec);
+        CHECK(rc == cases[i].rc, "version %u, dictionary %u: %d, want %d", cases[i].version,
+              cases[i].id, rc, cases[i].rc);
+        if (rc == 1) {
+            CHECK(rec.tag == MT_T_ALLOC && rec.u.ev.size == 8, "dictionary %u: the ALLOC",
+                  cases[i].id);
+            CHECK(mt_reader_next(r, &rec) == 1 && rec.tag == MT_T_FREE &&
+                  rec.u.ev.number == 1, "dictionary %u: the FREE", cases[i].id);
+            CHECK(mt_reader_next(r, &rec) == 1 && rec.tag == MT_T_PROGRAM &&
+                  !strcmp(rec.u.program.python_version, "3.11"),
+                  "dictionary %u: the PROGRAM", cases[i].id);
+        }
+        mt_reader_close(r);
+    }
 }
 
 /* A writer closed without a trailer (a killed collector): every record is
@@ -1526,7 +1648,9 @@ int main(void)
     test_no_trailer();
     test_edges(MT_HF_KNOWN);
     test_edges(MT_HF_KNOWN & ~MT_HF_ADDRESSES);
-    test_large();
+    test_large(NULL);
+    test_large("3.11.4");
+    test_dictionaries();
     test_realloc_made();
     test_short_forms();
 
