@@ -41,6 +41,9 @@ struct cached_frame {
     uint32_t node;    /* trie node of the stack up to and including it */
 };
 
+/* A thread's last native stack, outermost first. */
+struct native_cache { uint32_t n; struct cached_frame f[MT_MAX_NATIVE]; };
+
 /* Open-addressing tables in the tracker's own mappings. */
 struct node_entry { uint64_t a; uint32_t parent, b, flags, id; };
 struct node_table { struct node_entry *e; uint32_t cap, used, next_id; };
@@ -55,9 +58,14 @@ struct mt_thread {
     uint64_t head, tail_seen;
     struct node_table pynodes, nativenodes;
     struct code_table codes;
-    uint32_t npy, nnative;
+    uint32_t npy;
     struct cached_frame py[MT_MAX_PY];
-    struct cached_frame native[MT_MAX_NATIVE];
+    /* The last two different native stacks, [native_mru] the latest: an
+     * interpreter loop allocating on two paths in turn (bytes here, a str
+     * there) finds each whole in one, instead of looking up the frames
+     * past where the two part in the trie at every allocation. */
+    struct native_cache native[2];
+    unsigned native_mru;
     struct mt_pyframe walk[MT_MAX_PY];
     uintptr_t ips[MT_MAX_NATIVE];
     char scratch[4096];
@@ -395,6 +403,17 @@ static void object_announce(const struct mt_object_view *v, void *arg)
     ring_commit(t, total);
 }
 
+/* How many frames, from the outermost, ips[0..n) (innermost first) shares
+ * with the cached stack c. */
+static uint32_t native_common(const struct native_cache *c, const uintptr_t *ips,
+                              uint32_t n)
+{
+    uint32_t k = 0, lim = n < c->n ? n : c->n;
+    while (k < lim && c->f[k].a == ips[n - 1 - k])
+        k++;
+    return k;
+}
+
 static uint32_t native_stack(struct mt_thread *t)
 {
     int got = mt_native_backtrace(t->ips, MT_MAX_NATIVE, 0);
@@ -403,12 +422,25 @@ static uint32_t native_stack(struct mt_thread *t)
         skip++;
     uint32_t n = (uint32_t)(got - skip);
     const uintptr_t *ips = t->ips + skip;
-    uint32_t k = 0, lim = n < t->nnative ? n : t->nnative;
-    while (k < lim && t->native[k].a == ips[n - 1 - k])
-        k++;
+    struct native_cache *c = &t->native[t->native_mru];
+    uint32_t k = native_common(c, ips, n);
+    if (k == n && c->n == n)
+        return n ? c->f[n - 1].node : 0;
+    /* The other cached stack is brought up to date and becomes the latest.
+     * Where it shares less than the latest, the frames in between are
+     * copied from the latest (the two agree up to the lesser share): a
+     * recursion's stacks, a frame or two apart, copy a frame or two. */
+    struct native_cache *other = &t->native[!t->native_mru];
+    uint32_t k_other = native_common(other, ips, n);
+    if (k_other < k)
+        memcpy(other->f + k_other, c->f + k_other, (k - k_other) * sizeof *c->f);
+    else
+        k = k_other;
+    c = other;
+    t->native_mru ^= 1;
     int checked = 0;
     for (uint32_t i = k; i < n; i++) {
-        uint32_t parent = i ? t->native[i - 1].node : 0;
+        uint32_t parent = i ? c->f[i - 1].node : 0;
         uint32_t node = checked ? 0 : node_find(&t->nativenodes, parent, ips[n - 1 - i], 0, 0);
         if (!node) {
             /* A frame this thread never announced may lie in a newly
@@ -421,13 +453,13 @@ static uint32_t native_stack(struct mt_thread *t)
                                ips[n - 1 - i], 0, 0);
         }
         if (!node) {
-            t->nnative = i;
-            return i ? t->native[i - 1].node : 0;
+            c->n = i;
+            return i ? c->f[i - 1].node : 0;
         }
-        t->native[i] = (struct cached_frame){ips[n - 1 - i], 0, 0, node};
+        c->f[i] = (struct cached_frame){ips[n - 1 - i], 0, 0, node};
     }
-    t->nnative = n;
-    return n ? t->native[n - 1].node : 0;
+    c->n = n;
+    return n ? c->f[n - 1].node : 0;
 }
 
 /* ---- threads --------------------------------------------------------- */

@@ -172,3 +172,47 @@ def test_native_default_output_name(memtap, prog, tmp_path):
     assert len(caps) == 1 and caps[0].startswith("memtap-alloc_all.") and caps[0].endswith(".bin"), caps
     stats = memtap_stats(tmp_path / caps[0])
     assert caps[0] == "memtap-alloc_all.%d.bin" % stats["pid"]
+
+
+def test_native_stacks_exact(memtap, tmp_path):
+    """tests/programs/stack_paths.c: two paths that part at the last frames,
+    taken in turn, and a recursion: every stack and its bytes, exactly
+    (the shim keeps its last two native stacks to skip the frames a new one
+    shares with them; a frame left stale there would put a site under the
+    wrong caller)."""
+    cc = shutil.which("cc")
+    assert cc, "no C compiler (cc) on PATH"
+    src = PROGRAMS / "stack_paths.c"
+    exe = tmp_path / "stack_paths"
+    subprocess.run([cc, "-O0", "-g", "-o", str(exe), str(src)], check=True, timeout=TIMEOUT)
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), str(exe)], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    text = src.read_text()
+
+    def at(function, tag):
+        return "%s (stack_paths.c:%d)" % (function, line_of(text, tag))
+
+    take = at("take", "take")
+    want = {}
+    for tag, nx, ny in (("alternate", 50, 50), ("mixed", 33, 17)):
+        want[";".join([at("main", tag), at("fork_xy", "fork_x"), at("leaf_x", "leaf_x"),
+                       take])] = nx * 777
+        want[";".join([at("main", tag), at("fork_xy", "fork_y"), at("leaf_y", "leaf_y"),
+                       take])] = ny * 888
+    for depth in range(41):  # rec(0) ... rec(40): take(1000 + depth), once each
+        want[";".join([at("main", "recurse")] + [at("rec", "rec_rec")] * depth +
+                      [at("rec", "rec_take"), take])] = 1000 + depth
+    for depth in (38, 39, 40):  # rec(38), 50 times
+        want[";".join([at("main", "mixed_rec")] + [at("rec", "rec_rec")] * (depth - 38) +
+                      [at("rec", "rec_take"), take])] = 50 * (1000 + depth)
+    exported = subprocess.run([str(memtap), "export", "--format", "collapsed", str(out)],
+                              capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    got = {}
+    for entry in exported.splitlines():
+        stack, nbytes = entry.rsplit(" ", 1)
+        stack = stack.replace(str(src.parent) + "/", "")
+        if stack.startswith("main ("):  # the C library's own allocations aside
+            got[stack] = got.get(stack, 0) + int(nbytes)
+    assert got == want
