@@ -16,7 +16,8 @@ dictionary.
 
 A dictionary's ID is permanent: captures name it, so its bytes may never
 change. A new or better dictionary gets a new ID (and a new format
-version): list it in src/dictionary.c and meson.build.
+version): list it in src/dictionary.c and meson.build, and its size and
+CRC-32 in docs/format.md and tests/unit/test-capture.c (which pin them).
 """
 import os
 import struct
