@@ -2,27 +2,26 @@
 
 #include "dictionary.h"
 
-/* Embedded by tools/embed.py from src/dictionaries/ID-cpython-X.Y.bin. */
-#define EMBEDDED(sym) extern const char sym[]; extern const unsigned long sym##_len;
-EMBEDDED(mt_dictionary_1)
-EMBEDDED(mt_dictionary_2)
-EMBEDDED(mt_dictionary_3)
-EMBEDDED(mt_dictionary_4)
-EMBEDDED(mt_dictionary_5)
+/* Every dictionary: id, the CPython version it was made from. Each is
+ * embedded by tools/embed.py from src/dictionaries/ID-cpython-X.Y.bin as
+ * mt_dictionary_ID (meson.build lists the files). An id, once in a
+ * released capture, names the same bytes forever. */
+#define DICTIONARIES(X) \
+    X(1, "3.9") X(2, "3.10") X(3, "3.11") X(4, "3.12") X(5, "3.13")
 
-/* An id, once in a released capture, names the same bytes forever. */
+#define DECLARE(id, version) \
+    extern const char mt_dictionary_##id[]; \
+    extern const unsigned long mt_dictionary_##id##_len;
+DICTIONARIES(DECLARE)
+
+#define ENTRY(id, version) \
+    {id, version, mt_dictionary_##id, &mt_dictionary_##id##_len},
 static const struct {
     unsigned id;
     const char *python;
     const char *data;
     const unsigned long *size;  /* not a constant expression in C */
-} table[] = {
-    {1, "3.9", mt_dictionary_1, &mt_dictionary_1_len},
-    {2, "3.10", mt_dictionary_2, &mt_dictionary_2_len},
-    {3, "3.11", mt_dictionary_3, &mt_dictionary_3_len},
-    {4, "3.12", mt_dictionary_4, &mt_dictionary_4_len},
-    {5, "3.13", mt_dictionary_5, &mt_dictionary_5_len},
-};
+} table[] = {DICTIONARIES(ENTRY)};
 
 static int fill(size_t i, struct mt_dictionary *d)
 {

@@ -30,11 +30,15 @@ struct mt_writer {
     uint32_t node_id[2]; /* the last PYNODE and NATIVENODE ids written */
     int fast;            /* LZ4 fast mode instead of HC */
     int addresses;       /* heap blocks' addresses are written */
-    /* The dictionary blocks are compressed against (dict.id 0: none), and
-     * LZ4 states with it loaded: copying one costs less than loading. */
-    struct mt_dictionary dict;
-    LZ4_stream_t *fast_dict;
-    LZ4_streamHC_t *hc_dict, *hc_work;
+    unsigned dict_id;    /* the dictionary blocks are compressed against, 0: none */
+    struct dict_states *dict; /* non-NULL exactly when dict_id is set */
+};
+
+/* LZ4 states with the dictionary loaded, copied to compress each block
+ * (copying costs less than loading), and the HC copy's room. */
+struct dict_states {
+    LZ4_stream_t fast;
+    LZ4_streamHC_t hc, hc_work;
 };
 
 static int write_all(struct mt_writer *w, const void *buf, size_t n)
@@ -148,25 +152,15 @@ static int hc_futile(size_t raw, size_t n)
 static void choose_dictionary(struct mt_writer *w, const char *python_version)
 {
     struct mt_dictionary d;
-    if (w->dict.id || !mt_dictionary_for_python(python_version, &d))
+    if (w->dict_id || !mt_dictionary_for_python(python_version, &d) ||
+        !(w->dict = malloc(sizeof *w->dict)))
         return;
-    w->fast_dict = malloc(sizeof *w->fast_dict);
-    w->hc_dict = malloc(sizeof *w->hc_dict);
-    w->hc_work = malloc(sizeof *w->hc_work);
-    if (!w->fast_dict || !w->hc_dict || !w->hc_work) {
-        free(w->fast_dict);
-        free(w->hc_dict);
-        free(w->hc_work);
-        w->fast_dict = NULL;
-        w->hc_dict = w->hc_work = NULL;
-        return;
-    }
-    LZ4_initStream(w->fast_dict, sizeof *w->fast_dict);
-    LZ4_loadDict(w->fast_dict, d.data, (int)d.size);
-    LZ4_initStreamHC(w->hc_dict, sizeof *w->hc_dict);
-    LZ4_resetStreamHC_fast(w->hc_dict, 6);
-    LZ4_loadDictHC(w->hc_dict, d.data, (int)d.size);
-    w->dict = d;
+    LZ4_initStream(&w->dict->fast, sizeof w->dict->fast);
+    LZ4_loadDict(&w->dict->fast, d.data, (int)d.size);
+    LZ4_initStreamHC(&w->dict->hc, sizeof w->dict->hc);
+    LZ4_resetStreamHC_fast(&w->dict->hc, 6);
+    LZ4_loadDictHC(&w->dict->hc, d.data, (int)d.size);
+    w->dict_id = d.id;
 }
 
 /* Compresses the block into out, *dict_id set to the dictionary used (0:
@@ -181,18 +175,18 @@ static int compress_block(struct mt_writer *w, char *out, unsigned *dict_id)
     int len = (int)w->used, cap = LZ4_compressBound(MT_BLOCK_MAX_RAW);
     int n = LZ4_compress_default(src, out, len, cap);
     *dict_id = 0;
-    if (n <= 0 || hc_futile(w->used, (size_t)n) || (w->fast && !w->dict.id))
+    if (n <= 0 || hc_futile(w->used, (size_t)n) || (w->fast && !w->dict_id))
         return n;
-    if (!w->dict.id)
+    if (!w->dict_id)
         return LZ4_compress_HC(src, out, len, cap, 6);
-    *dict_id = w->dict.id;
+    *dict_id = w->dict_id;
     if (w->fast) {
         LZ4_stream_t work;
-        memcpy(&work, w->fast_dict, sizeof work);
+        memcpy(&work, &w->dict->fast, sizeof work);
         return LZ4_compress_fast_continue(&work, src, out, len, cap, 1);
     }
-    memcpy(w->hc_work, w->hc_dict, sizeof *w->hc_work);
-    return LZ4_compress_HC_continue(w->hc_work, src, out, len, cap);
+    memcpy(&w->dict->hc_work, &w->dict->hc, sizeof w->dict->hc_work);
+    return LZ4_compress_HC_continue(&w->dict->hc_work, src, out, len, cap);
 }
 
 int mt_writer_flush(struct mt_writer *w)
@@ -611,9 +605,7 @@ int mt_writer_close(struct mt_writer *w, const struct mt_trailer *trailer)
         rc = MT_E_IO;
     free(w->raw);
     free(w->comp);
-    free(w->fast_dict);
-    free(w->hc_dict);
-    free(w->hc_work);
+    free(w->dict);
     mt_amap_release(&w->live);
     mt_imap_release(&w->files);
     free(w);
