@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #define UNW_LOCAL_ONLY
 #include "native.h"
+#include "unwind.h"
 
 #include <elf.h>
 #include <link.h>
@@ -32,6 +33,7 @@ static uintptr_t vdso_ehdr;
 int mt_native_setup(void)
 {
     void *warm[8];
+    uintptr_t warm_ips[8];
 
     if (unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD))
         return -1;
@@ -45,10 +47,15 @@ int mt_native_setup(void)
      * may be held. */
     if (unw_backtrace(warm, 8) <= 0)
         return -1;
+    /* The same for the fast path's first table. */
+    (void)mt_unwind_backtrace(warm_ips, 8, 0);
     return 0;
 }
 
-/* What unw_backtrace() does underneath (libunwind 1.6.2, x86_64), measured
+/* The fast path (unwind.c) answers nearly every call; unw_backtrace() is
+ * the general one, for stacks with a frame the fast path cannot describe.
+ *
+ * What unw_backtrace() does underneath (libunwind 1.6.2, x86_64), measured
  * with a counting shim and read in src/x86_64/Gtrace.c:
  *  - its fast path keeps its own per-thread cache of frame layouts keyed by
  *    ip (2^14 slots to start, mmap'd, grown x4 when half full), whatever the
@@ -81,6 +88,10 @@ int mt_native_backtrace(uintptr_t *ips, int max, int skip)
         return 0;
     if (skip < 0)
         skip = 0;
+    /* The fast path drops its own frame, this one and skip more. */
+    n = mt_unwind_backtrace(ips, max, skip + 1);
+    if (n >= 0)
+        return n;
     /* +1: unw_backtrace's first entry is the pc inside this function. */
     want = max + skip + 1;
     if (want > MT_UNWIND_MAX)

@@ -1,0 +1,22 @@
+/* A fast path for native stacks on x86-64: each frame is stepped with a
+ * layout (where the caller's frame and return address are) read once per
+ * return address from the object's .eh_frame and kept in one table shared
+ * by all threads. Frames it cannot describe exactly (signal frames, CFA
+ * expressions, code without unwind tables) make it give up, and the caller
+ * takes libunwind's answer for the whole stack instead; both give the same
+ * addresses. Runs inside allocation hooks: no malloc, no locks of its own
+ * (the loader's lock, through dl_iterate_phdr, on a table miss only). */
+#ifndef MT_UNWIND_H
+#define MT_UNWIND_H
+
+#include <stdint.h>
+
+/* Return addresses of the calling thread, innermost first, as
+ * unw_backtrace() gives them: the pc inside the caller of
+ * mt_unwind_backtrace, then its callers', less the first `skip` of these;
+ * the innermost max when the stack is deeper. May be called from any thread.
+ * @return the number written to ips[0..max), or -1 when a frame needs the
+ * general unwinder (ips then holds nothing usable). */
+int mt_unwind_backtrace(uintptr_t *ips, int max, int skip);
+
+#endif

@@ -1,0 +1,121 @@
+/* preload/unwind.c against libunwind's unw_backtrace, which the shim used
+ * alone before: from the same frame, both must give the same addresses, or
+ * the fast path must give up (-1). Built with -fomit-frame-pointer, so most
+ * frames find their CFA from rsp and the ones with variable-length arrays
+ * from rbp, and with a layout table of 16 slots, so it grows. */
+#define CHECK_SEED 0x5deece66dull
+#define UNW_LOCAL_ONLY
+#include <libunwind.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "check.h"
+#include "preload/unwind.h"
+
+#define MAXF 300
+
+static volatile int sink;
+static int gave_up;
+
+/* Unwinds here both ways; skip 1 drops this frame, so both start at the
+ * return address into the caller. */
+__attribute__((noinline)) static void compare(int max, const char *what)
+{
+    uintptr_t ours[MAXF];
+    void *theirs[MAXF + 1];
+    int n = mt_unwind_backtrace(ours, max, 1);
+    int m = unw_backtrace(theirs, max + 1) - 1;
+    if (n < 0) {
+        gave_up++;
+        return;
+    }
+    CHECK(n == m, "%s: %d frames, libunwind %d", what, n, m);
+    for (int i = 0; i < n && i < m; i++)
+        CHECK(ours[i] == (uintptr_t)theirs[i + 1], "%s: frame %d: %#lx, libunwind %p",
+              what, i, (unsigned long)ours[i], theirs[i + 1]);
+    sink++;
+}
+
+/* Return addresses in different functions and at different depths; the
+ * array keeps a frame whose CFA comes from rbp in the chain. */
+__attribute__((noinline)) static void recurse(int depth, int max, int vla)
+{
+    if (depth == 0) {
+        compare(max, "recursion");
+        return;
+    }
+    if (vla && depth % 3 == 0) {
+        volatile char buf[16 + depth % 7 * 8];
+        buf[0] = (char)depth;
+        recurse(depth - 1, max, vla);
+        sink += buf[0];
+        return;
+    }
+    recurse(depth - 1, max, vla);
+    sink++;
+}
+
+/* 64 call sites: 64 new return addresses for the table. */
+#define SITE(i) __attribute__((noinline)) static void site##i(void) { compare(MAXF, "site"); sink++; }
+#define SITES8(i) SITE(i##0) SITE(i##1) SITE(i##2) SITE(i##3) SITE(i##4) SITE(i##5) SITE(i##6) SITE(i##7)
+SITES8(1) SITES8(2) SITES8(3) SITES8(4) SITES8(5) SITES8(6) SITES8(7) SITES8(8)
+#define REF8(i) site##i##0, site##i##1, site##i##2, site##i##3, site##i##4, site##i##5, site##i##6, site##i##7
+static void (*const sites[64])(void) = {REF8(1), REF8(2), REF8(3), REF8(4),
+                                        REF8(5), REF8(6), REF8(7), REF8(8)};
+
+static void *worker(void *arg)
+{
+    uint64_t x = (uint64_t)(uintptr_t)arg * 0x9e3779b97f4a7c15ull | 1;
+    for (int i = 0; i < 3000; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        if (x & 1)
+            sites[x >> 1 & 63]();
+        else
+            recurse((int)((x >> 8) % 120), MAXF, (int)(x >> 4) & 1);
+    }
+    return NULL;
+}
+
+static int in_handler_result = -2;
+
+static void handler(int sig)
+{
+    uintptr_t ips[MAXF];
+    (void)sig;
+    in_handler_result = mt_unwind_backtrace(ips, MAXF, 0);
+}
+
+int main(void)
+{
+    /* In the main thread: shallow, deep, through arrays, cut short. */
+    for (int d = 0; d < 260; d += 13)
+        recurse(d, MAXF, d & 1);
+    for (int i = 0; i < 50; i++)
+        recurse((int)(rnd() % 250), MAXF, (int)(rnd() & 1));
+    recurse(200, 5, 1);
+    recurse(200, 1, 0);
+    recurse(3, 0, 0);
+    for (int i = 0; i < 64; i++)
+        sites[i]();
+    CHECK(gave_up == 0, "gave up %d times on plain frames", gave_up);
+
+    /* Threads at once, sharing and growing the table. */
+    pthread_t t[4];
+    for (uintptr_t i = 0; i < 4; i++)
+        CHECK(pthread_create(&t[i], NULL, worker, (void *)(i + 1)) == 0, "pthread_create");
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    CHECK(gave_up == 0, "gave up %d times in threads", gave_up);
+
+    /* A signal frame: described by the kernel's trampoline, which the fast
+     * path leaves to libunwind. */
+    signal(SIGUSR1, handler);
+    raise(SIGUSR1);
+    CHECK(in_handler_result == -1, "in a signal handler: %d, not -1", in_handler_result);
+
+    if (failures)
+        fprintf(stderr, "%d failures\n", failures);
+    return failures != 0;
+}
