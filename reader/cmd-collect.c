@@ -34,19 +34,15 @@ int cmd_collect(int argc, char **argv)
         {"output", required_argument, NULL, 'o'},
         {"force", no_argument, NULL, 'f'},
         {"pid", required_argument, NULL, 'p'},
-        {"native", no_argument, NULL, 'N'},
-        {"trace-python-allocators", no_argument, NULL, 'A'},
-        {"follow-fork", no_argument, NULL, 'F'},
-        {"aggregate", no_argument, NULL, 'G'},
-        {"addresses", no_argument, NULL, 'D'},
+        SESSION_MODE_OPTIONS,
         {"socket", required_argument, NULL, 'S'},
         {"command", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *output = NULL, *command = "";
-    int force = 0, native = 0, pyalloc = 0, follow = 0, aggregate = 0, sock = -1;
-    int addresses = 0;
+    struct session_modes modes = {0};
+    int force = 0, sock = -1;
     long pid = 0;
     int ch;
     while ((ch = getopt_long(argc, argv, "o:fh", longopts, NULL)) != -1) {
@@ -54,21 +50,19 @@ int cmd_collect(int argc, char **argv)
         case 'o': output = optarg; break;
         case 'f': force = 1; break;
         case 'p': pid = strtol(optarg, NULL, 10); break;
-        case 'N': native = 1; break;
-        case 'A': pyalloc = 1; break;
-        case 'F': follow = 1; break;
-        case 'G': aggregate = 1; break;
-        case 'D': addresses = 1; break;
         case 'S': sock = (int)strtol(optarg, NULL, 10); break;
         case 'C': command = optarg; break;
         case 'h': puts(collect_usage); return 0;
-        default: die_usage("%s", collect_usage);
+        default:
+            if (!session_modes_set(&modes, ch))
+                die_usage("%s", collect_usage);
         }
     }
-    if (!output || pid <= 0 || optind != argc || (follow && sock < 0))
+    if (!output || pid <= 0 || optind != argc || (modes.follow_fork && sock < 0))
         die_usage("%s", collect_usage);
-    if (addresses && aggregate)
-        die_usage("--addresses and --aggregate exclude each other\n%s", collect_usage);
+    const char *conflict = session_modes_conflict(&modes);
+    if (conflict)
+        die_usage("%s\n%s", conflict, collect_usage);
     /* Ctrl-C goes to the whole process group: the program decides what
      * happens, and we see it stop or die. */
     signal(SIGINT, SIG_IGN);
@@ -76,14 +70,10 @@ int cmd_collect(int argc, char **argv)
 
     struct mt_collector *c;
     int shm_fd;
-    uint32_t flags = (native ? MT_SHMF_NATIVE : 0) | (pyalloc ? MT_SHMF_PYALLOC : 0) |
-                     (follow ? MT_SHMF_FOLLOW_FORK : 0);
-    if (mt_collector_new(flags, (int)getpid(), &c, &shm_fd) != MT_OK)
+    if (mt_collector_new(session_shm_flags(&modes), (int)getpid(), &c, &shm_fd) != MT_OK)
         die("cannot set up shared memory: %s", strerror(errno));
     struct mt_header h = {
-        .flags = (native ? MT_HF_NATIVE : 0) | (pyalloc ? MT_HF_PYALLOC : 0) |
-                 (follow ? MT_HF_FOLLOW_FORK : 0) | (aggregate ? MT_HF_AGGREGATE : 0) |
-                 (addresses ? MT_HF_ADDRESSES : 0),
+        .flags = session_header_flags(&modes),
         .pid = (int32_t)pid,
         .start_time_us = session_wall_us(),
         .command = command,

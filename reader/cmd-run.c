@@ -23,7 +23,8 @@
 
 struct run_opts {
     const char *output;
-    int force, native, quiet, pyalloc, follow_fork, aggregate, addresses;
+    int force, quiet;
+    struct session_modes modes;
     const char *python;
 };
 
@@ -287,11 +288,7 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'},
         {"force", no_argument, NULL, 'f'},
-        {"native", no_argument, NULL, 'N'},
-        {"trace-python-allocators", no_argument, NULL, 'A'},
-        {"follow-fork", no_argument, NULL, 'F'},
-        {"aggregate", no_argument, NULL, 'G'},
-        {"addresses", no_argument, NULL, 'D'},
+        SESSION_MODE_OPTIONS,
         {"python", required_argument, NULL, 'P'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -308,21 +305,19 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         switch (ch) {
         case 'o': o->output = optarg; break;
         case 'f': o->force = 1; break;
-        case 'N': o->native = 1; break;
-        case 'A': o->pyalloc = 1; break;
-        case 'F': o->follow_fork = 1; break;
-        case 'G': o->aggregate = 1; break;
-        case 'D': o->addresses = 1; break;
         case 'P': o->python = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': puts(run_usage); exit(0);
-        default: die_usage("%s", run_usage);
+        default:
+            if (!session_modes_set(&o->modes, ch))
+                die_usage("%s", run_usage);
         }
     }
     if (optind >= argc)
         die_usage("nothing to run\n%s", run_usage);
-    if (o->addresses && o->aggregate)  /* an aggregate capture has no blocks */
-        die_usage("--addresses and --aggregate exclude each other\n%s", run_usage);
+    const char *conflict = session_modes_conflict(&o->modes);
+    if (conflict)
+        die_usage("%s\n%s", conflict, run_usage);
     *first = optind;
 }
 
@@ -336,17 +331,13 @@ int cmd_run(int argc, char **argv)
 
     struct mt_collector *c;
     int shm_fd;
-    uint32_t flags = (o.native ? MT_SHMF_NATIVE : 0) |
-                     (o.pyalloc ? MT_SHMF_PYALLOC : 0) |
-                     (o.follow_fork ? MT_SHMF_FOLLOW_FORK : 0) |
-                     (o.addresses ? MT_SHMF_ADDRESSES : 0);
-    if (mt_collector_new(flags, (int)getpid(), &c, &shm_fd) != MT_OK)
+    if (mt_collector_new(session_shm_flags(&o.modes), (int)getpid(), &c, &shm_fd) != MT_OK)
         die("cannot set up shared memory: %s", strerror(errno));
     if (o.output && !o.force && access(o.output, F_OK) == 0)
         die("'%s' exists; use -f to overwrite it", o.output);
 
     int sock[2] = {-1, -1};
-    if (o.follow_fork &&
+    if (o.modes.follow_fork &&
         socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sock) != 0)
         die("cannot create a socket: %s", strerror(errno));
     int go[2];
@@ -378,10 +369,7 @@ int cmd_run(int argc, char **argv)
         snprintf(output, sizeof output, "memtap-%s.%d.bin", t.name, (int)pid);
     uint64_t start = session_now_us();
     struct mt_header h = {
-        .flags = (o.native ? MT_HF_NATIVE : 0) | (o.pyalloc ? MT_HF_PYALLOC : 0) |
-                 (o.follow_fork ? MT_HF_FOLLOW_FORK : 0) |
-                 (o.aggregate ? MT_HF_AGGREGATE : 0) |
-                 (o.addresses ? MT_HF_ADDRESSES : 0),
+        .flags = session_header_flags(&o.modes),
         .pid = (int32_t)pid,
         .start_time_us = session_wall_us(),
         .command = join_argv(t.argv),

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../src/transport.h"
 #include "session.h"
 #include "util.h"
 
@@ -27,6 +28,40 @@ uint64_t session_wall_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+int session_modes_set(struct session_modes *m, int ch)
+{
+    switch (ch) {
+    case 'N': m->native = 1; return 1;
+    case 'A': m->pyalloc = 1; return 1;
+    case 'F': m->follow_fork = 1; return 1;
+    case 'G': m->aggregate = 1; return 1;
+    case 'D': m->addresses = 1; return 1;
+    default: return 0;
+    }
+}
+
+const char *session_modes_conflict(const struct session_modes *m)
+{
+    if (m->addresses && m->aggregate)  /* an aggregate capture has no blocks */
+        return "--addresses and --aggregate exclude each other";
+    return NULL;
+}
+
+uint32_t session_shm_flags(const struct session_modes *m)
+{
+    return (m->native ? MT_SHMF_NATIVE : 0) | (m->pyalloc ? MT_SHMF_PYALLOC : 0) |
+           (m->follow_fork ? MT_SHMF_FOLLOW_FORK : 0) |
+           (m->addresses ? MT_SHMF_ADDRESSES : 0);
+}
+
+uint32_t session_header_flags(const struct session_modes *m)
+{
+    return (m->native ? MT_HF_NATIVE : 0) | (m->pyalloc ? MT_HF_PYALLOC : 0) |
+           (m->follow_fork ? MT_HF_FOLLOW_FORK : 0) |
+           (m->aggregate ? MT_HF_AGGREGATE : 0) |
+           (m->addresses ? MT_HF_ADDRESSES : 0);
 }
 
 /* The text of a small /proc file into buf (NUL-terminated). @return 0, or

@@ -13,6 +13,29 @@
 #include "../src/collector.h"
 #include "../src/replay.h"
 
+/* The recording modes `memtap run` and `memtap collect` both take, under
+ * the same option names. */
+struct session_modes { int native, pyalloc, follow_fork, aggregate, addresses; };
+
+/* Their getopt_long entries (<getopt.h>), for a command's option table. */
+#define SESSION_MODE_OPTIONS \
+    {"native", no_argument, NULL, 'N'}, \
+    {"trace-python-allocators", no_argument, NULL, 'A'}, \
+    {"follow-fork", no_argument, NULL, 'F'}, \
+    {"aggregate", no_argument, NULL, 'G'}, \
+    {"addresses", no_argument, NULL, 'D'}
+
+/* Sets the mode getopt_long returned as ch. @return 1, or 0 when ch is not
+ * a mode's. */
+int session_modes_set(struct session_modes *m, int ch);
+
+/* NULL, or why these modes cannot go together (a usage error). */
+const char *session_modes_conflict(const struct session_modes *m);
+
+/* The transport's flags (MT_SHMF_*) and the capture header's (MT_HF_*). */
+uint32_t session_shm_flags(const struct session_modes *m);
+uint32_t session_header_flags(const struct session_modes *m);
+
 /* Monotonic and wall-clock time in microseconds. */
 uint64_t session_now_us(void);
 uint64_t session_wall_us(void);
