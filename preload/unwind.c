@@ -493,7 +493,13 @@ struct table {
 #define TABLE_LAST (1u << 20)
 #define PROBES 32
 
+/* Tables given up because objects were unloaded: each stays mapped, so a
+ * program that unloads objects over and over would add one every time.
+ * Past this many, stacks go to libunwind (which never forgets a layout). */
+#define STALE_TABLES 8
+
 static struct table *_Atomic layouts;
+static _Atomic unsigned stale_tables;
 
 static struct table *table_new(uint64_t cap, unsigned long long subs)
 {
@@ -556,6 +562,9 @@ static void table_put(struct table *t, uint64_t ip, uint64_t layout)
 static void table_replace(struct table *t, unsigned long long subs)
 {
     int stale = t && t->subs != subs;
+    if (stale && atomic_fetch_add_explicit(&stale_tables, 1, memory_order_relaxed) >=
+                     STALE_TABLES)
+        return;
     uint64_t cap = !t || stale ? (t ? t->cap : TABLE_FIRST) : t->cap * 4;
     if (cap > TABLE_LAST)
         return;  /* stays full: misses read .eh_frame each time */
@@ -617,6 +626,8 @@ __asm__(".text\n"
 __attribute__((noinline))
 int mt_unwind_backtrace(uintptr_t *ips, int max, int skip)
 {
+    if (atomic_load_explicit(&stale_tables, memory_order_relaxed) > STALE_TABLES)
+        return -1;
     uint64_t regs[3];
     mt_unwind_regs(regs);
     uint64_t ip = regs[0], sp = regs[1], rbp = regs[2];
