@@ -6,6 +6,7 @@
 #define CHECK_SEED 0x5deece66dull
 #define UNW_LOCAL_ONLY
 #include <libunwind.h>
+#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -65,6 +66,15 @@ SITES8(1) SITES8(2) SITES8(3) SITES8(4) SITES8(5) SITES8(6) SITES8(7) SITES8(8)
 static void (*const sites[64])(void) = {REF8(1), REF8(2), REF8(3), REF8(4),
                                         REF8(5), REF8(6), REF8(7), REF8(8)};
 
+/* Twelve call sites no other test reaches: each run through the plugin
+ * below starts with a table miss, which is when unloads are noticed. */
+static void (*plugin)(void (*)(void));
+static void from_plugin(void) { compare(MAXF, "plugin"); }
+#define LATE(i) __attribute__((noinline)) static void late##i(void) { plugin(from_plugin); sink++; }
+LATE(0) LATE(1) LATE(2) LATE(3) LATE(4) LATE(5) LATE(6) LATE(7) LATE(8) LATE(9) LATE(10) LATE(11)
+static void (*const late[12])(void) = {late0, late1, late2, late3, late4, late5,
+                                       late6, late7, late8, late9, late10, late11};
+
 static void *worker(void *arg)
 {
     uint64_t x = (uint64_t)(uintptr_t)arg * 0x9e3779b97f4a7c15ull | 1;
@@ -87,8 +97,12 @@ static void handler(int sig)
     in_handler_result = mt_unwind_backtrace(ips, MAXF, 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc != 2) {
+        fprintf(stderr, "usage: test-unwind PLUGIN.so\n");
+        return 2;
+    }
     /* In the main thread: shallow, deep, through arrays, cut short. */
     for (int d = 0; d < 260; d += 13)
         recurse(d, MAXF, d & 1);
@@ -114,6 +128,26 @@ int main(void)
     signal(SIGUSR1, handler);
     raise(SIGUSR1);
     CHECK(in_handler_result == -1, "in a signal handler: %d, not -1", in_handler_result);
+
+    /* Unloads: each one found makes a new table, the old one stays mapped;
+     * after a few, the fast path hands every stack to libunwind for good. */
+    int early_give_ups = -1;
+    for (int i = 0; i < 12; i++) {
+        void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+        CHECK(h, "dlopen %s: %s", argv[1], dlerror());
+        if (!h)
+            break;
+        plugin = (void (*)(void (*)(void)))dlsym(h, "plugin_call");
+        CHECK(plugin, "no plugin_call");
+        if (plugin)
+            late[i]();
+        dlclose(h);
+        if (i == 3)
+            early_give_ups = gave_up;
+    }
+    CHECK(early_give_ups == 0, "gave up %d times after 4 unloads", early_give_ups);
+    uintptr_t ips[8];
+    CHECK(mt_unwind_backtrace(ips, 8, 0) == -1, "still unwinding after 12 unloads");
 
     if (failures)
         fprintf(stderr, "%d failures\n", failures);
