@@ -106,6 +106,19 @@ static void stop_tracking(const char *why)
 
 /* ---- rings ----------------------------------------------------------- */
 
+/* Writes n in decimal at p (no stdio in the shim). @return the end. */
+static char *put_decimal(char *p, unsigned long n)
+{
+    char digits[24];
+    int k = 0;
+    do
+        digits[k++] = (char)('0' + n % 10);
+    while ((n /= 10) != 0);
+    while (k)
+        *p++ = digits[--k];
+    return p;
+}
+
 /* Whether memtap's collector still runs. Not getppid() alone (a followed
  * child's parent is the program) nor kill(pid, 0) alone (a killed memtap
  * its parent has not reaped yet is a zombie: kill succeeds). Runs only
@@ -115,13 +128,7 @@ static int collector_alive(void)
     if (getppid() == shm->collector_pid)
         return 1;
     char path[40] = "/proc/";
-    char *p = path + 6;
-    char digits[12];
-    int n = 0;
-    for (unsigned v = (unsigned)shm->collector_pid; n == 0 || v; v /= 10)
-        digits[n++] = (char)('0' + v % 10);
-    while (n)
-        *p++ = digits[--n];
+    char *p = put_decimal(path + 6, (unsigned)shm->collector_pid);
     memcpy(p, "/stat", 6);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -850,10 +857,35 @@ static int find_self(struct dl_phdr_info *info, size_t size, void *arg)
     return 1;
 }
 
+/* The memfd behind descriptor fd, or -1: this process's own descriptor,
+ * else (after an exec: the first program closed it once mapped) the one
+ * memtap run keeps open under the same number, reached through /proc. */
+static int transport_fd(long fd, unsigned long long ino)
+{
+    struct stat st;
+    if (fd < 0 || fd > INT32_MAX)
+        return -1;
+    if (fstat((int)fd, &st) == 0 && st.st_ino == ino)
+        return (int)fd;
+    char path[64] = "/proc/", *p = path + 6;
+    p = put_decimal(p, (unsigned long)getppid());
+    memcpy(p, "/fd/", 4);
+    p = put_decimal(p + 4, (unsigned long)fd);
+    *p = 0;
+    int again = open(path, O_RDWR | O_CLOEXEC);
+    if (again >= 0 && (fstat(again, &st) != 0 || st.st_ino != ino)) {
+        close(again);
+        again = -1;
+    }
+    return again;
+}
+
 /* Maps the transport named by MEMTAP_SHM, if it is really ours: the
  * descriptor must still be the memfd memtap run created (a later exec'd
- * program may have reused the number for a file of its own). */
-static struct mt_shm *attach(void)
+ * program may have reused the number for a file of its own). *exec_of is
+ * set when this process is the one memtap recorded, now running the
+ * program it exec'd. */
+static struct mt_shm *attach(int *exec_of)
 {
     const char *env = getenv(MT_ENV_SHM);
     if (!env)
@@ -865,27 +897,62 @@ static struct mt_shm *attach(void)
     unsigned long long ino = strtoull(end + 1, &end, 10);
     long sock = *end == ':' ? strtol(end + 1, NULL, 10) : -1;
     struct stat st;
-    if (fd < 0 || fstat((int)fd, &st) != 0 || st.st_ino != ino ||
-        (uint64_t)st.st_size != MT_SHM_BYTES)
+    int shm_fd = transport_fd(fd, ino);
+    if (shm_fd < 0)
         return NULL;
+    if (fstat(shm_fd, &st) != 0 || (uint64_t)st.st_size != MT_SHM_BYTES) {
+        close(shm_fd);
+        return NULL;
+    }
     if (sock >= 0 && fstat((int)sock, &st) == 0 && S_ISSOCK(st.st_mode)) {
         /* Kept, high and close-on-exec: exec'd programs do not get it. */
         fork_socket = fcntl((int)sock, F_DUPFD_CLOEXEC, 900);
         close((int)sock);
     }
     void *p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE,
-                          MAP_SHARED, (int)fd, 0);
-    close((int)fd);
+                          MAP_SHARED, shm_fd, 0);
+    close(shm_fd);
     if (p == MAP_FAILED)
         return NULL;
     struct mt_shm *s = p;
-    int32_t none = 0;
+    int32_t producer = 0;
     if (s->magic != MT_SHM_MAGIC || s->version != MT_SHM_VERSION ||
-        !atomic_compare_exchange_strong(&s->producer_pid, &none, getpid())) {
+        (!atomic_compare_exchange_strong(&s->producer_pid, &producer, getpid()) &&
+         producer != getpid())) {
         mt_raw_munmap(p, MT_SHM_BYTES);
-        return NULL;
+        return NULL;  /* another process's: a child that exec'd */
     }
+    *exec_of = producer != 0;
     return s;
+}
+
+/* Tells the collector that the capture starts over with this program,
+ * before any event of it: no other thread records yet (active is 0). The
+ * thread's name follows the marker, so that the new capture has it. */
+static int exec_announce(void)
+{
+    struct mt_thread *t = thread_start();
+    if (!t)
+        return -1;
+    uint64_t k = seq_take();
+    event_write(t, MT_R_EXEC, 0, k, 0, 0, 0, 0);
+    /* Until the collector has cut the old program's threads off, a record
+     * of ours could be taken for one of theirs. It takes a few ms; after
+     * 2 s (10,000 naps) something is wrong, and the program must go on. */
+    for (unsigned n = 1;
+         atomic_load_explicit(&shm->exec_done, memory_order_acquire) <= k; n++) {
+        if (n == 10000 || atomic_load(&shm->disabled) ||
+            ((n & 255) == 0 && !collector_alive()))
+            return -1;
+        struct timespec ts = {0, 200 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    char name[17] = {0};
+    if (syscall(SYS_prctl, PR_GET_NAME, name, 0, 0, 0) != 0)
+        name[0] = 0;
+    thread_announce(t, name);
+    t->busy = 0;
+    return 0;
 }
 
 /* Once per process: what does not depend on the transport. */
@@ -912,12 +979,18 @@ static int setup_once(void)
 static int start(void)
 {
     mt_real_resolve();
-    struct mt_shm *s = attach();
+    int exec_of = 0;
+    struct mt_shm *s = attach(&exec_of);
     if (!s)
         return -1;  /* dormant: not a process memtap started */
     if (setup_once() < 0) {
         mt_raw_munmap(s, MT_SHM_BYTES);
         return -1;
+    }
+    if (exec_of) {
+        /* The old program's description of itself no longer holds. */
+        atomic_store_explicit(&s->ready, 0, memory_order_release);
+        memset(s->python_version, 0, sizeof s->python_version);
     }
     shm = s;
     ended = 0;
@@ -936,6 +1009,10 @@ static int start(void)
         strncpy(shm->python_version, version, sizeof shm->python_version - 1);
     atomic_store_explicit(&shm->ready, 1, memory_order_release);
     epoch++;
+    if (exec_of && exec_announce() < 0) {
+        say("memtap: the collector did not follow the exec; this program is not recorded\n");
+        return -1;
+    }
     active = 1;
     return 0;
 }

@@ -226,8 +226,10 @@ static void child_exec(struct target *t, int go, int shm_fd, int sock)
     while (n < 0 && errno == EINTR);
     close(go);
     if (n == 1 && token == 'T') {
-        /* High and inheritable only until the shim maps it and closes it. */
-        int fd = fcntl(shm_fd, F_DUPFD, 500);
+        /* Inheritable only until the shim maps it and closes it; memtap
+         * keeps its own copy under the same number, where the program's
+         * shim finds it again after the program exec'd another one. */
+        int fd = fcntl(shm_fd, F_SETFD, 0) == 0 ? shm_fd : -1;
         int fsock = sock >= 0 ? fcntl(sock, F_DUPFD, 501) : -1;
         struct stat st;
         if (fd >= 0 && fstat(fd, &st) == 0) {
@@ -249,7 +251,6 @@ static void child_exec(struct target *t, int go, int shm_fd, int sock)
     } else if (n != 1) {
         _exit(127);  /* memtap gave up before starting the program */
     }
-    close(shm_fd);
     signal(SIGINT, SIG_DFL);
     signal(SIGQUIT, SIG_DFL);
     execvp(t->argv[0], t->argv);
@@ -333,6 +334,13 @@ int cmd_run(int argc, char **argv)
     int shm_fd;
     if (mt_collector_new(session_shm_flags(&o.modes), (int)getpid(), &c, &shm_fd) != MT_OK)
         die("cannot set up shared memory: %s", strerror(errno));
+    /* High, where the program is unlikely to have a descriptor of its own
+     * (the number is the program's too: see child_exec). */
+    int high = fcntl(shm_fd, F_DUPFD_CLOEXEC, 500);
+    if (high < 0)
+        die("cannot set up shared memory: %s", strerror(errno));
+    close(shm_fd);
+    shm_fd = high;
     if (o.output && !o.force && access(o.output, F_OK) == 0)
         die("'%s' exists; use -f to overwrite it", o.output);
 
@@ -396,7 +404,6 @@ int cmd_run(int argc, char **argv)
     if (write(go[1], "T", 1) != 1)
         die("cannot start '%s': %s", t.argv[0], strerror(errno));
     close(go[1]);
-    close(shm_fd);
 
     struct session f = {.n = 1, .cap = 8, .sock = sock[0], .h = &h,
                         .force = o.force, .quiet = o.quiet, .end = SESSION_WAIT};
@@ -408,6 +415,7 @@ int cmd_run(int argc, char **argv)
     struct mt_exit exit;
     session_collect(&f, &status, &exit);
     uint64_t events = session_finish(&f, &exit);
+    close(shm_fd);  /* kept open for a program that exec'd another */
     if (!o.quiet)
         fprintf(stderr, "memtap: wrote %llu events to '%s'; "
                 "next: memtap stats %s\n", (unsigned long long)events,

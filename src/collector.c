@@ -354,7 +354,8 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
 }
 
 #define EVENT_TYPES (1u << MT_R_ALLOC | 1u << MT_R_FREE | 1u << MT_R_MUNMAP | \
-                     1u << MT_R_NOP | 1u << MT_R_END | 1u << MT_R_MARK)
+                     1u << MT_R_NOP | 1u << MT_R_END | 1u << MT_R_MARK | \
+                     1u << MT_R_EXEC)
 
 static int is_event(uint16_t type)
 {
@@ -370,6 +371,68 @@ static void on_mark(struct mt_collector *c, const struct mt_revent *e)
         at = mt_writer_bytes(c->w);
     c->shm->mark_offset = at;
     atomic_store_explicit(&c->shm->marks_done, e->addr + 1, memory_order_release);
+}
+
+static void idmaps_free(struct slot_state *st)
+{
+    free(st->codes.to);
+    free(st->pynodes.to);
+    free(st->nativenodes.to);
+    memset(&st->codes, 0, sizeof st->codes);
+    memset(&st->pynodes, 0, sizeof st->pynodes);
+    memset(&st->nativenodes, 0, sizeof st->nativenodes);
+}
+
+/* Drops the capture-wide ids (code objects, stack nodes, objects). */
+static void ids_forget(struct mt_collector *c)
+{
+    mt_imap_release(&c->codes);
+    mt_imap_release(&c->pynodes);
+    mt_imap_release(&c->nativenodes);
+    mt_imap_release(&c->objects);
+    mt_imap_release(&c->objects_py);
+    for (uint32_t i = 0; i < c->ncode_objects; i++)
+        free(c->code_objects[i].linetable);
+    free(c->code_objects);
+    c->code_objects = NULL;
+    c->ncode_objects = 0;
+}
+
+static void program_check(struct mt_collector *c);
+static void list_slots(struct mt_collector *c);
+
+/* The process exec'd a program whose shim carries on (slot keep: its
+ * thread): the capture starts over with it, as if memtap had started it.
+ * Every other ring was the old program's, whose threads the exec ended:
+ * the new program waits for this (exec_done) before it records anything
+ * else. All their events came before this one (it is the next number), so
+ * what is left in them is definitions no later record can use. */
+static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
+{
+    list_slots(c);  /* an old thread may have claimed a ring not listed yet */
+    for (unsigned k = 0; k < c->nlisted; k++) {
+        unsigned i = c->listed[k];
+        struct slot_state *st = &c->slots[i];
+        idmaps_free(st);
+        st->thread = 0;
+        if (i == keep)
+            continue;
+        st->tail = st->head_seen =
+            atomic_load_explicit(&c->shm->slots[i].head, memory_order_acquire);
+        atomic_store_explicit(&c->shm->slots[i].tail, st->tail, memory_order_release);
+        atomic_store_explicit(&c->shm->slots[i].state, MT_SLOT_CLOSED,
+                              memory_order_release);
+    }
+    ids_forget(c);
+    c->threads = 0;
+    c->events = c->lost = 0;
+    int rc = c->replay ? mt_replay_restart(c->replay)
+                       : c->w ? mt_writer_restart(c->w) : MT_OK;
+    if (rc != MT_OK && c->err == MT_OK)
+        c->err = rc;
+    c->program_written = 0;
+    program_check(c);
+    atomic_store_explicit(&c->shm->exec_done, seq + 1, memory_order_release);
 }
 
 /* A record that is not an event: a definition, or padding. */
@@ -435,6 +498,8 @@ static long slot_drain(struct mt_collector *c, unsigned i, uint64_t head, long b
                 c->next_seq++;
             if (type == MT_R_MARK)
                 on_mark(c, e);
+            else if (type == MT_R_EXEC)
+                on_exec(c, i, e->seq);
             else if (type != MT_R_NOP)
                 on_event(c, st, e);
         } else {
@@ -467,9 +532,7 @@ static void slot_release(struct mt_collector *c, unsigned k)
 {
     unsigned i = c->listed[k];
     struct slot_state *st = &c->slots[i];
-    free(st->codes.to);
-    free(st->pynodes.to);
-    free(st->nativenodes.to);
+    idmaps_free(st);
     uint64_t tail = st->tail;
     memset(st, 0, sizeof *st);
     st->tail = st->head_seen = tail;
@@ -633,20 +696,9 @@ void mt_collector_free(struct mt_collector *c)
 {
     if (!c)
         return;
-    for (unsigned k = 0; k < c->nlisted; k++) {
-        struct slot_state *st = &c->slots[c->listed[k]];
-        free(st->codes.to);
-        free(st->pynodes.to);
-        free(st->nativenodes.to);
-    }
-    mt_imap_release(&c->codes);
-    mt_imap_release(&c->pynodes);
-    mt_imap_release(&c->nativenodes);
-    mt_imap_release(&c->objects);
-    mt_imap_release(&c->objects_py);
-    for (uint32_t i = 0; i < c->ncode_objects; i++)
-        free(c->code_objects[i].linetable);
-    free(c->code_objects);
+    for (unsigned k = 0; k < c->nlisted; k++)
+        idmaps_free(&c->slots[c->listed[k]]);
+    ids_forget(c);
     munmap(c->shm, MT_SHM_BYTES);
     free(c);
 }

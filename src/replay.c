@@ -945,6 +945,28 @@ struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts)
     return s;
 }
 
+int mt_replay_restart(struct mt_replay *s)
+{
+    struct mt_replay *fresh = mt_replay_new(&s->opts_copy);
+    struct mt_replay *old = malloc(sizeof *old);
+    if (!fresh || !old) {
+        free(old);
+        if (fresh)
+            mt_analysis_free(mt_replay_finish(fresh, &(struct mt_header){0}));
+        return MT_E_NOMEM;
+    }
+    /* The state moves to old, to be freed as a replay is; s takes the
+     * fresh one's. opts points into the struct that holds it. */
+    *old = *s;
+    old->opts = &old->opts_copy;
+    fresh->by_number = s->by_number;
+    *s = *fresh;
+    s->opts = &s->opts_copy;
+    free(fresh);
+    mt_analysis_free(mt_replay_finish(old, &(struct mt_header){0}));
+    return MT_OK;
+}
+
 void mt_replay_key_by_number(struct mt_replay *s)
 {
     s->by_number = 1;

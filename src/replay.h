@@ -118,6 +118,11 @@ struct mt_replay;
 /* A new replay. opts is copied. @return NULL when out of memory. */
 struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts);
 
+/* Starts over, as mt_replay_new with the same opts (and keying): for a
+ * process that exec'd another program. @return MT_OK, or MT_E_NOMEM (r is
+ * unchanged then). */
+int mt_replay_restart(struct mt_replay *r);
+
 /* Heap blocks are then found by allocation number (ev.number), not by
  * address: for records from mt_reader_numbers_only. Call before adding. */
 void mt_replay_key_by_number(struct mt_replay *r);

@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #define MT_SHM_MAGIC 0x6d656d7461707368ull /* "memtapsh" */
-#define MT_SHM_VERSION 2
+#define MT_SHM_VERSION 3
 #define MT_SLOTS 256
 #define MT_RING_BYTES (1u << 20)  /* per thread; power of two */
 #define MT_ENV_SHM "MEMTAP_SHM"   /* "<fd>:<inode>[:<socket fd>]", memtap run */
@@ -68,6 +68,10 @@ struct mt_shm {
     uint64_t mark_offset;            /* the file offset (a block boundary) of
                                         the last mark; UINT64_MAX: no event
                                         stream (--aggregate) or a write failed */
+    /* After an exec, the new program's shim waits until the collector has
+     * started the capture over (MT_R_EXEC), which it publishes here: the
+     * EXEC record's number + 1. */
+    _Atomic uint64_t exec_done;
     char capture_path[4096];         /* absolute; "" until the capture exists */
     _Alignas(64) _Atomic uint64_t seq;   /* the next event number */
     _Alignas(64) struct mt_slot slots[MT_SLOTS];
@@ -111,6 +115,9 @@ enum mt_rtype {
     MT_R_MARK = 13,    /* struct mt_revent (seq; addr = the mark's number):
                           a point in the event order the program asked for
                           (memtap.Tracker under memtap run) */
+    MT_R_EXEC = 14,    /* struct mt_revent (seq only): the process exec'd
+                          another program, whose shim writes this first:
+                          the capture starts over with it */
 };
 
 struct mt_rhdr {

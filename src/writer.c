@@ -28,6 +28,7 @@ struct mt_writer {
     struct mt_amap live; /* heap address -> its allocation number */
     struct mt_imap files; /* this block's file names -> their CODE file index */
     uint32_t node_id[2]; /* the last PYNODE and NATIVENODE ids written */
+    uint64_t header_bytes; /* where the first block starts */
     int fast;            /* LZ4 fast mode instead of HC */
     int addresses;       /* heap blocks' addresses are written */
     unsigned dict_id;    /* the dictionary blocks are compressed against, 0: none */
@@ -124,7 +125,31 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
         errno = e;
         return rc;
     }
+    w->header_bytes = w->bytes;
     *out = w;
+    return MT_OK;
+}
+
+int mt_writer_restart(struct mt_writer *w)
+{
+    if (w->failed)
+        return MT_E_IO;
+    if (ftruncate(w->fd, (off_t)w->header_bytes) != 0 ||
+        lseek(w->fd, (off_t)w->header_bytes, SEEK_SET) < 0) {
+        w->failed = 1;
+        return MT_E_IO;
+    }
+    w->bytes = w->header_bytes;
+    w->used = 0;
+    memset(&w->d, 0, sizeof w->d);
+    mt_imap_clear(&w->files);
+    w->thread = 0;
+    w->nallocs = 0;
+    mt_amap_release(&w->live);
+    w->node_id[0] = w->node_id[1] = 0;
+    free(w->dict);
+    w->dict = NULL;
+    w->dict_id = 0;
     return MT_OK;
 }
 

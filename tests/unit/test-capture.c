@@ -1530,6 +1530,61 @@ static void test_no_trailer(void)
     stream_free(&c.want);
 }
 
+/* What a writer writes after mt_writer_restart, the collector's answer to
+ * an exec: the second program's records, read back alone, and byte for
+ * byte the file a fresh writer makes of them (no id, number, delta base or
+ * dictionary of the first program left behind). */
+static void second_program(struct cap *c)
+{
+    simple_rec(c, MT_T_PROGRAM, 0, 0, 0, "3.11.4");   /* takes a dictionary */
+    node_rec(c, MT_T_NATIVENODE, 1, 0, 0x7f0000401000ull, 0, 0);  /* ids anew */
+    ev(c, MT_T_ALLOC, 1, MT_A_MALLOC, 0x1000, 48, 0, 0, 0, 1);  /* the first's address */
+    ev(c, MT_T_FREE, 1, 0, 0x1040, 0, 0, 0, 0, 0);  /* the first's block: nothing */
+    ev(c, MT_T_ALLOC, 1, MT_A_CALLOC, 0x2000, 4096, 0, 0, 0, 1);
+    ev(c, MT_T_FREE, 1, 0, 0x1000, 0, 0, 0, 0, 0);
+}
+
+static void test_restart(void)
+{
+    struct mt_header h = {.pid = 3, .start_time_us = 5, .command = "launcher"};
+    struct mt_trailer tr = {.exit = {0, 0}, .events = 4};
+    const char *file = tmp_path("restart.bin"), *fresh = tmp_path("fresh.bin");
+    struct cap c;
+    cap_open(&c, file, &h);
+    simple_rec(&c, MT_T_PROGRAM, 0, 0, 0, "3.12.1");
+    node_rec(&c, MT_T_NATIVENODE, 1, 0, 0x401000, 0, 0);
+    node_rec(&c, MT_T_NATIVENODE, 2, 1, 0x401234, 0, 0);
+    for (uint64_t i = 0; i < 3000; i++) {
+        ev(&c, MT_T_ALLOC, 2, MT_A_MALLOC, 0x1000 + 64 * i, 32 + i, 0, 0, 0, 2);
+        if (i % 1000 == 999)
+            flush(&c);
+    }
+    ev(&c, MT_T_ALLOC, 2, MT_A_MALLOC, 0x900000, 7, 0, 0, 0, 1);  /* buffered */
+    CHECK_RC(mt_writer_restart(c.w), MT_OK, "mt_writer_restart");
+    stream_free(&c.want);
+    live_reset();
+    second_program(&c);
+    cap_close(&c, &tr);
+    struct stream got = {0};
+    struct mt_header gh;
+    CHECK_RC(read_all(file, &got, &gh), 0, "restarted");
+    CHECK(!strcmp(gh.command, "launcher") && gh.pid == 3, "restarted: header kept");
+    compare_streams("restarted", &c.want, &got);
+    stream_free(&got);
+    stream_free(&c.want);
+
+    cap_open(&c, fresh, &h);
+    second_program(&c);
+    cap_close(&c, &tr);
+    stream_free(&c.want);
+    size_t na, nb;
+    uint8_t *a = slurp(file, &na), *b = slurp(fresh, &nb);
+    CHECK(a && b && na == nb && !memcmp(a, b, na),
+          "restarted: %zu bytes, a fresh writer's %zu", na, nb);
+    free(a);
+    free(b);
+}
+
 /* A header written by hand, its CRC right: reader refusals by content. */
 static int open_header(uint32_t version, uint32_t flags, uint32_t *found)
 {
@@ -1653,12 +1708,14 @@ int main(void)
     test_dictionaries();
     test_realloc_made();
     test_short_forms();
+    test_restart();
 
     if (damaged_fd >= 0)
         close(damaged_fd);
     free(live.key), free(live.idx), free(live.st), free(live.vec);
     const char *names[] = {"damaged.bin", "probe.bin", "edges.bin", "edges-noaddr.bin", "large.bin", "notrailer.bin",
-                           "header.bin", "hand.bin", "short.bin", "bytes.bin", "flags.bin", "exists.bin", "link.bin"};
+                           "header.bin", "hand.bin", "short.bin", "bytes.bin", "flags.bin", "exists.bin", "link.bin",
+                           "restart.bin", "fresh.bin"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         unlink(tmp_path(names[i]));
     rmdir(tmpdir);

@@ -153,7 +153,8 @@ static void write_capture(char path[2][PATH_MAX])
 }
 
 /* direct: allocations and frees go in through mt_replay_alloc and
- * mt_replay_free (the collector's way with --aggregate), not as records. */
+ * mt_replay_free (the collector's way with --aggregate), not as records;
+ * 2: after another program's, which mt_replay_restart forgets (an exec). */
 static struct mt_analysis *replay_file(const char *path, int by_number, int totals_only,
                                        int direct)
 {
@@ -167,6 +168,15 @@ static struct mt_analysis *replay_file(const char *path, int by_number, int tota
     if (by_number) {
         mt_reader_numbers_only(rd);
         mt_replay_key_by_number(rp);
+    }
+    if (direct == 2) {
+        /* at the capture's own addresses, on other stacks and threads */
+        for (uint64_t i = 0; i < 5000; i++)
+            CHECK(mt_replay_alloc(rp, 1 + i % 3, MT_A_MALLOC, 0x10000 + 64 * i,
+                                  1000 + i, 90 + (uint32_t)(i % 7), 0) == MT_OK,
+                  "the first program's allocation");
+        CHECK(mt_replay_free(rp, 1, 0x10000) == MT_OK, "the first program's free");
+        CHECK(mt_replay_restart(rp) == MT_OK, "mt_replay_restart");
     }
     struct mt_record r;
     int rc;
@@ -208,17 +218,19 @@ int main(void)
     struct mt_analysis *no_addr = replay_file(path[1], 1, 0, 0);
     struct mt_analysis *totals = replay_file(path[1], 1, 1, 0);
     struct mt_analysis *direct = replay_file(path[0], 0, 0, 1);
+    struct mt_analysis *restarted = replay_file(path[0], 0, 0, 2);
     unlink(path[0]);
     unlink(path[1]);
 
     uint64_t end = 0;
     for (size_t i = 0; i < nlive; i++)
         end += live[i].size;
-    const struct mt_analysis *as[4] = {by_addr, by_num, no_addr, direct};
-    static const char *const hows[4] = {"by address", "by number",
+    const struct mt_analysis *as[5] = {by_addr, by_num, no_addr, direct, restarted};
+    static const char *const hows[5] = {"by address", "by number",
                                         "by number, no addresses",
-                                        "by address, direct calls"};
-    for (int k = 0; k < 4; k++) {
+                                        "by address, direct calls",
+                                        "direct calls after a restart"};
+    for (int k = 0; k < 5; k++) {
         const struct mt_analysis *a = as[k];
         const char *how = hows[k];
         /* the mappings are allocations too, never in the heap */
@@ -240,7 +252,7 @@ int main(void)
         CHECK(g && g->total_count == 1 && g->end_count == 1 && g->end_bytes == 12345,
               "%s: the realloc", how);
     }
-    for (int k = 1; k < 4; k++) {
+    for (int k = 1; k < 5; k++) {
         const struct mt_analysis *b = as[k];
         CHECK(by_addr->ngroups == b->ngroups, "groups: %u by address, %u %s",
               by_addr->ngroups, b->ngroups, hows[k]);
@@ -279,6 +291,7 @@ int main(void)
     mt_analysis_free(no_addr);
     mt_analysis_free(totals);
     mt_analysis_free(direct);
+    mt_analysis_free(restarted);
     if (failures) {
         fprintf(stderr, "test-replay: %d check(s) failed\n", failures);
         return 1;

@@ -1,0 +1,131 @@
+"""A traced process that exec's another program: the capture is the program
+it became (launcher scripts such as pyenv's shims, `#!/usr/bin/env python3`,
+a program re-exec'ing itself), while a forked child that exec's stays
+unrecorded. Real programs under the real shim; numbers exact."""
+
+import os
+import stat
+import subprocess
+
+from conftest import (DEFAULT_PYTHON, MEMTAP, assert_location, clean_env,
+                      find_locations, line_of, memtap_stats, python_version_of,
+                      strip_memtap_lines)
+
+PYVER = ".".join(map(str, python_version_of(DEFAULT_PYTHON)))
+
+BIG = """\
+import sys
+keep = bytearray(30 * 2**20)  # @big
+print("done", len(keep))
+"""
+
+
+def write_exec(path, text):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def python_only(stats):
+    """No location of a native frame: what the launchers (sh, env) allocated
+    is not in the capture, only the Python program's (no --native)."""
+    return [r for r in stats["top_locations"]
+            if not r["file"] and r["function"] != "[no stack recorded]"] == []
+
+
+def run(tmp_path, target, *flags, env=None):
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(MEMTAP), "run", "-q", "-f", "-o", str(out), *flags,
+                           *map(str, target)], cwd=tmp_path, capture_output=True,
+                          env=env or clean_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc, memtap_stats(out)
+
+
+def test_a_launcher_script_records_the_python_it_execs(tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text(BIG)
+    # Two launchers deep, as pyenv's shim (sh) exec's pyenv (sh), which
+    # exec's the interpreter.
+    inner = write_exec(tmp_path / "inner.sh",
+                       '#!/bin/sh\nexec "%s" "$@"\n' % DEFAULT_PYTHON)
+    outer = write_exec(tmp_path / "outer.sh", '#!/bin/sh\nexec "%s" "$@"\n' % inner)
+    for flags in ([], ["--native"], ["--aggregate"]):
+        proc, stats = run(tmp_path, [outer, script], *flags)
+        assert proc.stdout == b"done %d\n" % (30 * 2**20)
+        assert strip_memtap_lines(proc.stderr) == b""
+        assert stats["python_version"] == PYVER, flags
+        assert stats["command"] == "%s %s" % (outer, script)
+        assert stats["complete"] and stats["exit"]["code"] == 0
+        if flags == ["--native"]:  # the innermost frame is CPython's own
+            assert (30 * 2**20 + 1, 1) in [(r["bytes"], r["count"])
+                                           for r in stats["top_locations"]]
+        else:
+            assert_location(stats, script.name, line_of(BIG, "big"), 30 * 2**20 + 1)
+            assert python_only(stats), stats["top_locations"]
+        # Nothing of the shells' own heaps: the capture is Python's alone.
+        assert stats["peak_memory_bytes"] < 40 * 2**20
+
+
+def test_an_env_shebang_records_the_python_it_finds(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(DEFAULT_PYTHON)
+    # The assignment makes env(1) allocate (setenv) before it exec's.
+    script = write_exec(tmp_path / "big", "#!/usr/bin/env -S WHERE=env python3\n" + BIG)
+    env = clean_env({"PATH": "%s:/usr/bin:/bin" % bindir})
+    proc, stats = run(tmp_path, [script], env=env)
+    assert stats["python_version"] == PYVER
+    assert_location(stats, script.name, line_of("#!\n" + BIG, "big"), 30 * 2**20 + 1)
+    assert python_only(stats), stats["top_locations"]
+
+
+def test_a_program_that_execs_itself_is_recorded_from_the_exec(tmp_path):
+    first = """\
+import os, sys
+gone = bytearray(50 * 2**20)  # @gone
+os.execv(sys.executable, [sys.executable, sys.argv[1]])
+"""
+    second = tmp_path / "second.py"
+    second.write_text(BIG)
+    script = tmp_path / "first.py"
+    script.write_text(first)
+    proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, script, second])
+    assert proc.stdout == b"done %d\n" % (30 * 2**20)
+    assert find_locations(stats, script.name, line_of(first, "gone")) == []
+    assert_location(stats, second.name, line_of(BIG, "big"), 30 * 2**20 + 1)
+    assert stats["peak_memory_bytes"] < 40 * 2**20
+
+
+def test_a_failed_exec_goes_on_recording_the_program(tmp_path):
+    text = """\
+import os
+before = bytearray(20 * 2**20)  # @before
+try:
+    os.execv("/nonexistent/program", ["program"])
+except OSError:
+    pass
+after = bytearray(10 * 2**20)  # @after
+"""
+    script = tmp_path / "prog.py"
+    script.write_text(text)
+    proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, script])
+    assert_location(stats, script.name, line_of(text, "before"), 20 * 2**20 + 1)
+    assert_location(stats, script.name, line_of(text, "after"), 10 * 2**20 + 1)
+
+
+def test_a_child_that_execs_is_not_recorded(tmp_path):
+    text = """\
+import subprocess, sys
+mine = bytearray(10 * 2**20)  # @mine
+out = subprocess.run([sys.executable, "-c", "b = bytearray(60 * 2**20); print(len(b))"],
+                     capture_output=True, check=True)
+print(out.stdout.decode().strip(), out.stderr.decode().strip())
+"""
+    script = tmp_path / "prog.py"
+    script.write_text(text)
+    proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, script])
+    assert proc.stdout == b"%d \n" % (60 * 2**20)
+    assert_location(stats, script.name, line_of(text, "mine"), 10 * 2**20 + 1)
+    assert stats["peak_memory_bytes"] < 60 * 2**20
+    assert os.path.exists(tmp_path / "capture.bin")
