@@ -46,6 +46,7 @@ struct mt_collector {
     int err;
     uint64_t next_seq, events, lost;
     unsigned stuck;            /* drains in a row that waited on a gap */
+    uint64_t exec_waiting;     /* an EXEC seen waiting for its turn: its number */
     uint32_t threads;
     int program_written;
     unsigned nlisted;
@@ -409,6 +410,7 @@ static void list_slots(struct mt_collector *c);
  * what is left in them is definitions no later record can use. */
 static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
 {
+    c->exec_waiting = 0;
     list_slots(c);  /* an old thread may have claimed a ring not listed yet */
     for (unsigned k = 0; k < c->nlisted; k++) {
         unsigned i = c->listed[k];
@@ -572,6 +574,8 @@ static long drain_pass(struct mt_collector *c, uint64_t *waiting, long budget)
                     mt_shm_ring(c->shm, i) + (st->tail & (MT_RING_BYTES - 1)));
                 if (e->seq < *waiting)
                     *waiting = e->seq;
+                if (e->h.type == MT_R_EXEC)
+                    c->exec_waiting = e->seq;
             }
             atomic_store_explicit(&s->tail, c->slots[i].tail, memory_order_release);
         }
@@ -619,7 +623,10 @@ long mt_collector_drain(struct mt_collector *c)
      * once the rings are full, stop every other thread too: after
      * MT_GAP_PATIENCE idle drains, the gap is counted lost. */
     if (waiting != UINT64_MAX && moved == 0) {
-        if (++c->stuck >= MT_GAP_PATIENCE) {
+        /* Once the program an exec started has written its first event,
+         * no smaller number is still being written: the exec ended every
+         * thread that had taken one. */
+        if (waiting <= c->exec_waiting || ++c->stuck >= MT_GAP_PATIENCE) {
             c->lost += waiting - c->next_seq;
             c->next_seq = waiting;
             c->stuck = 0;
