@@ -412,7 +412,8 @@ const uint32_t *mt_report_sorted_groups(struct mt_report *r, uint32_t *n)
             if (mt_report_bytes(r, &r->a->groups[i]) || mt_report_count(r, &r->a->groups[i]))
                 r->sorted[r->nsorted++] = i;
         sort_ctx = r;
-        qsort(r->sorted, r->nsorted, sizeof *r->sorted, cmp_groups);
+        if (r->nsorted > 1)
+            qsort(r->sorted, r->nsorted, sizeof *r->sorted, cmp_groups);
         r->sorted_done = 1;
     }
     *n = r->nsorted;

@@ -494,7 +494,8 @@ static void build_cu_ranges(struct object *o)
             o->ncus++;
         }
     }
-    qsort(o->cus, o->ncus, sizeof(*o->cus), cu_range_cmp);
+    if (o->ncus > 1)
+        qsort(o->cus, o->ncus, sizeof(*o->cus), cu_range_cmp);
 }
 
 /* The CU DIE covering pc, with the module's DWARF bias. */
@@ -561,7 +562,8 @@ static void build_symtab(struct object *o)
         o->syms[o->nsyms].rank = rank;
         o->nsyms++;
     }
-    qsort(o->syms, o->nsyms, sizeof(*o->syms), elf_sym_cmp);
+    if (o->nsyms > 1)  /* a stripped object has none: o->syms stays NULL */
+        qsort(o->syms, o->nsyms, sizeof(*o->syms), elf_sym_cmp);
     for (size_t i = 0; i < o->nsyms; i++) /* keep the best of each address */
         if (w == 0 || o->syms[w - 1].addr != o->syms[i].addr)
             o->syms[w++] = o->syms[i];
@@ -727,7 +729,8 @@ static struct cu_funcs *cu_funcs(struct object *o, Dwarf_Die *cudie)
         free(cf.maxhi);
         return NULL;
     }
-    qsort(cf.f, cf.n, sizeof(*cf.f), func_range_cmp);
+    if (cf.n > 1)
+        qsort(cf.f, cf.n, sizeof(*cf.f), func_range_cmp);
     for (size_t i = 0; i < cf.n; i++)
         cf.maxhi[i] = i && cf.maxhi[i - 1] > cf.f[i].hi ? cf.maxhi[i - 1] : cf.f[i].hi;
     o->funcs[o->nfuncs] = cf;
