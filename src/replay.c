@@ -945,6 +945,12 @@ struct mt_replay *mt_replay_new(const struct mt_analysis_opts *opts)
     return s;
 }
 
+/* Frees a replay nobody wants the result of. */
+static void replay_discard(struct mt_replay *s)
+{
+    mt_analysis_free(mt_replay_finish(s, &(struct mt_header){0}));
+}
+
 int mt_replay_restart(struct mt_replay *s)
 {
     struct mt_replay *fresh = mt_replay_new(&s->opts_copy);
@@ -952,7 +958,7 @@ int mt_replay_restart(struct mt_replay *s)
     if (!fresh || !old) {
         free(old);
         if (fresh)
-            mt_analysis_free(mt_replay_finish(fresh, &(struct mt_header){0}));
+            replay_discard(fresh);
         return MT_E_NOMEM;
     }
     /* The state moves to old, to be freed as a replay is; s takes the
@@ -963,7 +969,7 @@ int mt_replay_restart(struct mt_replay *s)
     *s = *fresh;
     s->opts = &s->opts_copy;
     free(fresh);
-    mt_analysis_free(mt_replay_finish(old, &(struct mt_header){0}));
+    replay_discard(old);
     return MT_OK;
 }
 

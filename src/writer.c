@@ -130,6 +130,16 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
     return MT_OK;
 }
 
+/* An empty block: what a block's records are encoded against starts over
+ * (each block decodes on its own). */
+static void block_reset(struct mt_writer *w)
+{
+    w->used = 0;
+    memset(&w->d, 0, sizeof w->d);
+    mt_imap_clear(&w->files);
+    w->thread = 0;
+}
+
 int mt_writer_restart(struct mt_writer *w)
 {
     if (w->failed)
@@ -140,10 +150,7 @@ int mt_writer_restart(struct mt_writer *w)
         return MT_E_IO;
     }
     w->bytes = w->header_bytes;
-    w->used = 0;
-    memset(&w->d, 0, sizeof w->d);
-    mt_imap_clear(&w->files);
-    w->thread = 0;
+    block_reset(w);
     w->nallocs = 0;
     mt_amap_release(&w->live);
     w->node_id[0] = w->node_id[1] = 0;
@@ -231,10 +238,7 @@ int mt_writer_flush(struct mt_writer *w)
     mt_put_u32le(w->comp + 8, (uint32_t)n);
     mt_put_u32le(w->comp + 12, mt_block_crc(MT_FORMAT_VERSION, w->comp,
                                              w->comp + MT_BLOCK_HEADER, (size_t)n));
-    w->used = 0;
-    memset(&w->d, 0, sizeof w->d);
-    mt_imap_clear(&w->files);
-    w->thread = 0;
+    block_reset(w);
     return write_all(w, w->comp, MT_BLOCK_HEADER + (size_t)n);
 }
 
