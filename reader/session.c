@@ -419,6 +419,10 @@ uint64_t session_finish(struct session *f, const struct mt_exit *exit)
 {
     if (f->sock >= 0)
         follow_accept(f);
+    const char *exe;
+    if (!f->quiet && mt_collector_execs(f->caps[0].c, &exe))
+        fprintf(stderr, "memtap: the program exec'd '%s'; the capture records it from "
+                "there on\n", exe);
     uint64_t events = session_capture_close(&f->caps[0], exit);
     for (size_t i = 1; i < f->n; i++) {
         struct mt_exit child;

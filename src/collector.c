@@ -47,6 +47,8 @@ struct mt_collector {
     uint64_t next_seq, events, lost;
     unsigned stuck;            /* drains in a row that waited on a gap */
     uint64_t exec_waiting;     /* an EXEC seen waiting for its turn: its number */
+    uint32_t execs;            /* EXECs taken: the capture started over */
+    char exec_path[PATH_MAX + 1]; /* the last one's executable */
     uint32_t threads;
     int program_written;
     unsigned nlisted;
@@ -281,6 +283,16 @@ static int on_node(struct mt_collector *c, struct slot_state *st,
     return idmap_set(m, n->id, id);
 }
 
+/* The traced process's executable into path (PATH_MAX + 1 bytes; "" when
+ * it cannot be read). */
+static void program_path(const struct mt_collector *c, char *path)
+{
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/%d/exe", (int)atomic_load(&c->shm->producer_pid));
+    ssize_t k = readlink(proc, path, PATH_MAX);
+    path[k > 0 ? k : 0] = 0;
+}
+
 static int on_object(struct mt_collector *c, const struct mt_robject *o)
 {
     uint64_t seg_bytes = (uint64_t)o->nseg * 16;
@@ -299,13 +311,8 @@ static int on_object(struct mt_collector *c, const struct mt_robject *o)
     uint32_t n = o->path_len < PATH_MAX ? o->path_len : PATH_MAX;
     memcpy(path, p, n);
     path[n] = 0;
-    if (n == 0) {  /* the main program: name it while it still runs */
-        char proc[64];
-        snprintf(proc, sizeof proc, "/proc/%d/exe",
-                 (int)atomic_load(&c->shm->producer_pid));
-        ssize_t k = readlink(proc, path, PATH_MAX);
-        path[k > 0 ? k : 0] = 0;
-    }
+    if (n == 0)  /* the main program: name it while it still runs */
+        program_path(c, path);
     uint64_t seg[64];
     memcpy(seg, p + o->path_len + o->build_id_len, seg_bytes);
     struct mt_record r = {.tag = MT_T_OBJECT};
@@ -411,6 +418,8 @@ static void list_slots(struct mt_collector *c);
 static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
 {
     c->exec_waiting = 0;
+    c->execs++;
+    program_path(c, c->exec_path);
     list_slots(c);  /* an old thread may have claimed a ring not listed yet */
     for (unsigned k = 0; k < c->nlisted; k++) {
         unsigned i = c->listed[k];
@@ -670,6 +679,12 @@ int mt_collector_sample(struct mt_collector *c, uint64_t time_us, uint64_t rss)
 uint64_t mt_collector_events(const struct mt_collector *c)
 {
     return c->events;
+}
+
+uint32_t mt_collector_execs(const struct mt_collector *c, const char **path)
+{
+    *path = c->exec_path;
+    return c->execs;
 }
 
 uint64_t mt_collector_lost(const struct mt_collector *c)

@@ -64,6 +64,11 @@ int mt_collector_stopped(const struct mt_collector *c);
 uint64_t mt_collector_events(const struct mt_collector *c);
 uint64_t mt_collector_lost(const struct mt_collector *c);
 
+/* How often the program exec'd another one that went on recording (the
+ * capture started over each time: docs/transport.md); *path gets the last
+ * one's executable ("" when unknown), valid until mt_collector_free. */
+uint32_t mt_collector_execs(const struct mt_collector *c, const char **path);
+
 /* 1 when the shim reported an internal failure and stopped. */
 int mt_collector_shim_disabled(const struct mt_collector *c);
 

@@ -188,3 +188,22 @@ os.execv(sys.executable, [sys.executable, sys.argv[1]])
     assert proc.stderr == b"", proc.stderr
     assert_location(stats, second.name, line_of(BIG, "big"), 30 * 2**20 + 1)
     assert stats["duration_ms"] < 1500, stats["duration_ms"]
+
+
+def test_memtap_says_which_program_it_recorded(tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text(BIG)
+    launcher = write_exec(tmp_path / "launch.sh", '#!/bin/sh\nexec "%s" "$@"\n' % DEFAULT_PYTHON)
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(MEMTAP), "run", "-o", str(out), str(launcher), str(script)],
+                          cwd=tmp_path, capture_output=True, env=clean_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    assert lines[0] == ("memtap: the program exec'd '%s'; the capture records it from "
+                        "there on" % os.path.realpath(DEFAULT_PYTHON)), lines
+    assert lines[1].startswith("memtap: wrote "), lines
+    # without an exec, no such line
+    proc = subprocess.run([str(MEMTAP), "run", "-f", "-o", str(out), "--python",
+                           DEFAULT_PYTHON, str(script)], cwd=tmp_path, capture_output=True,
+                          env=clean_env(), timeout=120)
+    assert [l for l in proc.stderr.decode().splitlines() if "exec" in l] == []
