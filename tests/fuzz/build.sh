@@ -33,5 +33,5 @@ $CC $FLAGS -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 $CC $FLAGS -fsanitize=address,undefined -fno-sanitize-recover=undefined \
     -o "$OUT/fuzz_regression" "$REPO/tests/fuzz/regression_driver.c" \
     "$REPO/tests/fuzz/fuzz_reader.c" $SRC -llz4
-$CC $FLAGS -o "$OUT/mkseeds" "$REPO/tests/fuzz/mkseeds.c" -llz4
+$CC $FLAGS -o "$OUT/mkseeds" "$REPO/tests/fuzz/mkseeds.c" $SRC -llz4
 echo "built $OUT/fuzz_reader $OUT/fuzz_reader_past_open_bugs $OUT/fuzz_regression $OUT/mkseeds"

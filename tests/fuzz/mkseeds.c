@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "dictionary.h"
 #include "format.h"
 
 static uint8_t *slurp(const char *path, size_t *n)
@@ -84,8 +85,14 @@ int main(int argc, char **argv)
         size_t off = 16 + hl + 4;
         while (off + MT_BLOCK_HEADER <= n) {
             uint32_t comp = mt_get_u32le(d + off + 8);
-            int r = LZ4_decompress_safe((const char *)d + off + MT_BLOCK_HEADER, raw,
-                                        (int)comp, MT_BLOCK_MAX_RAW);
+            /* format 4: a block may be compressed against a dictionary */
+            unsigned dict_id = mt_get_u32le(d + off + 4) >> MT_BLOCK_DICTIONARY_SHIFT;
+            struct mt_dictionary dict = {0};
+            if (dict_id && !mt_dictionary_get(dict_id, &dict))
+                break;
+            int r = LZ4_decompress_safe_usingDict((const char *)d + off + MT_BLOCK_HEADER, raw,
+                                                  (int)comp, MT_BLOCK_MAX_RAW, dict.data,
+                                                  (int)dict.size);
             if (r < 0)
                 break;
             /* chunks of at most 65535 raw bytes */
