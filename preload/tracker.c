@@ -484,6 +484,15 @@ static void thread_announce(struct mt_thread *t, const char *name)
     ring_commit(t, total);
 }
 
+/* The calling thread's name as the kernel has it (prctl: no allocation). */
+static void thread_announce_own(struct mt_thread *t)
+{
+    char name[17] = {0};
+    if (syscall(SYS_prctl, PR_GET_NAME, name, 0, 0, 0) != 0)
+        name[0] = 0;
+    thread_announce(t, name);
+}
+
 static void thread_free(struct mt_thread *t)
 {
     if (t->pynodes.e)
@@ -540,10 +549,7 @@ static struct mt_thread *thread_start(void)
     shm->slots[slot].tid = (uint32_t)gettid();
     t->busy = 1;
     pthread_setspecific(thread_key, t);
-    char name[17] = {0};
-    if (syscall(SYS_prctl, PR_GET_NAME, name, 0, 0, 0) != 0)
-        name[0] = 0;
-    thread_announce(t, name);
+    thread_announce_own(t);
     mt_self = t;
     return t;
 }
@@ -947,10 +953,7 @@ static int exec_announce(void)
         struct timespec ts = {0, 200 * 1000};
         nanosleep(&ts, NULL);
     }
-    char name[17] = {0};
-    if (syscall(SYS_prctl, PR_GET_NAME, name, 0, 0, 0) != 0)
-        name[0] = 0;
-    thread_announce(t, name);
+    thread_announce_own(t);
     t->busy = 0;
     return 0;
 }
