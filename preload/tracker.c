@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,7 +83,7 @@ static int native;              /* record native stacks */
 static int ended;               /* the END marker was written */
 static unsigned epoch;          /* bumped at every start: threads re-attach */
 static pthread_key_t thread_key;
-static int fork_socket = -1;    /* --follow-fork: where children announce */
+static char fork_name[MT_FORK_NAME_MAX];  /* --follow-fork: where children announce */
 static uintptr_t self_lo, self_hi;  /* the shim's own code, cut from stacks */
 
 /* ---- failure --------------------------------------------------------- */
@@ -782,8 +783,48 @@ void mt_thread_create_failed(mt_start_routine fn, void *arg)
 
 /* ---- set-up ---------------------------------------------------------- */
 
-/* A forked child must not write into its parent's rings (design.md §2):
- * it runs on, unrecorded. */
+/* Sends note and the transport's memfd to the collector's socket. A full
+ * queue is waited for (up to ~1 s: a collector that stopped reading must not
+ * hold the child up); a collector that is gone refuses at once.
+ * @return 0, or -1. */
+static int fork_announce(const struct mt_fork_note *note, int fd)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t len = strlen(fork_name);
+    if (len + 1 > sizeof addr.sun_path)
+        return -1;
+    memcpy(addr.sun_path + 1, fork_name, len);
+    int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return -1;
+    struct iovec iov = {(void *)note, sizeof *note};
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr msg = {.msg_name = &addr,
+                         .msg_namelen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+                                                    1 + len),
+                         .msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    int rc = -1;
+    for (int tries = 0; tries < 1000; tries++) {
+        ssize_t sent = sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (sent == (ssize_t)sizeof *note) {
+            rc = 0;
+            break;
+        }
+        if (sent >= 0 || (errno != EAGAIN && errno != EINTR))
+            break;
+        struct timespec ts = {0, 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    close(sock);
+    return rc;
+}
+
 /* A new transport for this (forked) process, announced to the collector.
  * @return it, or NULL. */
 static struct mt_shm *transport_for_child(void)
@@ -802,16 +843,7 @@ static struct mt_shm *transport_for_child(void)
         memcpy(s->python_version, shm->python_version, sizeof s->python_version);
         atomic_store(&s->ready, 1);
         struct mt_fork_note note = {getpid(), getppid()};
-        struct iovec iov = {&note, sizeof note};
-        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                             .msg_control = u.buf, .msg_controllen = sizeof u.buf};
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-        if (sendmsg(fork_socket, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof note) {
+        if (fork_announce(&note, fd) < 0) {
             mt_raw_munmap(p, MT_SHM_BYTES);
             s = NULL;
         }
@@ -825,9 +857,10 @@ static struct mt_shm *transport_for_child(void)
  * of its own. Only the forking thread lives on in the child. */
 static void fork_child(void)
 {
+    int recording = active;
     active = 0;
-    if (fork_socket < 0 || !shm)
-        return;
+    if (!recording || !fork_name[0] || !shm)
+        return;  /* a fork after memtap_stop or a failure: not followed */
     struct mt_shm *s = transport_for_child();
     if (!s) {
         say("memtap: cannot follow this child process; it is not recorded\n");
@@ -901,7 +934,7 @@ static struct mt_shm *attach(int *exec_of)
     if (*end != ':')
         return NULL;
     unsigned long long ino = strtoull(end + 1, &end, 10);
-    long sock = *end == ':' ? strtol(end + 1, NULL, 10) : -1;
+    const char *name = *end == ':' ? end + 1 : "";
     struct stat st;
     int shm_fd = transport_fd(fd, ino);
     if (shm_fd < 0)
@@ -910,11 +943,10 @@ static struct mt_shm *attach(int *exec_of)
         close(shm_fd);
         return NULL;
     }
-    if (sock >= 0 && fstat((int)sock, &st) == 0 && S_ISSOCK(st.st_mode)) {
-        /* Kept, high and close-on-exec: exec'd programs do not get it. */
-        fork_socket = fcntl((int)sock, F_DUPFD_CLOEXEC, 900);
-        close((int)sock);
-    }
+    fork_name[0] = 0;  /* a Tracker without follow_fork after one with */
+    if (!strncmp(name, MT_FORK_NAME_PREFIX, strlen(MT_FORK_NAME_PREFIX)) &&
+        strlen(name) < sizeof fork_name)
+        memcpy(fork_name, name, strlen(name) + 1);
     void *p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE,
                           MAP_SHARED, shm_fd, 0);
     close(shm_fd);

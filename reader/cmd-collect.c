@@ -1,8 +1,9 @@
 /* memtap collect (hidden; started by the Python API, memtap.Tracker): the
  * collector for a process that loads the shim at run time. Creates the
  * transport and the capture, prints "<collector pid> <memfd> <inode>" on
- * stdout (the parent opens /proc/<pid>/fd/<memfd> and hands it to the shim
- * in MEMTAP_SHM), then collects until the shim stops (memtap_stop) or the
+ * stdout, with --follow-fork " <fork socket name>" too (the parent opens
+ * /proc/<pid>/fd/<memfd> and hands it and the name to the shim in
+ * MEMTAP_SHM), then collects until the shim stops (memtap_stop) or the
  * process dies, and closes the capture. Exit 0 when the capture is
  * complete, 1 when it could not be created or written. */
 #define _GNU_SOURCE
@@ -13,7 +14,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,7 +24,7 @@
 
 static const char collect_usage[] =
     "usage: memtap collect -o FILE --pid PID [-f] [--native] [--aggregate]\n"
-    "                      [--trace-python-allocators] [--follow-fork --socket FD]\n"
+    "                      [--trace-python-allocators] [--follow-fork]\n"
     "                      [--addresses] [--command TEXT]\n"
     "(used by the Python API, memtap.Tracker; not meant to be run by hand)";
 
@@ -35,14 +35,13 @@ int cmd_collect(int argc, char **argv)
         {"force", no_argument, NULL, 'f'},
         {"pid", required_argument, NULL, 'p'},
         SESSION_MODE_OPTIONS,
-        {"socket", required_argument, NULL, 'S'},
         {"command", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *output = NULL, *command = "";
     struct session_modes modes = {0};
-    int force = 0, sock = -1;
+    int force = 0;
     long pid = 0;
     int ch;
     while ((ch = getopt_long(argc, argv, "o:fh", longopts, NULL)) != -1) {
@@ -50,7 +49,6 @@ int cmd_collect(int argc, char **argv)
         case 'o': output = optarg; break;
         case 'f': force = 1; break;
         case 'p': pid = strtol(optarg, NULL, 10); break;
-        case 'S': sock = (int)strtol(optarg, NULL, 10); break;
         case 'C': command = optarg; break;
         case 'h': puts(collect_usage); return 0;
         default:
@@ -58,7 +56,7 @@ int cmd_collect(int argc, char **argv)
                 die_usage("%s", collect_usage);
         }
     }
-    if (!output || pid <= 0 || optind != argc || (modes.follow_fork && sock < 0))
+    if (!output || pid <= 0 || optind != argc)
         die_usage("%s", collect_usage);
     const char *conflict = session_modes_conflict(&modes);
     if (conflict)
@@ -89,10 +87,15 @@ int cmd_collect(int argc, char **argv)
         die("cannot create '%s': %s", output,
             rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
 
+    int sock = -1;
+    char fork_name[MT_FORK_NAME_MAX] = "";
+    if (modes.follow_fork && (sock = session_fork_listen(fork_name, sizeof fork_name)) < 0)
+        die("cannot create a socket: %s", strerror(errno));
     struct stat st;
     if (fstat(shm_fd, &st) != 0)
         die("cannot stat the transport: %s", strerror(errno));
-    printf("%d %d %llu\n", (int)getpid(), shm_fd, (unsigned long long)st.st_ino);
+    printf("%d %d %llu%s%s\n", (int)getpid(), shm_fd, (unsigned long long)st.st_ino,
+           *fork_name ? " " : "", fork_name);
     if (fflush(stdout) != 0)
         die("cannot tell the parent where the transport is");
 

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -217,7 +216,7 @@ static char *join_argv(char **argv)
 }
 
 /* The child: waits until the capture is ready, then becomes the program. */
-static void child_exec(struct target *t, int go, int shm_fd, int sock)
+static void child_exec(struct target *t, int go, int shm_fd, const char *fork_name)
 {
     char token;
     ssize_t n;
@@ -230,14 +229,13 @@ static void child_exec(struct target *t, int go, int shm_fd, int sock)
          * keeps its own copy under the same number, where the program's
          * shim finds it again after the program exec'd another one. */
         int fd = fcntl(shm_fd, F_SETFD, 0) == 0 ? shm_fd : -1;
-        int fsock = sock >= 0 ? fcntl(sock, F_DUPFD, 501) : -1;
         struct stat st;
         if (fd >= 0 && fstat(fd, &st) == 0) {
             /* Fixed width: the program's environment has the same size
              * in every run, so its own allocations repeat exactly. */
-            char env[96];
-            snprintf(env, sizeof env, "%05d:%020llu:%05d", fd,
-                     (unsigned long long)st.st_ino, fsock);
+            char env[64 + MT_FORK_NAME_MAX];
+            snprintf(env, sizeof env, "%05d:%020llu%s%s", fd,
+                     (unsigned long long)st.st_ino, *fork_name ? ":" : "", fork_name);
             setenv(MT_ENV_SHM, env, 1);
             const char *old = getenv("LD_PRELOAD");
             size_t len = strlen(shim_path()) + (old ? strlen(old) : 0) + 2;
@@ -344,9 +342,9 @@ int cmd_run(int argc, char **argv)
     if (o.output && !o.force && access(o.output, F_OK) == 0)
         die("'%s' exists; use -f to overwrite it", o.output);
 
-    int sock[2] = {-1, -1};
-    if (o.modes.follow_fork &&
-        socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sock) != 0)
+    int sock = -1;
+    char fork_name[MT_FORK_NAME_MAX] = "";
+    if (o.modes.follow_fork && (sock = session_fork_listen(fork_name, sizeof fork_name)) < 0)
         die("cannot create a socket: %s", strerror(errno));
     int go[2];
     if (pipe2(go, O_CLOEXEC) != 0)
@@ -359,13 +357,9 @@ int cmd_run(int argc, char **argv)
         die("cannot fork: %s", strerror(errno));
     if (pid == 0) {
         close(go[1]);
-        if (sock[0] >= 0)
-            close(sock[0]);
-        child_exec(&t, go[0], shm_fd, sock[1]);
+        child_exec(&t, go[0], shm_fd, fork_name);
     }
     close(go[0]);
-    if (sock[1] >= 0)
-        close(sock[1]);
     forward_pid = pid;
     signal(SIGTERM, forward);
     signal(SIGHUP, forward);
@@ -405,7 +399,7 @@ int cmd_run(int argc, char **argv)
         die("cannot start '%s': %s", t.argv[0], strerror(errno));
     close(go[1]);
 
-    struct session f = {.n = 1, .cap = 8, .sock = sock[0], .h = &h,
+    struct session f = {.n = 1, .cap = 8, .sock = sock, .h = &h,
                         .force = o.force, .quiet = o.quiet, .end = SESSION_WAIT};
     f.caps = calloc(f.cap, sizeof *f.caps);
     if (!f.caps)

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -284,23 +286,91 @@ static void child_path(char *out, const char *parent, pid_t pid)
 }
 
 
+int session_fork_listen(char *name, size_t cap)
+{
+    uint64_t nonce;
+    if (getrandom(&nonce, sizeof nonce, GRND_NONBLOCK) != (ssize_t)sizeof nonce)
+        nonce = session_now_us() ^ ((uint64_t)getpid() << 40);
+    /* Fixed width: the program's environment has the same size in every
+     * run, so its own allocations repeat exactly. */
+    int len = snprintf(name, cap, MT_FORK_NAME_PREFIX "%010d.%016llx", (int)getpid(),
+                       (unsigned long long)nonce);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (len < 0 || (size_t)len >= cap || (size_t)len + 1 > sizeof addr.sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(addr.sun_path + 1, name, (size_t)len);  /* abstract: no file */
+    int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int on = 1;
+    if (sock < 0)
+        return -1;
+    if (setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0 ||
+        bind(sock, (struct sockaddr *)&addr,
+             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len)) != 0) {
+        int e = errno;
+        close(sock);
+        errno = e;
+        return -1;
+    }
+    return sock;
+}
+
+/* The memfd a datagram carries, if it comes from a process of our user that
+ * is the pid its note names. @return the descriptor, or -1. */
+static int fork_note_fd(struct msghdr *msg, const struct mt_fork_note *note)
+{
+    int fd = -1, trusted = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET)
+            continue;
+        if (cm->cmsg_type == SCM_RIGHTS) {
+            size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < n; i++) {
+                int one;
+                memcpy(&one, CMSG_DATA(cm) + i * sizeof(int), sizeof one);
+                if (fd < 0)
+                    fd = one;
+                else
+                    close(one);  /* one memfd per note */
+            }
+        } else if (cm->cmsg_type == SCM_CREDENTIALS) {
+            struct ucred cred;
+            memcpy(&cred, CMSG_DATA(cm), sizeof cred);
+            trusted = (cred.uid == getuid() || cred.uid == geteuid()) &&
+                      cred.pid == note->pid;
+        }
+    }
+    if (fd >= 0 && !trusted) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
 /* Takes the announcements of newly forked children. */
 static void follow_accept(struct session *f)
 {
     for (;;) {
-        struct mt_fork_note note;
+        struct mt_fork_note note = {0, 0};
         struct iovec iov = {&note, sizeof note};
-        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+        union {
+            char buf[CMSG_SPACE(4 * sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
+            struct cmsghdr align;
+        } u;
         struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
                              .msg_control = u.buf, .msg_controllen = sizeof u.buf};
         ssize_t got = recvmsg(f->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (got <= 0)
-            return;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        if (got != (ssize_t)sizeof note || !cm || cm->cmsg_type != SCM_RIGHTS)
+        if (got < 0 && errno == EINTR)
             continue;
-        int fd;
-        memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+        if (got < 0)
+            return;
+        int fd = fork_note_fd(&msg, &note);
+        if (got != (ssize_t)sizeof note || (msg.msg_flags & MSG_CTRUNC) || fd < 0) {
+            if (fd >= 0)
+                close(fd);
+            continue;  /* not a child of ours: ignored */
+        }
         const char *parent = NULL;
         for (size_t i = 0; i < f->n; i++)
             if (f->caps[i].pid == note.ppid)
@@ -312,6 +382,11 @@ static void follow_accept(struct session *f)
         cap.h.pid = note.pid;
         int rc = mt_collector_adopt(fd, &cap.c);
         close(fd);
+        if (rc == MT_E_CORRUPT) {
+            error("process %d sent something other than a memtap transport; ignored",
+                  (int)note.pid);
+            continue;
+        }
         if (rc == MT_OK && (rc = session_capture_open(&cap, f->force)) != MT_OK)
             mt_collector_free(cap.c);
         if (rc != MT_OK) {
@@ -417,8 +492,11 @@ void session_collect(struct session *f, int *status, struct mt_exit *exit)
 
 uint64_t session_finish(struct session *f, const struct mt_exit *exit)
 {
-    if (f->sock >= 0)
+    if (f->sock >= 0) {
         follow_accept(f);
+        close(f->sock);  /* later children are told at once: not followed */
+        f->sock = -1;
+    }
     const char *exe;
     if (!f->quiet && mt_collector_execs(f->caps[0].c, &exe))
         fprintf(stderr, "memtap: the program exec'd '%s'; the capture records it from "

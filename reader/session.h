@@ -88,6 +88,11 @@ struct session {
     enum session_end end;
 };
 
+/* --follow-fork: a datagram socket bound to a fresh abstract name (written
+ * to name, MT_FORK_NAME_MAX bytes), where children announce themselves.
+ * @return the socket (non-blocking, close-on-exec), or -1 (errno set). */
+int session_fork_listen(char *name, size_t cap);
+
 /* Collects until the traced process ends (SESSION_WAIT: *status gets its
  * wait status) or stops recording / dies (SESSION_STOPPED: *status 0, or
  * its wait status as read from /proc when it died). Children's captures

@@ -22,7 +22,13 @@
 #define MT_SHM_VERSION 3
 #define MT_SLOTS 256
 #define MT_RING_BYTES (1u << 20)  /* per thread; power of two */
-#define MT_ENV_SHM "MEMTAP_SHM"   /* "<fd>:<inode>[:<socket fd>]", memtap run */
+#define MT_ENV_SHM "MEMTAP_SHM"   /* "<fd>:<inode>[:<fork socket name>]" */
+/* --follow-fork: children announce themselves with a datagram to an abstract
+ * Unix socket of the collector, named in MT_ENV_SHM (a name, not an inherited
+ * descriptor, so a program that exec'd another one still reaches it). The
+ * name is MT_FORK_NAME_PREFIX, the collector's pid and a random part. */
+#define MT_FORK_NAME_PREFIX "memtap."
+#define MT_FORK_NAME_MAX 64
 
 enum mt_slot_state {
     MT_SLOT_FREE = 0,    /* no owner; the collector has drained it */
@@ -37,7 +43,9 @@ enum mt_slot_state {
 #define MT_SHMF_ADDRESSES 0x8u    /* --addresses: only for the Python API to see */
 
 /* What a followed child sends the collector on the socket named in
- * MT_ENV_SHM, with its new transport's memfd attached (SCM_RIGHTS). */
+ * MT_ENV_SHM, with its new transport's memfd attached (SCM_RIGHTS); the
+ * collector takes it only from its own user, with pid matching the kernel's
+ * credentials of the sender. */
 struct mt_fork_note {
     int32_t pid, ppid;
 };

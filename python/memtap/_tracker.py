@@ -17,7 +17,6 @@ into the Tracker's own capture.
 import ctypes
 import importlib.machinery
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -151,7 +150,6 @@ class Tracker:
         self.overwrite = overwrite
         self._proc = None
         self._hook = _ExtensionLoaderHook()
-        self._sock = None
         self._scope = None      # under memtap run: (memtap, run's capture, start, time)
 
     def __enter__(self):
@@ -236,35 +234,26 @@ class Tracker:
             cmd.append("--trace-python-allocators")
         if self.addresses:
             cmd.append("--addresses")
-        pass_fds = ()
-        sock_fd = -1
         if self.follow_fork:
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            self._sock = mine
-            cmd += ["--follow-fork", "--socket", str(theirs.fileno())]
-            pass_fds = (theirs.fileno(),)
-        try:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, pass_fds=pass_fds)
-        finally:
-            if self.follow_fork:
-                theirs.close()
+            cmd.append("--follow-fork")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
         line = self._proc.stdout.readline().split()
-        if len(line) != 3:
+        if len(line) != (4 if self.follow_fork else 3):
             err = self._proc.stderr.read().decode(errors="replace").strip()
             self._proc.wait()
             self._proc = None
             raise TrackerError(err or "memtap: the collector did not start")
-        cpid, cfd, ino = (int(x) for x in line)
+        cpid, cfd, ino = (int(x) for x in line[:3])
+        # Children announce themselves to the collector's socket by this name.
+        fork_name = ":" + line[3].decode() if self.follow_fork else ""
         fd = os.open("/proc/%d/fd/%d" % (cpid, cfd), os.O_RDWR | os.O_CLOEXEC)
-        if self._sock is not None:
-            sock_fd = os.dup(self._sock.fileno())   # the shim keeps (and closes) it
         self._hook.install()
         try:
             if lib.memtap_patch() < 0:
                 raise TrackerError("memtap: cannot redirect the allocation functions")
-            os.environ["MEMTAP_SHM"] = "%d:%d:%d" % (fd, ino, sock_fd)
+            os.environ["MEMTAP_SHM"] = "%d:%d%s" % (fd, ino, fork_name)
             try:
                 rc = lib.memtap_start()
             finally:
@@ -274,11 +263,10 @@ class Tracker:
         except BaseException:
             self._hook.remove()
             lib.memtap_unpatch()
-            for f in (fd, sock_fd):
-                try:
-                    os.close(f)
-                except OSError:
-                    pass
+            try:
+                os.close(fd)
+            except OSError:
+                pass
             self._proc.kill()
             self._proc.wait()
             self._proc = None
@@ -307,9 +295,6 @@ class Tracker:
         _, err = self._proc.communicate()
         rc = self._proc.returncode
         self._proc = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
         with _lock:
             _active = None
         if rc != 0:

@@ -207,3 +207,35 @@ def test_memtap_says_which_program_it_recorded(tmp_path):
                            DEFAULT_PYTHON, str(script)], cwd=tmp_path, capture_output=True,
                           env=clean_env(), timeout=120)
     assert [l for l in proc.stderr.decode().splitlines() if "exec" in l] == []
+
+
+FORKS = """\
+import os
+keep = bytearray(30 * 2**20)  # @big
+pid = os.fork()
+if pid == 0:
+    child = bytearray(7 * 2**20)  # @child
+    os._exit(0)
+os.waitpid(pid, 0)
+print("parent", len(keep))
+"""
+
+
+def test_children_of_the_program_a_launcher_execs_are_followed(tmp_path):
+    # With --follow-fork, children announce themselves to the collector by
+    # a socket name, which the exec'd program still has (a descriptor would
+    # not survive the exec).
+    script = tmp_path / "forks.py"
+    script.write_text(FORKS)
+    launcher = write_exec(tmp_path / "launch.sh",
+                          '#!/bin/sh\nexec "%s" "$@"\n' % DEFAULT_PYTHON)
+    proc, stats = run(tmp_path, [launcher, script], "--follow-fork")
+    assert proc.stdout == b"parent %d\n" % (30 * 2**20)
+    assert_location(stats, script.name, line_of(FORKS, "big"), 30 * 2**20 + 1)
+    assert not find_locations(stats, script.name, line_of(FORKS, "child"))
+    children = list(tmp_path.glob("capture.*.bin"))
+    assert len(children) == 1, children
+    child = memtap_stats(children[0])
+    assert child["complete"]
+    assert child["pid"] == int(children[0].name.split(".")[1])
+    assert_location(child, script.name, line_of(FORKS, "child"), 7 * 2**20 + 1)

@@ -158,6 +158,42 @@ def test_follow_fork_pool(tmp_path, run_memtap):
         assert str(child) in stderr or child.name in stderr
 
 
+FOREIGN = """\
+import array, os, socket, struct
+name = os.environ["MEMTAP_SHM"].split(":", 2)[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+note = struct.pack("ii", os.getpid(), os.getppid())
+fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))]
+s.sendto(b"junk", "\\0" + name)                    # no descriptor, wrong size
+s.sendmsg([note], fds, 0, "\\0" + name)             # a pipe, not a transport
+s.sendmsg([struct.pack("ii", 1, 0)], fds, 0, "\\0" + name)  # not the sender's pid
+s.sendmsg([note], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                    array.array("i", [r, w, r]))], 0, "\\0" + name)  # three
+pid = os.fork()
+if pid == 0:
+    child = bytearray(7 * 2**20)  # @child
+    os._exit(0)
+os.waitpid(pid, 0)
+print("ok")
+"""
+
+
+def test_follow_fork_ignores_what_is_not_a_child(tmp_path, run_memtap):
+    # Anything else sent to the collector's socket is dropped (or, for a
+    # descriptor that is no transport, said so); the real child is followed.
+    proc, stats = run_memtap(tmp_path, FOREIGN, extra=["--follow-fork"])
+    assert proc.stdout == b"ok\n"
+    said = [l for l in proc.stderr.decode().splitlines() if "transport" in l]
+    assert said == ["memtap: process %d sent something other than a memtap "
+                    "transport; ignored" % stats["pid"]] * 2, proc.stderr
+    children = list(tmp_path.glob("capture.*.bin"))
+    assert len(children) == 1, (children, proc.stderr)
+    child = memtap_stats(children[0])
+    assert child["complete"]
+    assert_location(child, "prog.py", line_of(FOREIGN, "child"), 7 * 2**20 + 1)
+
+
 def test_without_follow_fork_children_write_nothing(tmp_path, run_memtap):
     proc, stats = run_memtap(tmp_path, POOL)
     assert proc.stdout == b"27000\n"

@@ -317,3 +317,54 @@ def test_tracker_addresses(pkg, tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[2] == ("error memtap: this process runs under 'memtap run' without "
                         "--addresses, which decides what is recorded"), lines
+
+
+def test_tracker_follows_forked_children(pkg, tmp_path):
+    src = textwrap.dedent("""\
+        import memtap, os, sys
+
+        def links():
+            out = []
+            for f in os.listdir("/proc/self/fd"):
+                try:
+                    out.append(os.readlink("/proc/self/fd/" + f))
+                except OSError:
+                    pass  # listdir's own descriptor, closed
+            return out
+
+        with memtap.Tracker(sys.argv[1], follow_fork=True):
+            kept = bytearray(4 * 2**20)  # @parent
+            # the socket is the collector's, named: none in the process
+            fds = links()
+            pid = os.fork()
+            if pid == 0:
+                child = bytearray(9 * 2**20)  # @child
+                os._exit(0)
+            os.waitpid(pid, 0)
+        after = os.fork()  # after the block: not followed
+        if after == 0:
+            os._exit(0)
+        os.waitpid(after, 0)
+        with memtap.Tracker(sys.argv[1][:-4] + "-again.bin"):
+            later = os.fork()  # in a Tracker without follow_fork: not followed
+            if later == 0:
+                os._exit(0)
+            os.waitpid(later, 0)
+        print(len([f for f in fds if f.startswith("socket:")]))
+        for path in (sys.argv[1], sys.argv[1][:-4] + ".%d.bin" % pid):
+            rows = memtap.Capture(path).locations()
+            print(sorted((r.line, r.own_bytes, r.own_count) for r in rows
+                         if r.file == sys.argv[0] and r.own_bytes > 2**20))
+        """)
+    script = tmp_path / "forks.py"
+    script.write_text(src)
+    proc = pkg.run([pkg.python, script, tmp_path / "f.bin"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sockets, parent, child = proc.stdout.splitlines()
+    assert sockets == "0"
+    assert proc.stderr == "", proc.stderr
+    names = sorted(p.name for p in tmp_path.glob("f*.bin"))
+    assert len(names) == 3 and names[0] == "f-again.bin" and names[2] == "f.bin", names
+    assert names[1].startswith("f.") and names[1][2:-4].isdigit(), names
+    assert parent == str([(line_of(src, "parent"), 4 * MiB + 1, 1)])
+    assert child == str([(line_of(src, "child"), 9 * MiB + 1, 1)])
