@@ -786,7 +786,7 @@ void mt_thread_create_failed(mt_start_routine fn, void *arg)
 /* Sends note and the transport's memfd to the collector's socket. A full
  * queue is waited for (up to ~1 s: a collector that stopped reading must not
  * hold the child up); a collector that is gone refuses at once.
- * @return 0, or -1. */
+ * @return 0, -1, or -2 when the collector is gone (the session is over). */
 static int fork_announce(const struct mt_fork_note *note, int fd)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -816,6 +816,10 @@ static int fork_announce(const struct mt_fork_note *note, int fd)
             rc = 0;
             break;
         }
+        if (sent < 0 && (errno == ECONNREFUSED || errno == ENOENT)) {
+            rc = -2;
+            break;
+        }
         if (sent >= 0 || (errno != EAGAIN && errno != EINTR))
             break;
         struct timespec ts = {0, 1000 * 1000};
@@ -825,10 +829,12 @@ static int fork_announce(const struct mt_fork_note *note, int fd)
     return rc;
 }
 
-/* A new transport for this (forked) process, announced to the collector.
- * @return it, or NULL. */
-static struct mt_shm *transport_for_child(void)
+/* A transport of this process's own, with the options and collector of
+ * from, announced to the collector; the caller sets it ready. @return it,
+ * or NULL (*gone set when the collector has finished). */
+static struct mt_shm *transport_own(const struct mt_shm *from, int *gone)
 {
+    *gone = 0;
     int fd = (int)syscall(SYS_memfd_create, "memtap", MFD_CLOEXEC);
     if (fd < 0)
         return NULL;
@@ -838,12 +844,12 @@ static struct mt_shm *transport_for_child(void)
                         fd, 0);
     struct mt_shm *s = p == MAP_FAILED ? NULL : p;
     if (s) {
-        mt_shm_init(s, shm->flags, shm->collector_pid);
+        mt_shm_init(s, from->flags, from->collector_pid);
         s->producer_pid = getpid();
-        memcpy(s->python_version, shm->python_version, sizeof s->python_version);
-        atomic_store(&s->ready, 1);
         struct mt_fork_note note = {getpid(), getppid()};
-        if (fork_announce(&note, fd) < 0) {
+        int rc = fork_announce(&note, fd);
+        if (rc < 0) {
+            *gone = rc == -2;
             mt_raw_munmap(p, MT_SHM_BYTES);
             s = NULL;
         }
@@ -861,11 +867,15 @@ static void fork_child(void)
     active = 0;
     if (!recording || !fork_name[0] || !shm)
         return;  /* a fork after memtap_stop or a failure: not followed */
-    struct mt_shm *s = transport_for_child();
+    int gone;
+    struct mt_shm *s = transport_own(shm, &gone);
     if (!s) {
-        say("memtap: cannot follow this child process; it is not recorded\n");
+        if (!gone)
+            say("memtap: cannot follow this child process; it is not recorded\n");
         return;
     }
+    memcpy(s->python_version, shm->python_version, sizeof s->python_version);
+    atomic_store(&s->ready, 1);
     struct mt_thread *t = mt_self;
     if ((uintptr_t)t > (uintptr_t)MT_GONE) {
         pthread_setspecific(thread_key, NULL);
@@ -898,8 +908,9 @@ static int find_self(struct dl_phdr_info *info, size_t size, void *arg)
 
 /* The memfd behind descriptor fd, or -1: this process's own descriptor,
  * else (after an exec: the first program closed it once mapped) the one
- * memtap run keeps open under the same number, reached through /proc. */
-static int transport_fd(long fd, unsigned long long ino)
+ * memtap run (holder) keeps open under the same number, reached through
+ * /proc. */
+static int transport_fd(long fd, unsigned long long ino, long holder)
 {
     struct stat st;
     if (fd < 0 || fd > INT32_MAX)
@@ -907,7 +918,7 @@ static int transport_fd(long fd, unsigned long long ino)
     if (fstat((int)fd, &st) == 0 && st.st_ino == ino)
         return (int)fd;
     char path[64] = "/proc/", *p = path + 6;
-    p = put_decimal(p, (unsigned long)getppid());
+    p = put_decimal(p, (unsigned long)holder);
     memcpy(p, "/fd/", 4);
     p = put_decimal(p + 4, (unsigned long)fd);
     *p = 0;
@@ -923,8 +934,10 @@ static int transport_fd(long fd, unsigned long long ino)
  * descriptor must still be the memfd memtap run created (a later exec'd
  * program may have reused the number for a file of its own). *exec_of is
  * set when this process is the one memtap recorded, now running the
- * program it exec'd. */
-static struct mt_shm *attach(int *exec_of)
+ * program it exec'd; *spawned when it is another process (a child that
+ * exec'd a program) and children are followed: the transport is then only
+ * the model of this process's own. */
+static struct mt_shm *attach(int *exec_of, int *spawned)
 {
     const char *env = getenv(MT_ENV_SHM);
     if (!env)
@@ -935,18 +948,21 @@ static struct mt_shm *attach(int *exec_of)
         return NULL;
     unsigned long long ino = strtoull(end + 1, &end, 10);
     const char *name = *end == ':' ? end + 1 : "";
+    size_t prefix = strlen(MT_FORK_NAME_PREFIX);
+    fork_name[0] = 0;  /* a Tracker without follow_fork after one with */
+    if (!strncmp(name, MT_FORK_NAME_PREFIX, prefix) && strlen(name) < sizeof fork_name)
+        memcpy(fork_name, name, strlen(name) + 1);
+    /* memtap run holds the memfd: our parent, unless we are a program a
+     * child exec'd; the socket's name has its pid. */
+    long holder = fork_name[0] ? strtol(fork_name + prefix, NULL, 10) : (long)getppid();
     struct stat st;
-    int shm_fd = transport_fd(fd, ino);
+    int shm_fd = transport_fd(fd, ino, holder);
     if (shm_fd < 0)
         return NULL;
     if (fstat(shm_fd, &st) != 0 || (uint64_t)st.st_size != MT_SHM_BYTES) {
         close(shm_fd);
         return NULL;
     }
-    fork_name[0] = 0;  /* a Tracker without follow_fork after one with */
-    if (!strncmp(name, MT_FORK_NAME_PREFIX, strlen(MT_FORK_NAME_PREFIX)) &&
-        strlen(name) < sizeof fork_name)
-        memcpy(fork_name, name, strlen(name) + 1);
     void *p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE,
                           MAP_SHARED, shm_fd, 0);
     close(shm_fd);
@@ -954,14 +970,19 @@ static struct mt_shm *attach(int *exec_of)
         return NULL;
     struct mt_shm *s = p;
     int32_t producer = 0;
-    if (s->magic != MT_SHM_MAGIC || s->version != MT_SHM_VERSION ||
-        (!atomic_compare_exchange_strong(&s->producer_pid, &producer, getpid()) &&
-         producer != getpid())) {
-        mt_raw_munmap(p, MT_SHM_BYTES);
-        return NULL;  /* another process's: a child that exec'd */
+    if (s->magic == MT_SHM_MAGIC && s->version == MT_SHM_VERSION) {
+        if (atomic_compare_exchange_strong(&s->producer_pid, &producer, getpid()) ||
+            producer == getpid()) {
+            *exec_of = producer != 0;
+            return s;
+        }
+        if ((s->flags & MT_SHMF_FOLLOW_FORK) && fork_name[0]) {
+            *spawned = 1;
+            return s;
+        }
     }
-    *exec_of = producer != 0;
-    return s;
+    mt_raw_munmap(p, MT_SHM_BYTES);
+    return NULL;  /* another process's: a child that exec'd */
 }
 
 /* Tells the collector that the capture starts over with this program,
@@ -1014,13 +1035,26 @@ static int setup_once(void)
 static int start(void)
 {
     mt_real_resolve();
-    int exec_of = 0;
-    struct mt_shm *s = attach(&exec_of);
+    int exec_of = 0, spawned = 0;
+    struct mt_shm *s = attach(&exec_of, &spawned);
     if (!s)
         return -1;  /* dormant: not a process memtap started */
     if (setup_once() < 0) {
         mt_raw_munmap(s, MT_SHM_BYTES);
         return -1;
+    }
+    if (spawned) {
+        /* A program a child exec'd: recorded into a capture of its own, as
+         * forked children are. */
+        int gone;
+        struct mt_shm *own = transport_own(s, &gone);
+        mt_raw_munmap(s, MT_SHM_BYTES);
+        if (!own) {
+            if (!gone)
+                say("memtap: cannot follow this child process; it is not recorded\n");
+            return -1;
+        }
+        s = own;
     }
     if (exec_of) {
         /* The old program's description of itself no longer holds. */

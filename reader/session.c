@@ -316,6 +316,27 @@ int session_fork_listen(char *name, size_t cap)
     return sock;
 }
 
+/* A followed child exec'd a program that records into the transport c:
+ * its capture starts over with it, as the traced program's does at an exec
+ * (the capture is the program the process became). */
+static void capture_restart(struct session_capture *cap, struct mt_collector *c)
+{
+    mt_collector_free(cap->c);  /* the exec ended every thread writing to it */
+    cap->c = c;
+    int rc;
+    if (cap->agg) {
+        rc = mt_replay_restart(cap->agg);
+        mt_collector_aggregate(c, cap->agg);
+    } else {
+        rc = mt_writer_restart(cap->w);
+        mt_collector_attach(c, cap->w);
+        mt_collector_publish_path(c, cap->path);
+    }
+    if (rc != MT_OK)
+        error("cannot start '%s' over: %s", cap->path,
+              rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
+}
+
 /* The memfd a datagram carries, if it comes from a process of our user that
  * is the pid its note names. @return the descriptor, or -1. */
 static int fork_note_fd(struct msghdr *msg, const struct mt_fork_note *note)
@@ -371,22 +392,34 @@ static void follow_accept(struct session *f)
                 close(fd);
             continue;  /* not a child of ours: ignored */
         }
-        const char *parent = NULL;
-        for (size_t i = 0; i < f->n; i++)
-            if (f->caps[i].pid == note.ppid)
-                parent = f->caps[i].path;
-        struct session_capture cap = {.pid = note.pid, .start = session_now_us()};
-        cap.last_flush = cap.start;
-        child_path(cap.path, parent ? parent : f->caps[0].path, note.pid);
-        cap.h = *f->h;
-        cap.h.pid = note.pid;
-        int rc = mt_collector_adopt(fd, &cap.c);
+        struct mt_collector *c;
+        int rc = mt_collector_adopt(fd, &c);
         close(fd);
         if (rc == MT_E_CORRUPT) {
             error("process %d sent something other than a memtap transport; ignored",
                   (int)note.pid);
             continue;
         }
+        struct session_capture *same = NULL;
+        const char *parent = NULL;
+        for (size_t i = 0; i < f->n; i++) {
+            if (f->caps[i].pid == note.ppid)
+                parent = f->caps[i].path;
+            if (f->caps[i].pid == note.pid)
+                same = &f->caps[i];
+        }
+        if (rc == MT_OK && same) {
+            if (same == &f->caps[0])
+                mt_collector_free(c);  /* the program's exec has its own path */
+            else
+                capture_restart(same, c);
+            continue;
+        }
+        struct session_capture cap = {.pid = note.pid, .c = c, .start = session_now_us()};
+        cap.last_flush = cap.start;
+        child_path(cap.path, parent ? parent : f->caps[0].path, note.pid);
+        cap.h = *f->h;
+        cap.h.pid = note.pid;
         if (rc == MT_OK && (rc = session_capture_open(&cap, f->force)) != MT_OK)
             mt_collector_free(cap.c);
         if (rc != MT_OK) {

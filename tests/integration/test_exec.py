@@ -1,7 +1,8 @@
 """A traced process that exec's another program: the capture is the program
 it became (launcher scripts such as pyenv's shims, `#!/usr/bin/env python3`,
-a program re-exec'ing itself), while a forked child that exec's stays
-unrecorded. Real programs under the real shim; numbers exact."""
+a program re-exec'ing itself), while a child that exec's a program stays
+unrecorded, unless --follow-fork gives it a capture of its own. Real programs
+under the real shim; numbers exact."""
 
 import os
 import shutil
@@ -115,7 +116,7 @@ after = bytearray(10 * 2**20)  # @after
     assert_location(stats, script.name, line_of(text, "after"), 10 * 2**20 + 1)
 
 
-def test_a_child_that_execs_is_not_recorded(tmp_path):
+def test_a_child_that_execs_is_not_recorded_without_follow_fork(tmp_path):
     text = """\
 import subprocess, sys
 mine = bytearray(10 * 2**20)  # @mine
@@ -129,7 +130,7 @@ print(out.stdout.decode().strip(), out.stderr.decode().strip())
     assert proc.stdout == b"%d \n" % (60 * 2**20)
     assert_location(stats, script.name, line_of(text, "mine"), 10 * 2**20 + 1)
     assert stats["peak_memory_bytes"] < 60 * 2**20
-    assert os.path.exists(tmp_path / "capture.bin")
+    assert [p.name for p in tmp_path.glob("*.bin")] == ["capture.bin"]
 
 
 def test_an_exec_while_another_thread_allocates(tmp_path):
@@ -239,3 +240,83 @@ def test_children_of_the_program_a_launcher_execs_are_followed(tmp_path):
     assert child["complete"]
     assert child["pid"] == int(children[0].name.split(".")[1])
     assert_location(child, script.name, line_of(FORKS, "child"), 7 * 2**20 + 1)
+
+
+KID = """\
+import sys
+kid = bytearray(int(sys.argv[1]) * 2**20)  # @kid
+print("kid", len(kid))
+"""
+
+SPAWNS = """\
+import os, subprocess, sys
+mine = bytearray(10 * 2**20)  # @mine
+# vfork and exec (subprocess), then fork, work, and exec
+subprocess.run([sys.executable, "kid.py", "11"], check=True)
+pid = os.fork()
+if pid == 0:
+    before = bytearray(40 * 2**20)  # @before
+    os.execv(sys.executable, [sys.executable, "kid.py", "13"])
+os.waitpid(pid, 0)
+print("parent")
+"""
+
+
+def test_follow_fork_records_the_programs_children_exec(tmp_path):
+    # Each child that runs a program gets a capture of its own, which is
+    # that program (a forked child that exec's starts its capture over).
+    (tmp_path / "kid.py").write_text(KID)
+    script = tmp_path / "prog.py"
+    script.write_text(SPAWNS)
+    kid_line = line_of(KID, "kid")
+    for flags in ([], ["--aggregate"]):
+        for old in tmp_path.glob("*.bin"):
+            old.unlink()
+        proc, stats = run(tmp_path, ["--follow-fork", *flags, "--python", DEFAULT_PYTHON,
+                                     script])
+        assert proc.stdout == b"kid %d\nkid %d\nparent\n" % (11 * 2**20, 13 * 2**20)
+        assert_location(stats, script.name, line_of(SPAWNS, "mine"), 10 * 2**20 + 1)
+        assert not find_locations(stats, "kid.py", kid_line), flags
+        assert not find_locations(stats, script.name, line_of(SPAWNS, "before")), flags
+        assert stats["peak_memory_bytes"] < 20 * 2**20, flags  # start-up ~4.4 MiB
+        children = sorted(tmp_path.glob("capture.*.bin"), key=lambda p: p.stat().st_mtime)
+        assert len(children) == 2, (flags, children)
+        sizes = []
+        for child in children:
+            cs = memtap_stats(child)
+            assert cs["pid"] == int(child.name.split(".")[1]) and cs["complete"], flags
+            assert cs["python_version"] == PYVER
+            kid = find_locations(cs, "kid.py", kid_line)
+            assert len(kid) == 1 and kid[0]["count"] == 1, (flags, kid)
+            sizes.append(kid[0]["bytes"])
+            # the forked child's work before its exec is not in its capture
+            assert not find_locations(cs, script.name, line_of(SPAWNS, "before"))
+            assert cs["peak_memory_bytes"] < 13 * 2**20 + 8 * 2**20, flags
+        assert sorted(sizes) == [11 * 2**20 + 1, 13 * 2**20 + 1], flags
+
+
+POOL_SPAWN = """\
+import multiprocessing as mp
+
+def work(n):
+    return len(bytes(n * 1000))  # @work
+
+if __name__ == "__main__":
+    with mp.get_context("spawn").Pool(2) as pool:
+        print(sum(pool.map(work, [1000] * 6)))
+"""
+
+
+def test_follow_fork_records_spawned_multiprocessing_workers(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(POOL_SPAWN)
+    proc, stats = run(tmp_path, ["--follow-fork", "--python", DEFAULT_PYTHON, script])
+    assert proc.stdout == b"6000000\n"
+    line = line_of(POOL_SPAWN, "work")
+    assert not find_locations(stats, script.name, line)
+    found = []
+    for child in tmp_path.glob("capture.*.bin"):
+        cs = memtap_stats(child)
+        found += [(l["bytes"], l["count"]) for l in find_locations(cs, script.name, line)]
+    # six bytes(1,000,000) objects among the two workers: 1,000,033 bytes each
+    assert sum(c for _, c in found) == 6 and {b // c for b, c in found} == {1000033}, found
