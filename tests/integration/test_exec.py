@@ -9,6 +9,8 @@ import shutil
 import stat
 import subprocess
 
+import pytest
+
 from conftest import (DEFAULT_PYTHON, MEMTAP, PROGRAMS, assert_location, clean_env,
                       find_locations, line_of, memtap_stats, python_version_of,
                       strip_memtap_lines)
@@ -307,9 +309,11 @@ if __name__ == "__main__":
 """
 
 
-def test_follow_fork_records_spawned_multiprocessing_workers(tmp_path):
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_follow_fork_records_spawned_multiprocessing_workers(tmp_path, method):
+    # forkserver: a spawned server process forks the workers
     script = tmp_path / "prog.py"
-    script.write_text(POOL_SPAWN)
+    script.write_text(POOL_SPAWN.replace('"spawn"', repr(method)))
     proc, stats = run(tmp_path, ["--follow-fork", "--python", DEFAULT_PYTHON, script])
     assert proc.stdout == b"6000000\n"
     line = line_of(POOL_SPAWN, "work")
