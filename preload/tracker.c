@@ -787,7 +787,8 @@ void mt_thread_create_failed(mt_start_routine fn, void *arg)
  * queue is waited for (up to ~1 s: a collector that stopped reading must not
  * hold the child up); a collector that is gone refuses at once.
  * @return 0, -1, or -2 when the collector is gone (the session is over). */
-static int fork_announce(const struct mt_fork_note *note, int fd)
+static int fork_announce(const struct mt_fork_note *note, const char *command,
+                         size_t command_len, int fd)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     size_t len = strlen(fork_name);
@@ -797,12 +798,12 @@ static int fork_announce(const struct mt_fork_note *note, int fd)
     int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (sock < 0)
         return -1;
-    struct iovec iov = {(void *)note, sizeof *note};
+    struct iovec iov[2] = {{(void *)note, sizeof *note}, {(void *)command, command_len}};
     union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
     struct msghdr msg = {.msg_name = &addr,
                          .msg_namelen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
                                                     1 + len),
-                         .msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_iov = iov, .msg_iovlen = 2,
                          .msg_control = u.buf, .msg_controllen = sizeof u.buf};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
     cm->cmsg_level = SOL_SOCKET;
@@ -812,7 +813,7 @@ static int fork_announce(const struct mt_fork_note *note, int fd)
     int rc = -1;
     for (int tries = 0; tries < 1000; tries++) {
         ssize_t sent = sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (sent == (ssize_t)sizeof *note) {
+        if (sent == (ssize_t)(sizeof *note + command_len)) {
             rc = 0;
             break;
         }
@@ -829,10 +830,31 @@ static int fork_announce(const struct mt_fork_note *note, int fd)
     return rc;
 }
 
+/* This process's command line as the kernel keeps it (arguments ended by
+ * NULs), cut at cap. @return its length. */
+static size_t command_line(char *buf, size_t cap)
+{
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    size_t n = 0;
+    if (fd < 0)
+        return 0;
+    while (n < cap) {
+        ssize_t k = read(fd, buf + n, cap - n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    close(fd);
+    return n;
+}
+
 /* A transport of this process's own, with the options and collector of
- * from, announced to the collector; the caller sets it ready. @return it,
- * or NULL (*gone set when the collector has finished). */
-static struct mt_shm *transport_own(const struct mt_shm *from, int *gone)
+ * from, announced to the collector (with our command line when we run
+ * another program than the process that made from); the caller sets it
+ * ready. @return it, or NULL (*gone set when the collector has finished). */
+static struct mt_shm *transport_own(const struct mt_shm *from, int own_program, int *gone)
 {
     *gone = 0;
     int fd = (int)syscall(SYS_memfd_create, "memtap", MFD_CLOEXEC);
@@ -847,7 +869,9 @@ static struct mt_shm *transport_own(const struct mt_shm *from, int *gone)
         mt_shm_init(s, from->flags, from->collector_pid);
         s->producer_pid = getpid();
         struct mt_fork_note note = {getpid(), getppid()};
-        int rc = fork_announce(&note, fd);
+        char command[MT_FORK_COMMAND_MAX];
+        size_t len = own_program ? command_line(command, sizeof command) : 0;
+        int rc = fork_announce(&note, command, len, fd);
         if (rc < 0) {
             *gone = rc == -2;
             mt_raw_munmap(p, MT_SHM_BYTES);
@@ -868,7 +892,7 @@ static void fork_child(void)
     if (!recording || !fork_name[0] || !shm)
         return;  /* a fork after memtap_stop or a failure: not followed */
     int gone;
-    struct mt_shm *s = transport_own(shm, &gone);
+    struct mt_shm *s = transport_own(shm, 0, &gone);
     if (!s) {
         if (!gone)
             say("memtap: cannot follow this child process; it is not recorded\n");
@@ -1047,7 +1071,7 @@ static int start(void)
         /* A program a child exec'd: recorded into a capture of its own, as
          * forked children are. */
         int gone;
-        struct mt_shm *own = transport_own(s, &gone);
+        struct mt_shm *own = transport_own(s, 1, &gone);
         mt_raw_munmap(s, MT_SHM_BYTES);
         if (!own) {
             if (!gone)

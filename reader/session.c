@@ -248,6 +248,8 @@ uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit
     if (rc != MT_OK)
         error("cannot finish '%s': %s", cap->path, strerror(errno));
     mt_collector_free(cap->c);
+    free(cap->command);
+    cap->command = NULL;
     return tr.events;
 }
 
@@ -275,16 +277,15 @@ int session_capture_open(struct session_capture *cap, int force)
 }
 
 /* The capture name of a child: the parent's with the child's pid before
- * ".bin" (memtap-app.4242.bin -> memtap-app.4242.4250.bin). */
-static void child_path(char *out, const char *parent, pid_t pid)
+ * ".bin" (memtap-app.4242.bin -> memtap-app.4242.4250.bin). @return 0, or
+ * -1 when it would be longer than PATH_MAX. */
+static int child_path(char *out, const char *parent, pid_t pid)
 {
     size_t n = strlen(parent);
-    if (n > 4 && !strcmp(parent + n - 4, ".bin"))
-        snprintf(out, PATH_MAX, "%.*s.%d.bin", (int)(n - 4), parent, (int)pid);
-    else
-        snprintf(out, PATH_MAX, "%s.%d.bin", parent, (int)pid);
+    int stem = (int)(n > 4 && !strcmp(parent + n - 4, ".bin") ? n - 4 : n);
+    int k = snprintf(out, PATH_MAX, "%.*s.%d.bin", stem, parent, (int)pid);
+    return k < 0 || k >= PATH_MAX ? -1 : 0;
 }
-
 
 int session_fork_listen(char *name, size_t cap)
 {
@@ -319,16 +320,21 @@ int session_fork_listen(char *name, size_t cap)
 /* A followed child exec'd a program that records into the transport c:
  * its capture starts over with it, as the traced program's does at an exec
  * (the capture is the program the process became). */
-static void capture_restart(struct session_capture *cap, struct mt_collector *c)
+static void capture_restart(struct session_capture *cap, struct mt_collector *c,
+                            char *command)
 {
     mt_collector_free(cap->c);  /* the exec ended every thread writing to it */
     cap->c = c;
+    free(cap->command);
+    cap->command = command;
+    cap->h.command = command;
+    cap->h.start_time_us = session_wall_us();
     int rc;
     if (cap->agg) {
         rc = mt_replay_restart(cap->agg);
         mt_collector_aggregate(c, cap->agg);
     } else {
-        rc = mt_writer_restart(cap->w);
+        rc = mt_writer_restart(cap->w, &cap->h);
         mt_collector_attach(c, cap->w);
         mt_collector_publish_path(c, cap->path);
     }
@@ -369,12 +375,41 @@ static int fork_note_fd(struct msghdr *msg, const struct mt_fork_note *note)
     return fd;
 }
 
+/* A child's command line from the NUL-ended arguments of its note, joined
+ * by spaces. @return it (malloc'ed), or NULL when it sent none. */
+static char *note_command(const char *args, size_t n)
+{
+    while (n && !args[n - 1])
+        n--;
+    if (!n)
+        return NULL;
+    char *s = malloc(n + 1);
+    if (!s)
+        die("out of memory");
+    for (size_t i = 0; i < n; i++)
+        s[i] = args[i] ? args[i] : ' ';
+    s[n] = 0;
+    return s;
+}
+
+static char *xstrdup(const char *s)
+{
+    char *d = strdup(s ? s : "");
+    if (!d)
+        die("out of memory");
+    return d;
+}
+
 /* Takes the announcements of newly forked children. */
 static void follow_accept(struct session *f)
 {
     for (;;) {
+        struct {
+            struct mt_fork_note note;
+            char command[MT_FORK_COMMAND_MAX];
+        } m;
         struct mt_fork_note note = {0, 0};
-        struct iovec iov = {&note, sizeof note};
+        struct iovec iov = {&m, sizeof m};
         union {
             char buf[CMSG_SPACE(4 * sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
             struct cmsghdr align;
@@ -386,8 +421,11 @@ static void follow_accept(struct session *f)
             continue;
         if (got < 0)
             return;
+        if (got >= (ssize_t)sizeof note)
+            note = m.note;
         int fd = fork_note_fd(&msg, &note);
-        if (got != (ssize_t)sizeof note || (msg.msg_flags & MSG_CTRUNC) || fd < 0) {
+        if (got < (ssize_t)sizeof note || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) ||
+            fd < 0) {
             if (fd >= 0)
                 close(fd);
             continue;  /* not a child of ours: ignored */
@@ -400,31 +438,42 @@ static void follow_accept(struct session *f)
                   (int)note.pid);
             continue;
         }
-        struct session_capture *same = NULL;
-        const char *parent = NULL;
+        struct session_capture *same = NULL, *parent = &f->caps[0];
         for (size_t i = 0; i < f->n; i++) {
             if (f->caps[i].pid == note.ppid)
-                parent = f->caps[i].path;
+                parent = &f->caps[i];
             if (f->caps[i].pid == note.pid)
                 same = &f->caps[i];
         }
+        /* A forked child runs its parent's program; an exec'd one says. */
+        char *command = note_command(m.command, (size_t)got - sizeof note);
         if (rc == MT_OK && same) {
-            if (same == &f->caps[0])
+            if (same == &f->caps[0]) {
                 mt_collector_free(c);  /* the program's exec has its own path */
-            else
-                capture_restart(same, c);
+                free(command);
+            } else {
+                capture_restart(same, c, command ? command : xstrdup(same->h.command));
+            }
             continue;
         }
         struct session_capture cap = {.pid = note.pid, .c = c, .start = session_now_us()};
         cap.last_flush = cap.start;
-        child_path(cap.path, parent ? parent : f->caps[0].path, note.pid);
+        if (rc == MT_OK && child_path(cap.path, parent->path, note.pid) < 0) {
+            mt_collector_free(c);
+            rc = MT_E_IO;
+            errno = ENAMETOOLONG;
+        }
         cap.h = *f->h;
         cap.h.pid = note.pid;
+        cap.h.start_time_us = session_wall_us();
+        cap.command = command ? command : xstrdup(parent->h.command);
+        cap.h.command = cap.command;
         if (rc == MT_OK && (rc = session_capture_open(&cap, f->force)) != MT_OK)
             mt_collector_free(cap.c);
         if (rc != MT_OK) {
             error("cannot record child %d into '%s': %s", (int)note.pid,
                   cap.path, rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
+            free(cap.command);
             continue;
         }
         if (f->n == f->cap) {

@@ -47,6 +47,7 @@ struct session_capture {
     struct mt_writer *w;         /* a full capture, or */
     struct mt_replay *agg;       /* --aggregate: saved every second */
     struct mt_header h;
+    char *command;               /* h.command when owned (a child's), or NULL */
     char path[PATH_MAX];
     uint64_t start, last_flush, last_sample;
     uint64_t pace_at, pace_cpu;  /* the last pacing decision's clock */

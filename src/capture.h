@@ -125,11 +125,11 @@ void mt_writer_set_fast(struct mt_writer *w, int fast);
 int mt_writer_close(struct mt_writer *w, const struct mt_trailer *trailer);
 
 /* Starts the capture over: everything after the header is dropped (the
- * file is cut there) and the writer is as mt_writer_open left it: ids,
- * allocation numbers and the dictionary start again. For a process that
- * exec'd another program. @return MT_OK, or MT_E_IO (the writer then
- * stays failed). */
-int mt_writer_restart(struct mt_writer *w);
+ * file is cut there; with h, the header too, and h is written instead) and
+ * the writer is as mt_writer_open left it: ids, allocation numbers and the
+ * dictionary start again. For a process that exec'd another program.
+ * @return MT_OK, or MT_E_IO / MT_E_NOMEM (the writer then stays failed). */
+int mt_writer_restart(struct mt_writer *w, const struct mt_header *h);
 
 /* Bytes written to the file so far. */
 uint64_t mt_writer_bytes(const struct mt_writer *w);

@@ -438,7 +438,7 @@ static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
     c->threads = 0;
     c->events = c->lost = 0;
     int rc = c->replay ? mt_replay_restart(c->replay)
-                       : c->w ? mt_writer_restart(c->w) : MT_OK;
+                       : c->w ? mt_writer_restart(c->w, NULL) : MT_OK;
     if (rc != MT_OK && c->err == MT_OK)
         c->err = rc;
     c->program_written = 0;

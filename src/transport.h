@@ -45,10 +45,14 @@ enum mt_slot_state {
 /* What a followed child sends the collector on the socket named in
  * MT_ENV_SHM, with its new transport's memfd attached (SCM_RIGHTS); the
  * collector takes it only from its own user, with pid matching the kernel's
- * credentials of the sender. */
+ * credentials of the sender. A program a child exec'd follows the note in
+ * the same datagram with its command line (/proc/self/cmdline: arguments
+ * each ended by a NUL, at most MT_FORK_COMMAND_MAX bytes); a forked child
+ * sends none: it runs its parent's program. */
 struct mt_fork_note {
     int32_t pid, ppid;
 };
+#define MT_FORK_COMMAND_MAX 4096
 
 struct mt_slot {
     _Atomic uint32_t state;

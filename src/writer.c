@@ -80,33 +80,14 @@ static uint8_t *put_str(uint8_t *p, const char *s)
     return put_bytes(p, s ? s : "", str_len(s));
 }
 
-int mt_writer_open(const char *path, int force, const struct mt_header *h,
-                   struct mt_writer **out)
+/* The file header (magic, version, run description, CRC) at the current
+ * end of the file. @return an mt_err. */
+static int header_write(struct mt_writer *w, const struct mt_header *h)
 {
-    int flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
-                (force ? O_TRUNC : O_EXCL);
-    int fd = open(path, flags, 0644);
-    if (fd < 0)
-        return errno == EEXIST ? MT_E_EXISTS : MT_E_IO;
-    struct mt_writer *w = calloc(1, sizeof *w);
-    size_t cmd = h->command ? strlen(h->command) : 0;
+    size_t cmd = str_len(h->command);
     uint8_t *hdr = malloc(64 + cmd);
-    if (w) {
-        w->raw = malloc(MT_BLOCK_MAX_RAW);
-        w->comp = malloc(MT_BLOCK_HEADER + LZ4_compressBound(MT_BLOCK_MAX_RAW));
-    }
-    if (!w || !hdr || !w->raw || !w->comp) {
-        if (w) {
-            free(w->raw);
-            free(w->comp);
-        }
-        free(w);
-        free(hdr);
-        close(fd);
+    if (!hdr)
         return MT_E_NOMEM;
-    }
-    w->fd = fd;
-    w->addresses = (h->flags & MT_HF_ADDRESSES) != 0;
     memcpy(hdr, MT_FILE_MAGIC, 8);
     mt_put_u32le(hdr + 8, MT_FORMAT_VERSION);
     uint8_t *p = hdr + 16;
@@ -119,13 +100,41 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
     p += 4;
     int rc = write_all(w, hdr, (size_t)(p - hdr));
     free(hdr);
+    w->header_bytes = w->bytes;
+    return rc;
+}
+
+int mt_writer_open(const char *path, int force, const struct mt_header *h,
+                   struct mt_writer **out)
+{
+    int flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
+                (force ? O_TRUNC : O_EXCL);
+    int fd = open(path, flags, 0644);
+    if (fd < 0)
+        return errno == EEXIST ? MT_E_EXISTS : MT_E_IO;
+    struct mt_writer *w = calloc(1, sizeof *w);
+    if (w) {
+        w->raw = malloc(MT_BLOCK_MAX_RAW);
+        w->comp = malloc(MT_BLOCK_HEADER + LZ4_compressBound(MT_BLOCK_MAX_RAW));
+    }
+    if (!w || !w->raw || !w->comp) {
+        if (w) {
+            free(w->raw);
+            free(w->comp);
+        }
+        free(w);
+        close(fd);
+        return MT_E_NOMEM;
+    }
+    w->fd = fd;
+    w->addresses = (h->flags & MT_HF_ADDRESSES) != 0;
+    int rc = header_write(w, h);
     if (rc != MT_OK) {
         int e = errno;
         mt_writer_close(w, NULL);
         errno = e;
         return rc;
     }
-    w->header_bytes = w->bytes;
     *out = w;
     return MT_OK;
 }
@@ -140,16 +149,24 @@ static void block_reset(struct mt_writer *w)
     w->thread = 0;
 }
 
-int mt_writer_restart(struct mt_writer *w)
+int mt_writer_restart(struct mt_writer *w, const struct mt_header *h)
 {
     if (w->failed)
         return MT_E_IO;
-    if (ftruncate(w->fd, (off_t)w->header_bytes) != 0 ||
-        lseek(w->fd, (off_t)w->header_bytes, SEEK_SET) < 0) {
+    uint64_t keep = h ? 0 : w->header_bytes;
+    if (ftruncate(w->fd, (off_t)keep) != 0 || lseek(w->fd, (off_t)keep, SEEK_SET) < 0) {
         w->failed = 1;
         return MT_E_IO;
     }
-    w->bytes = w->header_bytes;
+    w->bytes = keep;
+    if (h) {
+        w->addresses = (h->flags & MT_HF_ADDRESSES) != 0;
+        int rc = header_write(w, h);
+        if (rc != MT_OK) {
+            w->failed = 1;
+            return rc;
+        }
+    }
     block_reset(w);
     w->nallocs = 0;
     mt_amap_release(&w->live);

@@ -260,7 +260,7 @@ if pid == 0:
     before = bytearray(40 * 2**20)  # @before
     os.execv(sys.executable, [sys.executable, "kid.py", "13"])
 os.waitpid(pid, 0)
-print("parent")
+print("parent", sys.executable)
 """
 
 
@@ -276,7 +276,10 @@ def test_follow_fork_records_the_programs_children_exec(tmp_path):
             old.unlink()
         proc, stats = run(tmp_path, ["--follow-fork", *flags, "--python", DEFAULT_PYTHON,
                                      script])
-        assert proc.stdout == b"kid %d\nkid %d\nparent\n" % (11 * 2**20, 13 * 2**20)
+        out = proc.stdout.decode().splitlines()
+        assert out[:2] == ["kid %d" % (11 * 2**20), "kid %d" % (13 * 2**20)]
+        exe = out[2].split(" ", 1)[1]
+        assert out[2] == "parent " + exe
         assert_location(stats, script.name, line_of(SPAWNS, "mine"), 10 * 2**20 + 1)
         assert not find_locations(stats, "kid.py", kid_line), flags
         assert not find_locations(stats, script.name, line_of(SPAWNS, "before")), flags
@@ -286,11 +289,15 @@ def test_follow_fork_records_the_programs_children_exec(tmp_path):
         sizes = []
         for child in children:
             cs = memtap_stats(child)
+            # each child's capture names the program it ran
+            assert cs["command"] in ("%s kid.py 11" % exe, "%s kid.py 13" % exe), cs
+
             assert cs["pid"] == int(child.name.split(".")[1]) and cs["complete"], flags
             assert cs["python_version"] == PYVER
             kid = find_locations(cs, "kid.py", kid_line)
             assert len(kid) == 1 and kid[0]["count"] == 1, (flags, kid)
             sizes.append(kid[0]["bytes"])
+            assert cs["command"].endswith(" %d" % (kid[0]["bytes"] // 2**20))
             # the forked child's work before its exec is not in its capture
             assert not find_locations(cs, script.name, line_of(SPAWNS, "before"))
             assert cs["peak_memory_bytes"] < 13 * 2**20 + 8 * 2**20, flags

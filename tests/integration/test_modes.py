@@ -148,6 +148,7 @@ def test_follow_fork_pool(tmp_path, run_memtap):
         pid = int(child.name.split(".")[1])
         cs = memtap_stats(child)
         assert cs["pid"] == pid and cs["complete"]
+        assert cs["command"] == stats["command"]  # a forked child: its parent's program
         counted += sum(l["count"] for l in find_locations(cs, "prog.py", line)
                        if l["function"] in ("work", "<listcomp>", "work.<locals>.<listcomp>"))
     # 9 tasks x 3000 bytes objects, plus the list's own growth at that line

@@ -1544,13 +1544,21 @@ static void second_program(struct cap *c)
     ev(c, MT_T_FREE, 1, 0, 0x1000, 0, 0, 0, 0, 0);
 }
 
-static void test_restart(void)
+/* A first program's capture, then mt_writer_restart with header (NULL:
+ * keep h), then the second program: the file must be byte for byte a fresh
+ * writer's of the second program alone, with the header it starts over with. */
+static void restart_case(const char *name, const struct mt_header *h,
+                         const struct mt_header *again)
 {
-    struct mt_header h = {.pid = 3, .start_time_us = 5, .command = "launcher"};
+    const struct mt_header *want_h = again ? again : h;
     struct mt_trailer tr = {.exit = {0, 0}, .events = 4};
-    const char *file = tmp_path("restart.bin"), *fresh = tmp_path("fresh.bin");
+    char fname[64], fresh_name[64];
+    snprintf(fname, sizeof fname, "%s.bin", name);
+    snprintf(fresh_name, sizeof fresh_name, "%s-fresh.bin", name);
+    const char *file = tmp_path(fname);
+    const char *fresh = tmp_path(fresh_name);
     struct cap c;
-    cap_open(&c, file, &h);
+    cap_open(&c, file, h);
     simple_rec(&c, MT_T_PROGRAM, 0, 0, 0, "3.12.1");
     node_rec(&c, MT_T_NATIVENODE, 1, 0, 0x401000, 0, 0);
     node_rec(&c, MT_T_NATIVENODE, 2, 1, 0x401234, 0, 0);
@@ -1560,29 +1568,45 @@ static void test_restart(void)
             flush(&c);
     }
     ev(&c, MT_T_ALLOC, 2, MT_A_MALLOC, 0x900000, 7, 0, 0, 0, 1);  /* buffered */
-    CHECK_RC(mt_writer_restart(c.w), MT_OK, "mt_writer_restart");
+    CHECK_RC(mt_writer_restart(c.w, again), MT_OK, name);
     stream_free(&c.want);
     live_reset();
     second_program(&c);
     cap_close(&c, &tr);
     struct stream got = {0};
     struct mt_header gh;
-    CHECK_RC(read_all(file, &got, &gh), 0, "restarted");
-    CHECK(!strcmp(gh.command, "launcher") && gh.pid == 3, "restarted: header kept");
-    compare_streams("restarted", &c.want, &got);
+    CHECK_RC(read_all(file, &got, &gh), 0, name);
+    CHECK(!strcmp(gh.command, want_h->command) && gh.pid == want_h->pid &&
+          gh.start_time_us == want_h->start_time_us, "%s: header '%s' pid %d", name,
+          gh.command, (int)gh.pid);
+    compare_streams(name, &c.want, &got);
     stream_free(&got);
     stream_free(&c.want);
 
-    cap_open(&c, fresh, &h);
+    cap_open(&c, fresh, want_h);
     second_program(&c);
     cap_close(&c, &tr);
     stream_free(&c.want);
     size_t na, nb;
     uint8_t *a = slurp(file, &na), *b = slurp(fresh, &nb);
     CHECK(a && b && na == nb && !memcmp(a, b, na),
-          "restarted: %zu bytes, a fresh writer's %zu", na, nb);
+          "%s: %zu bytes, a fresh writer's %zu", name, na, nb);
     free(a);
     free(b);
+}
+
+static void test_restart(void)
+{
+    struct mt_header h = {.pid = 3, .start_time_us = 5, .command = "launcher"};
+    /* the traced program's exec: the header stays (the command typed) */
+    restart_case("restart", &h, NULL);
+    /* a followed child's exec: the header names the program it runs now,
+     * longer and shorter than the first */
+    struct mt_header longer = {.pid = 3, .start_time_us = 9,
+                               .command = "/usr/bin/python3 -c print('a longer command')"};
+    restart_case("restart-longer", &h, &longer);
+    struct mt_header shorter = {.pid = 3, .start_time_us = 9, .command = "ls"};
+    restart_case("restart-shorter", &longer, &shorter);
 }
 
 /* A header written by hand, its CRC right: reader refusals by content. */
