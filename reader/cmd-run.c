@@ -143,6 +143,15 @@ static char **python_argv(const char *python, char **rest, int nrest,
     return argv;
 }
 
+/* Whether path's name is an interpreter's: python, python3, python3.12. */
+static int is_python_name(const char *path)
+{
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (strncmp(base, "python", 6))
+        return 0;
+    return strspn(base + 6, "0123456789.") == strlen(base + 6);
+}
+
 /* Works out what to run: a Python script, -m, -c, a script whose "#!"
  * names a Python (pytest), or any other executable. */
 static void target_resolve(struct target *t, const struct run_opts *o,
@@ -172,6 +181,16 @@ static void target_resolve(struct target *t, const struct run_opts *o,
     if (!file)
         die("cannot run '%s': no such file or command", first);
     name_from(t, file);
+    if (is_python_name(file) && !is_elf(file)) {
+        /* "python3" that is a launcher (pyenv's shim): run what it would
+         * run, as for scripts; its own shells and their children (with
+         * --follow-fork, each a capture) are not the program. */
+        t->argv = argv;
+        argv[0] = python_binary(file);
+        free(file);
+        t->is_python = 1;
+        return;
+    }
     char *interp = is_elf(file) ? NULL : python_shebang(file);
     if (interp) {
         argv[0] = file;

@@ -331,3 +331,23 @@ def test_follow_fork_records_spawned_multiprocessing_workers(tmp_path, method):
         found += [(l["bytes"], l["count"]) for l in find_locations(cs, script.name, line)]
     # six bytes(1,000,000) objects among the two workers: 1,000,033 bytes each
     assert sum(c for _, c in found) == 6 and {b // c for b, c in found} == {1000033}, found
+
+
+def test_a_python_named_launcher_is_resolved_not_run(tmp_path):
+    # `memtap run python3 x.py` where python3 is a launcher (pyenv's shim):
+    # memtap runs the interpreter it finds, as for `memtap run x.py`, so the
+    # launcher's shells are no children of the program (--follow-fork).
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    write_exec(bindir / "python3", '#!/bin/sh\nwhere=$(echo sub)\nexec "%s" "$@"\n'
+               % DEFAULT_PYTHON)
+    script = tmp_path / "big.py"
+    script.write_text(BIG)
+    env = clean_env({"PATH": "%s:/usr/bin:/bin" % bindir})
+    proc, stats = run(tmp_path, ["--follow-fork", "python3", script], env=env)
+    assert proc.stdout == b"done %d\n" % (30 * 2**20)
+    assert list(tmp_path.glob("capture.*.bin")) == []
+    assert_location(stats, script.name, line_of(BIG, "big"), 30 * 2**20 + 1)
+    exe = subprocess.run([DEFAULT_PYTHON, "-c", "import sys; print(sys.executable)"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert stats["command"] == "%s %s" % (exe, script)
