@@ -458,18 +458,18 @@ static void follow_accept(struct session *f)
         }
         struct session_capture cap = {.pid = note.pid, .c = c, .start = session_now_us()};
         cap.last_flush = cap.start;
-        if (rc == MT_OK && child_path(cap.path, parent->path, note.pid) < 0) {
-            mt_collector_free(c);
-            rc = MT_E_IO;
-            errno = ENAMETOOLONG;
-        }
         cap.h = *f->h;
         cap.h.pid = note.pid;
         cap.h.start_time_us = session_wall_us();
         cap.command = command ? command : xstrdup(parent->h.command);
         cap.h.command = cap.command;
-        if (rc == MT_OK && (rc = session_capture_open(&cap, f->force)) != MT_OK)
+        if (rc == MT_OK && child_path(cap.path, parent->path, note.pid) < 0) {
+            mt_collector_free(c);
+            rc = MT_E_IO;
+            errno = ENAMETOOLONG;
+        } else if (rc == MT_OK && (rc = session_capture_open(&cap, f->force)) != MT_OK) {
             mt_collector_free(cap.c);
+        }
         if (rc != MT_OK) {
             error("cannot record child %d into '%s': %s", (int)note.pid,
                   cap.path, rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
