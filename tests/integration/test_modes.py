@@ -195,6 +195,41 @@ def test_follow_fork_ignores_what_is_not_a_child(tmp_path, run_memtap):
     assert_location(child, "prog.py", line_of(FOREIGN, "child"), 7 * 2**20 + 1)
 
 
+BURST = """\
+import os, subprocess
+pids = []
+for i in range(64):
+    pid = os.fork()
+    if pid == 0:
+        b = bytearray((i + 1) * 4096)  # @burst
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+procs = [subprocess.Popen(["/bin/true"]) for _ in range(64)]
+print(sum(p.wait() for p in procs))
+"""
+
+
+def test_follow_fork_takes_a_burst_of_children(tmp_path, run_memtap):
+    # 128 children announce themselves at once to a socket whose queue holds
+    # 10 datagrams: none is refused, each has its capture.
+    proc, stats = run_memtap(tmp_path, BURST, extra=["--follow-fork"])
+    assert proc.stdout == b"0\n"
+    assert b"cannot follow" not in proc.stderr, proc.stderr
+    children = list(tmp_path.glob("capture.*.bin"))
+    assert len(children) == 128, len(children)
+    sizes, trues = [], 0
+    for child in children:
+        cs = memtap_stats(child)
+        assert cs["complete"]
+        if cs["command"] == "/bin/true":
+            trues += 1
+        sizes += [l["bytes"] for l in find_locations(cs, "prog.py", line_of(BURST, "burst"))]
+    assert trues == 64
+    assert sorted(sizes) == [(i + 1) * 4096 + 1 for i in range(64)], sorted(sizes)[:3]
+
+
 def test_without_follow_fork_children_write_nothing(tmp_path, run_memtap):
     proc, stats = run_memtap(tmp_path, POOL)
     assert proc.stdout == b"27000\n"
