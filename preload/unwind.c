@@ -14,6 +14,7 @@
 #include "unwind.h"
 
 #include <link.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
@@ -623,15 +624,37 @@ __asm__(".text\n"
         ".cfi_endproc\n"
         ".size mt_unwind_regs, .-mt_unwind_regs\n");
 
-__attribute__((noinline))
-int mt_unwind_backtrace(uintptr_t *ips, int max, int skip)
+/* Frames further out than this from the walk's start are not believed: no
+ * thread's stack is that deep. */
+#define STACK_MAX (1ull << 30)
+
+extern void *__libc_stack_end;  /* the loader's: the stack pointer at entry */
+
+/* The end of the calling thread's stack, seen from sp: glibc puts a
+ * thread's descriptor above its stack, and the main thread's frames are all
+ * below where the kernel started the process. 0 when sp is in neither (an
+ * alternate signal stack, a thread glibc did not start): not bounded. */
+static uintptr_t stack_top(uintptr_t sp)
 {
-    if (atomic_load_explicit(&stale_tables, memory_order_relaxed) > STALE_TABLES)
-        return -1;
-    uint64_t regs[3];
-    mt_unwind_regs(regs);
+    uintptr_t self = (uintptr_t)pthread_self(), start = (uintptr_t)__libc_stack_end;
+    if (sp < self && self - sp < STACK_MAX)
+        return self;
+    if (sp < start && start - sp < STACK_MAX)
+        return start;
+    return 0;
+}
+
+/* The walk from regs (mt_unwind_regs of the public function's own frame),
+ * reading nothing at or above top (0: anywhere). A frame whose return
+ * address or saved rbp would lie there ends the stack: its layout does not
+ * fit this stack (unwind tables that are wrong, or stale: other code now
+ * at an address whose layout was read before), and following it could
+ * read memory that is not there. */
+static inline __attribute__((always_inline))
+int walk(const uint64_t regs[3], uintptr_t *ips, int max, int skip, uintptr_t top)
+{
     uint64_t ip = regs[0], sp = regs[1], rbp = regs[2];
-    /* ip is in this function's own frame: stepped over, not written. */
+    /* ip is in the public function's own frame: stepped over, not written. */
     for (int n = -1 - (skip > 0 ? skip : 0);; n++) {
         if (n >= 0) {
             if (n == max)
@@ -647,11 +670,34 @@ int mt_unwind_backtrace(uintptr_t *ips, int max, int skip)
         uint64_t cfa = (L_CFA_RBP(l) ? rbp : sp) + (uint64_t)L_CFA_OFF(l);
         if (cfa <= sp || (cfa & 7))
             return -1;  /* not a frame further out: let libunwind judge */
+        uint64_t saved = cfa + (uint64_t)L_RBP_OFF(l);
+        if (top && (cfa > top || (L_RBP_OFF(l) && (saved < sp || saved + 8 > top))))
+            return n + 1 > 0 ? n + 1 : 0;
         if (L_RBP_OFF(l))
-            rbp = *(const uint64_t *)(uintptr_t)(cfa + (uint64_t)L_RBP_OFF(l));
+            rbp = *(const uint64_t *)(uintptr_t)saved;
         ip = *(const uint64_t *)(uintptr_t)(cfa - 8);
         sp = cfa;
         if (ip == 0)
             return n + 1 > 0 ? n + 1 : 0;
     }
+}
+
+__attribute__((noinline))
+int mt_unwind_backtrace(uintptr_t *ips, int max, int skip)
+{
+    if (atomic_load_explicit(&stale_tables, memory_order_relaxed) > STALE_TABLES)
+        return -1;
+    uint64_t regs[3];
+    mt_unwind_regs(regs);
+    return walk(regs, ips, max, skip, stack_top(regs[1]));
+}
+
+__attribute__((noinline))
+int mt_unwind_backtrace_below(uintptr_t *ips, int max, int skip, uintptr_t top)
+{
+    if (atomic_load_explicit(&stale_tables, memory_order_relaxed) > STALE_TABLES)
+        return -1;
+    uint64_t regs[3];
+    mt_unwind_regs(regs);
+    return walk(regs, ips, max, skip, top);
 }

@@ -16,7 +16,14 @@
  * mt_unwind_backtrace, then its callers', less the first `skip` of these;
  * the innermost max when the stack is deeper. May be called from any thread.
  * @return the number written to ips[0..max), or -1 when a frame needs the
- * general unwinder (ips then holds nothing usable). */
+ * general unwinder (ips then holds nothing usable). Nothing beyond the end
+ * of the calling thread's stack is read: a frame there (unwind tables that
+ * are wrong or stale) ends the stack. */
 int mt_unwind_backtrace(uintptr_t *ips, int max, int skip);
+
+/* As mt_unwind_backtrace, but nothing at or above top is read (0: no
+ * bound), where mt_unwind_backtrace finds the end of the calling thread's
+ * stack itself: a frame that would be read there ends the stack. */
+int mt_unwind_backtrace_below(uintptr_t *ips, int max, int skip, uintptr_t top);
 
 #endif

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "check.h"
 #include "preload/unwind.h"
@@ -88,6 +89,101 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* A frame whose unwind table lies: its CFA 1 GiB further out than it is.
+ * Following it would read far past the thread's stack. */
+void bad_frame(void (*fn)(void));
+__asm__(".text\n"
+        ".globl bad_frame\n"
+        ".type bad_frame, @function\n"
+        "bad_frame:\n"
+        ".cfi_startproc\n"
+        "    subq $8, %rsp\n"
+        "    .cfi_def_cfa_offset 0x40000010\n"
+        "    call *%rdi\n"
+        "    addq $8, %rsp\n"
+        "    .cfi_def_cfa_offset 8\n"
+        "    ret\n"
+        ".cfi_endproc\n"
+        ".size bad_frame, .-bad_frame\n");
+
+/* The same lie, 128 KiB: past a small thread stack, into memory that is
+ * not readable (see lying_thread). */
+void bad_frame_near(void (*fn)(void));
+__asm__(".text\n"
+        ".globl bad_frame_near\n"
+        ".type bad_frame_near, @function\n"
+        "bad_frame_near:\n"
+        ".cfi_startproc\n"
+        "    subq $8, %rsp\n"
+        "    .cfi_def_cfa_offset 0x20010\n"
+        "    call *%rdi\n"
+        "    addq $8, %rsp\n"
+        "    .cfi_def_cfa_offset 8\n"
+        "    ret\n"
+        ".cfi_endproc\n"
+        ".size bad_frame_near, .-bad_frame_near\n");
+
+static int below_bad = -2;
+static uintptr_t below_bad_ips[MAXF];
+
+__attribute__((noinline)) static void above_bad_frame(void)
+{
+    below_bad = mt_unwind_backtrace(below_bad_ips, MAXF, 0);
+    sink++;
+}
+
+/* The walk bounded by an outer frame's address: the stack it gives is the
+ * full one cut where frames would be read at or above that address. */
+static uintptr_t bound_at;
+
+__attribute__((noinline)) static void bounded(int depth, int mark)
+{
+    volatile char here = 0;
+    if (depth == mark)
+        bound_at = (uintptr_t)&here;
+    if (depth > 0) {
+        bounded(depth - 1, mark);
+        sink += here;
+        return;
+    }
+    uintptr_t full[MAXF], cut[MAXF];
+    int n = mt_unwind_backtrace(full, MAXF, 0);
+    int all = mt_unwind_backtrace_below(cut, MAXF, 0, 0);
+    CHECK(all == n, "unbounded: %d frames, bounded by the stack %d", all, n);
+    int k = mt_unwind_backtrace_below(cut, MAXF, 0, bound_at);
+    CHECK(k > 5 && k < n - 10, "bounded at frame %d of 40: %d of %d frames", mark, k, n);
+    /* [0] is this function's pc at each call */
+    for (int i = 1; i < k && i < n; i++)
+        CHECK(cut[i] == full[i], "bounded: frame %d differs", i);
+}
+
+static void *lying_thread(void *arg)
+{
+    (void)arg;
+    bad_frame_near(above_bad_frame);
+    return NULL;
+}
+
+/* A thread on a 64 KiB stack of ours with 1 MiB of unreadable memory above
+ * it: the walk must stop at the thread's own stack (glibc's descriptor sits
+ * at its top), not at the main thread's. */
+static void lying_frame_in_a_thread(void)
+{
+    size_t stack = 64 << 10, above = 1 << 20;
+    char *p = mmap(NULL, stack + above, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(p != MAP_FAILED && mprotect(p, stack, PROT_READ | PROT_WRITE) == 0, "mmap");
+    pthread_attr_t a;
+    pthread_t t;
+    pthread_attr_init(&a);
+    pthread_attr_setstack(&a, p, stack);
+    below_bad = -2;
+    CHECK(pthread_create(&t, &a, lying_thread, NULL) == 0, "pthread_create");
+    pthread_join(t, NULL);
+    pthread_attr_destroy(&a);
+    CHECK(below_bad == 2, "through a lying frame in a thread: %d frames, not 2", below_bad);
+    munmap(p, stack + above);
+}
+
 static int in_handler_result = -2;
 
 static void handler(int sig)
@@ -114,6 +210,19 @@ int main(int argc, char **argv)
     for (int i = 0; i < 64; i++)
         sites[i]();
     CHECK(gave_up == 0, "gave up %d times on plain frames", gave_up);
+
+    /* A bound cuts the walk; a lying unwind table ends it at the thread's
+     * stack instead of reading beyond (libunwind would crash here: not
+     * compared). */
+    bounded(40, 20);
+    bad_frame(above_bad_frame);
+    CHECK(below_bad == 2, "through a lying frame: %d frames, not 2 (the function and "
+          "the lying one)", below_bad);
+    CHECK(below_bad_ips[0] > (uintptr_t)above_bad_frame &&
+          below_bad_ips[1] > (uintptr_t)bad_frame && below_bad_ips[1] < (uintptr_t)bad_frame + 16,
+          "through a lying frame: the wrong frames");
+
+    lying_frame_in_a_thread();
 
     /* Threads at once, sharing and growing the table. */
     pthread_t t[4];
