@@ -853,32 +853,35 @@ static size_t command_line(char *buf, size_t cap)
 /* A transport of this process's own, with the options and collector of
  * from, announced to the collector (with our command line when we run
  * another program than the process that made from); the caller sets it
- * ready. @return it, or NULL (*gone set when the collector has finished). */
-static struct mt_shm *transport_own(const struct mt_shm *from, int own_program, int *gone)
+ * ready. @return it, or NULL: said on stderr, unless the collector has
+ * finished (the session is over: nothing to follow). */
+static struct mt_shm *transport_own(const struct mt_shm *from, int own_program)
 {
-    *gone = 0;
+    struct mt_shm *s = NULL;
+    int rc = -1;
     int fd = (int)syscall(SYS_memfd_create, "memtap", MFD_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    void *p = MAP_FAILED;
-    if (ftruncate(fd, (off_t)MT_SHM_BYTES) == 0)
-        p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED,
-                        fd, 0);
-    struct mt_shm *s = p == MAP_FAILED ? NULL : p;
-    if (s) {
-        mt_shm_init(s, from->flags, from->collector_pid);
-        s->producer_pid = getpid();
-        struct mt_fork_note note = {getpid(), getppid()};
-        char command[MT_FORK_COMMAND_MAX];
-        size_t len = own_program ? command_line(command, sizeof command) : 0;
-        int rc = fork_announce(&note, command, len, fd);
-        if (rc < 0) {
-            *gone = rc == -2;
-            mt_raw_munmap(p, MT_SHM_BYTES);
-            s = NULL;
+    if (fd >= 0) {
+        void *p = MAP_FAILED;
+        if (ftruncate(fd, (off_t)MT_SHM_BYTES) == 0)
+            p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED,
+                            fd, 0);
+        if (p != MAP_FAILED) {
+            s = p;
+            mt_shm_init(s, from->flags, from->collector_pid);
+            s->producer_pid = getpid();
+            struct mt_fork_note note = {getpid(), getppid()};
+            char command[MT_FORK_COMMAND_MAX];
+            size_t len = own_program ? command_line(command, sizeof command) : 0;
+            rc = fork_announce(&note, command, len, fd);
+            if (rc < 0) {
+                mt_raw_munmap(p, MT_SHM_BYTES);
+                s = NULL;
+            }
         }
+        close(fd);
     }
-    close(fd);
+    if (!s && rc != -2)
+        say("memtap: cannot follow this child process; it is not recorded\n");
     return s;
 }
 
@@ -891,13 +894,9 @@ static void fork_child(void)
     active = 0;
     if (!recording || !fork_name[0] || !shm)
         return;  /* a fork after memtap_stop or a failure: not followed */
-    int gone;
-    struct mt_shm *s = transport_own(shm, 0, &gone);
-    if (!s) {
-        if (!gone)
-            say("memtap: cannot follow this child process; it is not recorded\n");
+    struct mt_shm *s = transport_own(shm, 0);
+    if (!s)
         return;
-    }
     memcpy(s->python_version, shm->python_version, sizeof s->python_version);
     atomic_store(&s->ready, 1);
     struct mt_thread *t = mt_self;
@@ -1070,14 +1069,10 @@ static int start(void)
     if (spawned) {
         /* A program a child exec'd: recorded into a capture of its own, as
          * forked children are. */
-        int gone;
-        struct mt_shm *own = transport_own(s, 1, &gone);
+        struct mt_shm *own = transport_own(s, 1);
         mt_raw_munmap(s, MT_SHM_BYTES);
-        if (!own) {
-            if (!gone)
-                say("memtap: cannot follow this child process; it is not recorded\n");
+        if (!own)
             return -1;
-        }
         s = own;
     }
     if (exec_of) {

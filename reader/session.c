@@ -256,23 +256,32 @@ uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit
 /* Creates the capture file (refusing to replace one without force) and
  * connects the collector to it: a writer, or with --aggregate a replay
  * whose saves replace the file. @return an mt_err. */
+/* Hands cap->c what it writes to: cap's replay, or its writer (and the
+ * file's name, which the Python API asks for). */
+static void capture_connect(struct session_capture *cap)
+{
+    if (cap->agg) {
+        mt_collector_aggregate(cap->c, cap->agg);
+    } else {
+        mt_collector_attach(cap->c, cap->w);
+        mt_collector_publish_path(cap->c, cap->path);
+    }
+}
+
 int session_capture_open(struct session_capture *cap, int force)
 {
     int rc = mt_writer_open(cap->path, force, &cap->h, &cap->w);
     if (rc != MT_OK)
         return rc;
-    if (!(cap->h.flags & MT_HF_AGGREGATE)) {
-        mt_collector_attach(cap->c, cap->w);
-        mt_collector_publish_path(cap->c, cap->path);
-        return MT_OK;
+    if (cap->h.flags & MT_HF_AGGREGATE) {
+        mt_writer_close(cap->w, NULL);  /* readable (incomplete) until saved */
+        cap->w = NULL;
+        struct mt_analysis_opts by_thread = {.split_threads = 1};
+        cap->agg = mt_replay_new(&by_thread);
+        if (!cap->agg)
+            return MT_E_NOMEM;
     }
-    mt_writer_close(cap->w, NULL);  /* readable (incomplete) until saved */
-    cap->w = NULL;
-    struct mt_analysis_opts by_thread = {.split_threads = 1};
-    cap->agg = mt_replay_new(&by_thread);
-    if (!cap->agg)
-        return MT_E_NOMEM;
-    mt_collector_aggregate(cap->c, cap->agg);
+    capture_connect(cap);
     return MT_OK;
 }
 
@@ -329,15 +338,8 @@ static void capture_restart(struct session_capture *cap, struct mt_collector *c,
     cap->command = command;
     cap->h.command = command;
     cap->h.start_time_us = session_wall_us();
-    int rc;
-    if (cap->agg) {
-        rc = mt_replay_restart(cap->agg);
-        mt_collector_aggregate(c, cap->agg);
-    } else {
-        rc = mt_writer_restart(cap->w, &cap->h);
-        mt_collector_attach(c, cap->w);
-        mt_collector_publish_path(c, cap->path);
-    }
+    int rc = cap->agg ? mt_replay_restart(cap->agg) : mt_writer_restart(cap->w, &cap->h);
+    capture_connect(cap);
     if (rc != MT_OK)
         error("cannot start '%s' over: %s", cap->path,
               rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));

@@ -81,9 +81,10 @@ static uint8_t *put_str(uint8_t *p, const char *s)
 }
 
 /* The file header (magic, version, run description, CRC) at the current
- * end of the file. @return an mt_err. */
+ * end of the file; the writer follows its flags. @return an mt_err. */
 static int header_write(struct mt_writer *w, const struct mt_header *h)
 {
+    w->addresses = (h->flags & MT_HF_ADDRESSES) != 0;
     size_t cmd = str_len(h->command);
     uint8_t *hdr = malloc(64 + cmd);
     if (!hdr)
@@ -127,7 +128,6 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
         return MT_E_NOMEM;
     }
     w->fd = fd;
-    w->addresses = (h->flags & MT_HF_ADDRESSES) != 0;
     int rc = header_write(w, h);
     if (rc != MT_OK) {
         int e = errno;
@@ -160,7 +160,6 @@ int mt_writer_restart(struct mt_writer *w, const struct mt_header *h)
     }
     w->bytes = keep;
     if (h) {
-        w->addresses = (h->flags & MT_HF_ADDRESSES) != 0;
         int rc = header_write(w, h);
         if (rc != MT_OK) {
             w->failed = 1;
