@@ -54,7 +54,7 @@ void mt_real_resolve(void)
     R(malloc); R(calloc); R(realloc); R(reallocarray); R(posix_memalign);
     R(aligned_alloc); R(memalign); R(valloc); R(pvalloc);
     R(mmap); R(mmap64); R(munmap); R(mremap); R(prctl); R(pthread_setname_np);
-    R(pthread_create);
+    R(pthread_create); R(_exit);
 #undef R
     __atomic_store_n(&mt_real.free, (void (*)(void *))dlsym(RTLD_NEXT, "free"),
                      __ATOMIC_RELEASE);
@@ -289,4 +289,28 @@ EXPORT int pthread_setname_np(pthread_t thread, const char *name)
     if (rc == 0 && pthread_equal(thread, pthread_self()))
         mt_record_thread_name(mt_enter(), name);
     return rc;
+}
+
+/* ---- the end --------------------------------------------------------- */
+
+/* exit() (and main's return) is seen by the tracker's on_exit handler;
+ * these end the process without it: os._exit, a forked child's end. */
+static void __attribute__((noreturn)) end_now(int status)
+{
+    if (ready())
+        mt_record_exit(status);
+    if (mt_real._exit)
+        mt_real._exit(status);
+    for (;;)
+        syscall(SYS_exit_group, status);
+}
+
+EXPORT void _exit(int status)
+{
+    end_now(status);
+}
+
+EXPORT void _Exit(int status)
+{
+    end_now(status);
 }

@@ -1035,13 +1035,33 @@ static int exec_announce(void)
 }
 
 /* Once per process: what does not depend on the transport. */
+void mt_record_exit(int status)
+{
+    /* A vfork child runs in our memory until it execs or _exits: its end
+     * is not ours. */
+    if (!active || !shm || atomic_load(&shm->producer_pid) != (int32_t)getpid())
+        return;
+    struct mt_thread *t = mt_enter();
+    if (!t)
+        return;
+    event_write(t, MT_R_EXIT, 0, seq_take(), (uint32_t)status, 0, 0, 0);
+    t->busy = 0;
+}
+
+/* Registered first, so it runs after the program's own atexit handlers. */
+static void exit_seen(int status, void *arg)
+{
+    (void)arg;
+    mt_record_exit(status);
+}
+
 static int setup_once(void)
 {
     static int done;
     if (done)
         return done > 0 ? 0 : -1;
     if (pthread_key_create(&thread_key, thread_end) != 0 ||
-        pthread_atfork(NULL, NULL, fork_child) != 0) {
+        pthread_atfork(NULL, NULL, fork_child) != 0 || on_exit(exit_seen, NULL) != 0) {
         say("memtap: cannot set up thread bookkeeping; nothing is recorded\n");
         done = -1;
         return -1;

@@ -61,6 +61,11 @@ void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
 /* The calling thread was named (prctl / pthread_setname_np). */
 void mt_record_thread_name(struct mt_thread *t, const char *name);
 
+/* The process is ending with status (what _exit was given; exit is seen
+ * without a hook). Told to the collector: a followed child's parent reaps
+ * it, not memtap. */
+void mt_record_exit(int status);
+
 /* A thread start routine, as pthread_create takes it. */
 typedef void *(*mt_start_routine)(void *);
 

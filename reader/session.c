@@ -238,6 +238,9 @@ uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit
     };
     if (exit)
         tr.exit = *exit;
+    int code = mt_collector_exit_code(cap->c);
+    if (exit && exit->signal < 0 && code >= 0)
+        tr.exit = (struct mt_exit){code, 0};  /* reaped by its parent first */
     int rc;
     if (cap->agg) {
         rc = mt_replay_save(cap->agg, cap->path, &cap->h, exit ? &tr : NULL);

@@ -49,6 +49,8 @@ struct mt_collector {
     uint64_t exec_waiting;     /* an EXEC seen waiting for its turn: its number */
     uint32_t execs;            /* EXECs taken: the capture started over */
     char exec_path[PATH_MAX + 1]; /* the last one's executable */
+    int exited;                /* an EXIT was seen: its status below */
+    int exit_code;
     uint32_t threads;
     int program_written;
     unsigned nlisted;
@@ -363,7 +365,7 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
 
 #define EVENT_TYPES (1u << MT_R_ALLOC | 1u << MT_R_FREE | 1u << MT_R_MUNMAP | \
                      1u << MT_R_NOP | 1u << MT_R_END | 1u << MT_R_MARK | \
-                     1u << MT_R_EXEC)
+                     1u << MT_R_EXEC | 1u << MT_R_EXIT)
 
 static int is_event(uint16_t type)
 {
@@ -446,6 +448,14 @@ static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
     atomic_store_explicit(&c->shm->exec_done, seq + 1, memory_order_release);
 }
 
+/* The last one counts: an atexit handler may call exit again, and a
+ * program an exec replaced never ends. */
+static void on_exit_status(struct mt_collector *c, const struct mt_revent *e)
+{
+    c->exited = 1;
+    c->exit_code = (int)(e->addr & 0xff);  /* what the kernel keeps of it */
+}
+
 /* A record that is not an event: a definition, or padding. */
 static int on_definition(struct mt_collector *c, struct slot_state *st,
                          const struct mt_rhdr *h)
@@ -511,6 +521,8 @@ static long slot_drain(struct mt_collector *c, unsigned i, uint64_t head, long b
                 on_mark(c, e);
             else if (type == MT_R_EXEC)
                 on_exec(c, i, e->seq);
+            else if (type == MT_R_EXIT)
+                on_exit_status(c, e);
             else if (type != MT_R_NOP)
                 on_event(c, st, e);
         } else {
@@ -685,6 +697,11 @@ uint32_t mt_collector_execs(const struct mt_collector *c, const char **path)
 {
     *path = c->exec_path;
     return c->execs;
+}
+
+int mt_collector_exit_code(const struct mt_collector *c)
+{
+    return c->exited ? c->exit_code : -1;
 }
 
 uint64_t mt_collector_lost(const struct mt_collector *c)

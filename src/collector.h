@@ -69,6 +69,11 @@ uint64_t mt_collector_lost(const struct mt_collector *c);
  * one's executable ("" when unknown), valid until mt_collector_free. */
 uint32_t mt_collector_execs(const struct mt_collector *c, const char **path);
 
+/* The status the process gave exit or _exit, once drained: how a followed
+ * child ended when its parent reaped it before memtap could look. -1: not
+ * seen (still running, or killed by a signal). */
+int mt_collector_exit_code(const struct mt_collector *c);
+
 /* 1 when the shim reported an internal failure and stopped. */
 int mt_collector_shim_disabled(const struct mt_collector *c);
 

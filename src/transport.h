@@ -130,6 +130,10 @@ enum mt_rtype {
     MT_R_EXEC = 14,    /* struct mt_revent (seq only): the process exec'd
                           another program, whose shim writes this first:
                           the capture starts over with it */
+    MT_R_EXIT = 15,    /* struct mt_revent (seq; addr = the status exit or
+                          _exit was given): the process is ending. A
+                          followed child's parent reaps it, not memtap,
+                          which learns how it ended only from this */
 };
 
 struct mt_rhdr {

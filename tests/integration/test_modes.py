@@ -230,6 +230,53 @@ def test_follow_fork_takes_a_burst_of_children(tmp_path, run_memtap):
     assert sorted(sizes) == [(i + 1) * 4096 + 1 for i in range(64)], sorted(sizes)[:3]
 
 
+ENDINGS = """\
+import os, signal, subprocess, sys
+
+def forked(end):
+    pid = os.fork()
+    if pid == 0:
+        b = bytearray(4096)
+        end()
+    os.waitpid(pid, 0)  # reaped at once: memtap cannot read its status
+
+def vfork_then_killed():
+    # subprocess's vfork child fails to exec and _exits 255 in our memory:
+    # that is not this process's end.
+    try:
+        subprocess.run(["/nonexistent-program"])
+    except FileNotFoundError:
+        pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+forked(lambda: os._exit(7))
+forked(lambda: sys.exit(9))
+forked(vfork_then_killed)
+subprocess.run([sys.executable, "-c", "import sys; sys.exit(5)"])
+subprocess.run(["/bin/sh", "-c", "exit 3"])
+print("ok")
+"""
+
+
+def test_follow_fork_knows_how_children_ended(tmp_path, run_memtap):
+    # The parent reaps each child before memtap can look at it: its exit
+    # status comes from the child's own _exit or exit.
+    proc, stats = run_memtap(tmp_path, ENDINGS, extra=["--follow-fork"])
+    assert proc.stdout == b"ok\n"
+    ends = {}
+    for child in tmp_path.glob("capture.*.bin"):
+        cs = memtap_stats(child)
+        assert cs["complete"]
+        ends[cs["pid"]] = (cs["command"].split()[-1], cs["exit"])
+    got = [e for _, e in sorted(ends.items())]
+    prog = stats["command"].split()[-1]
+    # The killed one: unknown, unless memtap saw it before its parent reaped it.
+    killed = got[2][1] if len(got) == 5 and got[2][1] == {"signal": 9} else None
+    assert got == [(prog, {"code": 7}), (prog, {"code": 9}), (prog, killed),
+                   ("sys.exit(5)", {"code": 5}), ("3", {"code": 3})], got
+    assert stats["exit"] == {"code": 0}
+
+
 def test_without_follow_fork_children_write_nothing(tmp_path, run_memtap):
     proc, stats = run_memtap(tmp_path, POOL)
     assert proc.stdout == b"27000\n"
