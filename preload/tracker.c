@@ -743,6 +743,19 @@ void mt_record_thread_name(struct mt_thread *t, const char *name)
     t->busy = 0;
 }
 
+void mt_record_exit(int status)
+{
+    /* A vfork child runs in our memory until it execs or _exits: its end
+     * is not ours. */
+    if (!active || !shm || atomic_load(&shm->producer_pid) != (int32_t)getpid())
+        return;
+    struct mt_thread *t = mt_enter();
+    if (!t)
+        return;
+    event_write(t, MT_R_EXIT, 0, seq_take(), (uint32_t)status, 0, 0, 0);
+    t->busy = 0;
+}
+
 /* What a new thread's first act records, passed from its creator. */
 struct thread_birth {
     mt_start_routine fn;
@@ -1034,20 +1047,6 @@ static int exec_announce(void)
     return 0;
 }
 
-/* Once per process: what does not depend on the transport. */
-void mt_record_exit(int status)
-{
-    /* A vfork child runs in our memory until it execs or _exits: its end
-     * is not ours. */
-    if (!active || !shm || atomic_load(&shm->producer_pid) != (int32_t)getpid())
-        return;
-    struct mt_thread *t = mt_enter();
-    if (!t)
-        return;
-    event_write(t, MT_R_EXIT, 0, seq_take(), (uint32_t)status, 0, 0, 0);
-    t->busy = 0;
-}
-
 /* Registered first, so it runs after the program's own atexit handlers. */
 static void exit_seen(int status, void *arg)
 {
@@ -1055,6 +1054,7 @@ static void exit_seen(int status, void *arg)
     mt_record_exit(status);
 }
 
+/* Once per process: what does not depend on the transport. */
 static int setup_once(void)
 {
     static int done;
