@@ -144,7 +144,7 @@ EXPORT void *reallocarray(void *old, size_t n, size_t size)
     uint64_t seq = mt_order(t);
     void *p = mt_real.reallocarray(old, n, size);
     if (__builtin_mul_overflow(n, size, &bytes))
-        bytes = 0;
+        bytes = SIZE_MAX;  /* a failure that leaves old alone, not a free */
     mt_record_realloc(t, seq, MT_A_REALLOCARRAY, old, p, bytes);
     return p;
 }

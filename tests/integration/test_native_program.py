@@ -29,6 +29,7 @@ Failed calls (malloc/mmap of 2^63 bytes, overflowing calloc/reallocarray,
 posix_memalign with alignment 3) record nothing.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -137,6 +138,20 @@ def test_mremap(memtap, prog, tmp_path, baseline):
     # mmap 4 pages, then 5 pages, then 1 page
     count, nbytes = allocator(stats, "mmap")
     assert (count, nbytes) == (3, 4 * PAGE + 5 * PAGE + 1 * PAGE)
+
+
+def test_failed_reallocs_leave_the_block_alive(memtap, prog, tmp_path, baseline):
+    # realloc too big, reallocarray with n x size overflowing, and too big:
+    # each fails and leaves the block as it was (a failure is not a free)
+    proc, stats = run_prog(memtap, prog, tmp_path, "failed")
+    assert stats["end_memory_bytes"] - baseline["end_memory_bytes"] == 100
+    out = subprocess.run([str(memtap), "summary", "--leaks", "--json",
+                          str(tmp_path / "failed" / "capture.bin")],
+                         capture_output=True, check=True, env=clean_env())
+    line = line_of(SOURCE.read_text(), "failed_keep")
+    rows = [(r["own_bytes"], r["own_count"]) for r in json.loads(out.stdout)["rows"]
+            if r["file"].endswith("alloc_all.c") and r["line"] == line]
+    assert rows == [(100, 1)], out.stdout[:2000]
 
 
 def test_native_locations_and_thread_name(memtap, prog, tmp_path):

@@ -11,6 +11,8 @@
  *   mremap    baseline + an anonymous mapping moved/resized with mremap
  *   locations three large allocations at known lines, one in a named thread
  *   exit7     baseline, then exit(7)
+ *   failed    baseline + a block that failed realloc and reallocarray calls
+ *             (too big, n x size overflowing) leave alive: a 100-byte leak
  *
  * Lines the tests look up carry a marker comment "@name".  Keep every call on
  * one line.  The expected numbers live in the test, next to EXERCISE_* below.
@@ -193,6 +195,12 @@ int main(int argc, char **argv)
 		keep[nkeep++] = malloc(3000001); /* @loc_main */
 		keep[nkeep++] = leaf_alloc(1000003); /* @loc_leaf_call */
 		run_thread(loc_worker);
+	} else if (strcmp(mode, "failed") == 0) {
+		run_thread(idle_thread);
+		void *p = malloc(100); /* @failed_keep */
+		if (realloc(p, huge) || reallocarray(p, huge_n, 3) || reallocarray(p, 1, huge))
+			abort();
+		keep[nkeep++] = p;
 	} else if (strcmp(mode, "exit7") == 0) {
 		run_thread(idle_thread);
 		exit(7);
