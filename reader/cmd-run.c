@@ -234,6 +234,9 @@ static char *join_argv(char **argv)
     return s;
 }
 
+/* What memtap was started with: the program gets it back. */
+static struct sigaction inherited_int, inherited_quit;
+
 /* The child: waits until the capture is ready, then becomes the program. */
 static void child_exec(struct target *t, int go, int shm_fd, const char *fork_name)
 {
@@ -268,8 +271,8 @@ static void child_exec(struct target *t, int go, int shm_fd, const char *fork_na
     } else if (n != 1) {
         _exit(127);  /* memtap gave up before starting the program */
     }
-    signal(SIGINT, SIG_DFL);
-    signal(SIGQUIT, SIG_DFL);
+    sigaction(SIGINT, &inherited_int, NULL);  /* ignored stays ignored (a `&` job) */
+    sigaction(SIGQUIT, &inherited_quit, NULL);
     execvp(t->argv[0], t->argv);
     fprintf(stderr, "memtap: cannot run '%s': %s\n", t->argv[0], strerror(errno));
     _exit(errno == ENOENT ? 127 : 126);
@@ -368,8 +371,9 @@ int cmd_run(int argc, char **argv)
     int go[2];
     if (pipe2(go, O_CLOEXEC) != 0)
         die("cannot create a pipe: %s", strerror(errno));
-    signal(SIGINT, SIG_IGN);   /* Ctrl-C is the program's to handle */
-    signal(SIGQUIT, SIG_IGN);
+    /* Ctrl-C is the program's to handle */
+    sigaction(SIGINT, &(struct sigaction){.sa_handler = SIG_IGN}, &inherited_int);
+    sigaction(SIGQUIT, &(struct sigaction){.sa_handler = SIG_IGN}, &inherited_quit);
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0)

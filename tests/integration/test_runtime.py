@@ -638,6 +638,31 @@ sys.exit(7)
     assert stats["exit"] == {"code": 7}
 
 
+DISPOSITIONS = """\
+import signal
+print(*(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGQUIT)))
+"""
+
+
+def test_ignored_interrupts_stay_ignored(tmp_path, memtap):
+    # A shell starts a background job (`memtap run app.py &`) with SIGINT and
+    # SIGQUIT ignored: memtap ignores them too, and the program must inherit
+    # that, not the default; started normally, it gets the default.
+    script = write_script(tmp_path, DISPOSITIONS)
+
+    def ignore():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+    for setup, want in ((ignore, b"True True\n"), (None, b"False False\n")):
+        for cmd in ([DEFAULT_PYTHON, str(script)],
+                    [str(memtap), "run", "-q", "-f", "-o", str(tmp_path / "c.bin"),
+                     "--python", DEFAULT_PYTHON, str(script)]):
+            p = subprocess.run(cmd, preexec_fn=setup, capture_output=True,
+                               env=clean_env(), cwd=tmp_path, timeout=60)
+            assert (p.returncode, p.stdout) == (0, want), (cmd, p.stderr)
+
+
 ARGV_PROBE = """\
 import os, sys
 print(repr(sys.argv))
