@@ -212,7 +212,7 @@ int cmd_parse(int argc, char **argv)
                mt_strerror(rc), off);
         if (rc == MT_E_TRUNCATED) {
             fprintf(stderr, "memtap: warning: '%s' is truncated at byte %" PRIu64
-                    " (the program or the collector was killed)\n", file, off);
+                    " (" MT_INCOMPLETE_WHY ")\n", file, off);
         } else {
             errno = saved;
             error("cannot read '%s' at byte %" PRIu64 ": %s", file, off,

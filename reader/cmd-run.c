@@ -433,7 +433,10 @@ int cmd_run(int argc, char **argv)
     session_collect(&f, &status, &exit);
     uint64_t events = session_finish(&f, &exit);
     close(shm_fd);  /* kept open for a program that exec'd another */
-    if (!o.quiet)
+    if (f.incomplete)  /* said even with -q: the file is not what it seems */
+        fprintf(stderr, "memtap: '%s' is incomplete: it holds what was written before "
+                "writing failed\n", output);
+    else if (!o.quiet)
         fprintf(stderr, "memtap: wrote %llu events to '%s'; "
                 "next: memtap stats %s\n", (unsigned long long)events,
                 output, output);

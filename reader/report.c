@@ -1204,8 +1204,8 @@ void mt_report_json_meta(struct mt_report *r, FILE *f)
             a->complete ? "true" : "false");
     w[0] = 0;
     if (!a->complete)
-        snprintf(w, sizeof w, "Incomplete capture (truncated at byte %llu): the program or "
-                 "the collector was killed. Showing what it holds.",
+        snprintf(w, sizeof w, "Incomplete capture (truncated at byte %llu): "
+                 MT_INCOMPLETE_WHY ". Showing what it holds.",
                  (unsigned long long)a->stop_offset);
     else if (a->trailer.exit.signal > 0)
         snprintf(w, sizeof w, "The program was killed by signal %d.", a->trailer.exit.signal);

@@ -248,8 +248,10 @@ uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit
     } else {
         rc = mt_writer_close(cap->w, exit ? &tr : NULL);
     }
-    if (rc != MT_OK)
+    if (rc != MT_OK && !cap->told)
         error("cannot finish '%s': %s", cap->path, strerror(errno));
+    if (rc != MT_OK)
+        cap->told = 1;
     mt_collector_free(cap->c);
     free(cap->command);
     cap->command = NULL;
@@ -547,8 +549,9 @@ void session_collect(struct session *f, int *status, struct mt_exit *exit)
             if (session_process_ended(f->caps[i].pid, &child)) {
                 session_capture_close(&f->caps[i], &child);
                 if (!f->quiet)
-                    fprintf(stderr, "memtap: child %d recorded in '%s'\n",
-                            (int)f->caps[i].pid, f->caps[i].path);
+                    fprintf(stderr, "memtap: child %d recorded in '%s'%s\n",
+                            (int)f->caps[i].pid, f->caps[i].path,
+                            f->caps[i].told ? " (incomplete: writing it failed)" : "");
                 f->caps[i--] = f->caps[--f->n];
             }
         }
@@ -589,6 +592,7 @@ uint64_t session_finish(struct session *f, const struct mt_exit *exit)
         fprintf(stderr, "memtap: the program exec'd '%s'; the capture records it from "
                 "there on\n", exe);
     uint64_t events = session_capture_close(&f->caps[0], exit);
+    f->incomplete = f->caps[0].told;
     for (size_t i = 1; i < f->n; i++) {
         struct mt_exit child;
         int ended = session_process_ended(f->caps[i].pid, &child);
@@ -596,7 +600,8 @@ uint64_t session_finish(struct session *f, const struct mt_exit *exit)
         if (!f->quiet)
             fprintf(stderr, "memtap: child %d recorded in '%s'%s\n",
                     (int)f->caps[i].pid, f->caps[i].path,
-                    ended ? "" : " (still running: incomplete)");
+                    f->caps[i].told ? " (incomplete: writing it failed)"
+                    : ended ? "" : " (still running: incomplete)");
     }
     free(f->caps);
     f->caps = NULL;

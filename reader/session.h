@@ -54,7 +54,7 @@ struct session_capture {
     uint32_t pace_waits;
     uint64_t contend_at, contend_stall;  /* pace_contention()'s last look */
     int contended;
-    int told;
+    int told;                    /* writing failed (said once): incomplete */
 };
 
 /* Creates cap->path (refusing to replace a file unless force) and connects
@@ -87,6 +87,8 @@ struct session {
     const struct mt_header *h;      /* children's captures start from it */
     int force, quiet;
     enum session_end end;
+    int incomplete;                 /* set by session_finish: caps[0]'s
+                                       writing failed */
 };
 
 /* --follow-fork: a datagram socket bound to a fresh abstract name (written

@@ -16,6 +16,10 @@ struct mt_header {
     const char *command;       /* argv joined by spaces */
 };
 
+/* Why a capture ends early (no trailer), as readers say it: the
+ * program's own death does not do it, memtap outlives it. */
+#define MT_INCOMPLETE_WHY "memtap was killed or could not finish writing it"
+
 /* Exit of the traced program, stored in the trailer. */
 struct mt_exit {
     int code;                  /* valid when signal == 0 */

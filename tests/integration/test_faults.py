@@ -108,13 +108,19 @@ def tiny_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_disk_full_while_writing(tmp_path, tiny_tmpfs):
+@pytest.mark.parametrize("modes", [["--native"], ["--native", "--aggregate"]])
+def test_disk_full_while_writing(tmp_path, tiny_tmpfs, modes):
     """A 12 KiB filesystem fills up part way through (native stacks make
-    the capture large): the program is not disturbed, and what was written
-    reads as an incomplete capture."""
+    the capture large; an aggregate checkpoint of them too): the program is
+    not disturbed, memtap does not claim it wrote the capture, and what was
+    written reads as an incomplete capture."""
     text = ALLOCATE + "more = [str(i) * 3 for i in range(200000)]\nprint(len(more))\n"
-    _, traced, cap = compare(tmp_path, text, memtap_opts=("-q", "--native"),
+    _, traced, cap = compare(tmp_path, text, memtap_opts=("-q", *modes),
                              out=tiny_tmpfs / "c.bin", expect_capture=False)
+    said = [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")]
+    assert said[-1] == ("memtap: '%s' is incomplete: it holds what was written before "
+                        "writing failed" % cap), said
+    assert not [l for l in said if "wrote" in l], said
     if cap.exists() and cap.stat().st_size > 0:
         proc = subprocess.run([str(MEMTAP), "stats", str(cap)], capture_output=True,
                               timeout=TIMEOUT)
