@@ -911,6 +911,7 @@ static void fork_child(void)
     if (!s)
         return;
     memcpy(s->python_version, shm->python_version, sizeof s->python_version);
+    memcpy(s->program_exe, shm->program_exe, sizeof s->program_exe);
     atomic_store(&s->ready, 1);
     struct mt_thread *t = mt_self;
     if ((uintptr_t)t > (uintptr_t)MT_GONE) {
@@ -1112,6 +1113,8 @@ static int start(void)
         native = 0;
     ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);
     exe_path_len = n > 0 ? (size_t)n : 0;
+    memcpy(shm->program_exe, exe_path, exe_path_len);
+    shm->program_exe[exe_path_len] = 0;
     const char *version = python ? mt_py_version() : NULL;
     if (version)
         strncpy(shm->python_version, version, sizeof shm->python_version - 1);

@@ -191,6 +191,40 @@ static void pace_contention(struct session_capture *cap, uint64_t now)
     cap->contend_stall = stall;
 }
 
+/* Notes which executable the process runs (at each sample), when it is
+ * not the one its shim announced (an exec'd program's shim announces
+ * itself in turn): the process exec'd a program that runs without the shim
+ * (LD_PRELOAD replaced, a static or setuid program), and nothing it does is
+ * recorded. */
+static void shim_watch(struct session_capture *cap)
+{
+    char proc[64], exe[PATH_MAX], announced[PATH_MAX];
+    snprintf(proc, sizeof proc, "/proc/%d/exe", (int)cap->pid);
+    ssize_t n = readlink(proc, exe, sizeof exe - 1);
+    if (n <= 0)
+        return;  /* it ended, or is not ours to look at */
+    exe[n] = 0;
+    mt_collector_program_exe(cap->c, announced, sizeof announced);
+    if (announced[0] && strcmp(exe, announced) != 0)
+        memcpy(cap->exe_other, exe, (size_t)n + 1);
+    else
+        cap->exe_other[0] = 0;
+}
+
+/* What the process ran that was not recorded, said once at its end. */
+static void shim_report(const struct session_capture *cap, const char *who)
+{
+    char announced[PATH_MAX];
+    mt_collector_program_exe(cap->c, announced, sizeof announced);
+    if (!mt_collector_ready(cap->c))
+        fprintf(stderr, "memtap: %s never loaded memtap's shim (a statically linked "
+                "program, or its LD_PRELOAD was replaced): nothing was recorded\n", who);
+    else if (cap->exe_other[0] && strcmp(cap->exe_other, announced) != 0)
+        fprintf(stderr, "memtap: %s exec'd '%s', which runs without memtap's shim "
+                "(LD_PRELOAD replaced, a statically linked or setuid program): "
+                "not recorded from there on\n", who, cap->exe_other);
+}
+
 /* Moves what the process's rings hold into its capture, samples its RSS
  * every 10 ms and flushes every 100 ms. @return records moved. */
 long session_capture_step(struct session_capture *cap, uint64_t now)
@@ -202,6 +236,7 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
         uint64_t rss = read_rss(cap->pid);
         if (rss)
             mt_collector_sample(cap->c, now - cap->start, rss);
+        shim_watch(cap);
         cap->last_sample = now;
     }
     pace_contention(cap, now);
@@ -591,6 +626,8 @@ uint64_t session_finish(struct session *f, const struct mt_exit *exit)
     if (!f->quiet && mt_collector_execs(f->caps[0].c, &exe))
         fprintf(stderr, "memtap: the program exec'd '%s'; the capture records it from "
                 "there on\n", exe);
+    if (f->end == SESSION_WAIT)  /* a Tracker's process had the shim from the start */
+        shim_report(&f->caps[0], "the program");
     uint64_t events = session_capture_close(&f->caps[0], exit);
     f->incomplete = f->caps[0].told;
     for (size_t i = 1; i < f->n; i++) {

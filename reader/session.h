@@ -55,6 +55,8 @@ struct session_capture {
     uint64_t contend_at, contend_stall;  /* pace_contention()'s last look */
     int contended;
     int told;                    /* writing failed (said once): incomplete */
+    char exe_other[PATH_MAX];    /* the process seen running another
+                                    executable than its shim announced */
 };
 
 /* Creates cap->path (refusing to replace a file unless force) and connects

@@ -721,6 +721,23 @@ uint32_t mt_collector_ring_waits(const struct mt_collector *c)
     return atomic_load_explicit(&c->shm->ring_waits, memory_order_relaxed);
 }
 
+int mt_collector_ready(const struct mt_collector *c)
+{
+    return (int)atomic_load_explicit(&c->shm->ready, memory_order_acquire);
+}
+
+void mt_collector_program_exe(const struct mt_collector *c, char *buf, size_t cap)
+{
+    buf[0] = 0;
+    if (!cap || !mt_collector_ready(c))
+        return;
+    size_t n = strnlen(c->shm->program_exe, sizeof c->shm->program_exe);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(buf, c->shm->program_exe, n);
+    buf[n] = 0;
+}
+
 int mt_collector_stopped(const struct mt_collector *c)
 {
     return (int)atomic_load_explicit(&c->shm->stopped, memory_order_acquire);

@@ -56,6 +56,15 @@ void mt_collector_publish_path(struct mt_collector *c, const char *path);
  * the collector (a running count). */
 uint32_t mt_collector_ring_waits(const struct mt_collector *c);
 
+/* 1 once the shim in the traced process has set itself up (it is
+ * recording); 0 while it has not, or never will (a static program). */
+int mt_collector_ready(const struct mt_collector *c);
+
+/* The executable the shim announced it runs in ("" before it did): a
+ * process running another one exec'd a program without the shim. Copied
+ * into buf (cap bytes, NUL-ended). */
+void mt_collector_program_exe(const struct mt_collector *c, char *buf, size_t cap);
+
 /* 1 once the shim stopped recording (memtap_stop, the Python API): drain,
  * finish and close; the process itself runs on. */
 int mt_collector_stopped(const struct mt_collector *c);

@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #define MT_SHM_MAGIC 0x6d656d7461707368ull /* "memtapsh" */
-#define MT_SHM_VERSION 3
+#define MT_SHM_VERSION 4
 #define MT_SLOTS 256
 #define MT_RING_BYTES (1u << 20)  /* per thread; power of two */
 #define MT_ENV_SHM "MEMTAP_SHM"   /* "<fd>:<inode>[:<fork socket name>]" */
@@ -85,6 +85,8 @@ struct mt_shm {
      * EXEC record's number + 1. */
     _Atomic uint64_t exec_done;
     char capture_path[4096];         /* absolute; "" until the capture exists */
+    char program_exe[4096];          /* the program the shim set up in (its
+                                        /proc/self/exe), valid once ready */
     _Alignas(64) _Atomic uint64_t seq;   /* the next event number */
     _Alignas(64) struct mt_slot slots[MT_SLOTS];
     /* followed by MT_SLOTS rings of MT_RING_BYTES, page aligned */

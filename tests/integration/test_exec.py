@@ -118,6 +118,45 @@ after = bytearray(10 * 2**20)  # @after
     assert_location(stats, script.name, line_of(text, "after"), 10 * 2**20 + 1)
 
 
+def memtap_lines(proc):
+    return [l for l in proc.stderr.decode().splitlines() if l.startswith("memtap:")]
+
+
+def test_a_program_without_the_shim_is_said(tmp_path):
+    # A statically linked program never loads the shim; a launcher that
+    # replaces LD_PRELOAD execs a program that runs without it. Neither can
+    # be recorded, and memtap says so (even with -q) instead of nothing.
+    src = tmp_path / "static.c"
+    src.write_text("#include <stdlib.h>\nint main(void) { return malloc(100) ? 5 : 6; }\n")
+    exe = tmp_path / "static"
+    if subprocess.run(["cc", "-static", "-o", str(exe), str(src)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("no static libc here")
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(MEMTAP), "run", "-q", "-o", str(out), str(exe)],
+                          cwd=tmp_path, capture_output=True, env=clean_env(), timeout=120)
+    assert proc.returncode == 5
+    assert memtap_lines(proc) == [
+        "memtap: the program never loaded memtap's shim (a statically linked program, "
+        "or its LD_PRELOAD was replaced): nothing was recorded"], proc.stderr
+
+    script = tmp_path / "big.py"
+    script.write_text("import time\n" + BIG + "time.sleep(0.3)\n")
+    launcher = write_exec(tmp_path / "launch", "#!/bin/sh\nexport LD_PRELOAD=\n"
+                          "exec %s %s\n" % (DEFAULT_PYTHON, script))
+    proc, stats = run(tmp_path, [launcher])
+    assert proc.stdout == b"done %d\n" % (30 * 2**20)
+    real = os.path.realpath(DEFAULT_PYTHON)
+    assert memtap_lines(proc) == [
+        "memtap: the program exec'd '%s', which runs without memtap's shim (LD_PRELOAD "
+        "replaced, a statically linked or setuid program): not recorded from there on"
+        % real], proc.stderr
+    assert stats["peak_memory_bytes"] < 30 * 2**20
+    # the usual case says nothing of the kind
+    proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, script])
+    assert memtap_lines(proc) == [], proc.stderr
+
+
 def test_a_child_that_execs_is_not_recorded_without_follow_fork(tmp_path):
     text = """\
 import subprocess, sys
