@@ -29,6 +29,7 @@
 #include "pyoffsets.h"
 
 #include <dlfcn.h>
+#include <limits.h>
 #include <pthread.h>
 #include <string.h>
 #include <unistd.h>
@@ -394,24 +395,37 @@ static uint32_t clamp_instr(int64_t bytes)
     return bytes > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
 }
 
-static int walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max)
+/* The walkers record frames skip.. of the stack (0 innermost) into
+ * out[0..max) and count what they visit in *seen (NULL: not wanted). The
+ * hot path (mt_py_walk) inlines them with skip 0, where the counting folds
+ * away. */
+static inline __attribute__((always_inline)) int
+walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max, long skip,
+               long limit, long *seen)
 {
     uintptr_t f = ld_ptr(tstate, L.ts_frame);
     int n = 0;
-    for (long steps = 0; plausible(f) && n < max && steps < MAX_STEPS(max); steps++) {
+    long at = 0;
+    for (long steps = 0; plausible(f) && n < max && steps < limit; steps++) {
         uintptr_t code = ld_ptr(f, L.fr_code);
         if (is_code(code)) {
-            out[n].code = (const void *)code;
-            out[n].instr = clamp_instr((int64_t)ld_i32(f, L.fr_lasti) * L.lasti_mul);
-            out[n].flags = MT_PYF_ENTRY;  /* each frame has its own C eval call */
-            n++;
+            if (at++ >= skip) {
+                out[n].code = (const void *)code;
+                out[n].instr = clamp_instr((int64_t)ld_i32(f, L.fr_lasti) * L.lasti_mul);
+                out[n].flags = MT_PYF_ENTRY;  /* each frame has its own C eval call */
+                n++;
+            }
         }
         f = ld_ptr(f, L.fr_back);
     }
+    if (seen)
+        *seen = at;
     return n;
 }
 
-static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
+static inline __attribute__((always_inline)) int
+walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max, long skip,
+             long limit, long *seen)
 {
     /* The layout in locals: stores into out[] may alias L's fields for the
      * compiler, which would reload them at every frame of the hot loop. */
@@ -426,8 +440,8 @@ static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
      * checked when the code object is first described (code_intern), not
      * at every frame of every walk. */
     const int check_type = L.kind == WALK_TSTATE;
-    const long limit = MAX_STEPS(max);
     int n = 0;
+    long at = 0;  /* frames met, skipped ones included */
     for (long steps = 0; plausible(frame) && n < max && steps < limit; steps++) {
         uintptr_t prev = ld_ptr(frame, o_prev);
         int owner = ld_u8(frame, o_owner);
@@ -437,7 +451,7 @@ static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
         if ((cstack >= 0 && owner == cstack) || (none_is_shim && code == none)) {
             /* The shim frame a C-level evaluation pushes (3.12+): the
              * frame inside it started that evaluation. */
-            if (n > 0)
+            if (n > 0 && (skip == 0 || at > skip))
                 out[n - 1].flags |= MT_PYF_ENTRY;
             frame = prev;
             continue;
@@ -451,23 +465,29 @@ static int walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max)
         uintptr_t instr = ld_ptr(frame, o_instr);
         /* Incomplete frames (pushed, first instruction not run yet) can only
          * be the innermost Python frame: a frame runs before it calls. */
-        if (n == 0 && o_first >= 0 && owner != gen &&
+        if ((skip ? at : n) == 0 && o_first >= 0 && owner != gen &&
             instr < start + 2 * (uintptr_t)ld_i32(code, o_first)) {
             frame = prev;
             continue;
         }
-        out[n].code = (const void *)code;
-        out[n].instr = clamp_instr((int64_t)(instr - start));
-        out[n].flags = (o_entry >= 0 && ld_u8(frame, o_entry)) ? MT_PYF_ENTRY : 0;
-        n++;
+        if (skip == 0 || at++ >= skip) {
+            out[n].code = (const void *)code;
+            out[n].instr = clamp_instr((int64_t)(instr - start));
+            out[n].flags = (o_entry >= 0 && ld_u8(frame, o_entry)) ? MT_PYF_ENTRY : 0;
+            n++;
+        }
         frame = prev;
     }
+    if (seen)
+        *seen = skip ? at : n;
     return n;
 }
 
-int mt_py_walk(struct mt_pyframe *out, int max)
+/* The calling thread's innermost frame, in the form its walker starts
+ * from; 0 when the thread runs no Python code (or not ours to read). */
+static uintptr_t walk_start(void)
 {
-    if (!L.enabled || max <= 0 || mt_py_finalizing())
+    if (!L.enabled || mt_py_finalizing())
         return 0;
     uintptr_t tstate = (uintptr_t)L.this_tstate();
     if (!plausible(tstate) ||
@@ -475,17 +495,46 @@ int mt_py_walk(struct mt_pyframe *out, int max)
         return 0;
     switch (L.kind) {
     case WALK_FRAMEOBJ:
-        return walk_frameobjs(tstate, out, max);
+        return tstate;
     case WALK_CFRAME: {
         uintptr_t cframe = ld_ptr(tstate, L.ts_cframe);
-        if (!plausible(cframe))
-            return 0;
-        return walk_iframes(ld_ptr(cframe, L.cf_current), out, max);
+        return plausible(cframe) ? ld_ptr(cframe, L.cf_current) : 0;
     }
     case WALK_TSTATE:
-        return walk_iframes(ld_ptr(tstate, L.ts_current), out, max);
+        return ld_ptr(tstate, L.ts_current);
     }
     return 0;
+}
+
+int mt_py_walk(struct mt_pyframe *out, int max)
+{
+    uintptr_t from = max > 0 ? walk_start() : 0;
+    if (!from)
+        return 0;
+    if (L.kind == WALK_FRAMEOBJ)
+        return walk_frameobjs(from, out, max, 0, MAX_STEPS(max), NULL);
+    return walk_iframes(from, out, max, 0, MAX_STEPS(max), NULL);
+}
+
+/* A chain longer than this is garbage or a cycle, not a stack. */
+#define DEEP_STEPS (1L << 24)
+
+int mt_py_walk_outer(struct mt_pyframe *out, int max, long *depth)
+{
+    *depth = 0;
+    uintptr_t from = max > 0 ? walk_start() : 0;
+    if (!from)
+        return 0;
+    int frameobjs = L.kind == WALK_FRAMEOBJ;
+    long total;
+    if (frameobjs)
+        walk_frameobjs(from, NULL, INT_MAX, LONG_MAX, DEEP_STEPS, &total);
+    else
+        walk_iframes(from, NULL, INT_MAX, LONG_MAX, DEEP_STEPS, &total);
+    *depth = total;
+    long skip = total > max ? total - max : 0;
+    return frameobjs ? walk_frameobjs(from, out, max, skip, DEEP_STEPS, NULL)
+                     : walk_iframes(from, out, max, skip, DEEP_STEPS, NULL);
 }
 
 /* ---- code objects ---- */

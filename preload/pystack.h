@@ -61,6 +61,11 @@ const char *mt_py_version(void);
  * Thread-safe; reads only this thread's state. Never allocates. */
 int mt_py_walk(struct mt_pyframe *out, int max);
 
+/* For a stack deeper than mt_py_walk's max: the outermost max frames
+ * (innermost of them first) into out, and the stack's depth in *depth.
+ * Walks the whole stack twice: for the rare stack that needs it. */
+int mt_py_walk_outer(struct mt_pyframe *out, int max, long *depth);
+
 /* A cheap identity check for a code object found at a cached address,
  * so that a new code object reusing the address is noticed: combines
  * fields that differ between code objects (line table, name, first line...).

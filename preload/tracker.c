@@ -30,6 +30,10 @@
 #include "tracker.h"
 
 #define MT_MAX_PY 2048
+/* Of a Python stack deeper than MT_MAX_PY, the outermost frames kept (the
+ * rest is its innermost): the program's entry and first calls keep their
+ * totals, and a marker frame stands for what is left out between. */
+#define MT_PY_ROOT 64
 #define MT_MAX_NATIVE 512
 #define MT_STARTING ((struct mt_thread *)1)  /* mt_self while it is built */
 #define MT_GONE ((struct mt_thread *)2)      /* the thread ended, or no slot */
@@ -59,6 +63,7 @@ struct mt_thread {
     uint64_t head, tail_seen;
     struct node_table pynodes, nativenodes;
     struct code_table codes;
+    uint32_t cut_code;              /* the marker's code id, 0 until used */
     uint32_t npy;
     struct cached_frame py[MT_MAX_PY];
     /* The last two different native stacks, [native_mru] the latest: an
@@ -68,7 +73,7 @@ struct mt_thread {
     struct native_cache native[2];
     unsigned native_mru;
     struct mt_pyframe walk[MT_MAX_PY];
-    uintptr_t ips[MT_MAX_NATIVE];
+    uintptr_t ips[MT_MAX_NATIVE + 1];  /* + 1: is the stack deeper? */
     char scratch[4096];
 };
 
@@ -295,11 +300,8 @@ static int code_table_grow(struct code_table *t)
     return 0;
 }
 
-static int code_announce(struct mt_thread *th, uint32_t id, const void *code)
+static int code_write(struct mt_thread *th, uint32_t id, struct mt_code_view v)
 {
-    struct mt_code_view v;
-    if (mt_py_code_view(code, &v, th->scratch, sizeof th->scratch) < 0)
-        memset(&v, 0, sizeof v);
     /* A record must fit the ring with room to spare; a line table bigger
      * than that (a module of ~15,000 lines) is dropped, names are kept. */
     if (v.linetable_len > MT_RING_BYTES / 2)
@@ -321,6 +323,33 @@ static int code_announce(struct mt_thread *th, uint32_t id, const void *code)
     memcpy(p, v.linetable, v.linetable_len);
     ring_commit(th, total);
     return 0;
+}
+
+static int code_announce(struct mt_thread *th, uint32_t id, const void *code)
+{
+    struct mt_code_view v;
+    if (mt_py_code_view(code, &v, th->scratch, sizeof th->scratch) < 0)
+        memset(&v, 0, sizeof v);
+    return code_write(th, id, v);
+}
+
+/* Stands for the frames of a deep stack that are not recorded: an address
+ * no code object has. */
+static const char cut_marker;
+#define MT_PY_CUT ((const void *)&cut_marker)
+
+static uint32_t cut_code(struct mt_thread *th)
+{
+    static const char name[] = MT_CUT_NAME;
+    if (!th->cut_code) {
+        struct mt_code_view v = {.name = name, .name_len = sizeof name - 1,
+                                 .qualname = name, .qualname_len = sizeof name - 1,
+                                 .filename = "", .linetable = (const uint8_t *)""};
+        uint32_t id = th->codes.next_id + 1;
+        if (code_write(th, id, v) == 0)
+            th->cut_code = th->codes.next_id = id;
+    }
+    return th->cut_code;
 }
 
 /* This thread's id for a code object; announces new (or reused-address)
@@ -352,9 +381,26 @@ static uint32_t code_intern(struct mt_thread *th, const void *code)
 /* Brings the cached stack up to date with the frames just walked
  * (frames[0] innermost) and returns the leaf node. Only frames that differ
  * from the previous stack, counted from the outermost, cost a lookup. */
+/* t->walk holds the innermost MT_MAX_PY frames: when the stack goes on,
+ * its outermost MT_PY_ROOT frames replace the outermost of them, after a
+ * marker. */
+static void python_stack_cut(struct mt_thread *t)
+{
+    struct mt_pyframe root[MT_PY_ROOT];
+    long depth;
+    int outer = mt_py_walk_outer(root, MT_PY_ROOT, &depth);
+    if (depth <= MT_MAX_PY || outer != MT_PY_ROOT)
+        return;
+    int inner = MT_MAX_PY - 1 - MT_PY_ROOT;
+    t->walk[inner] = (struct mt_pyframe){MT_PY_CUT, 0, 0};
+    memcpy(&t->walk[inner + 1], root, sizeof root);
+}
+
 static uint32_t python_stack(struct mt_thread *t)
 {
     int n = mt_py_walk(t->walk, MT_MAX_PY);
+    if (__builtin_expect(n == MT_MAX_PY, 0))
+        python_stack_cut(t);
     uint32_t k = 0, lim = (uint32_t)n < t->npy ? (uint32_t)n : t->npy;
     while (k < lim) {
         const struct mt_pyframe *f = &t->walk[n - 1 - k];
@@ -365,7 +411,7 @@ static uint32_t python_stack(struct mt_thread *t)
     }
     for (uint32_t i = k; i < (uint32_t)n; i++) {
         const struct mt_pyframe *f = &t->walk[n - 1 - i];
-        uint32_t code = code_intern(t, f->code);
+        uint32_t code = f->code == MT_PY_CUT ? cut_code(t) : code_intern(t, f->code);
         uint32_t node = code ? node_intern(t, &t->pynodes, MT_R_PYNODE,
                                            i ? t->py[i - 1].node : 0, code,
                                            f->instr, f->flags)
@@ -424,7 +470,11 @@ static uint32_t native_common(const struct native_cache *c, const uintptr_t *ips
 
 static uint32_t native_stack(struct mt_thread *t)
 {
-    int got = mt_native_backtrace(t->ips, MT_MAX_NATIVE, 0);
+    int got = mt_native_backtrace(t->ips, MT_MAX_NATIVE + 1, 0);
+    if (got > MT_MAX_NATIVE) {  /* its outer frames are left out */
+        got = MT_MAX_NATIVE;
+        t->ips[got - 1] = MT_NATIVE_CUT;
+    }
     int skip = 0;
     while (skip < got && t->ips[skip] >= self_lo && t->ips[skip] < self_hi)
         skip++;

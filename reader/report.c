@@ -667,7 +667,7 @@ static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_
     }
 
     struct mt_symbol sf[64];
-    int k = r->sym ? mt_symbolizer_resolve(r->sym, ip, sf, 64) : 0;
+    int k = r->sym && ip != MT_NATIVE_CUT ? mt_symbolizer_resolve(r->sym, ip, sf, 64) : 0;
     if (k > 64) k = 64;
     uint64_t rel;
     const char *objpath = object_of(r, ip, &rel);
@@ -687,7 +687,7 @@ static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_
         /* the main program is captured with an empty path */
         const char *cls_obj = op[0] ? op : r->python_object;
         char buf[64];
-        const char *fn = sf[i].function;
+        const char *fn = ip == MT_NATIVE_CUT ? MT_CUT_NAME : sf[i].function;
         if (!fn || !fn[0]) {
             /* degraded: the address addr2line wants, with the object shown
              * next to it by mt_loc_format */

@@ -64,6 +64,15 @@ const char *mt_allocator_name(unsigned a);
  * and native stacks splits there). The only flag the format stores. */
 #define MT_PYF_ENTRY 0x1u
 
+/* A NATIVENODE whose return address is this stands for the outer frames of
+ * a native stack too deep to record whole (no code lives at address 1). */
+#define MT_NATIVE_CUT 1u
+
+/* How reports name what a stack too deep to record leaves out: that
+ * native node, and the code the shim defines for the Python stack's
+ * equivalent. */
+#define MT_CUT_NAME "[deeper frames not recorded]"
+
 /* Record tags in the decompressed stream (docs/format.md §Records). */
 enum mt_tag {
     MT_T_ALLOC = 0x01,

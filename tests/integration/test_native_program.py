@@ -231,3 +231,39 @@ def test_native_stacks_exact(memtap, tmp_path):
         if stack.startswith("main ("):  # the C library's own allocations aside
             got[stack] = got.get(stack, 0) + int(nbytes)
     assert got == want
+
+
+DEEP_C = """\
+#include <stdlib.h>
+void *keep[2];
+__attribute__((noinline)) int rec(int n, int i) {
+    if (n == 0) { keep[i] = malloc(100000 + i); return 1; } /* @take */
+    return rec(n - 1, i) + 1; /* @rec */
+}
+int main(void) { return rec(100, 0) + rec(5000, 1) == 5102 ? 0 : 1; } /* @main */
+"""
+
+
+def test_native_stack_too_deep_is_marked(memtap, tmp_path):
+    # Native stacks are recorded up to 512 frames: a deeper one keeps its
+    # innermost frames and ends in a marker where its outer frames would be.
+    src = tmp_path / "deep.c"
+    src.write_text(DEEP_C)
+    exe = tmp_path / "deep"
+    subprocess.run(["cc", "-O0", "-g", "-o", str(exe), str(src)], check=True, timeout=TIMEOUT)
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), str(exe)], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    exported = subprocess.run([str(memtap), "export", "--format", "collapsed", "--leaks",
+                               str(out)], capture_output=True, text=True, timeout=TIMEOUT,
+                              check=True).stdout
+    stacks = {int(n): s.split(";") for s, n in (e.rsplit(" ", 1) for e in exported.splitlines())}
+
+    def at(function, tag):
+        return "%s (%s:%d)" % (function, src, line_of(DEEP_C, tag))
+
+    assert stacks[100000] == [at("main", "main")] + [at("rec", "rec")] * 100 + [at("rec", "take")]
+    deep = stacks[100001]
+    assert deep[0] == "[deeper frames not recorded]" and deep[-1] == at("rec", "take"), deep[:3]
+    assert set(deep[1:-1]) == {at("rec", "rec")} and 500 <= len(deep) <= 512, len(deep)

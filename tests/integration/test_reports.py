@@ -342,6 +342,59 @@ def test_tree_deep_recursion(deep_capture):
     assert lines[-1] == bottom[0]
 
 
+TOO_DEEP = """\
+import sys
+sys.setrecursionlimit(100000)
+KEEP = []
+
+def recurse(n, size):
+    if n == 0:
+        KEEP.append(bytearray(size))  # @bottom
+        return
+    recurse(n - 1, size)  # @recurse
+
+recurse(int(sys.argv[1]), 3 * 2**20)  # @fits
+recurse(int(sys.argv[1]) + 1, 5 * 2**20)  # @cut
+recurse(20000, 7 * 2**20)  # @far
+"""
+
+
+def test_a_stack_too_deep_keeps_its_root(tmp_path):
+    # Stacks are recorded up to 2048 frames: a deeper one keeps its
+    # innermost 1983 and its outermost 64, with a marker between, so the
+    # program's own top lines still total what was allocated beneath them.
+    script = tmp_path / "deep.py"
+    script.write_text(TOO_DEEP)
+    cap = tmp_path / "deep.bin"
+    # <module> + 2047 recurse frames = 2048: the first call fits exactly
+    proc = memtap_run(["-o", cap, "--python", DEFAULT_PYTHON, script, "2046"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stacks = {}
+    for line in memtap("export", "--format", "collapsed", "--leaks", cap).stdout.splitlines():
+        frames, size = line.rsplit(" ", 1)
+        stacks[int(size)] = frames.split(";")
+    rec = "recurse (%s:%d)" % (script, line_of(TOO_DEEP, "recurse"))
+    bottom = "recurse (%s:%d)" % (script, line_of(TOO_DEEP, "bottom"))
+    marker = "[deeper frames not recorded]"
+    for size, top, n in ((3 * 2**20 + 1, "fits", 2046), (5 * 2**20 + 1, "cut", 2047),
+                         (7 * 2**20 + 1, "far", 20000)):
+        module = "<module> (%s:%d)" % (script, line_of(TOO_DEEP, top))
+        got = stacks[size]
+        if top == "fits":
+            assert got == [module] + [rec] * n + [bottom], got[:3]
+        else:
+            assert got == [module] + [rec] * 63 + [marker] + [rec] * 1982 + [bottom], (
+                len(got), got[:3], got[60:70])
+    rows = json.loads(memtap("summary", "--leaks", "--json", cap).stdout)["rows"]
+    totals = {r["line"]: r["total_bytes"] for r in rows if r["file"] == str(script)
+              and r["function"] == "<module>"}
+    # (20,000 frames grow CPython's frame stack: its chunks are at "far" too)
+    far = totals.pop(line_of(TOO_DEEP, "far"))
+    assert totals == {line_of(TOO_DEEP, "fits"): 3 * 2**20 + 1,
+                      line_of(TOO_DEEP, "cut"): 5 * 2**20 + 1}, totals
+    assert far >= 7 * 2**20 + 1
+
+
 def test_tree_main(main_capture):
     cap, script, text = main_capture
     out = memtap("tree", "--leaks", "-n", "2", cap).stdout
