@@ -29,7 +29,6 @@
 #include "pyoffsets.h"
 
 #include <dlfcn.h>
-#include <limits.h>
 #include <pthread.h>
 #include <string.h>
 #include <unistd.h>
@@ -395,37 +394,36 @@ static uint32_t clamp_instr(int64_t bytes)
     return bytes > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
 }
 
-/* The walkers record frames skip.. of the stack (0 innermost) into
- * out[0..max) and count what they visit in *seen (NULL: not wanted). The
- * hot path (mt_py_walk) inlines them with skip 0, where the counting folds
- * away. */
+/* The walkers record the innermost frames into out[0..max); with keep > 0
+ * they go on past max, keeping the last keep frames seen in ring (slot
+ * k % keep for the k-th frame past max), up to limit frames visited in
+ * all, and set *depth to the frames seen. The hot path (mt_py_walk)
+ * inlines them with keep 0, where the ring folds away. */
 static inline __attribute__((always_inline)) int
-walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max, long skip,
-               long limit, long *seen)
+walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max,
+               struct mt_pyframe *ring, int keep, long limit, long *depth)
 {
     uintptr_t f = ld_ptr(tstate, L.ts_frame);
     int n = 0;
-    long at = 0;
-    for (long steps = 0; plausible(f) && n < max && steps < limit; steps++) {
+    long past = 0;
+    for (long steps = 0; plausible(f) && (n < max || keep) && steps < limit; steps++) {
         uintptr_t code = ld_ptr(f, L.fr_code);
         if (is_code(code)) {
-            if (at++ >= skip) {
-                out[n].code = (const void *)code;
-                out[n].instr = clamp_instr((int64_t)ld_i32(f, L.fr_lasti) * L.lasti_mul);
-                out[n].flags = MT_PYF_ENTRY;  /* each frame has its own C eval call */
-                n++;
-            }
+            struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ % keep];
+            to->code = (const void *)code;
+            to->instr = clamp_instr((int64_t)ld_i32(f, L.fr_lasti) * L.lasti_mul);
+            to->flags = MT_PYF_ENTRY;  /* each frame has its own C eval call */
         }
         f = ld_ptr(f, L.fr_back);
     }
-    if (seen)
-        *seen = at;
+    if (depth)
+        *depth = n + past;
     return n;
 }
 
 static inline __attribute__((always_inline)) int
-walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max, long skip,
-             long limit, long *seen)
+walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max,
+             struct mt_pyframe *ring, int keep, long limit, long *depth)
 {
     /* The layout in locals: stores into out[] may alias L's fields for the
      * compiler, which would reload them at every frame of the hot loop. */
@@ -441,8 +439,8 @@ walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max, long skip,
      * at every frame of every walk. */
     const int check_type = L.kind == WALK_TSTATE;
     int n = 0;
-    long at = 0;  /* frames met, skipped ones included */
-    for (long steps = 0; plausible(frame) && n < max && steps < limit; steps++) {
+    long past = 0;  /* frames seen beyond max */
+    for (long steps = 0; plausible(frame) && (n < max || keep) && steps < limit; steps++) {
         uintptr_t prev = ld_ptr(frame, o_prev);
         int owner = ld_u8(frame, o_owner);
         /* 3.13 f_executable is a PyObject *, 3.14+ a _PyStackRef whose
@@ -451,7 +449,9 @@ walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max, long skip,
         if ((cstack >= 0 && owner == cstack) || (none_is_shim && code == none)) {
             /* The shim frame a C-level evaluation pushes (3.12+): the
              * frame inside it started that evaluation. */
-            if (n > 0 && (skip == 0 || at > skip))
+            if (past)
+                ring[(past - 1) % keep].flags |= MT_PYF_ENTRY;
+            else if (n > 0)
                 out[n - 1].flags |= MT_PYF_ENTRY;
             frame = prev;
             continue;
@@ -465,21 +465,19 @@ walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max, long skip,
         uintptr_t instr = ld_ptr(frame, o_instr);
         /* Incomplete frames (pushed, first instruction not run yet) can only
          * be the innermost Python frame: a frame runs before it calls. */
-        if ((skip ? at : n) == 0 && o_first >= 0 && owner != gen &&
+        if (n == 0 && o_first >= 0 && owner != gen &&
             instr < start + 2 * (uintptr_t)ld_i32(code, o_first)) {
             frame = prev;
             continue;
         }
-        if (skip == 0 || at++ >= skip) {
-            out[n].code = (const void *)code;
-            out[n].instr = clamp_instr((int64_t)(instr - start));
-            out[n].flags = (o_entry >= 0 && ld_u8(frame, o_entry)) ? MT_PYF_ENTRY : 0;
-            n++;
-        }
+        struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ % keep];
+        to->code = (const void *)code;
+        to->instr = clamp_instr((int64_t)(instr - start));
+        to->flags = (o_entry >= 0 && ld_u8(frame, o_entry)) ? MT_PYF_ENTRY : 0;
         frame = prev;
     }
-    if (seen)
-        *seen = skip ? at : n;
+    if (depth)
+        *depth = n + past;
     return n;
 }
 
@@ -512,29 +510,25 @@ int mt_py_walk(struct mt_pyframe *out, int max)
     if (!from)
         return 0;
     if (L.kind == WALK_FRAMEOBJ)
-        return walk_frameobjs(from, out, max, 0, MAX_STEPS(max), NULL);
-    return walk_iframes(from, out, max, 0, MAX_STEPS(max), NULL);
+        return walk_frameobjs(from, out, max, NULL, 0, MAX_STEPS(max), NULL);
+    return walk_iframes(from, out, max, NULL, 0, MAX_STEPS(max), NULL);
 }
 
-/* A chain longer than this is garbage or a cycle, not a stack. */
-#define DEEP_STEPS (1L << 24)
-
-int mt_py_walk_outer(struct mt_pyframe *out, int max, long *depth)
+int mt_py_walk_deep(struct mt_pyframe *out, int max, struct mt_pyframe *ring,
+                    int keep, long limit, long *depth)
 {
     *depth = 0;
-    uintptr_t from = max > 0 ? walk_start() : 0;
+    uintptr_t from = max > 0 && keep > 0 ? walk_start() : 0;
     if (!from)
         return 0;
-    int frameobjs = L.kind == WALK_FRAMEOBJ;
-    long total;
-    if (frameobjs)
-        walk_frameobjs(from, NULL, INT_MAX, LONG_MAX, DEEP_STEPS, &total);
-    else
-        walk_iframes(from, NULL, INT_MAX, LONG_MAX, DEEP_STEPS, &total);
-    *depth = total;
-    long skip = total > max ? total - max : 0;
-    return frameobjs ? walk_frameobjs(from, out, max, skip, DEEP_STEPS, NULL)
-                     : walk_iframes(from, out, max, skip, DEEP_STEPS, NULL);
+    /* Shim frames (3.12+: one per C-level evaluation) count as steps. */
+    long steps = limit + limit / 4;
+    int n = L.kind == WALK_FRAMEOBJ
+                ? walk_frameobjs(from, out, max, ring, keep, steps, depth)
+                : walk_iframes(from, out, max, ring, keep, steps, depth);
+    if (*depth > limit)
+        *depth = -1;  /* the outermost frames are beyond the walk */
+    return n;
 }
 
 /* ---- code objects ---- */

@@ -61,10 +61,13 @@ const char *mt_py_version(void);
  * Thread-safe; reads only this thread's state. Never allocates. */
 int mt_py_walk(struct mt_pyframe *out, int max);
 
-/* For a stack deeper than mt_py_walk's max: the outermost max frames
- * (innermost of them first) into out, and the stack's depth in *depth.
- * Walks the whole stack twice: for the rare stack that needs it. */
-int mt_py_walk_outer(struct mt_pyframe *out, int max, long *depth);
+/* mt_py_walk that goes on past max: the frames after the innermost max go
+ * round ring[0..keep) (frame max + k in slot k % keep), so that it ends
+ * with the outermost keep of them; *depth gets the stack's depth, or -1
+ * when it is deeper than limit frames (the walk stops about there, the
+ * ring then holds no outermost frames). For stacks deeper than max only. */
+int mt_py_walk_deep(struct mt_pyframe *out, int max, struct mt_pyframe *ring,
+                    int keep, long limit, long *depth);
 
 /* A cheap identity check for a code object found at a cached address,
  * so that a new code object reusing the address is noticed: combines

@@ -32,8 +32,12 @@
 #define MT_MAX_PY 2048
 /* Of a Python stack deeper than MT_MAX_PY, the outermost frames kept (the
  * rest is its innermost): the program's entry and first calls keep their
- * totals, and a marker frame stands for what is left out between. */
+ * totals, and a marker frame stands for what is left out between. Only up
+ * to MT_PY_DEEP frames: walking further for every allocation would make a
+ * deep recursion's cost grow with its depth; deeper stacks end in the
+ * marker (python_stack). */
 #define MT_PY_ROOT 64
+#define MT_PY_DEEP (2 * MT_MAX_PY)
 #define MT_MAX_NATIVE 512
 #define MT_STARTING ((struct mt_thread *)1)  /* mt_self while it is built */
 #define MT_GONE ((struct mt_thread *)2)      /* the thread ended, or no slot */
@@ -64,6 +68,8 @@ struct mt_thread {
     struct node_table pynodes, nativenodes;
     struct code_table codes;
     uint32_t cut_code;              /* the marker's code id, 0 until used */
+    enum { DEEP_NO, DEEP_ROOTED, DEEP_ROOTLESS } deep;  /* the last stack's:
+                                       python_stack_deep */
     uint32_t npy;
     struct cached_frame py[MT_MAX_PY];
     /* The last two different native stacks, [native_mru] the latest: an
@@ -381,26 +387,58 @@ static uint32_t code_intern(struct mt_thread *th, const void *code)
 /* Brings the cached stack up to date with the frames just walked
  * (frames[0] innermost) and returns the leaf node. Only frames that differ
  * from the previous stack, counted from the outermost, cost a lookup. */
-/* t->walk holds the innermost MT_MAX_PY frames: when the stack goes on,
- * its outermost MT_PY_ROOT frames replace the outermost of them, after a
- * marker. */
-static void python_stack_cut(struct mt_thread *t)
+/* A stack deeper than MT_MAX_PY, walked up to limit frames: into t->walk
+ * go its innermost frames, then the marker, then its outermost MT_PY_ROOT
+ * frames when the walk reached them. Sets t->deep for the next stack.
+ * @return the frames in t->walk. */
+static int python_stack_deep(struct mt_thread *t, long limit)
 {
-    struct mt_pyframe root[MT_PY_ROOT];
+    struct mt_pyframe ring[MT_PY_ROOT];
     long depth;
-    int outer = mt_py_walk_outer(root, MT_PY_ROOT, &depth);
-    if (depth <= MT_MAX_PY || outer != MT_PY_ROOT)
-        return;
+    int n = mt_py_walk_deep(t->walk, MT_MAX_PY, ring, MT_PY_ROOT, limit, &depth);
+    if (depth >= 0 && depth <= MT_MAX_PY) {
+        t->deep = DEEP_NO;
+        return n;
+    }
+    if (depth < 0) {  /* its root is beyond the walk */
+        t->deep = DEEP_ROOTLESS;
+        t->walk[MT_MAX_PY - 1] = (struct mt_pyframe){MT_PY_CUT, 0, 0};
+        return MT_MAX_PY;
+    }
+    t->deep = DEEP_ROOTED;
+    /* The outermost MT_PY_ROOT frames: the last of t->walk's, then the
+     * ring's, oldest (innermost) first. */
+    struct mt_pyframe outer[MT_PY_ROOT];
+    long past = depth - MT_MAX_PY;  /* frames that went into the ring */
+    int from_ring = past < MT_PY_ROOT ? (int)past : MT_PY_ROOT;
+    int from_walk = MT_PY_ROOT - from_ring;
+    memcpy(outer, &t->walk[MT_MAX_PY - from_walk], (size_t)from_walk * sizeof *outer);
+    for (int i = 0; i < from_ring; i++)
+        outer[from_walk + i] = ring[(past - from_ring + i) % MT_PY_ROOT];
     int inner = MT_MAX_PY - 1 - MT_PY_ROOT;
     t->walk[inner] = (struct mt_pyframe){MT_PY_CUT, 0, 0};
-    memcpy(&t->walk[inner + 1], root, sizeof root);
+    memcpy(&t->walk[inner + 1], outer, sizeof outer);
+    return MT_MAX_PY;
 }
 
 static uint32_t python_stack(struct mt_thread *t)
 {
-    int n = mt_py_walk(t->walk, MT_MAX_PY);
-    if (__builtin_expect(n == MT_MAX_PY, 0))
-        python_stack_cut(t);
+    int n;
+    switch (t->deep) {
+    case DEEP_NO:
+        n = mt_py_walk(t->walk, MT_MAX_PY);
+        if (__builtin_expect(n == MT_MAX_PY, 0))
+            n = python_stack_deep(t, MT_PY_DEEP);
+        break;
+    case DEEP_ROOTED:
+        n = python_stack_deep(t, MT_PY_DEEP);
+        break;
+    default:
+        /* Deeper than MT_PY_DEEP last time: walking that far again for
+         * every allocation would double a deep recursion's cost. Its root
+         * is looked for again once the stack is back under MT_MAX_PY. */
+        n = python_stack_deep(t, MT_MAX_PY + 1);
+    }
     uint32_t k = 0, lim = (uint32_t)n < t->npy ? (uint32_t)n : t->npy;
     while (k < lim) {
         const struct mt_pyframe *f = &t->walk[n - 1 - k];
