@@ -355,6 +355,7 @@ def recurse(n, size):
 
 recurse(int(sys.argv[1]), 3 * 2**20)  # @fits
 recurse(int(sys.argv[1]) + 1, 5 * 2**20)  # @cut
+recurse(3000, 9 * 2**20)  # @mid
 recurse(20000, 7 * 2**20)  # @far
 """
 
@@ -378,12 +379,12 @@ def test_a_stack_too_deep_keeps_its_root(tmp_path):
     bottom = "recurse (%s:%d)" % (script, line_of(TOO_DEEP, "bottom"))
     marker = "[deeper frames not recorded]"
     for size, top in ((3 * 2**20 + 1, "fits"), (5 * 2**20 + 1, "cut"),
-                      (7 * 2**20 + 1, "far")):
+                      (9 * 2**20 + 1, "mid"), (7 * 2**20 + 1, "far")):
         module = "<module> (%s:%d)" % (script, line_of(TOO_DEEP, top))
         got = stacks[size]
         if top == "fits":
             assert got == [module] + [rec] * 2046 + [bottom], got[:3]
-        elif top == "cut":
+        elif top in ("cut", "mid"):
             assert got == [module] + [rec] * 63 + [marker] + [rec] * 1982 + [bottom], (
                 len(got), got[:3], got[60:70])
         else:  # deeper than 4,096: only the innermost frames, after the marker
@@ -395,7 +396,8 @@ def test_a_stack_too_deep_keeps_its_root(tmp_path):
     # while the stack was shallow enough are there; the big block is not)
     far = totals.pop(line_of(TOO_DEEP, "far"), 0)
     assert totals == {line_of(TOO_DEEP, "fits"): 3 * 2**20 + 1,
-                      line_of(TOO_DEEP, "cut"): 5 * 2**20 + 1}, totals
+                      line_of(TOO_DEEP, "cut"): 5 * 2**20 + 1,
+                      line_of(TOO_DEEP, "mid"): 9 * 2**20 + 1}, totals
     assert far < 7 * 2**20
 
 
