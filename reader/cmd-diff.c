@@ -102,10 +102,17 @@ static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
  * powers of 2. @return 0 or -1. */
 static int parse_size(const char *s, uint64_t *out)
 {
+    /* Digits and a decimal point only: strtod would take nan, inf, hex
+     * and exponents, and nan would make the gate never fail. */
+    size_t digits = strspn(s, "0123456789."), points = 0;
+    for (size_t i = 0; i < digits; i++)
+        points += s[i] == '.';
+    if (digits == points || points > 1)
+        return -1;
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (end == s || errno || v < 0) return -1;
+    if (end != s + digits || errno || v < 0) return -1;
     while (isspace((unsigned char)*end)) end++;
     static const struct { const char *unit; double mult; } units[] = {
         {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
@@ -233,8 +240,8 @@ int cmd_diff(int argc, char **argv)
             if (i + 1 >= argc) goto bad;
             val = argv[++i];
             o.rows = strtol(val, &end, 10);
-            if (*end || end == val || o.rows < 0) {
-                fprintf(stderr, "memtap: bad row count '%s'\nusage: %s\n", val, usage);
+            if (*end || end == val || o.rows < 1) {
+                fprintf(stderr, "memtap: bad row count '%s' (1 or more)\nusage: %s\n", val, usage);
                 return MT_EXIT_USAGE;
             }
         } else if (!strcmp(arg, "--fail-over") || !strncmp(arg, "--fail-over=", 12)) {

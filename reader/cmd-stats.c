@@ -212,5 +212,5 @@ int cmd_stats(int argc, char **argv)
     else
         print_text(r);
     mt_report_free(r);
-    return fflush(stdout) == 0 ? 0 : MT_EXIT_FAIL;
+    return mt_output_close(stdout, "-") ? MT_EXIT_FAIL : 0;
 }

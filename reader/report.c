@@ -2,9 +2,12 @@
 #include "report.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "symbols.h"
@@ -124,6 +127,9 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
 #define NEEDS(flag) \
         if (!(allowed & (flag))) \
             return usage_error(cmd, usage, "unknown option '%s'", name)
+#define NO_VALUE() \
+        if (val) \
+            return usage_error(cmd, usage, "option '%s' takes no value", name)
 #define TAKE_VALUE() \
         do { \
             if (!val) { \
@@ -135,6 +141,7 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
 
         if (!strcmp(name, "--leaks")) {
             NEEDS(MT_O_METRIC);
+            NO_VALUE();
             if (o->metric == MT_M_TEMPORARY)
                 return usage_error(cmd, usage, "--leaks and --temporary exclude each other");
             o->metric = MT_M_LEAKS;
@@ -157,13 +164,14 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             }
         } else if (!strcmp(name, "--split-threads")) {
             NEEDS(MT_O_SPLIT);
+            NO_VALUE();
             o->split_threads = 1;
         } else if (!strcmp(name, "-n") || !strcmp(name, "--rows")) {
             unsigned long n;
             NEEDS(MT_O_ROWS);
             TAKE_VALUE();
-            if (parse_ulong(val, &n) || n > 100000000ul)
-                return usage_error(cmd, usage, "bad row count '%s'", val);
+            if (parse_ulong(val, &n) || n == 0 || n > 100000000ul)
+                return usage_error(cmd, usage, "bad row count '%s' (1 or more)", val);
             o->rows = (long)n;
         } else if (!strcmp(name, "-o") || !strcmp(name, "--output")) {
             NEEDS(MT_O_OUTPUT);
@@ -171,6 +179,7 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             o->output = val;
         } else if (!strcmp(name, "--json")) {
             NEEDS(MT_O_JSON);
+            NO_VALUE();
             o->json = 1;
         } else if (!strcmp(name, "--sort")) {
             NEEDS(MT_O_SORT);
@@ -181,6 +190,7 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             else return usage_error(cmd, usage, "bad --sort value '%s' (own, total or count)", val);
         } else if (!strcmp(name, "--inverted")) {
             NEEDS(MT_O_INVERTED);
+            NO_VALUE();
             o->inverted = 1;
         } else if (!strcmp(name, "--format") || !strcmp(name, "-f")) {
             NEEDS(MT_O_FORMAT);
@@ -188,13 +198,16 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             o->format = val;
         } else if (!strcmp(name, "--temporal")) {
             NEEDS(MT_O_TEMPORAL);
+            NO_VALUE();
             o->temporal = 1;
         } else if (!strcmp(name, "--show-internals")) {
+            NO_VALUE();
             o->show_internals = 1;
         } else {
             return usage_error(cmd, usage, "unknown option '%s'", name);
         }
 #undef NEEDS
+#undef NO_VALUE
 #undef TAKE_VALUE
     }
     if (o->temporal && o->metric == MT_M_TEMPORARY)
@@ -916,11 +929,33 @@ static void json_str(FILE *f, const char *s, int html)
 void mt_json_string(FILE *f, const char *s) { json_str(f, s, 0); }
 void mt_json_html_string(FILE *f, const char *s) { json_str(f, s, 1); }
 
+/* A report file is written under a temporary name and renamed over its
+ * path once complete: a failed write (a full disk) leaves what was there
+ * and no half a report. What is not a regular file (a device, a FIFO, a
+ * symlink) is written in place. One output at a time. */
+static char output_part[PATH_MAX + 32];
+
+static int output_in_place(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0 ? !S_ISREG(st.st_mode) : errno != ENOENT;
+}
+
 FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
 {
     const char *path = o->output ? o->output : fallback;
+    output_part[0] = 0;
     if (!path || !strcmp(path, "-")) return stdout;
-    FILE *f = fopen(path, "w");
+    FILE *f = NULL;
+    if (output_in_place(path)) {
+        f = fopen(path, "w");
+    } else {
+        snprintf(output_part, sizeof output_part, "%s.%ld.part", path, (long)getpid());
+        int fd = open(output_part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        f = fd >= 0 ? fdopen(fd, "w") : NULL;
+        if (!f && fd >= 0) close(fd);
+        if (!f) output_part[0] = 0;
+    }
     if (!f) fprintf(stderr, "memtap: cannot write '%s': %s\n", path, strerror(errno));
     return f;
 }
@@ -930,9 +965,15 @@ int mt_output_close(FILE *f, const char *path)
     int bad = ferror(f);
     if (f == stdout) bad |= fflush(f) != 0;
     else bad |= fclose(f) != 0;
+    if (!bad && output_part[0] && rename(output_part, path) != 0)
+        bad = 1;
+    int saved = errno;
+    if (bad && output_part[0])
+        unlink(output_part);
+    output_part[0] = 0;
     if (bad) {
         fprintf(stderr, "memtap: cannot write '%s': %s\n",
-                path && strcmp(path, "-") ? path : "<stdout>", strerror(errno));
+                path && strcmp(path, "-") ? path : "<stdout>", strerror(saved));
         return -1;
     }
     return 0;

@@ -96,6 +96,10 @@ def test_diff_usage(captures, tmp_path):
     _, before, _ = captures
     assert diff(before).returncode == 2
     assert diff(before, before, "--fail-over", "lots").returncode == 2
+    # what strtod would take but is no size: nan would never fail the gate
+    for bad in ("nan", "inf", "1e3", "0x10", ".", "1.2.3", "-1"):
+        assert diff(before, before, "--fail-over", bad).returncode == 2, bad
+    assert diff(before, before, "-n", "0").returncode == 2
     assert diff(before, before, "--bogus").returncode == 2
     proc = diff(before, tmp_path / "missing.bin")
     assert proc.returncode == 1 and "missing.bin" in proc.stderr

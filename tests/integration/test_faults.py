@@ -129,6 +129,25 @@ def test_disk_full_while_writing(tmp_path, tiny_tmpfs, modes):
             assert b"incomplete" in proc.stderr, describe(proc)
 
 
+@pytest.mark.parametrize("cmd", [["table"], ["flamegraph"], ["export", "--format", "csv"]])
+def test_report_on_a_full_disk_leaves_the_old_file(tmp_path, tiny_tmpfs, cmd):
+    """A report that does not fit is not left half written, and the file
+    it was to replace is kept."""
+    script = write_script(tmp_path, ALLOCATE)
+    cap = tmp_path / "c.bin"
+    traced = run([MEMTAP, "run", "-q", "--native", "-o", cap, "--python", DEFAULT_PYTHON,
+                  script], tmp_path)
+    assert traced.returncode == 0, describe(traced)
+    out = tiny_tmpfs / "report"
+    out.write_text("the old report\n")
+    p = run([MEMTAP, *cmd, cap, "-o", out], tmp_path)
+    assert p.returncode == 1, describe(p)
+    assert p.stderr.decode().splitlines() == [
+        "memtap: cannot write '%s': No space left on device" % out], describe(p)
+    assert out.read_text() == "the old report\n"
+    assert sorted(x.name for x in tiny_tmpfs.iterdir()) == ["report"]
+
+
 # ---- the program does unusual things --------------------------------------------
 
 def test_closes_all_file_descriptors(tmp_path):

@@ -662,10 +662,22 @@ def test_usage_errors(main_capture):
     for args in (["summary"], ["summary", cap, "--sort", "bogus"],
                  ["summary", cap, "--leaks", "--temporary"], ["export", cap],
                  ["export", "--format", "nope", cap], ["tree", cap, "--json"],
-                 ["parse", "--bogus", cap]):
+                 ["parse", "--bogus", cap], ["summary", cap, "--leaks=false"],
+                 ["summary", cap, "--json=no"], ["tree", cap, "--split-threads=0"],
+                 ["summary", cap, "-n", "0"], ["tree", cap, "-n", "0"]):
         proc = memtap(*args, ok=False)
         assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
         assert proc.stderr.startswith("memtap "), proc.stderr
+
+
+def test_stdout_that_cannot_be_written(main_capture):
+    cap, _, _ = main_capture
+    for cmd in (["stats"], ["stats", "--json"], ["summary"], ["tree"]):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([str(MEMTAP), *cmd, str(cap)], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 1 and proc.stderr == (
+            "memtap: cannot write '<stdout>': No space left on device\n"), (cmd, proc.stderr)
 
 
 def test_export_speedscope_split_threads(threads_capture, tmp_path):
