@@ -537,6 +537,15 @@ int mt_py_walk_deep(struct mt_pyframe *out, int max, struct mt_pyframe *ring,
  * unchanged when it does not fit (strings are cut at a character). */
 static char *put_utf8(char *p, char *end, uint32_t c)
 {
+    /* A lone surrogate has no UTF-8. U+DC80..U+DCFF is how Python decodes
+     * a file name's bytes that are not UTF-8 (surrogateescape): the byte
+     * itself, as the file system has it; other ones are not text. */
+    if (c >= 0xdc80 && c <= 0xdcff && end - p >= 1) {
+        *p++ = (char)(c - 0xdc00);
+        return p;
+    }
+    if (c >= 0xd800 && c <= 0xdfff)
+        c = 0xfffd;
     if (c < 0x80 && end - p >= 1) {
         *p++ = (char)c;
     } else if (c < 0x800 && end - p >= 2) {

@@ -487,6 +487,34 @@ static uint32_t loc_id(struct mt_report *r, const struct mt_rframe *f)
     return r->nlocs++;
 }
 
+/* A name as reports show it: control characters (C0, DEL, C1) become '?',
+ * so that no name can move a terminal's cursor or break a line-based
+ * format; bytes that are no UTF-8 stay (JSON escapes them). */
+static const char *intern_name(struct strtab *t, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    size_t len = strlen((const char *)p);
+    int clean = 1;
+    for (size_t i = 0; i < len && clean; i++)
+        clean = p[i] >= 0x20 && p[i] != 0x7f && !(p[i] == 0xc2 && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f);
+    if (clean)
+        return intern(t, (const char *)p);
+    char *c = xrealloc(NULL, len + 1);
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == 0xc2 && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f) {
+            c[n++] = '?';
+            i++;
+        } else {
+            c[n++] = p[i] < 0x20 || p[i] == 0x7f ? '?' : (char)p[i];
+        }
+    }
+    c[n] = 0;
+    const char *r = intern(t, c);
+    free(c);
+    return r;
+}
+
 char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap)
 {
     if (l->file && l->file[0] && l->line > 0)
@@ -708,10 +736,10 @@ static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_
             fn = buf;
         }
         struct mt_rframe *f = &r->ipframes[r->nipframes++];
-        f->function = intern(&r->strings, fn);
-        f->file = intern(&r->strings, sf[i].file ? sf[i].file : "");
+        f->function = intern_name(&r->strings, fn);
+        f->file = intern_name(&r->strings, sf[i].file ? sf[i].file : "");
         f->line = (int32_t)sf[i].line;
-        f->object = intern(&r->strings, op[0] ? base_name(op) : "");
+        f->object = intern_name(&r->strings, op[0] ? base_name(op) : "");
         f->is_python = 0;
         f->is_entry = 0;
         f->kind = (uint8_t)mt_classify_native(f->function, cls_obj);
@@ -732,7 +760,7 @@ static int py_frames(struct mt_report *r, const struct mt_group *g)
     for (int i = 0; i < np; i++) {
         const struct mt_frame *f = &r->pyraw[i];
         r->py[i] = (struct mt_rframe){
-            intern(&r->strings, f->function), intern(&r->strings, f->file),
+            intern_name(&r->strings, f->function), intern_name(&r->strings, f->file),
             intern(&r->strings, ""), f->line, 1, (uint8_t)(f->is_entry != 0),
             MT_K_NORMAL, 0 };
     }
@@ -919,8 +947,16 @@ static void json_str(FILE *f, const char *s, int html)
             else putc('<', f);
             break;
         default:
-            if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-            else putc(*p, f);
+            if (*p < 0x20 || *p == 0x7f) {
+                fprintf(f, "\\u%04x", *p);
+            } else {
+                /* A byte that is no UTF-8 (a file name in another
+                 * encoding) as Python's surrogateescape reads it: the text
+                 * stays valid, and Python decodes it to the name it had. */
+                int n = mt_utf8_len(p);
+                if (n == 0) fprintf(f, "\\udc%02x", *p);
+                else fwrite(p, 1, (size_t)n, f), p += n - 1;
+            }
         }
     }
     putc('"', f);
@@ -1046,7 +1082,7 @@ uint32_t mt_report_thread_loc(struct mt_report *r, uint32_t thread)
         snprintf(buf, sizeof buf, "%s (thread %u)", name, tid);
     else
         snprintf(buf, sizeof buf, "%s", name);
-    struct mt_rframe f = { intern(&r->strings, buf), intern(&r->strings, ""),
+    struct mt_rframe f = { intern_name(&r->strings, buf), intern(&r->strings, ""),
                            intern(&r->strings, ""), 0, 2, 0, 0, 0 };
     return loc_id(r, &f);
 }

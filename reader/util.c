@@ -71,18 +71,24 @@ char *fmt_size(char *buf, uint64_t bytes)
     return buf;
 }
 
-void json_string(FILE *f, const char *s)
+int mt_utf8_len(const unsigned char *p)
 {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
+    unsigned char c = p[0];
+    int n;
+    unsigned char lo = 0x80, hi = 0xbf;  /* the second byte's range */
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) n = 2;
+    else if (c >= 0xe0 && c <= 0xef) n = 3;
+    else if (c >= 0xf0 && c <= 0xf4) n = 4;
+    else return 0;
+    if (c == 0xe0) lo = 0xa0;        /* no overlong forms */
+    else if (c == 0xed) hi = 0x9f;   /* no surrogates */
+    else if (c == 0xf0) lo = 0x90;
+    else if (c == 0xf4) hi = 0x8f;   /* nothing past U+10FFFF */
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (int i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf) return 0;
+    return n;
 }
 
 const char *self_dir(void)

@@ -24,8 +24,10 @@ __attribute__((noreturn)) void die_capture(const char *path, int err,
 /* "12.3 MiB" etc. into buf (at least 32 bytes); returns buf. */
 char *fmt_size(char *buf, uint64_t bytes);
 
-/* Writes s as a JSON string (with quotes) to f. */
-void json_string(FILE *f, const char *s);
+/* The length of the well-formed UTF-8 sequence p starts with (1-4), or 0
+ * when it starts with none (a byte of a name in another encoding). Reads
+ * no further than the first byte that does not fit (a NUL ends). */
+int mt_utf8_len(const unsigned char *p);
 
 /* Directory holding the running memtap binary (static buffer). */
 const char *self_dir(void);

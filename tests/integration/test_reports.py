@@ -820,3 +820,47 @@ def test_temporary_n(tmp_path_factory):
         got = {k for k in "abc" if own_at(rep, script, line_of(text, k)) == (sizes[k], 1)}
         none = {k for k in "abc" if own_at(rep, script, line_of(text, k)) == (0, 0)}
         assert got == set(expect) and none == set("abc") - set(expect), (n, got, none)
+
+
+HOSTILE = """\
+import sys
+keep = []
+def make(size):
+    keep.append(bytearray(size))  # @alloc
+evil = "\\x1b[2J\\x1b]0;PWNED\\x07e\\u009bvil\\nname"
+fields = {"co_name": evil}
+if sys.version_info >= (3, 11):
+    fields["co_qualname"] = evil
+make.__code__ = make.__code__.replace(**fields)
+make(1234567)
+"""
+
+
+def test_names_that_are_no_text(tmp_path):
+    # A script whose file name is not UTF-8 (Latin-1 bytes) and a function
+    # whose name holds terminal escapes: JSON stays valid UTF-8 and gives
+    # Python's own str for the name back; text reports show no control
+    # character.
+    d = tmp_path / os.fsdecode(b"lat\xe9dir")
+    d.mkdir()
+    script = d / os.fsdecode(b"caf\xe9.py")
+    script.write_text(HOSTILE)
+    cap = tmp_path / "c.bin"
+    proc = memtap_run(["-o", cap, "--python", DEFAULT_PYTHON, script], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = line_of(HOSTILE, "alloc")
+    for args in (["summary", "--json"], ["summary", "--json", "--leaks"]):
+        out = subprocess.run([str(MEMTAP), *args, str(cap)], capture_output=True,
+                             timeout=TIMEOUT, check=True).stdout
+        rows = json.loads(out.decode("utf-8"))["rows"]  # strict: valid UTF-8
+        mine = [r for r in rows if r["line"] == line and r["own_bytes"] == 1234568]
+        assert [r["file"] for r in mine] == [str(script)], rows[:3]
+        assert mine[0]["function"] == "?[2J?]0;PWNED?e?vil?name", mine[0]
+    stats = subprocess.run([str(MEMTAP), "stats", "--json", str(cap)], capture_output=True,
+                           timeout=TIMEOUT, check=True).stdout
+    assert json.loads(stats.decode("utf-8"))["command"].endswith(str(script))
+    for cmd in (["summary"], ["tree"], ["stats"], ["export", "--format", "collapsed"]):
+        out = subprocess.run([str(MEMTAP), *cmd, str(cap)], capture_output=True,
+                             timeout=TIMEOUT, check=True, env=clean_env({"NO_COLOR": "1"})).stdout
+        assert b"\x1b" not in out and b"\x07" not in out and b"\xc2\x9b" not in out, cmd
+        assert b"PWNED?e?vil?name" in out, (cmd, out[:2000])
