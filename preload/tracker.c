@@ -41,6 +41,7 @@
 #define MT_MAX_NATIVE 512
 #define MT_STARTING ((struct mt_thread *)1)  /* mt_self while it is built */
 #define MT_GONE ((struct mt_thread *)2)      /* the thread ended, or no slot */
+#define MT_SHARED ((struct mt_thread *)3)    /* a thread of the shared slot */
 
 /* One entry of a thread's last stack, outermost first. */
 struct cached_frame {
@@ -61,6 +62,8 @@ struct code_table { struct code_entry *e; uint32_t cap, used, next_id; };
 
 struct mt_thread {
     int busy;                       /* the re-entry guard */
+    int shared;                     /* the state of the threads beyond
+                                       MT_SLOTS - 1, used under shared_lock */
     unsigned epoch;                 /* the start it belongs to */
     unsigned slot;
     uint8_t *ring;
@@ -602,11 +605,14 @@ static void thread_end(void *arg)
     thread_free(t);
 }
 
+/* The last slot is the shared one's (shared_enter). */
+#define MT_SHARED_SLOT (MT_SLOTS - 1)
+
 static int slot_claim(void)
 {
-    unsigned start = (unsigned)gettid() % MT_SLOTS;
-    for (unsigned i = 0; i < MT_SLOTS; i++) {
-        unsigned s = (start + i) % MT_SLOTS;
+    unsigned start = (unsigned)gettid() % MT_SHARED_SLOT;
+    for (unsigned i = 0; i < MT_SHARED_SLOT; i++) {
+        unsigned s = (start + i) % MT_SHARED_SLOT;
         uint32_t want = MT_SLOT_FREE;
         if (atomic_compare_exchange_strong(&shm->slots[s].state, &want,
                                            MT_SLOT_OWNED))
@@ -615,21 +621,28 @@ static int slot_claim(void)
     return -1;
 }
 
+static struct mt_thread *shared_enter(void);
+
 static struct mt_thread *thread_start(void)
 {
     mt_self = MT_STARTING;  /* our own calls below are not recorded */
     struct mt_thread *t = table_map(sizeof *t);
-    int slot = t ? slot_claim() : -1;
-    if (slot < 0) {
+    if (!t) {
         static int told;
-        if (t)
-            mt_raw_munmap(t, sizeof *t);
         if (!__atomic_exchange_n(&told, 1, __ATOMIC_RELAXED))
-            say(slot < 0 && t ? "memtap: too many threads at once; "
-                                "threads beyond " "256" " are not recorded\n"
-                              : "memtap: out of memory for a thread's state\n");
+            say("memtap: out of memory for a thread's state; a thread is not recorded\n");
         mt_self = MT_GONE;
         return NULL;
+    }
+    int slot = slot_claim();
+    if (slot < 0) {
+        static int told;
+        mt_raw_munmap(t, sizeof *t);
+        if (!__atomic_exchange_n(&told, 1, __ATOMIC_RELAXED))
+            say("memtap: more than 255 threads at once; the others are recorded "
+                "together, as one thread\n");
+        mt_self = MT_SHARED;
+        return shared_enter();
     }
     t->slot = (unsigned)slot;
     t->epoch = epoch;
@@ -641,6 +654,65 @@ static struct mt_thread *thread_start(void)
     thread_announce_own(t);
     mt_self = t;
     return t;
+}
+
+/* The threads beyond the slots share one: one state (ids, caches, ring)
+ * that one of them at a time uses, from mt_enter to the end of its
+ * record, so that its ring stays in event order and its ids stay one
+ * thread's. The lock is held across the real call: those threads'
+ * allocations take turns. */
+static struct mt_thread *shared_thread;
+static int shared_lock;
+static __thread int shared_busy  /* this thread holds it: our own calls */
+    __attribute__((tls_model("initial-exec")));
+
+static void shared_leave(void)
+{
+    __atomic_store_n(&shared_lock, 0, __ATOMIC_RELEASE);
+    shared_busy = 0;
+}
+
+static struct mt_thread *shared_enter(void)
+{
+    if (shared_busy)
+        return NULL;
+    shared_busy = 1;
+    for (unsigned n = 0; __atomic_exchange_n(&shared_lock, 1, __ATOMIC_ACQUIRE); n++)
+        if (n > 64)
+            sched_yield();
+    struct mt_thread *t = shared_thread;
+    if (!t || t->epoch != epoch) {
+        /* The first, or recording restarted into a new transport. */
+        uint32_t free_slot = MT_SLOT_FREE;
+        struct mt_thread *n = table_map(sizeof *n);
+        if (!n || !atomic_compare_exchange_strong(&shm->slots[MT_SHARED_SLOT].state,
+                                                  &free_slot, MT_SLOT_OWNED)) {
+            if (n)
+                mt_raw_munmap(n, sizeof *n);
+            shared_leave();
+            return NULL;
+        }
+        if (t)
+            thread_free(t);
+        n->shared = 1;
+        n->slot = MT_SHARED_SLOT;
+        n->epoch = epoch;
+        n->ring = mt_shm_ring(shm, MT_SHARED_SLOT);
+        n->head = n->tail_seen = atomic_load(&shm->slots[MT_SHARED_SLOT].head);
+        shm->slots[MT_SHARED_SLOT].tid = (uint32_t)gettid();
+        thread_announce(n, "[threads beyond 255]");
+        shared_thread = t = n;
+    }
+    t->busy = 1;
+    return t;
+}
+
+/* A record is written: the thread leaves the tracker. */
+static inline void record_done(struct mt_thread *t)
+{
+    t->busy = 0;
+    if (__builtin_expect(t->shared, 0))
+        shared_leave();
 }
 
 /* ---- the recording API ----------------------------------------------- */
@@ -684,10 +756,13 @@ struct mt_thread *mt_enter(void)
     if (!__builtin_expect(active, 1))
         return NULL;
     struct mt_thread *t = mt_self;
-    if ((uintptr_t)t <= (uintptr_t)MT_GONE) {
-        if (t != NULL)
+    if ((uintptr_t)t <= (uintptr_t)MT_SHARED) {
+        if (t == MT_SHARED)
+            t = shared_enter();
+        else if (t == NULL)
+            t = thread_start();
+        else
             return NULL;
-        t = thread_start();
         if (!t)
             return NULL;
     } else if (t->busy) {
@@ -710,7 +785,7 @@ struct mt_thread *mt_enter(void)
 void mt_leave(struct mt_thread *t)
 {
     if (t)
-        t->busy = 0;
+        record_done(t);
 }
 
 uint64_t mt_order(struct mt_thread *t)
@@ -741,7 +816,7 @@ void mt_record_alloc(struct mt_thread *t, unsigned allocator, void *ptr,
         return;
     if (ptr)
         alloc_write(t, allocator, ptr, size);
-    t->busy = 0;
+    record_done(t);
 }
 
 void mt_record_free(struct mt_thread *t, uint64_t seq, void *ptr)
@@ -749,7 +824,7 @@ void mt_record_free(struct mt_thread *t, uint64_t seq, void *ptr)
     if (!t)
         return;
     event_write(t, MT_R_FREE, 0, seq, (uintptr_t)ptr, 0, 0, 0);
-    t->busy = 0;
+    record_done(t);
 }
 
 void mt_record_realloc(struct mt_thread *t, uint64_t seq, unsigned allocator,
@@ -766,7 +841,7 @@ void mt_record_realloc(struct mt_thread *t, uint64_t seq, unsigned allocator,
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
     if (new_ptr)
         alloc_write(t, allocator, new_ptr, size);
-    t->busy = 0;
+    record_done(t);
 }
 
 static size_t page_round(size_t len)
@@ -791,7 +866,7 @@ void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
         return;
     if (addr != MAP_FAILED)
         alloc_write(t, mapping_kind(prot, flags), addr, page_round(len));
-    t->busy = 0;
+    record_done(t);
 }
 
 void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,
@@ -804,7 +879,7 @@ void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,
                     0, 0);
     else
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
-    t->busy = 0;
+    record_done(t);
 }
 
 void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
@@ -819,16 +894,16 @@ void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
     } else {
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
     }
-    t->busy = 0;
+    record_done(t);
 }
 
 void mt_record_thread_name(struct mt_thread *t, const char *name)
 {
     if (!t)
         return;
-    if (name)
+    if (name && !t->shared)  /* the shared state keeps its own name */
         thread_announce(t, name);
-    t->busy = 0;
+    record_done(t);
 }
 
 void mt_record_exit(int status)
@@ -841,7 +916,7 @@ void mt_record_exit(int status)
     if (!t)
         return;
     event_write(t, MT_R_EXIT, 0, seq_take(), (uint32_t)status, 0, 0, 0);
-    t->busy = 0;
+    record_done(t);
 }
 
 /* What a new thread's first act records, passed from its creator. */
@@ -1002,12 +1077,17 @@ static void fork_child(void)
     memcpy(s->program_exe, shm->program_exe, sizeof s->program_exe);
     atomic_store(&s->ready, 1);
     struct mt_thread *t = mt_self;
-    if ((uintptr_t)t > (uintptr_t)MT_GONE) {
+    if ((uintptr_t)t > (uintptr_t)MT_SHARED) {
         pthread_setspecific(thread_key, NULL);
         t->slot = 0;
         thread_free(t);
     }
     mt_self = NULL;
+    if (shared_thread)  /* the parent's; its other threads are not here */
+        thread_free(shared_thread);
+    shared_thread = NULL;
+    shared_lock = 0;
+    shared_busy = 0;
     mt_raw_munmap(shm, MT_SHM_BYTES);
     shm = s;
     ended = 0;
@@ -1132,7 +1212,7 @@ static int exec_announce(void)
         nanosleep(&ts, NULL);
     }
     thread_announce_own(t);
-    t->busy = 0;
+    record_done(t);
     return 0;
 }
 
@@ -1244,7 +1324,7 @@ __attribute__((visibility("default"))) long memtap_mark(void)
         return -1;
     uint64_t k = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
     event_write(t, MT_R_MARK, 0, seq_take(), k, 0, 0, 0);
-    t->busy = 0;
+    record_done(t);
     return (long)k;
 }
 

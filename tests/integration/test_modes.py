@@ -283,6 +283,47 @@ def test_without_follow_fork_children_write_nothing(tmp_path, run_memtap):
     assert list(tmp_path.glob("capture.*.bin")) == []
 
 
+MANY_THREADS = """\
+import threading, queue
+N = 300
+bar = threading.Barrier(N)
+q = queue.Queue()
+kept = [None] * N
+def work(i):
+    bar.wait()                      # all 300 alive at once
+    kept[i] = bytearray(100000 + i)  # @each
+    if i < 10:
+        q.put(bytearray(1000000 + i))   # @handed
+    bar.wait()
+    if i == N - 1:
+        while not q.empty():
+            q.get()                 # freed by another thread, maybe a shared one
+threads = [threading.Thread(target=work, args=(i,)) for i in range(N)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(len(kept))
+"""
+
+
+def test_more_threads_than_slots(tmp_path, run_memtap):
+    # 255 threads record into rings of their own; the others share one, in
+    # turns: every allocation and every free is recorded, exactly.
+    proc, stats = run_memtap(tmp_path, MANY_THREADS)
+    assert proc.stdout == b"300\n"
+    assert proc.stderr.decode().count("more than 255 threads at once") == 1, proc.stderr
+    each = line_of(MANY_THREADS, "each")
+    rows = find_locations(stats, "prog.py", each)
+    assert sum(r["count"] for r in rows) == 300, rows
+    assert sum(r["bytes"] for r in rows) == sum(100000 + i + 1 for i in range(300))
+    assert "[threads beyond 255]" in [t["name"] for t in stats["threads"]]
+    data, leaks = summary_rows(proc.capture, "--leaks")
+    handed = line_of(MANY_THREADS, "handed")
+    assert not [k for k in leaks if k[2] == handed], leaks
+    assert sum(v[1] for k, v in leaks.items() if k[2] == each) == 300
+
+
 THREAD_NAMES = """\
 import ctypes, threading
 libc = ctypes.CDLL(None)
