@@ -237,8 +237,10 @@ static char *join_argv(char **argv)
 /* What memtap was started with: the program gets it back. */
 static struct sigaction inherited_int, inherited_quit;
 
-/* The child: waits until the capture is ready, then becomes the program. */
-static void child_exec(struct target *t, int go, int shm_fd, const char *fork_name)
+/* The child: waits until the capture is ready, then becomes the program.
+ * If it cannot, it writes errno to failed (closed on exec) for memtap. */
+static void child_exec(struct target *t, int go, int failed, int shm_fd,
+                       const char *fork_name)
 {
     char token;
     ssize_t n;
@@ -274,8 +276,29 @@ static void child_exec(struct target *t, int go, int shm_fd, const char *fork_na
     sigaction(SIGINT, &inherited_int, NULL);  /* ignored stays ignored (a `&` job) */
     sigaction(SIGQUIT, &inherited_quit, NULL);
     execvp(t->argv[0], t->argv);
-    fprintf(stderr, "memtap: cannot run '%s': %s\n", t->argv[0], strerror(errno));
-    _exit(errno == ENOENT ? 127 : 126);
+    int e = errno;
+    if (write(failed, &e, sizeof e) != sizeof e) { /* memtap sees EOF: exit 126 */ }
+    _exit(e == ENOENT ? 127 : 126);
+}
+
+/* The program did not start (not executable, a bad interpreter line):
+ * there is nothing to record, and no capture is left behind; memtap exits
+ * as a shell would (126, or 127 when something was not found). */
+static void exec_check(const struct target *t, int failed, pid_t pid,
+                       struct session_capture *cap)
+{
+    int e;
+    ssize_t n;
+    do
+        n = read(failed, &e, sizeof e);
+    while (n < 0 && errno == EINTR);
+    close(failed);
+    if (n != sizeof e)
+        return;  /* closed by the exec: it runs */
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    session_capture_discard(cap);
+    fprintf(stderr, "memtap: cannot run '%s': %s\n", t->argv[0], strerror(e));
+    exit(e == ENOENT ? 127 : 126);
 }
 
 static volatile sig_atomic_t forward_pid;
@@ -368,8 +391,8 @@ int cmd_run(int argc, char **argv)
     char fork_name[MT_FORK_NAME_MAX] = "";
     if (o.modes.follow_fork && (sock = session_fork_listen(fork_name, sizeof fork_name)) < 0)
         die("cannot create a socket: %s", strerror(errno));
-    int go[2];
-    if (pipe2(go, O_CLOEXEC) != 0)
+    int go[2], failed[2];
+    if (pipe2(go, O_CLOEXEC) != 0 || pipe2(failed, O_CLOEXEC) != 0)
         die("cannot create a pipe: %s", strerror(errno));
     /* Ctrl-C is the program's to handle */
     sigaction(SIGINT, &(struct sigaction){.sa_handler = SIG_IGN}, &inherited_int);
@@ -380,9 +403,11 @@ int cmd_run(int argc, char **argv)
         die("cannot fork: %s", strerror(errno));
     if (pid == 0) {
         close(go[1]);
-        child_exec(&t, go[0], shm_fd, fork_name);
+        close(failed[0]);
+        child_exec(&t, go[0], failed[1], shm_fd, fork_name);
     }
     close(go[0]);
+    close(failed[1]);
     forward_pid = pid;
     signal(SIGTERM, forward);
     signal(SIGHUP, forward);
@@ -421,6 +446,7 @@ int cmd_run(int argc, char **argv)
     if (write(go[1], "T", 1) != 1)
         die("cannot start '%s': %s", t.argv[0], strerror(errno));
     close(go[1]);
+    exec_check(&t, failed[0], pid, &main_cap);
 
     struct session f = {.n = 1, .cap = 8, .sock = sock, .h = &h,
                         .force = o.force, .quiet = o.quiet, .end = SESSION_WAIT};

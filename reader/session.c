@@ -293,6 +293,18 @@ uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit
     return tr.events;
 }
 
+void session_capture_discard(struct session_capture *cap)
+{
+    if (cap->agg)
+        mt_analysis_free(mt_replay_finish(cap->agg, &cap->h));
+    else
+        mt_writer_close(cap->w, NULL);
+    mt_collector_free(cap->c);
+    unlink(cap->path);
+    free(cap->command);
+    cap->command = NULL;
+}
+
 /* Creates the capture file (refusing to replace one without force) and
  * connects the collector to it: a writer, or with --aggregate a replay
  * whose saves replace the file. @return an mt_err. */

@@ -73,6 +73,10 @@ long session_capture_step(struct session_capture *cap, uint64_t now);
  * running, the capture reads as incomplete), frees cap->c. @return events. */
 uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit *exit);
 
+/* Closes the capture of a program that never started and removes its
+ * file; frees cap->c. */
+void session_capture_discard(struct session_capture *cap);
+
 /* How a process that is not our child ended, from /proc.
  * @return 1 ended (*exit set; signal -1 when unknown), 0 still running. */
 int session_process_ended(pid_t pid, struct mt_exit *exit);
