@@ -330,7 +330,8 @@ int mt_analyze(const char *path, const struct mt_analysis_opts *opts,
      * the reader need not turn numbers back into addresses. */
     mt_reader_numbers_only(rd);
     mt_replay_key_by_number(replay);
-    struct progress progress = {path, mt_reader_file_size(rd), opts->progress && isatty(2), 0,
+    uint64_t size = mt_reader_file_size(rd);  /* 0 for a pipe: no progress to show */
+    struct progress progress = {path, size, opts->progress && size && isatty(2), 0,
                                seconds()};
     uint64_t offset = 0;
     rc = replay_all(rd, opts, replay, &progress, &offset);

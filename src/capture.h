@@ -177,7 +177,9 @@ int mt_reader_next_many(struct mt_reader *r, struct mt_record *recs, int max);
 /* Byte offset in the file of the block being decoded (for messages). */
 uint64_t mt_reader_offset(const struct mt_reader *r);
 
-/* File size and bytes consumed so far (for progress). */
+/* File size (0 when reading a pipe, whose size is not known) and bytes
+ * consumed so far (for progress). Captures are read front to back once,
+ * so a pipe or a FIFO serves as well as a file. */
 uint64_t mt_reader_file_size(const struct mt_reader *r);
 
 void mt_reader_close(struct mt_reader *r);

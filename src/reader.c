@@ -175,13 +175,15 @@ static char *dup_bytes(const uint8_t *s, uint32_t n)
 static int read_header(struct mt_reader *r, uint32_t *found_version)
 {
     uint8_t fixed[16];
-    if (r->size == 0)
-        return MT_E_EMPTY;
-    int rc = read_exact(r, fixed, sizeof fixed);
-    if (memcmp(fixed, MT_FILE_MAGIC, r->size < 8 ? r->size : 8) != 0)
+    size_t got = fread(fixed, 1, sizeof fixed, r->f);
+    r->offset += got;
+    if (got == 0)
+        return ferror(r->f) ? MT_E_IO : MT_E_EMPTY;
+    if (memcmp(fixed, MT_FILE_MAGIC, got < 8 ? got : 8) != 0)
         return MT_E_NOT_CAPTURE;
-    if (rc != MT_OK)
-        return rc;
+    if (got < sizeof fixed)
+        return ferror(r->f) ? MT_E_IO : MT_E_TRUNCATED;
+    int rc;
     uint32_t version = mt_get_u32le(fixed + 8), len = mt_get_u32le(fixed + 12);
     if (found_version)
         *found_version = version;
@@ -223,18 +225,28 @@ int mt_reader_open(const char *path, struct mt_reader **out,
     struct mt_reader *r = calloc(1, sizeof *r);
     if (!r)
         return MT_E_NOMEM;
-    r->f = fopen(path, "rbe");
+    /* Non-blocking: opening a FIFO must not wait for a writer. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     struct stat st;
-    if (!r->f || fstat(fileno(r->f), &st) != 0) {
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        if (fd >= 0)
+            close(fd);
         mt_reader_close(r);
         return MT_E_IO;
     }
     if (S_ISDIR(st.st_mode)) {
+        close(fd);
         mt_reader_close(r);
         errno = EISDIR;
         return MT_E_IO;
     }
-    r->size = (uint64_t)st.st_size;
+    r->f = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "rb") : NULL;
+    if (!r->f) {
+        close(fd);
+        mt_reader_close(r);
+        return MT_E_IO;
+    }
+    r->size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0;  /* a pipe: not known */
     r->raw = malloc(MT_BLOCK_MAX_RAW);
     r->comp = malloc((size_t)LZ4_compressBound(MT_BLOCK_MAX_RAW));
     int rc = r->raw && r->comp ? read_header(r, found_version) : MT_E_NOMEM;

@@ -238,7 +238,8 @@ PNG = bytes.fromhex(
 
 @pytest.mark.parametrize("cmd", COMMAND_IDS)
 @pytest.mark.parametrize("kind", ["empty", "random", "png", "text", "directory", "missing",
-                                  "magic-only", "fifo-like-dev-null"])
+                                  "magic-only", "fifo-like-dev-null", "fifo-no-writer",
+                                  "dev-zero"])
 def test_not_a_capture(cmd, kind, tmp_path, memtap):
     rnd = random.Random(6)
     if kind == "empty":
@@ -257,8 +258,13 @@ def test_not_a_capture(cmd, kind, tmp_path, memtap):
         f, problem = tmp_path / "no-such-capture.bin", "no such file"
     elif kind == "magic-only":
         f, problem = write(tmp_path, "magic.bin", MAGIC), None
+    elif kind == "fifo-no-writer":  # must not wait for one
+        f, problem = tmp_path / "fifo", "empty"
+        os.mkfifo(f)
+    elif kind == "dev-zero":
+        f, problem = Path("/dev/zero"), "not a memtap capture"
     else:
-        f, problem = Path("/dev/null"), None
+        f, problem = Path("/dev/null"), "empty"
     assert_error(report(cmd, f, tmp_path), f, problem)
 
 

@@ -864,3 +864,18 @@ def test_names_that_are_no_text(tmp_path):
                              timeout=TIMEOUT, check=True, env=clean_env({"NO_COLOR": "1"})).stdout
         assert b"\x1b" not in out and b"\x07" not in out and b"\xc2\x9b" not in out, cmd
         assert b"PWNED?e?vil?name" in out, (cmd, out[:2000])
+
+
+def test_a_capture_read_from_a_pipe(main_capture):
+    # Captures are read front to back once: `cat app.bin | memtap stats
+    # /dev/stdin` and a process substitution give what the file gives.
+    cap, _, _ = main_capture
+    for cmd in (["stats", "--json"], ["summary", "--json"], ["export", "--format", "collapsed"]):
+        from_file = memtap(*cmd, cap).stdout
+        cat = subprocess.Popen(["cat", str(cap)], stdout=subprocess.PIPE)
+        piped = subprocess.run([str(MEMTAP), *cmd, "/dev/stdin"], stdin=cat.stdout,
+                               capture_output=True, text=True, timeout=TIMEOUT)
+        cat.stdout.close()
+        cat.wait()
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout == from_file, cmd
