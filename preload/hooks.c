@@ -247,7 +247,7 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
     struct mt_thread *t = mt_enter();
     uint64_t seq = mt_order(t);
     void *p = mt_real.mremap(old, old_len, new_len, flags, want);
-    mt_record_mremap(t, seq, old, old_len, p, new_len);
+    mt_record_mremap(t, seq, old, old_len, p, new_len, flags);
     return p;
 }
 

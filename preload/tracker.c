@@ -882,14 +882,21 @@ void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,
     record_done(t);
 }
 
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+
 void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
-                      size_t old_len, void *new_addr, size_t new_len)
+                      size_t old_len, void *new_addr, size_t new_len, int flags)
 {
     if (!t)
         return;
     if (new_addr != MAP_FAILED) {  /* as realloc: two numbers */
-        event_write(t, MT_R_MUNMAP, 0, seq, (uintptr_t)old, page_round(old_len),
-                    0, 0);
+        if (flags & MREMAP_DONTUNMAP)  /* the old range stays, emptied */
+            event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
+        else
+            event_write(t, MT_R_MUNMAP, 0, seq, (uintptr_t)old, page_round(old_len),
+                        0, 0);
         alloc_write(t, MT_A_MMAP, new_addr, page_round(new_len));
     } else {
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);

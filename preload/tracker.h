@@ -53,10 +53,11 @@ void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
 void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,
                       size_t len, int ok);
 
-/* mremap result (MAP_FAILED: nothing changed); recorded as realloc is.
+/* mremap result (MAP_FAILED: nothing changed); recorded as realloc is,
+ * but for MREMAP_DONTUNMAP in flags, which leaves the old range mapped.
  * Leaves the guard. */
 void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
-                      size_t old_len, void *new_addr, size_t new_len);
+                      size_t old_len, void *new_addr, size_t new_len, int flags);
 
 /* The calling thread was named (prctl / pthread_setname_np). */
 void mt_record_thread_name(struct mt_thread *t, const char *name);

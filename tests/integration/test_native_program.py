@@ -140,6 +140,23 @@ def test_mremap(memtap, prog, tmp_path, baseline):
     assert (count, nbytes) == (3, 4 * PAGE + 5 * PAGE + 1 * PAGE)
 
 
+def test_mremap_dontunmap_leaves_the_old_range(memtap, prog, tmp_path, baseline):
+    # MREMAP_DONTUNMAP moves the pages and keeps the old range mapped: both
+    # count, 3 + 3 pages, as the kernel's own accounting has them
+    work = tmp_path / "dontunmap"
+    work.mkdir()
+    shutil.copy2(prog, work / "alloc_all")
+    out = work / "capture.bin"
+    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), "./alloc_all",
+                           "dontunmap"], cwd=work, env=clean_env(), capture_output=True,
+                          timeout=TIMEOUT)
+    if proc.returncode == 3:
+        pytest.skip("this kernel has no MREMAP_DONTUNMAP")
+    assert proc.returncode == 0, proc.stderr
+    stats = memtap_stats(out)
+    assert stats["end_memory_bytes"] - baseline["end_memory_bytes"] == 6 * PAGE
+
+
 def test_failed_reallocs_leave_the_block_alive(memtap, prog, tmp_path, baseline):
     # realloc too big, reallocarray with n x size overflowing, and too big:
     # each fails and leaves the block as it was (a failure is not a free)

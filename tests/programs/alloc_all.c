@@ -11,6 +11,9 @@
  *   mremap    baseline + an anonymous mapping moved/resized with mremap
  *   locations three large allocations at known lines, one in a named thread
  *   exit7     baseline, then exit(7)
+ *   dontunmap baseline + 3 pages moved by mremap(MREMAP_DONTUNMAP), which
+ *             leaves the old range mapped: 6 pages live (exit 3: the kernel
+ *             has no MREMAP_DONTUNMAP)
  *   failed    baseline + a block that failed realloc and reallocarray calls
  *             (too big, n x size overflowing) leave alive: a 100-byte leak
  *
@@ -195,6 +198,17 @@ int main(int argc, char **argv)
 		keep[nkeep++] = malloc(3000001); /* @loc_main */
 		keep[nkeep++] = leaf_alloc(1000003); /* @loc_leaf_call */
 		run_thread(loc_worker);
+	} else if (strcmp(mode, "dontunmap") == 0) {
+		run_thread(idle_thread);
+		long page = sysconf(_SC_PAGESIZE);
+		char *m = mmap(NULL, 3 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* @du_mmap */
+		if (m == MAP_FAILED)
+			abort();
+		char *moved = mremap(m, 3 * page, 3 * page, MREMAP_MAYMOVE | 4 /* MREMAP_DONTUNMAP */); /* @du_move */
+		if (moved == MAP_FAILED)
+			return 3;
+		keep[nkeep++] = m;
+		keep[nkeep++] = moved;
 	} else if (strcmp(mode, "failed") == 0) {
 		run_thread(idle_thread);
 		void *p = malloc(100); /* @failed_keep */
