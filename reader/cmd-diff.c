@@ -184,8 +184,8 @@ static void print_table(struct mt_report *r[2], const struct drow *d, uint32_t n
            off, s0, s1, fmt_change(sc, sizeof sc, total_change));
     for (int s = 0; s < 2; s++)
         if (!mt_report_analysis(r[s])->complete)
-            printf("%s(%s capture incomplete: " MT_INCOMPLETE_WHY ")%s\n",
-                   bold, s ? "after" : "before", off);
+            printf("%s(%s capture incomplete: %s)%s\n", bold, s ? "after" : "before",
+                   mt_incomplete_why(mt_report_analysis(r[s])), off);
     if (n == 0) {
         printf("no allocations\n");
         return;

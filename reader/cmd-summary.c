@@ -93,7 +93,7 @@ static void print_header(struct mt_report *r, int color)
         break;
     }
     if (!a->complete)
-        printf("%s(incomplete capture: " MT_INCOMPLETE_WHY ")%s\n", b, e);
+        printf("%s(incomplete capture: %s)%s\n", b, mt_incomplete_why(a), e);
 }
 
 static void print_table(struct mt_report *r, const struct srow *srows, uint32_t n,

@@ -107,7 +107,7 @@ int cmd_tree(int argc, char **argv)
     if (n < ng) printf(", the %u biggest shown", n);
     printf("%s\n", p.color ? "\033[0m" : "");
     if (!a->complete)
-        printf("(incomplete capture: " MT_INCOMPLETE_WHY ")\n");
+        printf("(incomplete capture: %s)\n", mt_incomplete_why(a));
     if (n == 0) {
         printf("no allocations\n");
     } else {

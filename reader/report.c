@@ -515,6 +515,12 @@ static const char *intern_name(struct strtab *t, const char *s)
     return r;
 }
 
+const char *mt_incomplete_why(const struct mt_analysis *a)
+{
+    return a->stop_error == MT_E_CORRUPT || a->stop_error == MT_E_VERSION
+               ? "its data is damaged there" : MT_INCOMPLETE_WHY;
+}
+
 char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap)
 {
     if (l->file && l->file[0] && l->line > 0)
@@ -1281,9 +1287,9 @@ void mt_report_json_meta(struct mt_report *r, FILE *f)
             a->complete ? "true" : "false");
     w[0] = 0;
     if (!a->complete)
-        snprintf(w, sizeof w, "Incomplete capture (truncated at byte %llu): "
-                 MT_INCOMPLETE_WHY ". Showing what it holds.",
-                 (unsigned long long)a->stop_offset);
+        snprintf(w, sizeof w, "Incomplete capture (it stops at byte %llu: %s). "
+                 "Showing what it holds.", (unsigned long long)a->stop_offset,
+                 mt_incomplete_why(a));
     else if (a->trailer.exit.signal > 0)
         snprintf(w, sizeof w, "The program was killed by signal %d.", a->trailer.exit.signal);
     json_str(f, w, 1);

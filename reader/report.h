@@ -132,6 +132,10 @@ void mt_report_json_locs(struct mt_report *r, FILE *f, int html);
  * (no braces; '<' escaped) for the HTML reports. */
 void mt_report_json_meta(struct mt_report *r, FILE *f);
 
+/* Why an incomplete capture stops early, for a report's heading: cut
+ * short (MT_INCOMPLETE_WHY), or damaged data. */
+const char *mt_incomplete_why(const struct mt_analysis *a);
+
 /* "function (file:line)", "function (file)" or "function" into buf.
  * @return buf. */
 char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap);

@@ -78,6 +78,7 @@ struct mt_replay {
     uint32_t sample_stride, sample_skip;
     int ended;
     int by_number;              /* heap blocks keyed by allocation number */
+    int not_live;               /* by number: a free of a block not live */
     int detail;                 /* groups' peak, end and temporary counts
                                    are kept (not opts->totals_only) */
     uint64_t nrecords;          /* records added: bounds every id */
@@ -396,8 +397,18 @@ HOT void heap_alloc_record(struct mt_replay *s, const struct mt_record *r)
 HOT void heap_free(struct mt_replay *s, uint64_t key, uint32_t thread)
 {
     struct block b;
-    if (!key || !(s->by_number ? window_take(s, key, &b) : live_take(s, key, &b)))
+    if (!key)
+        return;  /* no block: realloc(NULL, n) */
+    if (s->by_number) {
+        /* A capture ends only blocks it numbered, each once: a number that
+         * is not live is damage the checksums did not catch. */
+        if (!window_take(s, key, &b)) {
+            s->not_live = 1;
+            return;
+        }
+    } else if (!live_take(s, key, &b)) {
         return;  /* allocated before tracking began, or not by a hook */
+    }
     block_end(s, &b, thread);
 }
 
@@ -1046,6 +1057,10 @@ int mt_replay_add_many(struct mt_replay *s, const struct mt_record *recs, uint32
             return MT_E_CORRUPT;
         }
         on_record(s, &recs[i]);
+        if (__builtin_expect(s->not_live, 0)) {
+            *done = i;
+            return MT_E_CORRUPT;
+        }
     }
     *done = n;
     return MT_OK;

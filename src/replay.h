@@ -130,7 +130,9 @@ void mt_replay_key_by_number(struct mt_replay *r);
 /* Applies one record (events, definitions, samples, the aggregate records
  * of an aggregate capture, the trailer). Strings are copied.
  * @return MT_OK, or MT_E_CORRUPT for a record whose ids cannot be right
- * (bigger than the number of records so far): it is not applied. */
+ * (bigger than the number of records so far), or, keyed by number, that
+ * ends a block that is not live (a capture ends each block it numbered
+ * once): it is not applied, and the replay takes no more records. */
 int mt_replay_add(struct mt_replay *r, const struct mt_record *rec);
 
 /* The same as mt_replay_add of an ALLOC or a FREE record with these

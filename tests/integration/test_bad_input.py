@@ -344,6 +344,21 @@ def test_crafted_capture_is_read(tmp_path, memtap):
     assert b'"total_allocations": 2' in proc.stdout.replace(b'":2', b'": 2'), proc.stdout
 
 
+@pytest.mark.parametrize("cmd", ["stats", "stats-json", "summary", "tree", "flamegraph"])
+def test_crafted_double_free_stops_the_reports(cmd, tmp_path, memtap):
+    """A capture ends each block it numbered once: a second free of one
+    (damage past the checksums) marks the capture incomplete where it is,
+    and the reports show what comes before."""
+    raw = alloc(0x10000, 100) + alloc(0x20000, 50) + b"\x02" + varint(zz(1)) + \
+        b"\x02" + varint(zz(0)) + alloc(0x30000, 70)
+    f = write(tmp_path, "double.bin", capture(raw + trailer(events=5)))
+    proc = report(cmd, f, tmp_path)
+    assert_incomplete_result(proc, f)
+    assert b"corrupt capture data" in proc.stderr, describe(proc)
+    if cmd == "stats-json":
+        assert b'"complete": false' in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("cmd", COMMAND_IDS)
 def test_crafted_records_out_of_range(cmd, tmp_path, memtap):
     """Records with fields no collector writes (unknown allocator, frees of
