@@ -281,6 +281,18 @@ static void child_exec(struct target *t, int go, int failed, int shm_fd,
     _exit(e == ENOENT ? 127 : 126);
 }
 
+/* memtap cannot record (its own memory or descriptors are short: a tight
+ * ulimit): the program runs all the same, as this process. */
+static __attribute__((noreturn)) void run_untracked(const struct target *t, const char *why)
+{
+    error("%s: %s; running the program untracked", why, strerror(errno));
+    fflush(NULL);
+    execvp(t->argv[0], t->argv);
+    int e = errno;
+    error("cannot run '%s': %s", t->argv[0], strerror(e));
+    exit(e == ENOENT ? 127 : 126);
+}
+
 /* The program did not start (not executable, a bad interpreter line):
  * there is nothing to record, and no capture is left behind; memtap exits
  * as a shell would (126, or 127 when something was not found). */
@@ -376,12 +388,12 @@ int cmd_run(int argc, char **argv)
     struct mt_collector *c;
     int shm_fd;
     if (mt_collector_new(session_shm_flags(&o.modes), (int)getpid(), &c, &shm_fd) != MT_OK)
-        die("cannot set up shared memory: %s", strerror(errno));
+        run_untracked(&t, "cannot set up shared memory");
     /* High, where the program is unlikely to have a descriptor of its own
      * (the number is the program's too: see child_exec). */
     int high = fcntl(shm_fd, F_DUPFD_CLOEXEC, 500);
     if (high < 0)
-        die("cannot set up shared memory: %s", strerror(errno));
+        run_untracked(&t, "cannot set up shared memory");
     close(shm_fd);
     shm_fd = high;
     if (o.output && !o.force && access(o.output, F_OK) == 0)

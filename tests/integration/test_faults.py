@@ -10,6 +10,7 @@ timeout. Where a capture is written it must be readable by `memtap stats`
 
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -94,6 +95,25 @@ def test_disk_full_dev_full(tmp_path):
     """Writes to /dev/full fail with ENOSPC from the first block on."""
     compare(tmp_path, ALLOCATE, memtap_opts=("-q", "-f"), out="/dev/full",
             expect_capture=False)
+
+
+def test_no_address_space_for_the_rings(tmp_path):
+    """Under a ulimit -v too tight for memtap's 256 MiB of rings, the
+    program runs untracked, with one line saying why."""
+    script = write_script(tmp_path, "import sys\nprint('ran', len(bytearray(10**6)))\nsys.exit(3)\n")
+    limit = 200 * 2**20
+
+    def tight():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    p = subprocess.run([str(MEMTAP), "run", "-o", str(tmp_path / "c.bin"), "--python",
+                        DEFAULT_PYTHON, str(script)], cwd=str(tmp_path), env=clean_env(),
+                       capture_output=True, timeout=TIMEOUT, preexec_fn=tight)
+    assert (p.returncode, p.stdout) == (3, b"ran 1000000\n"), describe(p)
+    assert p.stderr.decode().splitlines() == [
+        "memtap: cannot set up shared memory: Cannot allocate memory; running the "
+        "program untracked"], describe(p)
+    assert not (tmp_path / "c.bin").exists()
 
 
 @pytest.fixture
