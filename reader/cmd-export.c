@@ -253,7 +253,7 @@ int cmd_export(int argc, char **argv)
                                   usage, &o);
     if (rc >= 0) return rc;
     if (!o.format) {
-        fprintf(stderr, "memtap export: no --format given\nusage: %s\n", usage);
+        fprintf(stderr, "memtap: no --format given\nusage: %s\n", usage);
         return 2;
     }
     if (!strcmp(o.format, "collapsed")) fmt = F_COLLAPSED;
@@ -261,7 +261,7 @@ int cmd_export(int argc, char **argv)
     else if (!strcmp(o.format, "speedscope")) fmt = F_SPEEDSCOPE;
     else if (!strcmp(o.format, "csv")) fmt = F_CSV;
     else {
-        fprintf(stderr, "memtap export: unknown format '%s' (collapsed, austin, speedscope "
+        fprintf(stderr, "memtap: unknown format '%s' (collapsed, austin, speedscope "
                 "or csv)\n", o.format);
         return 2;
     }

@@ -174,17 +174,17 @@ int cmd_parse(int argc, char **argv)
             return 0;
         }
         if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "memtap parse: unknown option '%s'\nusage: %s\n", argv[i], usage);
+            fprintf(stderr, "memtap: unknown option '%s'\nusage: %s\n", argv[i], usage);
             return MT_EXIT_USAGE;
         }
         if (file) {
-            fprintf(stderr, "memtap parse: unexpected argument '%s'\nusage: %s\n", argv[i], usage);
+            fprintf(stderr, "memtap: unexpected argument '%s'\nusage: %s\n", argv[i], usage);
             return MT_EXIT_USAGE;
         }
         file = argv[i];
     }
     if (!file) {
-        fprintf(stderr, "memtap parse: no capture file given\nusage: %s\n", usage);
+        fprintf(stderr, "memtap: no capture file given\nusage: %s\n", usage);
         return MT_EXIT_USAGE;
     }
 

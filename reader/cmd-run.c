@@ -35,7 +35,7 @@ struct target {
 };
 
 static const char run_usage[] =
-    "usage: memtap run [-o FILE] [-f|--force] [--native] [--python PY] [-q]\n"
+    "usage: memtap run [-o FILE] [-f|--force] [--native] [--python PY] [-q|--quiet]\n"
     "                  [--trace-python-allocators] [--follow-fork] [--aggregate]\n"
     "                  [--addresses]\n"
     "                  (SCRIPT | -m MODULE | -c CODE | EXECUTABLE) [ARGS...]";
@@ -351,12 +351,13 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         {NULL, 0, NULL, 0},
     };
     int ch;
+    opterr = 0;  /* our own message, "memtap: ...", below */
     /* "+": options stop at the program; -m and -c are its options too. */
     for (;;) {
         if (optind < argc &&
             (!strcmp(argv[optind], "-m") || !strcmp(argv[optind], "-c")))
             break;
-        if ((ch = getopt_long(argc, argv, "+o:fqh", longopts, NULL)) == -1)
+        if ((ch = getopt_long(argc, argv, "+:o:fqh", longopts, NULL)) == -1)
             break;
         switch (ch) {
         case 'o': o->output = optarg; break;
@@ -364,9 +365,11 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
         case 'P': o->python = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': puts(run_usage); exit(0);
+        case ':':
+            die_usage("'%s' needs a value\n%s", argv[optind - 1], run_usage);
         default:
             if (!session_modes_set(&o->modes, ch))
-                die_usage("%s", run_usage);
+                die_usage("unknown option '%s'\n%s", argv[optind - 1], run_usage);
         }
     }
     if (optind >= argc)

@@ -69,10 +69,10 @@ const char *mt_metric_name(enum mt_metric m)
     }
 }
 
-static int usage_error(const char *cmd, const char *usage, const char *fmt, ...)
+static int usage_error(const char *usage, const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "memtap %s: ", cmd);
+    fputs("memtap: ", stderr);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -94,7 +94,6 @@ static int parse_ulong(const char *s, unsigned long *out)
 int mt_report_parse_args(int argc, char **argv, unsigned allowed,
                          const char *usage, struct mt_report_opts *o)
 {
-    const char *cmd = argc > 0 ? argv[0] : "report";
     int only_files = 0;
     memset(o, 0, sizeof *o);
     o->rows = -1;
@@ -107,9 +106,13 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
         char name[64];
 
         if (only_files || arg[0] != '-' || !strcmp(arg, "-")) {
+            /* `--temporary abc FILE`: abc was taken for the file */
+            if (o->file && o->file_at > 1 && !strcmp(argv[o->file_at - 1], "--temporary"))
+                return usage_error(usage, "bad --temporary value '%s'", o->file);
             if (o->file)
-                return usage_error(cmd, usage, "unexpected argument '%s'", arg);
+                return usage_error(usage, "unexpected argument '%s'", arg);
             o->file = arg;
+            o->file_at = i;
             continue;
         }
         if (!strcmp(arg, "--")) { only_files = 1; continue; }
@@ -126,15 +129,15 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
         }
 #define NEEDS(flag) \
         if (!(allowed & (flag))) \
-            return usage_error(cmd, usage, "unknown option '%s'", name)
+            return usage_error(usage, "unknown option '%s'", name)
 #define NO_VALUE() \
         if (val) \
-            return usage_error(cmd, usage, "option '%s' takes no value", name)
+            return usage_error(usage, "option '%s' takes no value", name)
 #define TAKE_VALUE() \
         do { \
             if (!val) { \
                 if (i + 1 >= argc) \
-                    return usage_error(cmd, usage, "option '%s' needs a value", name); \
+                    return usage_error(usage, "option '%s' needs a value", name); \
                 val = argv[++i]; \
             } \
         } while (0)
@@ -143,22 +146,22 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             NEEDS(MT_O_METRIC);
             NO_VALUE();
             if (o->metric == MT_M_TEMPORARY)
-                return usage_error(cmd, usage, "--leaks and --temporary exclude each other");
+                return usage_error(usage, "--leaks and --temporary exclude each other");
             o->metric = MT_M_LEAKS;
         } else if (!strcmp(name, "--temporary")) {
             unsigned long n;
             NEEDS(MT_O_METRIC);
             if (o->metric == MT_M_LEAKS)
-                return usage_error(cmd, usage, "--leaks and --temporary exclude each other");
+                return usage_error(usage, "--leaks and --temporary exclude each other");
             o->metric = MT_M_TEMPORARY;
             if (val) {
                 if (parse_ulong(val, &n) || n == 0 || n > 1000000000ul)
-                    return usage_error(cmd, usage, "bad --temporary value '%s'", val);
+                    return usage_error(usage, "bad --temporary value '%s'", val);
                 o->temporary_n = (unsigned)n;
             } else if (i + 1 < argc && parse_ulong(argv[i + 1], &n) == 0) {
                 /* the optional N: a bare number after --temporary */
                 if (n == 0 || n > 1000000000ul)
-                    return usage_error(cmd, usage, "bad --temporary value '%s'", argv[i + 1]);
+                    return usage_error(usage, "bad --temporary value '%s'", argv[i + 1]);
                 o->temporary_n = (unsigned)n;
                 i++;
             }
@@ -171,7 +174,7 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             NEEDS(MT_O_ROWS);
             TAKE_VALUE();
             if (parse_ulong(val, &n) || n == 0 || n > 100000000ul)
-                return usage_error(cmd, usage, "bad row count '%s' (1 or more)", val);
+                return usage_error(usage, "bad row count '%s' (1 or more)", val);
             o->rows = (long)n;
         } else if (!strcmp(name, "-o") || !strcmp(name, "--output")) {
             NEEDS(MT_O_OUTPUT);
@@ -187,7 +190,7 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             if (!strcmp(val, "own")) o->sort = MT_S_OWN;
             else if (!strcmp(val, "total")) o->sort = MT_S_TOTAL;
             else if (!strcmp(val, "count")) o->sort = MT_S_COUNT;
-            else return usage_error(cmd, usage, "bad --sort value '%s' (own, total or count)", val);
+            else return usage_error(usage, "bad --sort value '%s' (own, total or count)", val);
         } else if (!strcmp(name, "--inverted")) {
             NEEDS(MT_O_INVERTED);
             NO_VALUE();
@@ -204,16 +207,16 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             NO_VALUE();
             o->show_internals = 1;
         } else {
-            return usage_error(cmd, usage, "unknown option '%s'", name);
+            return usage_error(usage, "unknown option '%s'", name);
         }
 #undef NEEDS
 #undef NO_VALUE
 #undef TAKE_VALUE
     }
     if (o->temporal && o->metric == MT_M_TEMPORARY)
-        return usage_error(cmd, usage, "--temporal and --temporary exclude each other");
+        return usage_error(usage, "--temporal and --temporary exclude each other");
     if (!o->file)
-        return usage_error(cmd, usage, "no capture file given");
+        return usage_error(usage, "no capture file given");
     return -1;
 }
 

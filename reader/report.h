@@ -47,6 +47,7 @@ struct mt_report_opts {
     int totals_only;          /* set by the command, not an option: it shows
                                  totals only (mt_analysis_opts) */
     const char *file;         /* the capture (the one positional argument) */
+    int file_at;              /* its index in argv (messages) */
 };
 
 /* Parses argv[1..argc) (argv[0] is the command name) into *o, accepting the

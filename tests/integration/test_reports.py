@@ -664,10 +664,11 @@ def test_usage_errors(main_capture):
                  ["export", "--format", "nope", cap], ["tree", cap, "--json"],
                  ["parse", "--bogus", cap], ["summary", cap, "--leaks=false"],
                  ["summary", cap, "--json=no"], ["tree", cap, "--split-threads=0"],
-                 ["summary", cap, "-n", "0"], ["tree", cap, "-n", "0"]):
+                 ["summary", cap, "-n", "0"], ["tree", cap, "-n", "0"],
+                 ["summary", "--temporary", "abc", cap]):
         proc = memtap(*args, ok=False)
         assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
-        assert proc.stderr.startswith("memtap "), proc.stderr
+        assert proc.stderr.startswith("memtap: "), proc.stderr
 
 
 def test_stdout_that_cannot_be_written(main_capture):
