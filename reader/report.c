@@ -299,14 +299,15 @@ struct mt_report {
 const struct mt_analysis *mt_report_analysis(const struct mt_report *r) { return r->a; }
 const struct mt_report_opts *mt_report_options(const struct mt_report *r) { return &r->o; }
 
-static void warn_incomplete(const struct mt_analysis *a, const char *file)
+static void warn_incomplete(const struct mt_analysis *a, const char *file,
+                            enum mt_metric metric)
 {
     if (!a->complete) {
         fprintf(stderr, "memtap: warning: '%s' is incomplete (truncated at byte %llu: %s); "
                 "reporting what it holds\n", file,
                 (unsigned long long)a->stop_offset,
                 a->stop_error ? mt_strerror(a->stop_error) : "no trailer");
-    } else if (a->trailer.exit.signal > 0) {
+    } else if (a->trailer.exit.signal > 0 && metric == MT_M_LEAKS) {
         fprintf(stderr, "memtap: note: the program was killed by signal %d; "
                 "leaks are what was alive at the kill\n", a->trailer.exit.signal);
     }
@@ -341,7 +342,7 @@ struct mt_report *mt_report_open(const struct mt_report_opts *o)
     if (o->temporal && (a->header.flags & MT_HF_AGGREGATE))
         die("'%s' is an aggregate capture (memtap run --aggregate): it has no "
             "time information per stack, which --temporal needs", o->file);
-    warn_incomplete(a, o->file);
+    warn_incomplete(a, o->file, o->metric);
 
     struct mt_report *r = calloc(1, sizeof *r);
     if (!r) {
