@@ -751,10 +751,15 @@ static void end_check(struct mt_thread *t)
         event_write(t, MT_R_END, 0, seq_take(), 0, 0, 0, 0);
 }
 
+static void start_once(void);
+
 struct mt_thread *mt_enter(void)
 {
-    if (!__builtin_expect(active, 1))
-        return NULL;
+    if (!__builtin_expect(active, 1)) {
+        start_once();  /* a library's constructor ran before ours */
+        if (!active)
+            return NULL;
+    }
     struct mt_thread *t = mt_self;
     if ((uintptr_t)t <= (uintptr_t)MT_SHARED) {
         if (t == MT_SHARED)
@@ -1303,9 +1308,24 @@ static int start(void)
     return 0;
 }
 
+/* The shim starts in its constructor, or earlier, at the first call of a
+ * library whose constructor the loader runs before ours (a dependency of
+ * the program: they are initialised first). Once: a process that memtap
+ * did not start stays dormant, and our own calls while starting are not
+ * recorded. */
+static int started;
+
+static void start_once(void)
+{
+    /* A load first: dormant processes come here at every call. */
+    if (!__atomic_load_n(&started, __ATOMIC_RELAXED) &&
+        !__atomic_exchange_n(&started, 1, __ATOMIC_ACQ_REL))
+        start();
+}
+
 __attribute__((constructor)) static void mt_setup(void)
 {
-    start();
+    start_once();
 }
 
 /* The Python API (memtap.Tracker) loads the shim at run time: these start

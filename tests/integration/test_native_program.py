@@ -284,3 +284,38 @@ def test_native_stack_too_deep_is_marked(memtap, tmp_path):
     deep = stacks[100001]
     assert deep[0] == "[deeper frames not recorded]" and deep[-1] == at("rec", "take"), deep[:3]
     assert set(deep[1:-1]) == {at("rec", "rec")} and 500 <= len(deep) <= 512, len(deep)
+
+
+EARLY_LIB = """\
+#include <stdlib.h>
+void *early_block;
+__attribute__((constructor)) static void early(void) { early_block = malloc(55555); } /* @lib */
+"""
+
+EARLY_EXE = """\
+#include <stdlib.h>
+extern void *early_block;
+void *late_block;
+__attribute__((constructor)) static void late(void) { late_block = malloc(44444); } /* @exe */
+int main(void) { return early_block && late_block ? 0 : 1; }
+"""
+
+
+def test_allocations_in_constructors_before_the_shims(memtap, tmp_path):
+    # A library the program links to is initialised before the preloaded
+    # shim: the shim starts at its first call, so its constructor's block
+    # is recorded too.
+    (tmp_path / "early.c").write_text(EARLY_LIB)
+    (tmp_path / "main.c").write_text(EARLY_EXE)
+    subprocess.run(["cc", "-g", "-shared", "-fPIC", "-o", str(tmp_path / "libearly.so"),
+                    str(tmp_path / "early.c")], check=True, timeout=TIMEOUT)
+    subprocess.run(["cc", "-g", "-o", str(tmp_path / "main"), str(tmp_path / "main.c"),
+                    "-L" + str(tmp_path), "-learly", "-Wl,-rpath," + str(tmp_path)],
+                   check=True, timeout=TIMEOUT)
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), str(tmp_path / "main")],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    stats = memtap_stats(out)
+    assert_location(stats, "early.c", line_of(EARLY_LIB, "lib"), 55555, 1, function="early")
+    assert_location(stats, "main.c", line_of(EARLY_EXE, "exe"), 44444, 1, function="late")
