@@ -225,6 +225,16 @@ static void shim_report(const struct session_capture *cap, const char *who)
                 "not recorded from there on\n", who, cap->exe_other);
 }
 
+/* cap->h, with the command of the program the process exec'd when it did:
+ * what an aggregate capture is saved with. */
+static const struct mt_header *capture_header(struct session_capture *cap)
+{
+    const char *exec_command = mt_collector_exec_command(cap->c);
+    if (exec_command)
+        cap->h.command = exec_command;
+    return &cap->h;
+}
+
 /* Moves what the process's rings hold into its capture, samples its RSS
  * every 10 ms and flushes every 100 ms. @return records moved. */
 long session_capture_step(struct session_capture *cap, uint64_t now)
@@ -247,7 +257,8 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
     }
     /* A checkpoint: if memtap itself is killed, this much survives. */
     if (cap->agg && now - cap->last_flush >= 1000000) {
-        if (mt_replay_save(cap->agg, cap->path, &cap->h, NULL) != MT_OK && !cap->told) {
+        if (mt_replay_save(cap->agg, cap->path, capture_header(cap), NULL) != MT_OK &&
+            !cap->told) {
             error("cannot write '%s': %s", cap->path, strerror(errno));
             cap->told = 1;
         }
@@ -278,7 +289,7 @@ uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit
         tr.exit = (struct mt_exit){code, 0};  /* reaped by its parent first */
     int rc;
     if (cap->agg) {
-        rc = mt_replay_save(cap->agg, cap->path, &cap->h, exit ? &tr : NULL);
+        rc = mt_replay_save(cap->agg, cap->path, capture_header(cap), exit ? &tr : NULL);
         mt_analysis_free(mt_replay_finish(cap->agg, &cap->h));
     } else {
         rc = mt_writer_close(cap->w, exit ? &tr : NULL);
@@ -315,7 +326,7 @@ static void capture_connect(struct session_capture *cap)
     if (cap->agg) {
         mt_collector_aggregate(cap->c, cap->agg);
     } else {
-        mt_collector_attach(cap->c, cap->w);
+        mt_collector_attach(cap->c, cap->w, &cap->h);
         mt_collector_publish_path(cap->c, cap->path);
     }
 }
@@ -429,23 +440,6 @@ static int fork_note_fd(struct msghdr *msg, const struct mt_fork_note *note)
     return fd;
 }
 
-/* A child's command line from the NUL-ended arguments of its note, joined
- * by spaces. @return it (malloc'ed), or NULL when it sent none. */
-static char *note_command(const char *args, size_t n)
-{
-    while (n && !args[n - 1])
-        n--;
-    if (!n)
-        return NULL;
-    char *s = malloc(n + 1);
-    if (!s)
-        die("out of memory");
-    for (size_t i = 0; i < n; i++)
-        s[i] = args[i] ? args[i] : ' ';
-    s[n] = 0;
-    return s;
-}
-
 static char *xstrdup(const char *s)
 {
     char *d = strdup(s ? s : "");
@@ -500,7 +494,7 @@ static void follow_accept(struct session *f)
                 same = &f->caps[i];
         }
         /* A forked child runs its parent's program; an exec'd one says. */
-        char *command = note_command(m.command, (size_t)got - sizeof note);
+        char *command = mt_args_join(m.command, (size_t)got - sizeof note);
         if (rc == MT_OK && same) {
             if (same == &f->caps[0]) {
                 mt_collector_free(c);  /* the program's exec has its own path */

@@ -3,6 +3,7 @@
  * order design.md §2 defines. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,9 @@ struct mt_collector {
     uint64_t exec_waiting;     /* an EXEC seen waiting for its turn: its number */
     uint32_t execs;            /* EXECs taken: the capture started over */
     char exec_path[PATH_MAX + 1]; /* the last one's executable */
+    char *exec_command;        /* and its command line, malloc'ed */
+    struct mt_header header;   /* the writer's (mt_collector_attach) */
+    int has_header;
     int exited;                /* an EXIT was seen: its status below */
     int exit_code;
     uint32_t threads;
@@ -137,9 +141,42 @@ int mt_collector_adopt(int fd, struct mt_collector **out)
     return MT_OK;
 }
 
-void mt_collector_attach(struct mt_collector *c, struct mt_writer *w)
+void mt_collector_attach(struct mt_collector *c, struct mt_writer *w,
+                         const struct mt_header *h)
 {
     c->w = w;
+    c->header = *h;
+    c->has_header = 1;
+}
+
+char *mt_args_join(const char *args, size_t n)
+{
+    while (n && !args[n - 1])
+        n--;
+    char *s = n ? malloc(n + 1) : NULL;
+    if (!s)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        s[i] = args[i] ? args[i] : ' ';
+    s[n] = 0;
+    return s;
+}
+
+/* The traced process's command line (malloc'ed), NULL when unreadable. */
+static char *program_command(const struct mt_collector *c)
+{
+    char proc[64], buf[4096];
+    snprintf(proc, sizeof proc, "/proc/%d/cmdline", (int)atomic_load(&c->shm->producer_pid));
+    int fd = open(proc, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf) : -1;
+    if (fd >= 0)
+        close(fd);
+    return n > 0 ? mt_args_join(buf, (size_t)n) : NULL;
+}
+
+const char *mt_collector_exec_command(const struct mt_collector *c)
+{
+    return c->exec_command;
 }
 
 void mt_collector_aggregate(struct mt_collector *c, struct mt_replay *r)
@@ -439,8 +476,16 @@ static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
     ids_forget(c);
     c->threads = 0;
     c->events = c->lost = 0;
+    char *command = program_command(c);
+    if (command) {
+        free(c->exec_command);
+        c->exec_command = command;
+    }
+    struct mt_header h = c->header;
+    if (c->exec_command)
+        h.command = c->exec_command;
     int rc = c->replay ? mt_replay_restart(c->replay)
-                       : c->w ? mt_writer_restart(c->w, NULL) : MT_OK;
+                       : c->w ? mt_writer_restart(c->w, c->has_header ? &h : NULL) : MT_OK;
     if (rc != MT_OK && c->err == MT_OK)
         c->err = rc;
     c->program_written = 0;
@@ -756,5 +801,6 @@ void mt_collector_free(struct mt_collector *c)
         idmaps_free(&c->slots[c->listed[k]]);
     ids_forget(c);
     munmap(c->shm, MT_SHM_BYTES);
+    free(c->exec_command);
     free(c);
 }

@@ -24,8 +24,11 @@ int mt_collector_new(uint32_t flags, int collector_pid,
 int mt_collector_adopt(int fd, struct mt_collector **out);
 
 /* Starts writing into w (owned by the caller; close it after
- * mt_collector_finish). */
-void mt_collector_attach(struct mt_collector *c, struct mt_writer *w);
+ * mt_collector_finish), whose header is h (copied; h->command must
+ * outlive c). After an exec the capture starts over with h, the command
+ * replaced by the new program's. */
+void mt_collector_attach(struct mt_collector *c, struct mt_writer *w,
+                         const struct mt_header *h);
 
 /* --aggregate: records are replayed into r (owned by the caller) instead
  * of written; save it with mt_replay_save. */
@@ -72,6 +75,15 @@ int mt_collector_stopped(const struct mt_collector *c);
 /* Events written and numbers lost so far. */
 uint64_t mt_collector_events(const struct mt_collector *c);
 uint64_t mt_collector_lost(const struct mt_collector *c);
+
+/* The command line of the program the process exec'd last, which the
+ * capture records (NULL before any exec): for a header written after. */
+const char *mt_collector_exec_command(const struct mt_collector *c);
+
+/* NUL-separated arguments (n bytes, as /proc/PID/cmdline has them) joined
+ * by spaces. @return it (malloc'ed), or NULL when there are none or no
+ * memory. */
+char *mt_args_join(const char *args, size_t n);
 
 /* How often the program exec'd another one that went on recording (the
  * capture started over each time: docs/transport.md); *path gets the last

@@ -59,7 +59,8 @@ def test_a_launcher_script_records_the_python_it_execs(tmp_path):
         assert proc.stdout == b"done %d\n" % (30 * 2**20)
         assert strip_memtap_lines(proc.stderr) == b""
         assert stats["python_version"] == PYVER, flags
-        assert stats["command"] == "%s %s" % (outer, script)
+        # the program the launchers became, as it was started
+        assert stats["command"] == "%s %s" % (DEFAULT_PYTHON, script)
         assert stats["complete"] and stats["exit"]["code"] == 0
         if flags == ["--native"]:  # the innermost frame is CPython's own
             assert (30 * 2**20 + 1, 1) in [(r["bytes"], r["count"])
@@ -390,3 +391,16 @@ def test_a_python_named_launcher_is_resolved_not_run(tmp_path):
     exe = subprocess.run([DEFAULT_PYTHON, "-c", "import sys; print(sys.executable)"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert stats["command"] == "%s %s" % (exe, script)
+
+
+def test_the_capture_names_the_program_the_process_became(tmp_path):
+    # After an exec the capture is the new program's: its header command is
+    # the new command line (default and --aggregate).
+    text = ("import os, sys\nkeep = bytearray(10**6)\n"
+            "os.execv(sys.executable, [sys.executable, '-c', 'b = bytearray(3 * 2**20)', 'x y'])\n")
+    script = tmp_path / "prog.py"
+    script.write_text(text)
+    for mode in ([], ["--aggregate"]):
+        proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, *mode, script])
+        assert stats["command"].endswith(" -c b = bytearray(3 * 2**20) x y"), stats["command"]
+        assert not stats["command"].endswith("prog.py")
