@@ -244,8 +244,9 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
         /* 0: the program has exited (its statm reads 0 until it is
          * reaped); a sample then would draw its RSS falling to nothing. */
         uint64_t rss = read_rss(cap->pid);
+        /* now was read before a child announced this pass set its start */
         if (rss)
-            mt_collector_sample(cap->c, now - cap->start, rss);
+            mt_collector_sample(cap->c, now > cap->start ? now - cap->start : 0, rss);
         shim_watch(cap);
         cap->last_sample = now;
     }

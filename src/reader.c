@@ -225,8 +225,8 @@ int mt_reader_open(const char *path, struct mt_reader **out,
     struct mt_reader *r = calloc(1, sizeof *r);
     if (!r)
         return MT_E_NOMEM;
-    /* Non-blocking: opening a FIFO must not wait for a writer. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    /* A FIFO waits for its writer, as for any reader. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
         if (fd >= 0)
@@ -240,7 +240,7 @@ int mt_reader_open(const char *path, struct mt_reader **out,
         errno = EISDIR;
         return MT_E_IO;
     }
-    r->f = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "rb") : NULL;
+    r->f = fdopen(fd, "rb");
     if (!r->f) {
         close(fd);
         mt_reader_close(r);

@@ -268,6 +268,12 @@ def test_follow_fork_knows_how_children_ended(tmp_path, run_memtap):
         cs = memtap_stats(child)
         assert cs["complete"]
         ends[cs["pid"]] = (cs["command"].split()[-1], cs["exit"])
+        # samples are timed from the child's start: never before it
+        records = subprocess.run([str(MEMTAP), "parse", str(child)], capture_output=True,
+                                 text=True, check=True, env=clean_env()).stdout
+        times = [int(l.split("time_us=")[1].split()[0]) for l in records.splitlines()
+                 if l.startswith("SAMPLE")]
+        assert all(t < 60 * 10**6 for t in times), (child, times[:5])
     got = [e for _, e in sorted(ends.items())]
     prog = stats["command"].split()[-1]
     # The killed one: unknown, unless memtap saw it before its parent reaped it.
