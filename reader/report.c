@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -981,6 +982,28 @@ void mt_json_html_string(FILE *f, const char *s) { json_str(f, s, 1); }
  * symlink) is written in place. One output at a time. */
 static char output_part[PATH_MAX + 32];
 
+/* A report interrupted (Ctrl-C, kill) takes its temporary file with it. */
+static const int part_signals[] = {SIGINT, SIGTERM, SIGHUP};
+static struct sigaction part_saved[3];
+
+static void part_interrupted(int sig)
+{
+    unlink(output_part);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void part_guard(int on)
+{
+    for (int i = 0; i < 3; i++) {
+        if (on)
+            sigaction(part_signals[i], &(struct sigaction){.sa_handler = part_interrupted},
+                      &part_saved[i]);
+        else
+            sigaction(part_signals[i], &part_saved[i], NULL);
+    }
+}
+
 static int output_in_place(const char *path)
 {
     struct stat st;
@@ -997,10 +1020,15 @@ FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
         f = fopen(path, "w");
     } else {
         snprintf(output_part, sizeof output_part, "%s.%ld.part", path, (long)getpid());
+        part_guard(1);
         int fd = open(output_part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         f = fd >= 0 ? fdopen(fd, "w") : NULL;
         if (!f && fd >= 0) close(fd);
-        if (!f) output_part[0] = 0;
+        if (!f) {
+            if (fd >= 0) unlink(output_part);
+            output_part[0] = 0;
+            part_guard(0);
+        }
     }
     if (!f) fprintf(stderr, "memtap: cannot write '%s': %s\n", path, strerror(errno));
     return f;
@@ -1016,6 +1044,8 @@ int mt_output_close(FILE *f, const char *path)
     int saved = errno;
     if (bad && output_part[0])
         unlink(output_part);
+    if (output_part[0])
+        part_guard(0);
     output_part[0] = 0;
     if (bad) {
         fprintf(stderr, "memtap: cannot write '%s': %s\n",

@@ -170,6 +170,33 @@ def test_report_on_a_full_disk_leaves_the_old_file(tmp_path, tiny_tmpfs, cmd):
     assert sorted(x.name for x in tiny_tmpfs.iterdir()) == ["report"]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_report_interrupted_leaves_no_part_file(tmp_path, sig):
+    """A report killed while it writes its temporary file removes it."""
+    script = write_script(tmp_path, ALLOCATE)
+    cap = tmp_path / "c.bin"
+    assert run([MEMTAP, "run", "-q", "--native", "-o", cap, "--python", DEFAULT_PYTHON,
+                script], tmp_path).returncode == 0
+    out = tmp_path / "out"
+    caught = 0
+    for _ in range(20):
+        out.mkdir()
+        p = subprocess.Popen([str(MEMTAP), "flamegraph", "-o", str(out / "f.html"), str(cap)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        part = out / ("f.html.%d.part" % p.pid)
+        while not part.exists() and p.poll() is None:
+            pass
+        p.send_signal(sig)
+        rc = p.wait(timeout=TIMEOUT)
+        if rc == -sig:
+            caught += 1
+            assert list(out.iterdir()) == [], list(out.iterdir())
+        for f in out.iterdir():
+            f.unlink()
+        out.rmdir()
+    assert caught, "never caught the report while it wrote"
+
+
 # ---- the program does unusual things --------------------------------------------
 
 def test_closes_all_file_descriptors(tmp_path):
