@@ -1183,8 +1183,10 @@ static struct mt_shm *attach(int *exec_of, int *spawned)
     void *p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE,
                           MAP_SHARED, shm_fd, 0);
     close(shm_fd);
-    if (p == MAP_FAILED)
+    if (p == MAP_FAILED) {  /* ours, but no room: a ulimit -v */
+        say("memtap: cannot map memtap's rings into this program; it is not recorded\n");
         return NULL;
+    }
     struct mt_shm *s = p;
     int32_t producer = 0;
     if (s->magic == MT_SHM_MAGIC && s->version == MT_SHM_VERSION) {

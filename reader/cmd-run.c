@@ -293,6 +293,23 @@ static __attribute__((noreturn)) void run_untracked(const struct target *t, cons
     exit(e == ENOENT ? 127 : 126);
 }
 
+/* The shim maps the rings into the program, where a ulimit -v counts them
+ * against the program's own memory: the limit grows by their size, so the
+ * program keeps the room it had (its children inherit the larger limit).
+ * @return 0, or -1 when it may not grow (a hard limit, no CAP_SYS_RESOURCE):
+ * recording would leave the program less memory than it has without us. */
+static int rlimit_make_room(void)
+{
+    struct rlimit as;
+    if (getrlimit(RLIMIT_AS, &as) != 0 || as.rlim_cur == RLIM_INFINITY ||
+        as.rlim_cur > RLIM_INFINITY - MT_SHM_BYTES)
+        return 0;
+    as.rlim_cur += MT_SHM_BYTES;
+    if (as.rlim_max != RLIM_INFINITY && as.rlim_max < as.rlim_cur)
+        as.rlim_max = as.rlim_cur;
+    return setrlimit(RLIMIT_AS, &as);
+}
+
 /* The program did not start (not executable, a bad interpreter line):
  * there is nothing to record, and no capture is left behind; memtap exits
  * as a shell would (126, or 127 when something was not found). */
@@ -388,6 +405,9 @@ int cmd_run(int argc, char **argv)
     struct target t = {0};
     target_resolve(&t, &o, argc - first, argv + first);
 
+    if (rlimit_make_room() < 0)
+        run_untracked(&t, "a hard ulimit -v leaves no room for memtap's rings beside "
+                          "the program's own memory (a soft limit, ulimit -S -v, does)");
     struct mt_collector *c;
     int shm_fd;
     if (mt_collector_new(session_shm_flags(&o.modes), (int)getpid(), &c, &shm_fd) != MT_OK)
@@ -399,6 +419,7 @@ int cmd_run(int argc, char **argv)
         run_untracked(&t, "cannot set up shared memory");
     close(shm_fd);
     shm_fd = high;
+
     if (o.output && !o.force && access(o.output, F_OK) == 0)
         die("'%s' exists; use -f to overwrite it", o.output);
 

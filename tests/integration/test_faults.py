@@ -97,24 +97,60 @@ def test_disk_full_dev_full(tmp_path):
             expect_capture=False)
 
 
-def test_no_address_space_for_the_rings(tmp_path):
-    """Under a ulimit -v too tight for memtap's 256 MiB of rings, the
-    program runs untracked, with one line saying why."""
+ROOMY = """\
+import sys
+try:
+    b = bytearray(300 * 2**20)  # @big
+    print("got it")
+except MemoryError:
+    print("MemoryError")
+sys.exit(3)
+"""
+
+
+def run_limited(tmp_path, soft, hard):
+    script = write_script(tmp_path, ROOMY)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+    plain = subprocess.run([DEFAULT_PYTHON, str(script)], cwd=str(tmp_path), env=clean_env(),
+                           capture_output=True, timeout=TIMEOUT, preexec_fn=limit)
+    traced = subprocess.run([str(MEMTAP), "run", "-o", str(tmp_path / "c.bin"), "--python",
+                             DEFAULT_PYTHON, str(script)], cwd=str(tmp_path), env=clean_env(),
+                            capture_output=True, timeout=TIMEOUT, preexec_fn=limit)
+    return plain, traced
+
+
+def test_ulimit_v_leaves_the_program_its_memory(tmp_path):
+    """A ulimit -v counts the shim's 256 MiB of rings in the program: memtap
+    raises the soft limit by that much, so a program that fits untracked
+    fits tracked, and is recorded."""
     if b"__asan_init" in MEMTAP.read_bytes():
         pytest.skip("AddressSanitizer reserves terabytes of address space")
-    script = write_script(tmp_path, "import sys\nprint('ran', len(bytearray(10**6)))\nsys.exit(3)\n")
-    limit = 200 * 2**20
+    soft = 400 * 2**20
+    plain, traced = run_limited(tmp_path, soft, resource.RLIM_INFINITY)
+    assert (plain.returncode, plain.stdout) == (3, b"got it\n"), describe(plain)
+    assert (traced.returncode, traced.stdout) == (3, b"got it\n"), describe(traced)
+    stats = memtap_stats(tmp_path / "c.bin")
+    assert any(r["bytes"] == 300 * 2**20 + 1 for r in stats["top_locations"])
 
-    def tight():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    p = subprocess.run([str(MEMTAP), "run", "-o", str(tmp_path / "c.bin"), "--python",
-                        DEFAULT_PYTHON, str(script)], cwd=str(tmp_path), env=clean_env(),
-                       capture_output=True, timeout=TIMEOUT, preexec_fn=tight)
-    assert (p.returncode, p.stdout) == (3, b"ran 1000000\n"), describe(p)
-    assert p.stderr.decode().splitlines() == [
-        "memtap: cannot set up shared memory: Cannot allocate memory; running the "
-        "program untracked"], describe(p)
+def test_hard_ulimit_v_runs_the_program_untracked(tmp_path):
+    """A hard limit memtap may not raise: recording would leave the program
+    less memory than it has alone, so it runs untracked, as it would."""
+    if b"__asan_init" in MEMTAP.read_bytes():
+        pytest.skip("AddressSanitizer reserves terabytes of address space")
+    limit = 400 * 2**20
+    plain, traced = run_limited(tmp_path, limit, limit)
+    if traced.stderr == b"":  # allowed to raise it (CAP_SYS_RESOURCE): recorded
+        assert (traced.returncode, traced.stdout) == (3, b"got it\n")
+        return
+    assert (traced.returncode, traced.stdout) == (plain.returncode, plain.stdout)
+    assert traced.stderr.decode().splitlines() == [
+        "memtap: a hard ulimit -v leaves no room for memtap's rings beside the program's "
+        "own memory (a soft limit, ulimit -S -v, does): Operation not permitted; running "
+        "the program untracked"], describe(traced)
     assert not (tmp_path / "c.bin").exists()
 
 
