@@ -169,8 +169,10 @@ static void target_resolve(struct target *t, const struct run_opts *o,
     }
     size_t len = strlen(first);
     if (len > 3 && !strcmp(first + len - 3, ".py")) {
-        if (access(first, F_OK) != 0)
-            die("cannot run '%s': %s", first, strerror(errno));
+        if (access(first, F_OK) != 0) {
+            error("cannot run '%s': %s", first, strerror(errno));
+            exit(127);  /* not found, as a shell says it */
+        }
         t->argv = python_argv(python_binary(o->python ? o->python : "python3"),
                               argv, argc, NULL);
         name_from(t, first);
@@ -178,8 +180,10 @@ static void target_resolve(struct target *t, const struct run_opts *o,
         return;
     }
     char *file = find_on_path(first);
-    if (!file)
-        die("cannot run '%s': no such file or command", first);
+    if (!file) {
+        error("cannot run '%s': no such file or command", first);
+        exit(127);
+    }
     name_from(t, file);
     if (is_python_name(file) && !is_elf(file)) {
         /* "python3" that is a launcher (pyenv's shim): run what it would

@@ -801,15 +801,19 @@ def test_refuses_to_overwrite_without_force(tmp_path, memtap, run_memtap):
         assert stats["complete"] is True
 
 
-def test_a_program_that_cannot_be_executed(tmp_path):
+def test_a_program_that_cannot_be_run(tmp_path):
     # As a shell: 126 for a file that is not executable, 127 for a missing
-    # #! interpreter; one line, and no capture of a program that never ran.
+    # script, command or #! interpreter; one line, and no capture of a
+    # program that never ran.
     bad_interp = tmp_path / "bad-interp"
     bad_interp.write_text("#!/nonexistent/interpreter\n")
     bad_interp.chmod(0o755)
     not_exec = tmp_path / "not-exec"
     not_exec.write_text("#!/bin/sh\n")
-    for target, rc, why in ((bad_interp, 127, "No such file or directory"),
+    missing = tmp_path / "missing.py"
+    for target, rc, why in ((missing, 127, "No such file or directory"),
+                            (tmp_path / "no-such-program", 127, "no such file or command"),
+                            (bad_interp, 127, "No such file or directory"),
                             (not_exec, 126, "Permission denied")):
         for mode in ([], ["--aggregate"]):
             out = tmp_path / "c.bin"
