@@ -570,7 +570,8 @@ static void thread_announce(struct mt_thread *t, const char *name)
     struct mt_rthread *r = ring_reserve(t, total);
     if (!r)
         return;
-    *r = (struct mt_rthread){{MT_R_THREAD, 0, total}, (uint32_t)gettid(),
+    /* The shared state is many threads: no one tid. */
+    *r = (struct mt_rthread){{MT_R_THREAD, 0, total}, t->shared ? 0 : (uint32_t)gettid(),
                              (uint32_t)nlen};
     memcpy(r + 1, name, nlen);
     ring_commit(t, total);
