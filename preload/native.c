@@ -6,6 +6,7 @@
  * underneath is noted where it matters. */
 #define _GNU_SOURCE
 #define UNW_LOCAL_ONLY
+#include "../src/format.h"
 #include "native.h"
 #include "unwind.h"
 
@@ -94,9 +95,11 @@ int mt_native_backtrace(uintptr_t *ips, int max, int skip)
         return n;
     /* +1: unw_backtrace's first entry is the pc inside this function. */
     want = max + skip + 1;
-    if (want > MT_UNWIND_MAX)
+    int capped = want > MT_UNWIND_MAX;
+    if (capped)
         want = MT_UNWIND_MAX;
     n = unw_backtrace(buf, want);
+    int full = n == want;
     n -= skip + 1;
     if (n <= 0)
         return 0;
@@ -104,6 +107,8 @@ int mt_native_backtrace(uintptr_t *ips, int max, int skip)
         n = max;
     for (i = 0; i < n; i++)
         ips[i] = (uintptr_t)buf[skip + 1 + i];
+    if (capped && full)  /* it goes on past our buffer: say so, as the fast path's caller does */
+        ips[n - 1] = MT_NATIVE_CUT;
     return n;
 }
 

@@ -14,7 +14,9 @@ int mt_native_setup(void);
 
 /* Return addresses of the calling thread, innermost first, starting at the
  * caller of the hook (`skip` innermost frames are dropped: the shim's own).
- * @return the number written to ips[0..max). Never allocates. */
+ * When the fallback unwinder's buffer cuts a stack short of max, the last
+ * entry is MT_NATIVE_CUT. @return the number written to ips[0..max).
+ * Never allocates. */
 int mt_native_backtrace(uintptr_t *ips, int max, int skip);
 
 /* One loaded object, as needed to symbolize later with libdw. */

@@ -395,29 +395,30 @@ static uint32_t clamp_instr(int64_t bytes)
 }
 
 /* The walkers record the innermost frames into out[0..max); with keep > 0
- * they go on past max, keeping the last keep frames seen in ring (slot
- * k % keep for the k-th frame past max), up to limit frames visited in
- * all, and set *depth to the frames seen. The hot path (mt_py_walk)
- * inlines them with keep 0, where the ring folds away. */
+ * (a power of two) they go on past max, keeping the last keep frames seen
+ * in ring (slot k % keep for the k-th frame past max), up to limit steps,
+ * and set *depth to the frames seen (-1 when the steps ran out first).
+ * The hot path (mt_py_walk) inlines them with keep 0, where the ring folds
+ * away. */
 static inline __attribute__((always_inline)) int
 walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max,
                struct mt_pyframe *ring, int keep, long limit, long *depth)
 {
     uintptr_t f = ld_ptr(tstate, L.ts_frame);
     int n = 0;
-    long past = 0;
-    for (long steps = 0; plausible(f) && (n < max || keep) && steps < limit; steps++) {
+    long past = 0, steps = 0;
+    for (; plausible(f) && (n < max || keep) && steps < limit; steps++) {
         uintptr_t code = ld_ptr(f, L.fr_code);
         if (is_code(code)) {
-            struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ % keep];
+            struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ & (keep - 1)];
             to->code = (const void *)code;
             to->instr = clamp_instr((int64_t)ld_i32(f, L.fr_lasti) * L.lasti_mul);
             to->flags = MT_PYF_ENTRY;  /* each frame has its own C eval call */
         }
         f = ld_ptr(f, L.fr_back);
     }
-    if (depth)
-        *depth = n + past;
+    if (depth)  /* -1: the step budget, not the stack, ended the walk */
+        *depth = steps >= limit && plausible(f) ? -1 : n + past;
     return n;
 }
 
@@ -439,8 +440,8 @@ walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max,
      * at every frame of every walk. */
     const int check_type = L.kind == WALK_TSTATE;
     int n = 0;
-    long past = 0;  /* frames seen beyond max */
-    for (long steps = 0; plausible(frame) && (n < max || keep) && steps < limit; steps++) {
+    long past = 0, steps = 0;  /* past: frames seen beyond max */
+    for (; plausible(frame) && (n < max || keep) && steps < limit; steps++) {
         uintptr_t prev = ld_ptr(frame, o_prev);
         int owner = ld_u8(frame, o_owner);
         /* 3.13 f_executable is a PyObject *, 3.14+ a _PyStackRef whose
@@ -450,7 +451,7 @@ walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max,
             /* The shim frame a C-level evaluation pushes (3.12+): the
              * frame inside it started that evaluation. */
             if (past)
-                ring[(past - 1) % keep].flags |= MT_PYF_ENTRY;
+                ring[(past - 1) & (keep - 1)].flags |= MT_PYF_ENTRY;
             else if (n > 0)
                 out[n - 1].flags |= MT_PYF_ENTRY;
             frame = prev;
@@ -470,14 +471,14 @@ walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max,
             frame = prev;
             continue;
         }
-        struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ % keep];
+        struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ & (keep - 1)];
         to->code = (const void *)code;
         to->instr = clamp_instr((int64_t)(instr - start));
         to->flags = (o_entry >= 0 && ld_u8(frame, o_entry)) ? MT_PYF_ENTRY : 0;
         frame = prev;
     }
-    if (depth)
-        *depth = n + past;
+    if (depth)  /* -1: the step budget, not the stack, ended the walk */
+        *depth = steps >= limit && plausible(frame) ? -1 : n + past;
     return n;
 }
 
@@ -521,11 +522,10 @@ int mt_py_walk_deep(struct mt_pyframe *out, int max, struct mt_pyframe *ring,
     uintptr_t from = max > 0 && keep > 0 ? walk_start() : 0;
     if (!from)
         return 0;
-    /* Shim frames (3.12+: one per C-level evaluation) count as steps. */
-    long steps = limit + limit / 4;
+    /* Steps as mt_py_walk allows: shim frames (3.12+) take steps too. */
     int n = L.kind == WALK_FRAMEOBJ
-                ? walk_frameobjs(from, out, max, ring, keep, steps, depth)
-                : walk_iframes(from, out, max, ring, keep, steps, depth);
+                ? walk_frameobjs(from, out, max, ring, keep, MAX_STEPS(limit), depth)
+                : walk_iframes(from, out, max, ring, keep, MAX_STEPS(limit), depth);
     if (*depth > limit)
         *depth = -1;  /* the outermost frames are beyond the walk */
     return n;

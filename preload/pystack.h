@@ -62,7 +62,8 @@ const char *mt_py_version(void);
 int mt_py_walk(struct mt_pyframe *out, int max);
 
 /* mt_py_walk that goes on past max: the frames after the innermost max go
- * round ring[0..keep) (frame max + k in slot k % keep), so that it ends
+ * round ring[0..keep) (keep a power of two; frame max + k in slot
+ * k % keep), so that it ends
  * with the outermost keep of them; *depth gets the stack's depth, or -1
  * when it is deeper than limit frames (the walk stops about there, the
  * ring then holds no outermost frames). For stacks deeper than max only. */

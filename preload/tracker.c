@@ -387,9 +387,6 @@ static uint32_t code_intern(struct mt_thread *th, const void *code)
 
 /* ---- stacks ---------------------------------------------------------- */
 
-/* Brings the cached stack up to date with the frames just walked
- * (frames[0] innermost) and returns the leaf node. Only frames that differ
- * from the previous stack, counted from the outermost, cost a lookup. */
 /* A stack deeper than MT_MAX_PY, walked up to limit frames: into t->walk
  * go its innermost frames, then the marker, then its outermost MT_PY_ROOT
  * frames when the walk reached them. Sets t->deep for the next stack.
@@ -400,7 +397,8 @@ static int python_stack_deep(struct mt_thread *t, long limit)
     long depth;
     int n = mt_py_walk_deep(t->walk, MT_MAX_PY, ring, MT_PY_ROOT, limit, &depth);
     if (depth >= 0 && depth <= MT_MAX_PY) {
-        t->deep = DEEP_NO;
+        /* Exactly MT_MAX_PY: this walk again (mt_py_walk could not tell). */
+        t->deep = depth < MT_MAX_PY ? DEEP_NO : DEEP_ROOTED;
         return n;
     }
     if (depth < 0) {  /* its root is beyond the walk */
@@ -417,13 +415,16 @@ static int python_stack_deep(struct mt_thread *t, long limit)
     int from_walk = MT_PY_ROOT - from_ring;
     memcpy(outer, &t->walk[MT_MAX_PY - from_walk], (size_t)from_walk * sizeof *outer);
     for (int i = 0; i < from_ring; i++)
-        outer[from_walk + i] = ring[(past - from_ring + i) % MT_PY_ROOT];
+        outer[from_walk + i] = ring[(past - from_ring + i) & (MT_PY_ROOT - 1)];
     int inner = MT_MAX_PY - 1 - MT_PY_ROOT;
     t->walk[inner] = (struct mt_pyframe){MT_PY_CUT, 0, 0};
     memcpy(&t->walk[inner + 1], outer, sizeof outer);
     return MT_MAX_PY;
 }
 
+/* Brings the cached stack up to date with the frames just walked
+ * (frames[0] innermost) and returns the leaf node. Only frames that differ
+ * from the previous stack, counted from the outermost, cost a lookup. */
 static uint32_t python_stack(struct mt_thread *t)
 {
     int n;
@@ -608,6 +609,10 @@ static void thread_end(void *arg)
 
 /* The last slot is the shared one's (shared_enter). */
 #define MT_SHARED_SLOT (MT_SLOTS - 1)
+#define MT_SHARED_SLOT_COUNT 255  /* MT_SHARED_SLOT as a literal, for messages */
+_Static_assert(MT_SHARED_SLOT_COUNT == MT_SHARED_SLOT, "MT_SHARED_SLOT_COUNT");
+#define MT_STR_(x) #x
+#define MT_STR(x) MT_STR_(x)
 
 static int slot_claim(void)
 {
@@ -640,8 +645,8 @@ static struct mt_thread *thread_start(void)
         static int told;
         mt_raw_munmap(t, sizeof *t);
         if (!__atomic_exchange_n(&told, 1, __ATOMIC_RELAXED))
-            say("memtap: more than 255 threads at once; the others are recorded "
-                "together, as one thread\n");
+            say("memtap: more than " MT_STR(MT_SHARED_SLOT_COUNT) " threads at once; "
+                "the others are recorded together, as one thread\n");
         mt_self = MT_SHARED;
         return shared_enter();
     }
@@ -701,7 +706,7 @@ static struct mt_thread *shared_enter(void)
         n->ring = mt_shm_ring(shm, MT_SHARED_SLOT);
         n->head = n->tail_seen = atomic_load(&shm->slots[MT_SHARED_SLOT].head);
         shm->slots[MT_SHARED_SLOT].tid = (uint32_t)gettid();
-        thread_announce(n, "[threads beyond 255]");
+        thread_announce(n, "[threads beyond " MT_STR(MT_SHARED_SLOT_COUNT) "]");
         shared_thread = t = n;
     }
     t->busy = 1;
@@ -1081,8 +1086,16 @@ static void fork_child(void)
 {
     int recording = active;
     active = 0;
-    if (!recording || !fork_name[0] || !shm)
+    /* The shared slot's lock may have been held by a thread the fork did
+     * not copy; its state is the parent's. */
+    shared_lock = 0;
+    shared_busy = 0;
+    if (mt_self == MT_SHARED)
+        mt_self = NULL;
+    if (!recording || !fork_name[0] || !shm) {
+        shared_thread = NULL;  /* left mapped: not ours to free here */
         return;  /* a fork after memtap_stop or a failure: not followed */
+    }
     struct mt_shm *s = transport_own(shm, 0);
     if (!s)
         return;
@@ -1099,8 +1112,6 @@ static void fork_child(void)
     if (shared_thread)  /* the parent's; its other threads are not here */
         thread_free(shared_thread);
     shared_thread = NULL;
-    shared_lock = 0;
-    shared_busy = 0;
     mt_raw_munmap(shm, MT_SHM_BYTES);
     shm = s;
     ended = 0;

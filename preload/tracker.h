@@ -1,6 +1,9 @@
 /* The shim's one recording API: preload/hooks.c calls these and nothing
  * else. Every function here is safe inside an allocation hook: no malloc,
- * no stdio, no locks shared between threads.
+ * no stdio, no locks shared between threads, but for the threads beyond
+ * the 255th, which share one ring under a spin lock (held across the real
+ * call and the loader's dl_iterate_phdr: a dl_iterate_phdr callback that
+ * allocates from another of those threads would wait for it).
  *
  * Pattern of a hook (design.md §2):
  *   t = mt_enter();                  NULL: do not record (guard, disabled)

@@ -238,6 +238,37 @@ static char *join_argv(char **argv)
     return s;
 }
 
+/* The shim maps the rings into the program, where a ulimit -v counts them
+ * against the program's own memory: the limit grows by their size, so the
+ * program keeps the room it had (its children inherit the larger limit).
+ * @return 0, or -1 when it may not grow (a hard limit, no CAP_SYS_RESOURCE):
+ * recording would leave the program less memory than it has without us. */
+static struct rlimit rlimit_before;  /* when raised: for a program run untracked */
+static int rlimit_raised;
+
+static int rlimit_make_room(void)
+{
+    struct rlimit as;
+    if (getrlimit(RLIMIT_AS, &as) != 0 || as.rlim_cur == RLIM_INFINITY ||
+        as.rlim_cur > RLIM_INFINITY - MT_SHM_BYTES)
+        return 0;
+    rlimit_before = as;
+    as.rlim_cur += MT_SHM_BYTES;
+    if (as.rlim_max != RLIM_INFINITY && as.rlim_max < as.rlim_cur)
+        as.rlim_max = as.rlim_cur;
+    if (setrlimit(RLIMIT_AS, &as) != 0)
+        return -1;
+    rlimit_raised = 1;
+    return 0;
+}
+
+/* A program run untracked has the limit it was given. */
+static void rlimit_restore(void)
+{
+    if (rlimit_raised)
+        setrlimit(RLIMIT_AS, &rlimit_before);
+}
+
 /* What memtap was started with: the program gets it back. */
 static struct sigaction inherited_int, inherited_quit;
 
@@ -276,6 +307,8 @@ static void child_exec(struct target *t, int go, int failed, int shm_fd,
         }
     } else if (n != 1) {
         _exit(127);  /* memtap gave up before starting the program */
+    } else {
+        rlimit_restore();  /* run untracked */
     }
     sigaction(SIGINT, &inherited_int, NULL);  /* ignored stays ignored (a `&` job) */
     sigaction(SIGQUIT, &inherited_quit, NULL);
@@ -290,28 +323,12 @@ static void child_exec(struct target *t, int go, int failed, int shm_fd,
 static __attribute__((noreturn)) void run_untracked(const struct target *t, const char *why)
 {
     error("%s: %s; running the program untracked", why, strerror(errno));
+    rlimit_restore();
     fflush(NULL);
     execvp(t->argv[0], t->argv);
     int e = errno;
     error("cannot run '%s': %s", t->argv[0], strerror(e));
     exit(e == ENOENT ? 127 : 126);
-}
-
-/* The shim maps the rings into the program, where a ulimit -v counts them
- * against the program's own memory: the limit grows by their size, so the
- * program keeps the room it had (its children inherit the larger limit).
- * @return 0, or -1 when it may not grow (a hard limit, no CAP_SYS_RESOURCE):
- * recording would leave the program less memory than it has without us. */
-static int rlimit_make_room(void)
-{
-    struct rlimit as;
-    if (getrlimit(RLIMIT_AS, &as) != 0 || as.rlim_cur == RLIM_INFINITY ||
-        as.rlim_cur > RLIM_INFINITY - MT_SHM_BYTES)
-        return 0;
-    as.rlim_cur += MT_SHM_BYTES;
-    if (as.rlim_max != RLIM_INFINITY && as.rlim_max < as.rlim_cur)
-        as.rlim_max = as.rlim_cur;
-    return setrlimit(RLIMIT_AS, &as);
 }
 
 /* The program did not start (not executable, a bad interpreter line):

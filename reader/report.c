@@ -996,12 +996,23 @@ static void part_interrupted(int sig)
 static void part_guard(int on)
 {
     for (int i = 0; i < 3; i++) {
-        if (on)
-            sigaction(part_signals[i], &(struct sigaction){.sa_handler = part_interrupted},
-                      &part_saved[i]);
-        else
+        if (!on) {
             sigaction(part_signals[i], &part_saved[i], NULL);
+            continue;
+        }
+        sigaction(part_signals[i], NULL, &part_saved[i]);
+        if (part_saved[i].sa_handler != SIG_IGN)  /* nohup, a `&` job: stays ignored */
+            sigaction(part_signals[i], &(struct sigaction){.sa_handler = part_interrupted},
+                      NULL);
     }
+}
+
+/* An error exit while the report is written (out of memory) takes the
+ * temporary file too. */
+static void part_at_exit(void)
+{
+    if (output_part[0])
+        unlink(output_part);
 }
 
 static int output_in_place(const char *path)
@@ -1020,6 +1031,9 @@ FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
         f = fopen(path, "w");
     } else {
         snprintf(output_part, sizeof output_part, "%s.%ld.part", path, (long)getpid());
+        static int registered;
+        if (!registered++)
+            atexit(part_at_exit);
         part_guard(1);
         int fd = open(output_part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         f = fd >= 0 ? fdopen(fd, "w") : NULL;

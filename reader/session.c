@@ -228,12 +228,13 @@ static void shim_report(const struct session_capture *cap, const char *who)
 
 /* cap->h, with the command of the program the process exec'd when it did:
  * what an aggregate capture is saved with. */
-static const struct mt_header *capture_header(struct session_capture *cap)
+static struct mt_header capture_header(const struct session_capture *cap)
 {
+    struct mt_header h = cap->h;
     const char *exec_command = mt_collector_exec_command(cap->c);
     if (exec_command)
-        cap->h.command = exec_command;
-    return &cap->h;
+        h.command = exec_command;
+    return h;
 }
 
 /* Moves what the process's rings hold into its capture, samples its RSS
@@ -259,8 +260,8 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
     }
     /* A checkpoint: if memtap itself is killed, this much survives. */
     if (cap->agg && now - cap->last_flush >= 1000000) {
-        if (mt_replay_save(cap->agg, cap->path, capture_header(cap), NULL) != MT_OK &&
-            !cap->told) {
+        struct mt_header h = capture_header(cap);
+        if (mt_replay_save(cap->agg, cap->path, &h, NULL) != MT_OK && !cap->told) {
             error("cannot write '%s': %s", cap->path, strerror(errno));
             cap->told = 1;
         }
@@ -291,7 +292,8 @@ uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit
         tr.exit = (struct mt_exit){code, 0};  /* reaped by its parent first */
     int rc;
     if (cap->agg) {
-        rc = mt_replay_save(cap->agg, cap->path, capture_header(cap), exit ? &tr : NULL);
+        struct mt_header h = capture_header(cap);
+        rc = mt_replay_save(cap->agg, cap->path, &h, exit ? &tr : NULL);
         mt_analysis_free(mt_replay_finish(cap->agg, &cap->h));
     } else {
         rc = mt_writer_close(cap->w, exit ? &tr : NULL);

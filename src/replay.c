@@ -862,7 +862,8 @@ static void on_record(struct mt_replay *s, const struct mt_record *r)
     case MT_T_REALLOC:
         heap_free(s, s->by_number ? r->u.ev.old_number : r->u.ev.old_addr,
                   r->thread);
-        if (s->by_number ? r->u.ev.number : r->u.ev.addr)  /* not a failed realloc */
+        /* not a failed realloc, nor a damaged one (mt_replay_add_many) */
+        if ((s->by_number ? r->u.ev.number : r->u.ev.addr) && !s->not_live)
             heap_alloc_record(s, r);
         break;
     case MT_T_MUNMAP:

@@ -233,6 +233,26 @@ def test_report_interrupted_leaves_no_part_file(tmp_path, sig):
     assert caught, "never caught the report while it wrote"
 
 
+def test_report_with_sighup_ignored_survives_it(tmp_path):
+    """Under nohup (SIGHUP ignored) a report is not killed by a hangup
+    while it writes: ignored stays ignored."""
+    script = write_script(tmp_path, ALLOCATE)
+    cap = tmp_path / "c.bin"
+    assert run([MEMTAP, "run", "-q", "--native", "-o", cap, "--python", DEFAULT_PYTHON,
+                script], tmp_path).returncode == 0
+    out = tmp_path / "f.html"
+    for _ in range(5):
+        p = subprocess.Popen([str(MEMTAP), "flamegraph", "-o", str(out), str(cap)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+        part = tmp_path / ("f.html.%d.part" % p.pid)
+        while not part.exists() and p.poll() is None:
+            pass
+        p.send_signal(signal.SIGHUP)
+        assert p.wait(timeout=TIMEOUT) == 0
+        assert out.exists() and not part.exists()
+
+
 # ---- the program does unusual things --------------------------------------------
 
 def test_closes_all_file_descriptors(tmp_path):
