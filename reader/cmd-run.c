@@ -152,6 +152,14 @@ static int is_python_name(const char *path)
     return strspn(base + 6, "0123456789.") == strlen(base + 6);
 }
 
+/* What a shell does for a program it cannot run (err from exec or a
+ * lookup): one line, and 127 when something was not found, else 126. */
+static __attribute__((noreturn)) void cannot_run(const char *what, const char *why, int err)
+{
+    error("cannot run '%s': %s", what, why);
+    exit(err == ENOENT ? 127 : 126);
+}
+
 /* Works out what to run: a Python script, -m, -c, a script whose "#!"
  * names a Python (pytest), or any other executable. */
 static void target_resolve(struct target *t, const struct run_opts *o,
@@ -169,10 +177,8 @@ static void target_resolve(struct target *t, const struct run_opts *o,
     }
     size_t len = strlen(first);
     if (len > 3 && !strcmp(first + len - 3, ".py")) {
-        if (access(first, F_OK) != 0) {
-            error("cannot run '%s': %s", first, strerror(errno));
-            exit(127);  /* not found, as a shell says it */
-        }
+        if (access(first, F_OK) != 0)
+            cannot_run(first, strerror(errno), errno);
         t->argv = python_argv(python_binary(o->python ? o->python : "python3"),
                               argv, argc, NULL);
         name_from(t, first);
@@ -180,10 +186,8 @@ static void target_resolve(struct target *t, const struct run_opts *o,
         return;
     }
     char *file = find_on_path(first);
-    if (!file) {
-        error("cannot run '%s': no such file or command", first);
-        exit(127);
-    }
+    if (!file)
+        cannot_run(first, "no such file or command", ENOENT);
     name_from(t, file);
     if (is_python_name(file) && !is_elf(file)) {
         /* "python3" that is a launcher (pyenv's shim): run what it would
@@ -326,9 +330,7 @@ static __attribute__((noreturn)) void run_untracked(const struct target *t, cons
     rlimit_restore();
     fflush(NULL);
     execvp(t->argv[0], t->argv);
-    int e = errno;
-    error("cannot run '%s': %s", t->argv[0], strerror(e));
-    exit(e == ENOENT ? 127 : 126);
+    cannot_run(t->argv[0], strerror(errno), errno);
 }
 
 /* The program did not start (not executable, a bad interpreter line):
@@ -347,8 +349,7 @@ static void exec_check(const struct target *t, int failed, pid_t pid,
         return;  /* closed by the exec: it runs */
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
     session_capture_discard(cap);
-    fprintf(stderr, "memtap: cannot run '%s': %s\n", t->argv[0], strerror(e));
-    exit(e == ENOENT ? 127 : 126);
+    cannot_run(t->argv[0], strerror(e), e);
 }
 
 static volatile sig_atomic_t forward_pid;
