@@ -47,7 +47,56 @@ struct mt_deltas {
     uint64_t ip;                        /* return addresses */
     uint64_t sample_time, sample_step, sample_rss, sample_heap;
     uint64_t pynode, nativenode;        /* version 1 only: node ids */
+    unsigned alloc_kind;  /* version 5: the last ALLOC's tag & 0x1f, | 0x100 (0: none yet) */
+    unsigned nrecent;     /* version 5: recent stacks, the latest (the bases) first */
+    struct { uint64_t py, native; } recent[6];
 };
+
+/* Format 5 on, STACKS k (tags 0x1B - 0x1F, k = tag - 0x1A) makes the k-th
+ * most recent pair of stack bases the bases again, so that the event after
+ * it can take a form without stack fields. A program allocating from a few
+ * places in turn (malloc in one, realloc in another) wrote the deltas
+ * between them at every change. The list holds the distinct (py, native)
+ * pairs the block's stack fields and STACKS records set, latest first. */
+#define MT_TAG_STACKS 0x1bu
+#define MT_RECENT_MAX 6u
+
+/* The bases just changed: they become the latest pair. */
+static inline void mt_recent_push(struct mt_deltas *d)
+{
+    unsigned n = d->nrecent, i = 0;
+    while (i < n && (d->recent[i].py != d->py || d->recent[i].native != d->native))
+        i++;
+    if (i == n) {
+        if (n < MT_RECENT_MAX)
+            d->nrecent = n + 1;
+        else
+            i = n - 1;  /* the oldest goes */
+    }
+    memmove(&d->recent[1], &d->recent[0], i * sizeof d->recent[0]);
+    d->recent[0].py = d->py;
+    d->recent[0].native = d->native;
+}
+
+/* The k of a recent pair (1 ...) whose Python stack is py and, when the
+ * native one counts, whose native stack is native; 0 when none is. */
+static inline unsigned mt_recent_find(const struct mt_deltas *d, uint64_t py,
+                                      int with_native, uint64_t native)
+{
+    for (unsigned k = 1; k < d->nrecent; k++)
+        if (d->recent[k].py == py && (!with_native || d->recent[k].native == native))
+            return k;
+    return 0;
+}
+
+/* STACKS k: the k-th pair (1 <= k < nrecent) becomes the bases. */
+static inline void mt_recent_take(struct mt_deltas *d, unsigned k)
+{
+    d->py = d->recent[k].py;
+    d->native = d->recent[k].native;
+    mt_recent_push(d);
+}
+
 
 /* A free names its block by allocation number (the n-th allocation of the
  * capture, from 1), as a delta from the previous free's: blocks freed in
@@ -76,9 +125,25 @@ struct mt_deltas {
  * threads allocating together switch every few events. */
 #define MT_TAG_FREE_SHORT 0x80u
 #define MT_TAG_FREE_MID 0x08u
-#define MT_FREE_MID_MAX (0x80u + 0x800u)
 #define MT_TAG_SWITCH_SHORT 0x60u
 #define MT_SWITCH_SHORT_MAX 31u
+
+/* Format 5 on, half of FREE_SHORT's bytes go to the shortest ALLOC: one
+ * made like the block's previous ALLOC (the same allocator and native-stack
+ * bit, and the stacks the bases name, as ALLOC_SAME) whose size is below
+ * 16 KiB is the two bytes MT_TAG_ALLOC_SIZED | size >> 8, then size & 0xff.
+ * A loop allocating from one place with varying sizes (C code, buffers)
+ * spent three bytes on each, two on the size, and LZ4 matches none of them.
+ * FREE_SHORT keeps references below 64 and FREE_MID starts at 64. */
+#define MT_TAG_ALLOC_SIZED 0xc0u
+#define MT_ALLOC_SIZED_MAX 0x4000u
+#define MT_ALLOC_KIND_SEEN 0x100u
+
+/* The first reference FREE_MID holds: FREE_SHORT's end in version v. */
+static inline unsigned mt_free_mid_base(uint32_t version)
+{
+    return version >= 5 ? 0x40u : 0x80u;
+}
 
 /* CRC-32 (IEEE, as zlib), continuing from crc (0 to start). */
 uint32_t mt_crc32(uint32_t crc, const void *data, size_t n);

@@ -13,6 +13,7 @@
 struct mt_dictionary {
     unsigned id;          /* stored in block headers: 1 ... 255, permanent */
     const char *python;   /* the CPython "major.minor" it was made from */
+    uint32_t since;       /* the first format version that may name it */
     const char *data;
     size_t size;          /* at most 64 KiB: all that LZ4 can refer to */
 };
@@ -21,9 +22,10 @@ struct mt_dictionary {
  * version knows none by that number. */
 int mt_dictionary_get(unsigned id, struct mt_dictionary *d);
 
-/* Fills *d with the dictionary for a program on this CPython version
- * ("3.11.7", "3.13.0rc1": its major.minor decides). @return 1, or 0 when
- * there is none, and for NULL or "" (not a Python program). */
+/* Fills *d with the dictionary the writer's format version has for a
+ * program on this CPython version ("3.11.7", "3.13.0rc1": its major.minor
+ * decides). @return 1, or 0 when there is none, and for NULL or "" (not a
+ * Python program). */
 int mt_dictionary_for_python(const char *version, struct mt_dictionary *d);
 
 #endif

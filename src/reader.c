@@ -281,7 +281,8 @@ static int next_block(struct mt_reader *r)
     }
     if (mt_get_u32le(h) != MT_BLOCK_MAGIC || raw > MT_BLOCK_MAX_RAW ||
         comp > (uint32_t)LZ4_compressBound(MT_BLOCK_MAX_RAW) ||
-        (dict.id && !mt_dictionary_get(dict.id, &dict)))
+        (dict.id && (!mt_dictionary_get(dict.id, &dict) ||
+                     dict.since > r->header.format_version)))
         return MT_E_CORRUPT;
     int rc = read_exact(r, r->comp, comp);
     if (rc != MT_OK)
@@ -341,6 +342,16 @@ static uint64_t block_end(struct mt_reader *r, struct cursor *c, uint64_t ref,
     return addr;
 }
 
+/* An event's stack fields (delta from the bases); they become the bases
+ * and, from version 5 on, the latest recent pair. */
+static void get_stacks(struct mt_reader *r, struct cursor *c, uint32_t *py, uint32_t *native)
+{
+    *py = (uint32_t)get_delta(c, &r->d.py);
+    if (native)
+        *native = (uint32_t)get_delta(c, &r->d.native);
+    mt_recent_push(&r->d);
+}
+
 static void decode_group_v1(struct cursor *c, struct mt_record *rec)
 {
     rec->u.group.py_stack = (uint32_t)get_varint(c);
@@ -358,8 +369,7 @@ static void decode_group_v1(struct cursor *c, struct mt_record *rec)
 /* Version 2: the shape's low 2 bits say which counts equal which. */
 static void decode_group(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
 {
-    rec->u.group.py_stack = (uint32_t)get_delta(c, &r->d.py);
-    rec->u.group.native_stack = (uint32_t)get_delta(c, &r->d.native);
+    get_stacks(r, c, &rec->u.group.py_stack, &rec->u.group.native_stack);
     rec->u.group.thread = (uint32_t)get_varint(c);
     uint64_t shape = get_varint(c);
     rec->u.group.allocators = (uint32_t)(shape >> 2);
@@ -385,13 +395,43 @@ static void decode_group(struct mt_reader *r, struct cursor *c, struct mt_record
     }
 }
 
+/* Version 5's two-byte ALLOC: made as the block's previous one was. */
+static int decode_sized(struct mt_reader *r, struct cursor *c, uint8_t tag,
+                        struct mt_record *rec)
+{
+    unsigned kind = r->d.alloc_kind;
+    rec->tag = MT_T_ALLOC;
+    rec->u.ev.allocator = kind & 0xf;
+    rec->u.ev.size = (uint64_t)(tag & 0x3fu) << 8 | get_u8(c);
+    rec->u.ev.py_stack = (uint32_t)r->d.py;
+    if (kind & MT_TAG_ALLOC_NATIVE)
+        rec->u.ev.native_stack = (uint32_t)r->d.native;
+    if (!kind || r->addresses || mt_allocator_is_mapping(rec->u.ev.allocator))
+        c->bad = 1;  /* no ALLOC before it, or one whose address it lacks */
+    if (!c->bad)
+        rec->u.ev.number = block_new(r, c, rec->u.ev.allocator, 0);
+    return c->bad ? MT_E_CORRUPT : 1;
+}
+
 static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
 {
     memset(rec, 0, sizeof *rec);
     uint8_t tag = *c->p++;
     rec->thread = r->thread;
+    if (tag >= MT_TAG_STACKS && tag < MT_TAG_STACKS + MT_RECENT_MAX - 1 &&
+        r->header.format_version >= 5) {
+        /* not a record: it sets the bases for the event after it */
+        unsigned k = tag - MT_TAG_STACKS + 1u;
+        if (k >= r->d.nrecent || c->p >= c->end)
+            return MT_E_CORRUPT;
+        mt_recent_take(&r->d, k);
+        tag = *c->p++;
+        if (tag >= MT_TAG_STACKS && tag < MT_TAG_STACKS + MT_RECENT_MAX - 1)
+            return MT_E_CORRUPT;  /* one at a time */
+    }
     if (MT_TAG_IS_ALLOC(tag)) {
         rec->tag = MT_T_ALLOC;
+        r->d.alloc_kind = MT_ALLOC_KIND_SEEN | (tag & 0x1fu);
         rec->u.ev.allocator = tag & 0xf;
         if (r->addresses || mt_allocator_is_mapping(rec->u.ev.allocator))
             rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
@@ -403,21 +443,23 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
             if (tag & MT_TAG_ALLOC_NATIVE)
                 rec->u.ev.native_stack = (uint32_t)r->d.native;
         } else {
-            rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
-            if (tag & MT_TAG_ALLOC_NATIVE)
-                rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
+            get_stacks(r, c, &rec->u.ev.py_stack,
+                       tag & MT_TAG_ALLOC_NATIVE ? &rec->u.ev.native_stack : NULL);
         }
         if (!c->bad)
             rec->u.ev.number = block_new(r, c, rec->u.ev.allocator, rec->u.ev.addr);
         return c->bad ? MT_E_CORRUPT : 1;
     }
+    const unsigned mid = mt_free_mid_base(r->header.format_version);
+    if (tag >= MT_TAG_FREE_SHORT + mid && r->header.format_version >= 5)
+        return decode_sized(r, c, tag, rec);
     if (tag >= MT_TAG_FREE_SHORT ||
         (tag >= MT_TAG_FREE_MID && tag < MT_TAG_FREE_MID + 8)) {
         if (!short_forms(r))
             return MT_E_CORRUPT;
         uint64_t ref = tag & 0x7fu;
         if (tag < MT_TAG_FREE_SHORT) {
-            ref = 0x80u + ((uint64_t)(tag & 7u) << 8 | get_u8(c));
+            ref = mid + ((uint64_t)(tag & 7u) << 8 | get_u8(c));
             if (c->bad)
                 return MT_E_CORRUPT;
         }
@@ -455,8 +497,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
                 c->bad = 1;
         }
         rec->u.ev.size = get_varint(c);
-        rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
-        rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
+        get_stacks(r, c, &rec->u.ev.py_stack, &rec->u.ev.native_stack);
         if (made && !c->bad)
             rec->u.ev.number = block_new(r, c, MT_A_REALLOC, rec->u.ev.addr);
         break;
@@ -467,8 +508,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         rec->u.ev.old_size = get_varint(c);
         rec->u.ev.addr = get_delta(c, &r->d.alloc_addr);
         rec->u.ev.size = get_varint(c);
-        rec->u.ev.py_stack = (uint32_t)get_delta(c, &r->d.py);
-        rec->u.ev.native_stack = (uint32_t)get_delta(c, &r->d.native);
+        get_stacks(r, c, &rec->u.ev.py_stack, &rec->u.ev.native_stack);
         if (rec->u.ev.addr && !c->bad)  /* numbered as the writer does */
             rec->u.ev.number = block_new(r, c, MT_A_MMAP, rec->u.ev.addr);
         break;

@@ -292,11 +292,12 @@ static uint8_t *put_switch(uint8_t *p, uint32_t thread)
  * shortest of its three forms. */
 static uint8_t *put_free(uint8_t *p, uint64_t ref)
 {
-    if (ref < 0x80) {
+    const uint64_t mid = mt_free_mid_base(MT_FORMAT_VERSION);
+    if (ref < mid) {
         *p++ = (uint8_t)(MT_TAG_FREE_SHORT | ref);
-    } else if (ref < MT_FREE_MID_MAX) {
-        *p++ = (uint8_t)(MT_TAG_FREE_MID | ((ref - 0x80) >> 8));
-        *p++ = (uint8_t)(ref - 0x80);
+    } else if (ref < mid + 0x800) {
+        *p++ = (uint8_t)(MT_TAG_FREE_MID | ((ref - mid) >> 8));
+        *p++ = (uint8_t)(ref - mid);
     } else {
         *p++ = MT_T_FREE;
         p = mt_put_varint(p, ref);
@@ -308,6 +309,31 @@ static uint8_t *put_delta(uint8_t *p, uint64_t *base, uint64_t value)
 {
     p = mt_put_varint(p, mt_zigzag((int64_t)(value - *base)));
     *base = value;
+    return p;
+}
+
+/* An event's stack fields, which make its stacks the bases. */
+static uint8_t *put_stacks(struct mt_writer *w, uint8_t *p, uint64_t py, int with_native,
+                           uint64_t native)
+{
+    p = put_delta(p, &w->d.py, py);
+    if (with_native)
+        p = put_delta(p, &w->d.native, native);
+    mt_recent_push(&w->d);
+    return p;
+}
+
+/* STACKS k when the stacks are not the bases but a recent pair: *same
+ * then says the bases hold them. */
+static uint8_t *put_recent(struct mt_writer *w, uint8_t *p, uint64_t py, int with_native,
+                           uint64_t native, int *same)
+{
+    unsigned k = *same ? 0 : mt_recent_find(&w->d, py, with_native, native);
+    if (k) {
+        *p++ = (uint8_t)(MT_TAG_STACKS + k - 1);
+        mt_recent_take(&w->d, k);
+        *same = 1;
+    }
     return p;
 }
 
@@ -437,16 +463,23 @@ int mt_writer_alloc(struct mt_writer *w, uint32_t thread, unsigned allocator,
     uint8_t *p = put_thread(w, w->raw + w->used, thread);
     int nat = native_stack != 0;
     int same = py_stack == w->d.py && (!nat || native_stack == w->d.native);
+    p = put_recent(w, p, py_stack, nat, native_stack, &same);
+    unsigned kind = MT_ALLOC_KIND_SEEN | (nat ? MT_TAG_ALLOC_NATIVE : 0) | allocator;
+    int addressed = w->addresses || mapping;
+    if (same && kind == w->d.alloc_kind && !addressed && size < MT_ALLOC_SIZED_MAX) {
+        *p++ = (uint8_t)(MT_TAG_ALLOC_SIZED | size >> 8);
+        *p++ = (uint8_t)size;
+        w->used = (size_t)(p - w->raw);
+        return MT_OK;
+    }
+    w->d.alloc_kind = kind;
     *p++ = (uint8_t)((same ? MT_TAG_ALLOC_SAME : MT_TAG_ALLOC_BASE) |
                      (nat ? MT_TAG_ALLOC_NATIVE : 0) | allocator);
-    if (w->addresses || mapping)
+    if (addressed)
         p = put_delta(p, &w->d.alloc_addr, addr);
     p = mt_put_varint(p, size);
-    if (!same) {
-        p = put_delta(p, &w->d.py, py_stack);
-        if (nat)
-            p = put_delta(p, &w->d.native, native_stack);
-    }
+    if (!same)
+        p = put_stacks(w, p, py_stack, nat, native_stack);
     w->used = (size_t)(p - w->raw);
     return MT_OK;
 }
@@ -504,8 +537,7 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         else
             *p++ = r->u.ev.addr != 0;  /* a new block, or a failed realloc */
         p = mt_put_varint(p, r->u.ev.size);
-        p = put_delta(p, &w->d.py, r->u.ev.py_stack);
-        p = put_delta(p, &w->d.native, r->u.ev.native_stack);
+        p = put_stacks(w, p, r->u.ev.py_stack, 1, r->u.ev.native_stack);
         break;
     case MT_T_MREMAP:
         *p++ = r->u.ev.allocator;
@@ -513,8 +545,7 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         p = mt_put_varint(p, r->u.ev.old_size);
         p = put_delta(p, &w->d.alloc_addr, r->u.ev.addr);
         p = mt_put_varint(p, r->u.ev.size);
-        p = put_delta(p, &w->d.py, r->u.ev.py_stack);
-        p = put_delta(p, &w->d.native, r->u.ev.native_stack);
+        p = put_stacks(w, p, r->u.ev.py_stack, 1, r->u.ev.native_stack);
         break;
     case MT_T_MUNMAP:
         p = put_delta(p, &w->d.free_addr, r->u.ev.addr);
@@ -574,8 +605,7 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         break;
     case MT_T_GROUP: {
         unsigned shape = group_shape(r);
-        p = put_delta(p, &w->d.py, r->u.group.py_stack);
-        p = put_delta(p, &w->d.native, r->u.group.native_stack);
+        p = put_stacks(w, p, r->u.group.py_stack, 1, r->u.group.native_stack);
         p = mt_put_varint(p, r->u.group.thread);
         p = mt_put_varint(p, (uint64_t)r->u.group.allocators << 2 | shape);
         p = mt_put_varint(p, r->u.group.total_bytes);

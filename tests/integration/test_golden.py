@@ -11,6 +11,7 @@ tests/data/format-v3.bin            the same program, format version 3 (no heap 
 tests/data/format-v3-addresses.bin  ... with --addresses
 tests/data/format-v4.bin            the same program, format version 4 (its block
                                     compressed against dictionary 3, CPython 3.11's)
+tests/data/format-v5.bin            the same program, format version 5 (dictionary 8)
 
 Their numbers never change: a reader that reports anything else for them has
 broken compatibility with that format version (or changed what a report
@@ -36,6 +37,7 @@ NATIVE2 = DATA / "format-v2-native.bin"
 GOLDEN3 = DATA / "format-v3.bin"
 ADDRESSES3 = DATA / "format-v3-addresses.bin"
 GOLDEN4 = DATA / "format-v4.bin"
+GOLDEN5 = DATA / "format-v5.bin"
 SCRIPT = "/work/main/tests/data/golden.py"  # the path it was recorded from
 
 COMMON = {
@@ -99,6 +101,9 @@ EXPECTED = {
     GOLDEN4: dict(COMMON2, format_version=4, pid=11276, duration_ms=55,
                   peak_rss_bytes=10534912, end_memory_bytes=3270345,
                   threads=threads2(11276)),
+    GOLDEN5: dict(COMMON2, format_version=5, pid=22744, duration_ms=26,
+                  peak_rss_bytes=9723904, end_memory_bytes=3270705,
+                  threads=threads2(22744)),
 }
 
 # The lines of golden.py, as (function, line, bytes, count) in top_locations.
@@ -135,9 +140,13 @@ PARSE_COUNTS = {
     GOLDEN4: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 3, "CODE": 108,
               "PYNODE": 874, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 6,
               "END": 1, "TRAILER": 1},
+    GOLDEN5: {"HEADER": 1, "PROGRAM": 1, "THREAD": 3, "THREAD_SWITCH": 5, "CODE": 109,
+              "PYNODE": 874, "ALLOC": 1642, "FREE": 1600, "MUNMAP": 4, "SAMPLE": 3,
+              "END": 1, "TRAILER": 1},
 }
 PARSE_TOTAL = {GOLDEN: 4053, AGGREGATE: 1357, GOLDEN2: 4240, AGGREGATE2: 1357,
-               NATIVE2: 7967, GOLDEN3: 4239, ADDRESSES3: 4240, GOLDEN4: 4243}
+               NATIVE2: 7967, GOLDEN3: 4239, ADDRESSES3: 4240, GOLDEN4: 4243,
+               GOLDEN5: 4243}
 # Version 2 stores a sample's time as the change of its step from the last.
 PARSE_SAMPLES = {
     GOLDEN2: ["SAMPLE time_us=528 rss=1576960", "SAMPLE time_us=10834 rss=8228864",
@@ -153,6 +162,8 @@ PARSE_SAMPLES = {
     GOLDEN4: ["SAMPLE time_us=634 rss=1589248", "SAMPLE time_us=10851 rss=8015872",
               "SAMPLE time_us=21414 rss=9203712", "SAMPLE time_us=31670 rss=9650176",
               "SAMPLE time_us=41878 rss=9650176", "SAMPLE time_us=52461 rss=10534912"],
+    GOLDEN5: ["SAMPLE time_us=584 rss=184320", "SAMPLE time_us=10713 rss=8056832",
+              "SAMPLE time_us=20961 rss=9723904"],
 }
 PARSE_HEADER = {
     GOLDEN: 'HEADER version=1 flags=0x0 pid=4747 start=2026-11-22T03:25:16Z '
@@ -171,6 +182,8 @@ PARSE_HEADER = {
                 'command="/usr/bin/python3 tests/data/golden.py"',
     GOLDEN4: 'HEADER version=4 flags=0x0 pid=11276 start=2026-12-01T20:36:01Z '
              'command="/usr/bin/python3 tests/data/golden.py"',
+    GOLDEN5: 'HEADER version=5 flags=0x0 pid=22744 start=2026-12-02T06:06:43Z '
+             'command="/usr/bin/python3 tests/data/golden.py"',
 }
 PARSE_TRAILER = {
     GOLDEN: "TRAILER exit=0 duration_us=72714 events=3051 lost=0",
@@ -181,6 +194,7 @@ PARSE_TRAILER = {
     GOLDEN3: "TRAILER exit=0 duration_us=24954 events=3246 lost=0",
     ADDRESSES3: "TRAILER exit=0 duration_us=30890 events=3246 lost=0",
     GOLDEN4: "TRAILER exit=0 duration_us=55305 events=3246 lost=0",
+    GOLDEN5: "TRAILER exit=0 duration_us=26325 events=3246 lost=0",
 }
 
 CAPTURES = [pytest.param(GOLDEN, id="format-v1"),
@@ -190,7 +204,8 @@ CAPTURES = [pytest.param(GOLDEN, id="format-v1"),
             pytest.param(NATIVE2, id="format-v2-native"),
             pytest.param(GOLDEN3, id="format-v3"),
             pytest.param(ADDRESSES3, id="format-v3-addresses"),
-            pytest.param(GOLDEN4, id="format-v4")]
+            pytest.param(GOLDEN4, id="format-v4"),
+            pytest.param(GOLDEN5, id="format-v5")]
 
 
 def has_command(name):
@@ -240,7 +255,7 @@ def check_blocks(capture, lines):
     """Heap blocks go by address in captures that store addresses, else by
     allocation number: numbered 1, 2, 3... in order (mappings count too),
     each freed at most once, and only after it was made."""
-    addresses = capture not in (GOLDEN3, GOLDEN4)
+    addresses = capture not in (GOLDEN3, GOLDEN4, GOLDEN5)
     number, live = 0, set()
     for line in lines:
         tag, fields = line.split(" ", 1)[0], dict(
@@ -281,3 +296,4 @@ def test_golden_files_unchanged():
     assert GOLDEN3.stat().st_size == 8410
     assert ADDRESSES3.stat().st_size == 11825
     assert GOLDEN4.stat().st_size == 3547
+    assert GOLDEN5.stat().st_size == 3563

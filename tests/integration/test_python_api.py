@@ -307,7 +307,7 @@ def test_tracker_addresses(pkg, tmp_path):
     addrs = rest.split()
     for i, flag in enumerate(("0x0 ", "0x10,addresses ")):
         lines = pkg.run([pkg.memtap, "parse", "%s%d" % (out, i)], cwd=tmp_path).stdout
-        assert lines.startswith("HEADER version=4 flags=" + flag), lines[:80]
+        assert lines.startswith("HEADER version=5 flags=" + flag), lines[:80]
         big = [l for l in lines.splitlines() if "size=1000002 " in l]
         want = " addr=%s " % addrs[1] if i else " block="
         assert len(big) == 1 and want in big[0], (big, want)

@@ -99,7 +99,7 @@ def test_core_bytearray_known_answer(tmp_path, run_memtap, python):
 
 
 # The dictionary of each CPython version (docs/format.md, Dictionaries).
-DICTIONARY = {(3, 9): 1, (3, 10): 2, (3, 11): 3, (3, 12): 4, (3, 13): 5}
+DICTIONARY = {(3, 9): 6, (3, 10): 7, (3, 11): 8, (3, 12): 9, (3, 13): 10}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -128,7 +128,7 @@ def test_start_up_compressed_against_its_version_dictionary(tmp_path, run_memtap
     dictionary = want and next(
         (REPO / "src" / "dictionaries").glob("%d-cpython-*.bin" % want)).read_bytes()
     data = proc.capture.read_bytes()
-    assert struct.unpack_from("<I", data, 8)[0] == 4
+    assert struct.unpack_from("<I", data, 8)[0] == 5
     pos = 16 + struct.unpack_from("<I", data, 12)[0] + 4
     ids, dependent = [], 0
     while pos < len(data):

@@ -1078,7 +1078,7 @@ static void test_edges(uint32_t flags)
     walk("edges", b, n, l);
     CHECK(l->nblocks >= c.flushes + 1, "edges: %zu blocks, %u flushes", l->nblocks, c.flushes);
     for (size_t i = 0; i < l->nblocks; i++)  /* 3.13's from the first PROGRAM on */
-        CHECK(l->dictionary[i] == 5, "edges: block %zu: dictionary %u", i, l->dictionary[i]);
+        CHECK(l->dictionary[i] == 10, "edges: block %zu: dictionary %u", i, l->dictionary[i]);
     /* tag, empty path, base, a 3-byte length, nseg, unload; then the
      * allocation after it, which still fits (an event needs room for two
      * events, not for the largest record): its tag and size, and with
@@ -1223,9 +1223,10 @@ static void test_realloc_made(void)
     }
 }
 
-/* Format 3's short forms (src/codec.h): the writer takes the shortest
- * form at each bound, checked by the exact size of the block; the reader
- * gives the records back; version 2 readers' files never hold them. */
+/* The short forms of formats 3 and 5 (src/codec.h): the writer takes the
+ * shortest form at each bound, checked by the exact size of the block; the
+ * reader gives the records back; version 2 readers' files never hold them,
+ * nor version 5's a sized ALLOC with nothing to be made like. */
 static void test_short_forms(void)
 {
     struct mt_header h = {.pid = 2, .command = "short"};
@@ -1235,19 +1236,32 @@ static void test_short_forms(void)
     size_t want = 0;
     for (uint64_t i = 0; i < 3000; i++) {  /* numbers 1..3000, stacks unchanged */
         ev(&c, MT_T_ALLOC, 5, MT_A_MALLOC, 0x1000 + 16 * i, 8, 0, 0, 0, 0);
-        want += 2;                /* ALLOC_SAME | malloc, size */
+        want += 2;                /* ALLOC_SAME | malloc, size; then ALLOC_SIZED */
     }
     want += 1;                    /* the short switch to thread 5, before the first */
+    /* sizes at ALLOC_SIZED's bound, and allocators that change the kind */
+    static const struct { unsigned allocator; uint64_t size; unsigned bytes; } sized[] = {
+        {MT_A_MALLOC, 16383, 2},  /* the largest two-byte form */
+        {MT_A_MALLOC, 16384, 4},  /* ALLOC_SAME, a 3-byte varint */
+        {MT_A_MALLOC, 300, 2},    /* ALLOC_SIZED again */
+        {MT_A_CALLOC, 300, 3},    /* another allocator: ALLOC_SAME */
+        {MT_A_CALLOC, 0, 2},      /* like it */
+        {MT_A_MALLOC, 200, 3},
+    };
+    for (size_t i = 0; i < sizeof sized / sizeof *sized; i++) {
+        ev(&c, MT_T_ALLOC, 5, sized[i].allocator, 0x900000 + 16 * i, sized[i].size, 0, 0, 0, 0);
+        want += sized[i].bytes;
+    }
     /* frees, each by its change from the last one's number (the first's
      * from 0): the forms' bounds, no block freed twice */
     static const struct { int64_t change; unsigned bytes; } steps[] = {
         {+1000, 2},               /* zigzag 2000: the two-byte form */
-        {+1088, 3},               /* 2176: tag and a 2-byte varint */
-        {+64, 2},                 /* 128: the smallest two-byte form */
-        {-63, 1},                 /* 125 */
-        {-64, 1},                 /* 127: the largest one-byte form */
-        {-1088, 2},               /* 2175: the largest two-byte form */
-        {-65, 2},                 /* 129 */
+        {+1056, 3},               /* 2112: tag and a 2-byte varint */
+        {+32, 2},                 /* 64: the smallest two-byte form */
+        {-31, 1},                 /* 61 */
+        {-32, 1},                 /* 63: the largest one-byte form */
+        {-1056, 2},               /* 2111: the largest two-byte form */
+        {-33, 2},                 /* 65 */
     };
     uint64_t n = 0;
     for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
@@ -1261,6 +1275,18 @@ static void test_short_forms(void)
     want += 2 + 1;                /* thread 31 takes the long switch */
     ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x100000, 8, 0, 0, 7, 0);
     want += 3;                    /* a new stack: BASE tag, size, py delta */
+    /* version 5: back to a recent stack in one byte (blocks 3008 ...; the
+     * last free was 938) */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200000, 8, 0, 0, 9, 0);
+    want += 3;                    /* BASE tag, size, py delta */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200010, 8, 0, 0, 7, 0);
+    want += 1 + 2;                /* STACKS 1, ALLOC_SIZED */
+    ev(&c, MT_T_REALLOC, 31, MT_A_REALLOC, 0x200100, 40, 0x200000, 8, 9, 0);
+    want += 8;                    /* REALLOC spells its stacks out: (9, 0) is the latest */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200200, 8, 0, 0, 7, 0);
+    want += 1 + 2;                /* STACKS 1, ALLOC_SIZED */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200400, 8, 0, 0, 11, 0);
+    want += 3;                    /* a stack not seen: BASE */
     flush(&c);
     cap_close(&c, NULL);
     size_t fn;
@@ -1294,6 +1320,63 @@ static void test_short_forms(void)
               v3_only[i][v3_only[i][0] > 3 ? 5 : 1], rc);
         mt_reader_close(r);
     }
+    /* version 5: ALLOC_SIZED first in its block, after a REALLOC (not an
+     * ALLOC), and after an mmap (whose address it would lack); STACKS k
+     * naming a pair the block has not had */
+    static const uint8_t unlike[][12] = {
+        {2, 0xc0, 8},
+        {8, 0x03, MT_A_REALLOC, 0, 1, 8, 0, 0, 0xc0},
+        {10, 0x41, 8, 0x2a, 0x80, 0x40, 0x80, 0x20, 0, 0xc1, 0},
+        /* STACKS 1 with one pair known, two STACKS in a row, a STACKS
+         * that ends the block */
+        {5, 0x21, 8, 2, 0x1b, 0x41},
+        {9, 0x21, 8, 2, 0x21, 8, 4, 0x1b, 0x1b, 0x41},
+        {7, 0x21, 8, 2, 0x21, 8, 4, 0x1b},
+    };
+    for (size_t i = 0; i < sizeof unlike / sizeof *unlike; i++) {
+        struct mt_reader *r;
+        struct mt_record rec;
+        CHECK_RC(mt_reader_open(hand_block(unlike[i] + 1, unlike[i][0], 5), &r, NULL),
+                 MT_OK, "version 5: open");
+        int rc, n = 0;
+        while ((rc = mt_reader_next(r, &rec)) == 1 && rec.tag != MT_T_TRAILER)
+            n++;
+        CHECK(rc == MT_E_CORRUPT, "version 5, case %zu: got %d after %d", i, rc, n);
+        mt_reader_close(r);
+    }
+    /* reserved tags, after two allocations that would make STACKS 1 valid
+     * in version 5 */
+    static const uint8_t reserved4[] = {0x00, 0x01, 0x06, 0x07, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f};
+    for (uint32_t version = 4; version <= 5; version++) {
+        for (size_t i = 0; i < sizeof reserved4; i++) {
+            uint8_t tag = reserved4[i];
+            if (version == 5 && tag >= 0x1b)
+                continue;
+            const uint8_t raw[] = {0x21, 8, 2, 0x21, 8, 4, tag, 3, 8, 0x41, 8};
+            struct mt_reader *r;
+            struct mt_record rec;
+            CHECK_RC(mt_reader_open(hand_block(raw, sizeof raw, version), &r, NULL), MT_OK,
+                     "reserved: open");
+            int rc, n = 0;
+            while ((rc = mt_reader_next(r, &rec)) == 1 && rec.tag != MT_T_TRAILER)
+                n++;
+            CHECK(rc == MT_E_CORRUPT && n == 2, "version %u, tag 0x%02x: got %d after %d",
+                  version, tag, rc, n);
+            mt_reader_close(r);
+        }
+    }
+    /* ... which version 5 reads: STACKS 1 then ALLOC_SAME */
+    const uint8_t valid[] = {0x21, 8, 2, 0x21, 8, 4, 0x1b, 0x41, 9};
+    struct mt_reader *r;
+    struct mt_record rec;
+    CHECK_RC(mt_reader_open(hand_block(valid, sizeof valid, 5), &r, NULL), MT_OK, "valid: open");
+    int last = 0, read = 0;
+    while (read < 3 && (last = mt_reader_next(r, &rec)) == 1)
+        read++;
+    CHECK(read == 3 && rec.tag == MT_T_ALLOC && rec.u.ev.py_stack == 1 &&
+              rec.u.ev.size == 9 && rec.u.ev.number == 3,
+          "version 5, STACKS: got %d after %d, py %u", last, read, rec.u.ev.py_stack);
+    mt_reader_close(r);
 }
 
 /* python: the PROGRAM record's version after the first 1000 events (its
@@ -1432,8 +1515,8 @@ static void test_large(const char *python)
 static void test_dictionaries(void)
 {
     static const struct { const char *version; unsigned id; } pick[] = {
-        {"3.9.18", 1}, {"3.10.0", 2}, {"3.11", 3}, {"3.11.2+", 3}, {"3.12.1", 4},
-        {"3.13.0rc1", 5}, {"3.1", 0}, {"3.110.1", 0}, {"3.8.18", 0}, {"2.7.18", 0},
+        {"3.9.18", 6}, {"3.10.0", 7}, {"3.11", 8}, {"3.11.2+", 8}, {"3.12.1", 9},
+        {"3.13.0rc1", 10}, {"3.1", 0}, {"3.110.1", 0}, {"3.8.18", 0}, {"2.7.18", 0},
         {"", 0}, {"3", 0}, {"13.1", 0}, {NULL, 0},
     };
     for (size_t i = 0; i < sizeof pick / sizeof *pick; i++) {
@@ -1447,25 +1530,31 @@ static void test_dictionaries(void)
      * (docs/format.md lists the same sizes and CRC-32s) */
     static const struct { size_t size; uint32_t crc; } pinned[] = {
         {0, 0}, {40935, 0xdbddebc9u}, {41394, 0x450bfa13u}, {49157, 0x5536ff27u},
-        {51909, 0x3d30e7c6u}, {49376, 0x13902213u},
+        {51909, 0x3d30e7c6u}, {49376, 0x13902213u}, {40218, 0x2fb76d17u},
+        {40552, 0x35f40b20u}, {47073, 0x45fe24fcu}, {51101, 0x3ad97ee3u},
+        {47483, 0x8c63a58au},
     };
     for (unsigned id = 0; id < 300; id++) {
         struct mt_dictionary d = {0};
-        int known = id >= 1 && id <= 5;
+        int known = id >= 1 && id <= 10;
         CHECK(mt_dictionary_get(id, &d) == known, "dictionary %u", id);
         if (known)
             CHECK(d.id == id && d.size == pinned[id].size &&
                   mt_crc32(0, d.data, d.size) == pinned[id].crc,
                   "dictionary %u: %zu bytes, CRC-32 0x%08x", id, d.size,
                   mt_crc32(0, d.data, d.size));
+        if (known)  /* each encoding of the records its own */
+            CHECK(d.since == (id <= 5 ? 4u : 5u), "dictionary %u: since %u", id, d.since);
     }
 
     /* ALLOC malloc size 8, then a FREE of it: against dictionary 3, decodes;
-     * naming no dictionary this version knows, or a dictionary in a
-     * version 3 capture (raw_length then over the bound), is corrupt */
+     * naming no dictionary this version knows, one of a later format
+     * version, or a dictionary in a version 3 capture (raw_length then over
+     * the bound), is corrupt; a version 5 capture may name version 4's */
     const uint8_t raw[] = {0x21, 8, 0, MT_T_FREE, 2, MT_T_PROGRAM, 4, '3', '.', '1', '1'};
     static const struct { uint32_t version; unsigned id; int rc; } cases[] = {
-        {4, 3, 1}, {4, 1, 1}, {4, 6, MT_E_CORRUPT}, {4, 255, MT_E_CORRUPT}, {3, 3, MT_E_CORRUPT},
+        {4, 3, 1}, {4, 1, 1}, {4, 6, MT_E_CORRUPT}, {4, 8, MT_E_CORRUPT}, {4, 255, MT_E_CORRUPT},
+        {3, 3, MT_E_CORRUPT}, {5, 8, 1}, {5, 10, 1}, {5, 3, 1}, {5, 11, MT_E_CORRUPT},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         struct mt_reader *r;
