@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -44,20 +45,31 @@ int cmd_collect(int argc, char **argv)
     int force = 0;
     long pid = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "o:fh", longopts, NULL)) != -1) {
+    char *end;
+    opterr = 0;  /* our own message, "memtap: ...", below */
+    while ((ch = getopt_long(argc, argv, ":o:fh", longopts, NULL)) != -1) {
         switch (ch) {
         case 'o': output = optarg; break;
         case 'f': force = 1; break;
-        case 'p': pid = strtol(optarg, NULL, 10); break;
+        case 'p':
+            errno = 0;
+            pid = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end || pid <= 0 || pid > INT_MAX)
+                die_usage("--pid wants a process id, not '%s'\n%s", optarg, collect_usage);
+            break;
         case 'C': command = optarg; break;
         case 'h': puts(collect_usage); return 0;
+        case ':':
+            die_usage("'%s' needs a value\n%s", argv[optind - 1], collect_usage);
         default:
             if (!session_modes_set(&modes, ch))
-                die_usage("%s", collect_usage);
+                die_usage("unknown option '%s'\n%s", argv[optind - 1], collect_usage);
         }
     }
-    if (!output || pid <= 0 || optind != argc)
-        die_usage("%s", collect_usage);
+    if (optind != argc)
+        die_usage("unexpected argument '%s'\n%s", argv[optind], collect_usage);
+    if (!output || !pid)
+        die_usage("%s\n%s", output ? "--pid is needed" : "-o FILE is needed", collect_usage);
     const char *conflict = session_modes_conflict(&modes);
     if (conflict)
         die_usage("%s\n%s", conflict, collect_usage);

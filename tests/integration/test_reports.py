@@ -671,6 +671,26 @@ def test_usage_errors(main_capture):
         assert proc.stderr.startswith("memtap: "), proc.stderr
 
 
+def test_collect_usage_errors(tmp_path):
+    """memtap collect (the Tracker's collector) says what is wrong in its
+    own words, and starts no collection."""
+    out = tmp_path / "c.bin"
+    for args, first in ((["--bogus"], "memtap: unknown option '--bogus'"),
+                        (["-o"], "memtap: '-o' needs a value"),
+                        (["-o", out, "--pid"], "memtap: '--pid' needs a value"),
+                        (["-o", out, "--pid", "12x"],
+                         "memtap: --pid wants a process id, not '12x'"),
+                        (["-o", out, "--pid", "0"], "memtap: --pid wants a process id, not '0'"),
+                        (["-o", out], "memtap: --pid is needed"),
+                        (["--pid", "5"], "memtap: -o FILE is needed"),
+                        (["-o", out, "--pid", "5", "x"], "memtap: unexpected argument 'x'")):
+        proc = memtap("collect", *args, ok=False)
+        assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
+        assert proc.stderr.splitlines()[0] == first, (args, proc.stderr)
+        assert "usage: memtap collect" in proc.stderr
+    assert not out.exists()
+
+
 def test_stdout_that_cannot_be_written(main_capture):
     cap, _, _ = main_capture
     for cmd in (["stats"], ["stats", "--json"], ["summary"], ["tree"]):
