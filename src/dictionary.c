@@ -48,12 +48,13 @@ int mt_dictionary_get(unsigned id, struct mt_dictionary *d)
 
 int mt_dictionary_for_python(const char *version, struct mt_dictionary *d)
 {
+    int found = 0;  /* the newest the writer's format may name */
     for (size_t i = 0; version && i < sizeof table / sizeof table[0]; i++) {
         size_t n = strlen(table[i].python);
         /* equal over n bytes, so version[n] exists */
-        if (table[i].since == MT_FORMAT_VERSION && !strncmp(version, table[i].python, n) &&
-            !(version[n] >= '0' && version[n] <= '9'))
-            return fill(i, d);
+        if (table[i].since <= MT_FORMAT_VERSION && !strncmp(version, table[i].python, n) &&
+            !(version[n] >= '0' && version[n] <= '9') && (!found || table[i].since >= d->since))
+            found = fill(i, d);
     }
-    return 0;
+    return found;
 }

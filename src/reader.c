@@ -425,9 +425,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
         if (k >= r->d.nrecent || c->p >= c->end)
             return MT_E_CORRUPT;
         mt_recent_take(&r->d, k);
-        tag = *c->p++;
-        if (tag >= MT_TAG_STACKS && tag < MT_TAG_STACKS + MT_RECENT_MAX - 1)
-            return MT_E_CORRUPT;  /* one at a time */
+        tag = *c->p++;  /* another STACKS: a reserved tag below */
     }
     if (MT_TAG_IS_ALLOC(tag)) {
         rec->tag = MT_T_ALLOC;

@@ -139,7 +139,7 @@ static void build_structured(struct buf *out, const uint8_t *p, const uint8_t *e
         /* chunks against no dictionary and each of the known ones in turn */
         struct mt_dictionary dict = {0};
         int n;
-        if (mt_dictionary_get(chunk % 6, &dict)) {
+        if (mt_dictionary_get(chunk % 11, &dict)) {
             LZ4_stream_t s;
             LZ4_initStream(&s, sizeof s);
             LZ4_loadDict(&s, dict.data, (int)dict.size);

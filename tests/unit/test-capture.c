@@ -1148,12 +1148,12 @@ static void test_crc32(void)
 /* A capture of format version (without addresses from 3 on): its header,
  * then one block made by hand from raw record bytes (docs/format.md,
  * Blocks). @return the file. */
-static const char *hand_block_dict(const uint8_t *raw, int n, uint32_t version,
-                                   unsigned dict_id)
+static const char *hand_block_all(const uint8_t *raw, int n, uint32_t version,
+                                  unsigned dict_id, uint32_t flags)
 {
     const char *file = tmp_path("hand.bin");
     unlink(file);
-    struct mt_header h = {.pid = 1, .command = "hand"};
+    struct mt_header h = {.pid = 1, .command = "hand", .flags = flags};
     struct mt_writer *w;
     if (mt_writer_open(file, 0, &h, &w) != MT_OK || mt_writer_close(w, NULL) != MT_OK)
         exit(2);
@@ -1191,9 +1191,20 @@ static const char *hand_block_dict(const uint8_t *raw, int n, uint32_t version,
     return file;
 }
 
+static const char *hand_block_dict(const uint8_t *raw, int n, uint32_t version,
+                                   unsigned dict_id)
+{
+    return hand_block_all(raw, n, version, dict_id, 0);
+}
+
 static const char *hand_block(const uint8_t *raw, int n, uint32_t version)
 {
     return hand_block_dict(raw, n, version, 0);
+}
+
+static const char *hand_block_flags(const uint8_t *raw, int n, uint32_t version, uint32_t flags)
+{
+    return hand_block_all(raw, n, version, 0, flags);
 }
 
 /* Without addresses a REALLOC says by one byte whether it made a block:
@@ -1287,6 +1298,20 @@ static void test_short_forms(void)
     want += 1 + 2;                /* STACKS 1, ALLOC_SIZED */
     ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200400, 8, 0, 0, 11, 0);
     want += 3;                    /* a stack not seen: BASE */
+    /* native stacks: the native bit is part of the kind, and a pair is
+     * (py, native) */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200500, 300, 0, 0, 11, 40);
+    want += 1 + 2 + 1 + 1;        /* BASE | native, size, py delta 0, native delta */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200600, 300, 0, 0, 11, 40);
+    want += 2;                    /* ALLOC_SIZED, native stack 40 */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200700, 300, 0, 0, 11, 0);
+    want += 3;                    /* no native stack: another kind, ALLOC_SAME */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200800, 300, 0, 0, 11, 41);
+    want += 1 + 2 + 1 + 1;        /* BASE | native, size, py delta 0, native delta */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200900, 300, 0, 0, 11, 40);
+    want += 1 + 2;                /* STACKS 1 (11, 40), ALLOC_SIZED like (11, 41)'s */
+    ev(&c, MT_T_ALLOC, 31, MT_A_MALLOC, 0x200a00, 300, 0, 0, 11, 40);
+    want += 2;                    /* ALLOC_SIZED */
     flush(&c);
     cap_close(&c, NULL);
     size_t fn;
@@ -1325,11 +1350,11 @@ static void test_short_forms(void)
      * naming a pair the block has not had */
     static const uint8_t unlike[][12] = {
         {2, 0xc0, 8},
-        {8, 0x03, MT_A_REALLOC, 0, 1, 8, 0, 0, 0xc0},
+        {9, 0x03, MT_A_REALLOC, 0, 1, 8, 0, 0, 0xc0, 8},
         {10, 0x41, 8, 0x2a, 0x80, 0x40, 0x80, 0x20, 0, 0xc1, 0},
         /* STACKS 1 with one pair known, two STACKS in a row, a STACKS
          * that ends the block */
-        {5, 0x21, 8, 2, 0x1b, 0x41},
+        {6, 0x21, 8, 2, 0x1b, 0x41, 8},
         {9, 0x21, 8, 2, 0x21, 8, 4, 0x1b, 0x1b, 0x41},
         {7, 0x21, 8, 2, 0x21, 8, 4, 0x1b},
     };
@@ -1342,6 +1367,40 @@ static void test_short_forms(void)
         while ((rc = mt_reader_next(r, &rec)) == 1 && rec.tag != MT_T_TRAILER)
             n++;
         CHECK(rc == MT_E_CORRUPT, "version 5, case %zu: got %d after %d", i, rc, n);
+        mt_reader_close(r);
+    }
+    /* with heap addresses (ADDRESSES) every ALLOC spells its address out:
+     * ALLOC_SAME, address delta (2 bytes, then 1), size */
+    struct mt_header ha = {.pid = 3, .command = "addressed", .flags = MT_HF_ADDRESSES};
+    struct cap ca;
+    cap_open(&ca, tmp_path("addressed.bin"), &ha);
+    for (uint64_t i = 0; i < 100; i++)
+        ev(&ca, MT_T_ALLOC, 0, MT_A_MALLOC, 0x1000 + 16 * i, 300, 0, 0, 0, 0);
+    flush(&ca);
+    cap_close(&ca, NULL);
+    size_t an;
+    uint8_t *ab = slurp(tmp_path("addressed.bin"), &an);
+    struct layout *al = xmalloc(sizeof *al);
+    walk("addressed", ab, an, al);
+    CHECK(al->nblocks == 1 && al->raw[0] == 5 + 99 * 4, "addressed: %zu blocks, %u raw bytes",
+          al->nblocks, al->nblocks ? al->raw[0] : 0);
+    struct stream agot = {0};
+    read_all(tmp_path("addressed.bin"), &agot, NULL);
+    compare_streams("addressed", &ca.want, &agot);
+    stream_free(&agot);
+    stream_free(&ca.want);
+    free(al);
+    free(ab);
+    /* ... and a two-byte ALLOC there is corrupt: it has no address */
+    {
+        const uint8_t raw[] = {0x41, 0x80, 0x40, 8, 0xc0, 8};  /* ALLOC_SAME addr 0x1000 */
+        struct mt_reader *r;
+        struct mt_record rec;
+        CHECK_RC(mt_reader_open(hand_block_flags(raw, sizeof raw, 5, MT_HF_ADDRESSES), &r, NULL),
+                 MT_OK, "addresses: open");
+        CHECK(mt_reader_next(r, &rec) == 1 && rec.tag == MT_T_ALLOC && rec.u.ev.addr == 0x1000,
+              "addresses: the ALLOC");
+        CHECK_RC(mt_reader_next(r, &rec), MT_E_CORRUPT, "addresses: ALLOC_SIZED");
         mt_reader_close(r);
     }
     /* reserved tags, after two allocations that would make STACKS 1 valid
@@ -1828,7 +1887,9 @@ int main(void)
     free(live.key), free(live.idx), free(live.st), free(live.vec);
     const char *names[] = {"damaged.bin", "probe.bin", "edges.bin", "edges-noaddr.bin", "large.bin", "notrailer.bin",
                            "header.bin", "hand.bin", "short.bin", "bytes.bin", "flags.bin", "exists.bin", "link.bin",
-                           "restart.bin", "fresh.bin"};
+                           "restart.bin", "fresh.bin", "restart-fresh.bin", "restart-longer.bin",
+                           "restart-longer-fresh.bin", "restart-shorter.bin",
+                           "restart-shorter-fresh.bin", "addressed.bin"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         unlink(tmp_path(names[i]));
     rmdir(tmpdir);
