@@ -16,8 +16,11 @@ dictionary.
 
 A dictionary's ID is permanent: captures name it, so its bytes may never
 change. A new or better dictionary gets a new ID (and a new format
-version): list it in src/dictionary.c and meson.build, and its size and
-CRC-32 in docs/format.md and tests/unit/test-capture.c (which pin them).
+version): list it in src/dictionary.c (with the first format version that
+may name it: a dictionary holds records in one version's encoding) and
+meson.build, and its size and CRC-32 in docs/format.md and
+tests/unit/test-capture.c (which pin them). A new encoding of the records
+needs new dictionaries made by a memtap that writes it.
 """
 import os
 import struct
