@@ -38,6 +38,9 @@ static inline uint32_t mt_get_u32le(const uint8_t *p)
            (uint32_t)p[3] << 24;
 }
 
+/* The (py, native) stack pairs STACKS can name (below), the bases included. */
+#define MT_RECENT_MAX 6u
+
 /* Delta bases of one block (all restart at 0 with every block, so blocks
  * decode on their own). Allocated and freed addresses have separate bases:
  * a free is usually near the previous free (a container torn down in
@@ -47,9 +50,10 @@ struct mt_deltas {
     uint64_t ip;                        /* return addresses */
     uint64_t sample_time, sample_step, sample_rss, sample_heap;
     uint64_t pynode, nativenode;        /* version 1 only: node ids */
-    unsigned alloc_kind;  /* version 5: the last ALLOC's tag & 0x1f, | 0x100 (0: none yet) */
+    unsigned alloc_kind;  /* version 5: tag & 0x1f | 0x100 of the last ALLOC with a
+                             tag from 0x20 - 0x5f (0: none yet) */
     unsigned nrecent;     /* version 5: recent stacks, the latest (the bases) first */
-    struct { uint64_t py, native; } recent[6];
+    struct { uint64_t py, native; } recent[MT_RECENT_MAX];
 };
 
 /* Format 5 on, STACKS k (tags 0x1B - 0x1F, k = tag - 0x1A) makes the k-th
@@ -59,7 +63,6 @@ struct mt_deltas {
  * between them at every change. The list holds the distinct (py, native)
  * pairs the block's stack fields and STACKS records set, latest first. */
 #define MT_TAG_STACKS 0x1bu
-#define MT_RECENT_MAX 6u
 
 /* The bases just changed: they become the latest pair. */
 static inline void mt_recent_push(struct mt_deltas *d)
@@ -96,7 +99,6 @@ static inline void mt_recent_take(struct mt_deltas *d, unsigned k)
     d->native = d->recent[k].native;
     mt_recent_push(d);
 }
-
 
 /* A free names its block by allocation number (the n-th allocation of the
  * capture, from 1), as a delta from the previous free's: blocks freed in
