@@ -226,16 +226,6 @@ static void shim_report(const struct session_capture *cap, const char *who)
                 "not recorded from there on\n", who, cap->exe_other);
 }
 
-/* cap->h, with the command of the program the process exec'd when it did:
- * what an aggregate capture is saved with. */
-static struct mt_header capture_header(const struct session_capture *cap)
-{
-    struct mt_header h = cap->h;
-    const char *exec_command = mt_collector_exec_command(cap->c);
-    if (exec_command)
-        h.command = exec_command;
-    return h;
-}
 
 /* Moves what the process's rings hold into its capture, samples its RSS
  * every 10 ms and flushes every 100 ms. @return records moved. */
@@ -260,7 +250,7 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
     }
     /* A checkpoint: if memtap itself is killed, this much survives. */
     if (cap->agg && now - cap->last_flush >= 1000000) {
-        struct mt_header h = capture_header(cap);
+        struct mt_header h = mt_collector_header(cap->c, &cap->h);
         if (mt_replay_save(cap->agg, cap->path, &h, NULL) != MT_OK && !cap->told) {
             error("cannot write '%s': %s", cap->path, strerror(errno));
             cap->told = 1;
@@ -292,7 +282,7 @@ uint64_t session_capture_close(struct session_capture *cap, const struct mt_exit
         tr.exit = (struct mt_exit){code, 0};  /* reaped by its parent first */
     int rc;
     if (cap->agg) {
-        struct mt_header h = capture_header(cap);
+        struct mt_header h = mt_collector_header(cap->c, &cap->h);
         rc = mt_replay_save(cap->agg, cap->path, &h, exit ? &tr : NULL);
         mt_analysis_free(mt_replay_finish(cap->agg, &cap->h));
     } else {

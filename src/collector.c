@@ -174,9 +174,12 @@ static char *program_command(const struct mt_collector *c)
     return n > 0 ? mt_args_join(buf, (size_t)n) : NULL;
 }
 
-const char *mt_collector_exec_command(const struct mt_collector *c)
+struct mt_header mt_collector_header(const struct mt_collector *c, const struct mt_header *h)
 {
-    return c->exec_command;
+    struct mt_header out = *h;
+    if (c->exec_command)
+        out.command = c->exec_command;
+    return out;
 }
 
 void mt_collector_aggregate(struct mt_collector *c, struct mt_replay *r)
@@ -481,9 +484,7 @@ static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
         free(c->exec_command);
         c->exec_command = command;
     }
-    struct mt_header h = c->header;
-    if (c->exec_command)
-        h.command = c->exec_command;
+    struct mt_header h = mt_collector_header(c, &c->header);
     int rc = c->replay ? mt_replay_restart(c->replay)
                        : c->w ? mt_writer_restart(c->w, c->has_header ? &h : NULL) : MT_OK;
     if (rc != MT_OK && c->err == MT_OK)

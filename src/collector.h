@@ -76,9 +76,10 @@ int mt_collector_stopped(const struct mt_collector *c);
 uint64_t mt_collector_events(const struct mt_collector *c);
 uint64_t mt_collector_lost(const struct mt_collector *c);
 
-/* The command line of the program the process exec'd last, which the
- * capture records (NULL before any exec): for a header written after. */
-const char *mt_collector_exec_command(const struct mt_collector *c);
+/* h, with the command line of the program the process exec'd last when
+ * it did (the capture's header from then on): for a header written after.
+ * The command points into c. */
+struct mt_header mt_collector_header(const struct mt_collector *c, const struct mt_header *h);
 
 /* NUL-separated arguments (n bytes, as /proc/PID/cmdline has them) joined
  * by spaces. @return it (malloc'ed), or NULL when there are none or no
