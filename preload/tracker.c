@@ -902,16 +902,13 @@ void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
 {
     if (!t)
         return;
-    if (new_addr != MAP_FAILED) {  /* as realloc: two numbers */
-        if (flags & MREMAP_DONTUNMAP)  /* the old range stays, emptied */
-            event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
-        else
-            event_write(t, MT_R_MUNMAP, 0, seq, (uintptr_t)old, page_round(old_len),
-                        0, 0);
-        alloc_write(t, MT_A_MMAP, new_addr, page_round(new_len));
-    } else {
+    /* as realloc: two numbers; MREMAP_DONTUNMAP leaves the old range, emptied */
+    if (new_addr != MAP_FAILED && !(flags & MREMAP_DONTUNMAP))
+        event_write(t, MT_R_MUNMAP, 0, seq, (uintptr_t)old, page_round(old_len), 0, 0);
+    else
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
-    }
+    if (new_addr != MAP_FAILED)
+        alloc_write(t, MT_A_MMAP, new_addr, page_round(new_len));
     record_done(t);
 }
 
