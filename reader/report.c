@@ -155,16 +155,13 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             if (o->metric == MT_M_LEAKS)
                 return usage_error(usage, "--leaks and --temporary exclude each other");
             o->metric = MT_M_TEMPORARY;
+            /* the optional N: --temporary=N, or a bare number after it */
+            if (!val && i + 1 < argc && parse_ulong(argv[i + 1], &n) == 0)
+                val = argv[++i];
             if (val) {
                 if (parse_ulong(val, &n) || n == 0 || n > 1000000000ul)
                     return usage_error(usage, "bad --temporary value '%s'", val);
                 o->temporary_n = (unsigned)n;
-            } else if (i + 1 < argc && parse_ulong(argv[i + 1], &n) == 0) {
-                /* the optional N: a bare number after --temporary */
-                if (n == 0 || n > 1000000000ul)
-                    return usage_error(usage, "bad --temporary value '%s'", argv[i + 1]);
-                o->temporary_n = (unsigned)n;
-                i++;
             }
         } else if (!strcmp(name, "--split-threads")) {
             NEEDS(MT_O_SPLIT);
