@@ -54,7 +54,7 @@ void mt_real_resolve(void)
     R(malloc); R(calloc); R(realloc); R(reallocarray); R(posix_memalign);
     R(aligned_alloc); R(memalign); R(valloc); R(pvalloc);
     R(mmap); R(mmap64); R(munmap); R(mremap); R(prctl); R(pthread_setname_np);
-    R(pthread_create); R(_exit);
+    R(pthread_create); R(_exit); R(dlclose);
 #undef R
     __atomic_store_n(&mt_real.free, (void (*)(void *))dlsym(RTLD_NEXT, "free"),
                      __ATOMIC_RELEASE);
@@ -288,6 +288,15 @@ EXPORT int pthread_setname_np(pthread_t thread, const char *name)
     int rc = mt_real.pthread_setname_np(thread, name);
     if (rc == 0 && pthread_equal(thread, pthread_self()))
         mt_record_thread_name(mt_enter(), name);
+    return rc;
+}
+
+EXPORT int dlclose(void *handle)
+{
+    if (!ready() || !mt_real.dlclose)
+        return -1;
+    int rc = mt_real.dlclose(handle);
+    mt_record_dlclose();
     return rc;
 }
 

@@ -145,6 +145,14 @@ int mt_native_objects_changed(void)
            c.subs != __atomic_load_n(&seen_subs, __ATOMIC_RELAXED);
 }
 
+unsigned long long mt_native_unloads(void)
+{
+    struct counters c = { 0, 0, 0 };
+
+    dl_iterate_phdr(read_counters, &c);
+    return c.subs;
+}
+
 /* True when [addr, addr+len) lies inside one PT_LOAD segment, i.e. is mapped
  * and readable for as long as the object stays loaded. */
 static int in_load_segment(const struct dl_phdr_info *info, ElfW(Addr) addr,

@@ -33,6 +33,9 @@ struct mt_object_view {
  * mt_native_objects_each (cheap: compares the loader's counters). */
 int mt_native_objects_changed(void);
 
+/* The loader's count of objects unloaded so far (0 when it keeps none). */
+unsigned long long mt_native_unloads(void);
+
 /* Calls fn(view, arg) for every loaded object (also remembers the loader's
  * counters for mt_native_objects_changed). Holds the loader's list lock while
  * it runs: fn must not allocate or call into the loader. */

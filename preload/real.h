@@ -27,6 +27,7 @@ struct mt_real {
     int (*pthread_setname_np)(pthread_t, const char *);
     int (*pthread_create)(pthread_t *, const pthread_attr_t *,
                           void *(*)(void *), void *);
+    int (*dlclose)(void *);
     void (*_exit)(int);
 };
 

@@ -81,6 +81,8 @@ struct mt_thread {
      * past where the two part in the trie at every allocation. */
     struct native_cache native[2];
     unsigned native_mru;
+    unsigned long long unloads;     /* the count of unloads its native
+                                       nodes were recorded under */
     struct mt_pyframe walk[MT_MAX_PY];
     uintptr_t ips[MT_MAX_NATIVE + 1];  /* + 1: is the stack deeper? */
     char scratch[4096];
@@ -94,6 +96,8 @@ static int active;              /* recording; 0 in forked children */
 static int python;              /* the frame walker is usable */
 static int python_threads;      /* threading.Thread names can be read */
 static int native;              /* record native stacks */
+static unsigned long long unloads; /* objects the loader unloaded, as last
+                                      seen after a dlclose */
 static int ended;               /* the END marker was written */
 static unsigned epoch;          /* bumped at every start: threads re-attach */
 static pthread_key_t thread_key;
@@ -510,8 +514,13 @@ static uint32_t native_common(const struct native_cache *c, const uintptr_t *ips
     return k;
 }
 
+static void objects_forget(struct mt_thread *t, unsigned long long now);
+
 static uint32_t native_stack(struct mt_thread *t)
 {
+    unsigned long long now = __atomic_load_n(&unloads, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(now != t->unloads, 0))
+        objects_forget(t, now);
     int got = mt_native_backtrace(t->ips, MT_MAX_NATIVE + 1, 0);
     if (got > MT_MAX_NATIVE) {  /* its outer frames are left out */
         got = MT_MAX_NATIVE;
@@ -652,6 +661,7 @@ static struct mt_thread *thread_start(void)
     }
     t->slot = (unsigned)slot;
     t->epoch = epoch;
+    t->unloads = __atomic_load_n(&unloads, __ATOMIC_ACQUIRE);
     t->ring = mt_shm_ring(shm, (unsigned)slot);
     t->head = t->tail_seen = atomic_load(&shm->slots[slot].head);
     shm->slots[slot].tid = (uint32_t)gettid();
@@ -746,6 +756,30 @@ static void event_write(struct mt_thread *t, uint16_t type, unsigned kind,
 static uint64_t seq_take(void)
 {
     return atomic_fetch_add_explicit(&shm->seq, 1, memory_order_relaxed);
+}
+
+/* Objects were unloaded since t recorded its native nodes: another object
+ * may now lie at one of their addresses. Told to the collector first,
+ * numbered (every node recorded before the unload is written before what
+ * follows), then t records its nodes anew, after listing the objects. */
+static void objects_forget(struct mt_thread *t, unsigned long long now)
+{
+    t->unloads = now;
+    event_write(t, MT_R_OBJECTS, 0, seq_take(), now, 0, 0, 0);
+    if (t->nativenodes.e)
+        memset(t->nativenodes.e, 0, (size_t)t->nativenodes.cap * sizeof *t->nativenodes.e);
+    t->nativenodes.used = 0;  /* next_id goes on: ids stay the thread's own */
+    t->native[0].n = t->native[1].n = 0;
+    mt_native_objects_each(object_announce, t);
+}
+
+void mt_record_dlclose(void)
+{
+    if (!active || !native)
+        return;
+    unsigned long long now = mt_native_unloads();
+    if (now != __atomic_load_n(&unloads, __ATOMIC_RELAXED))
+        __atomic_store_n(&unloads, now, __ATOMIC_RELEASE);
 }
 
 /* Python's teardown began: what is alive now is what the program left

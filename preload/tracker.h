@@ -62,6 +62,10 @@ void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,
 void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
                       size_t old_len, void *new_addr, size_t new_len, int flags);
 
+/* dlclose returned: if objects were unloaded, every thread records its
+ * native stacks anew (another object may load at their addresses). */
+void mt_record_dlclose(void);
+
 /* The calling thread was named (prctl / pthread_setname_np). */
 void mt_record_thread_name(struct mt_thread *t, const char *name);
 

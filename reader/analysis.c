@@ -374,12 +374,15 @@ int mt_analysis_py_frames(const struct mt_analysis *a, uint32_t py_stack,
 }
 
 int mt_analysis_native_ips(const struct mt_analysis *a, uint32_t native_stack,
-                           uint64_t *out, int max)
+                           uint64_t *out, uint32_t *objects, int max)
 {
     int n = 0;
     for (uint32_t id = native_stack; id && id < a->nnativenodes && n < max;
-         id = a->nativenodes[id].parent)
+         id = a->nativenodes[id].parent) {
+        if (objects)
+            objects[n] = a->nativenodes[id].objects;
         out[n++] = a->nativenodes[id].a;
+    }
     return n;
 }
 

@@ -34,9 +34,11 @@ struct mt_frame {
 int mt_analysis_py_frames(const struct mt_analysis *a, uint32_t py_stack,
                           struct mt_frame *out, int max);
 
-/* The native return addresses of a stack, innermost first. */
+/* The native return addresses of a stack, innermost first, and when
+ * objects is not NULL, each one's mt_node_info.objects (for
+ * mt_symbolizer_resolve). */
 int mt_analysis_native_ips(const struct mt_analysis *a, uint32_t native_stack,
-                           uint64_t *out, int max);
+                           uint64_t *out, uint32_t *objects, int max);
 
 /* Name of thread index (its name, or "thread <tid>"); static or owned by a. */
 const char *mt_analysis_thread_name(const struct mt_analysis *a, uint32_t index);

@@ -265,7 +265,7 @@ static void strtab_release(struct strtab *t)
 
 /* ---- the report ------------------------------------------------------------------ */
 
-struct ipcache_slot { uint64_t ip; uint32_t start, n; int used; };
+struct ipcache_slot { uint64_t ip; uint32_t generation, start, n; int used; };
 
 struct mt_report {
     struct mt_report_opts o;
@@ -288,6 +288,7 @@ struct mt_report {
     /* scratch for one stack */
     struct mt_frame pyraw[MAX_DEPTH];
     uint64_t ips[MAX_DEPTH];
+    uint32_t ipobjects[MAX_DEPTH];  /* each ip's objects (mt_symbolizer_resolve) */
     struct mt_rframe py[MAX_DEPTH];
     struct mt_rframe *nat; uint32_t natcap;
     struct mt_rframe *merged; uint32_t mergedcap;
@@ -692,8 +693,10 @@ static const char *object_of(struct mt_report *r, uint64_t ip, uint64_t *rel)
     return NULL;
 }
 
-/* Symbolizes ip into r->ipframes (cached); returns first index and count. */
-static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_t *n)
+/* Symbolizes ip, recorded after `objects` objects, into r->ipframes
+ * (cached); returns first index and count. */
+static void symbolize(struct mt_report *r, uint64_t ip, uint32_t objects, uint32_t *start,
+                      uint32_t *n)
 {
     if (r->ipcn * 2 >= r->ipccap) {
         uint32_t ncap = r->ipccap ? r->ipccap * 2 : 4096;
@@ -701,7 +704,7 @@ static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_
         if (!ns) { fputs("memtap: out of memory\n", stderr); exit(1); }
         for (uint32_t i = 0; i < r->ipccap; i++) {
             if (!r->ipc[i].used) continue;
-            uint32_t j = (uint32_t)mix64(r->ipc[i].ip) & (ncap - 1);
+            uint32_t j = (uint32_t)mix64(r->ipc[i].ip + r->ipc[i].generation) & (ncap - 1);
             while (ns[j].used) j = (j + 1) & (ncap - 1);
             ns[j] = r->ipc[i];
         }
@@ -709,14 +712,22 @@ static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_
         r->ipc = ns;
         r->ipccap = ncap;
     }
-    uint32_t j = (uint32_t)mix64(ip) & (r->ipccap - 1);
+    /* The same address in another generation of objects may be another
+     * object's (dlclose, then dlopen at the same place). */
+    uint32_t gen = r->sym ? mt_symbolizer_generation(r->sym, objects) : 0;
+    uint32_t j = (uint32_t)mix64(ip + gen) & (r->ipccap - 1);
     while (r->ipc[j].used) {
-        if (r->ipc[j].ip == ip) { *start = r->ipc[j].start; *n = r->ipc[j].n; return; }
+        if (r->ipc[j].ip == ip && r->ipc[j].generation == gen) {
+            *start = r->ipc[j].start;
+            *n = r->ipc[j].n;
+            return;
+        }
         j = (j + 1) & (r->ipccap - 1);
     }
 
     struct mt_symbol sf[64];
-    int k = r->sym && ip != MT_NATIVE_CUT ? mt_symbolizer_resolve(r->sym, ip, sf, 64) : 0;
+    int k = r->sym && ip != MT_NATIVE_CUT ? mt_symbolizer_resolve(r->sym, ip, objects, sf, 64)
+                                          : 0;
     if (k > 64) k = 64;
     uint64_t rel;
     const char *objpath = object_of(r, ip, &rel);
@@ -753,7 +764,7 @@ static void symbolize(struct mt_report *r, uint64_t ip, uint32_t *start, uint32_
         f->kind = (uint8_t)mt_classify_native(f->function, cls_obj);
         f->ip = ip;
     }
-    r->ipc[j] = (struct ipcache_slot){ ip, s0, (uint32_t)k, 1 };
+    r->ipc[j] = (struct ipcache_slot){ ip, gen, s0, (uint32_t)k, 1 };
     r->ipcn++;
     *start = s0;
     *n = (uint32_t)k;
@@ -780,10 +791,10 @@ int mt_report_stack(struct mt_report *r, const struct mt_group *g,
 {
     int np = py_frames(r, g), nn = 0, nips = 0;
     if (g->native_stack)
-        nips = mt_analysis_native_ips(r->a, g->native_stack, r->ips, MAX_DEPTH);
+        nips = mt_analysis_native_ips(r->a, g->native_stack, r->ips, r->ipobjects, MAX_DEPTH);
     for (int i = 0; i < nips; i++) {
         uint32_t s, k;
-        symbolize(r, r->ips[i], &s, &k);
+        symbolize(r, r->ips[i], r->ipobjects[i], &s, &k);
         if ((uint32_t)nn + k > r->natcap) {
             r->natcap = (nn + k) * 2;
             r->nat = xrealloc(r->nat, r->natcap * sizeof *r->nat);
@@ -813,11 +824,11 @@ uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
                              int (*accept)(const struct mt_loc *))
 {
     int nips = g->native_stack
-        ? mt_analysis_native_ips(r->a, g->native_stack, r->ips, MAX_DEPTH) : 0;
+        ? mt_analysis_native_ips(r->a, g->native_stack, r->ips, r->ipobjects, MAX_DEPTH) : 0;
     int leading = 1, show = r->o.show_internals;
     for (int i = 0; i < nips; i++) {
         uint32_t s, k, e = 0;
-        symbolize(r, r->ips[i], &s, &k);
+        symbolize(r, r->ips[i], r->ipobjects[i], &s, &k);
         const struct mt_rframe *f = r->ipframes + s;
         for (uint32_t j = 0; j < k; j++)
             e |= f[j].kind == MT_K_EVAL;

@@ -17,6 +17,7 @@
 struct item {
     struct mt_object_info *object;
     uint64_t ip;
+    uint32_t objects;  /* OBJECT records before ip's node */
 };
 
 /* Where an object lies, for the reading thread to ask the symbolizer for
@@ -93,7 +94,7 @@ static void *run(void *arg)
             free(it.object);
             w->nobjects++;
         } else {
-            mt_symbolizer_resolve(w->sym, it.ip, NULL, 0);
+            mt_symbolizer_resolve(w->sym, it.ip, it.objects, NULL, 0);
         }
         pthread_mutex_lock(&w->lock);
     }
@@ -181,7 +182,7 @@ void mt_ahead_record(const struct mt_record *r, void *ahead)
         pthread_mutex_unlock(&w->lock);
         return;
     }
-    struct item it = {NULL, 0};
+    struct item it = {NULL, 0, w->objects};
     if (r->tag == MT_T_OBJECT && !(it.object = object_copy(r))) {
         w->failed = 1;
         return;

@@ -45,11 +45,14 @@ struct object {
     int syms_built;
     struct cu_funcs *funcs; /* the CUs looked into so far */
     size_t nfuncs, funcs_cap;
-    int dead;            /* replaced by a later overlapping object */
+    uint32_t killed;     /* objects declared when a later object at the
+                            same place replaced it; UINT32_MAX: never */
 };
 
+/* One return address's frames, as seen from one generation of objects. */
 struct ip_entry {
     uint64_t ip;         /* 0: empty slot (0 is never a return address) */
+    uint32_t generation; /* replacements before the address was recorded */
     uint32_t first, count; /* into frames[] */
 };
 
@@ -58,6 +61,9 @@ struct str_entry { char *s; uint64_t hash; };
 struct mt_symbolizer {
     struct object *objs;
     size_t nobjs, objs_cap;
+    uint32_t declared;      /* mt_symbolizer_add_object calls */
+    uint32_t *kills;        /* ascending: `declared` after each replacement */
+    size_t nkills, kills_cap;
 
     struct ip_entry *ips;   /* open addressing, power-of-two size */
     size_t ips_cap, ips_used;
@@ -149,11 +155,13 @@ static const char *intern(struct mt_symbolizer *s, const char *str, int *oom)
     return s->strs[i].s;
 }
 
-static struct ip_entry *ip_slot(struct mt_symbolizer *s, uint64_t ip)
+static struct ip_entry *ip_slot(struct mt_symbolizer *s, uint64_t ip,
+                                uint32_t generation)
 {
     size_t mask = s->ips_cap - 1, i;
 
-    for (i = hash_ip(ip) & mask; s->ips[i].ip && s->ips[i].ip != ip;
+    for (i = hash_ip(ip + generation) & mask;
+         s->ips[i].ip && (s->ips[i].ip != ip || s->ips[i].generation != generation);
          i = (i + 1) & mask)
         ;
     return &s->ips[i];
@@ -175,7 +183,7 @@ static int ip_reserve(struct mt_symbolizer *s)
     }
     for (i = 0; i < old_cap; i++)
         if (old[i].ip)
-            *ip_slot(s, old[i].ip) = old[i];
+            *ip_slot(s, old[i].ip, old[i].generation) = old[i];
     free(old);
     return 0;
 }
@@ -306,6 +314,18 @@ struct mt_symbolizer *mt_symbolizer_new(void)
     return s;
 }
 
+static int same_object(const struct object *a, const struct object *b)
+{
+    if (a->base != b->base || a->nsegs != b->nsegs ||
+        a->build_id_len != b->build_id_len || strcmp(a->path, b->path) != 0 ||
+        (a->build_id_len && memcmp(a->build_id, b->build_id, a->build_id_len) != 0))
+        return 0;
+    for (size_t i = 0; i < a->nsegs; i++)
+        if (a->segs[i].vaddr != b->segs[i].vaddr || a->segs[i].memsz != b->segs[i].memsz)
+            return 0;
+    return 1;
+}
+
 static int ranges_overlap(const struct object *a, const struct object *b)
 {
     for (size_t i = 0; i < a->nsegs; i++)
@@ -328,9 +348,13 @@ int mt_symbolizer_add_object(struct mt_symbolizer *s, const char *path,
     struct object o;
     int replaced = 0;
 
-    if (!s || !path || (nsegs && !segs))
+    if (!s)
+        return -1;
+    s->declared++;  /* the caller's count of objects, even when this fails */
+    if (!path || (nsegs && !segs))
         return -1;
     memset(&o, 0, sizeof(o));
+    o.killed = UINT32_MAX;
     o.base = base;
     o.path = strdup(path);
     if (build_id && build_id_len) {
@@ -346,40 +370,62 @@ int mt_symbolizer_add_object(struct mt_symbolizer *s, const char *path,
         o.nsegs = nsegs;
     }
     if (!o.path || (o.build_id_len && !o.build_id) || (nsegs && !o.segs) ||
-        grow((void **)&s->objs, &s->objs_cap, s->nobjs + 1, sizeof(o))) {
+        grow((void **)&s->objs, &s->objs_cap, s->nobjs + 1, sizeof(o)) ||
+        grow((void **)&s->kills, &s->kills_cap, s->nkills + 1, sizeof(*s->kills))) {
         free(o.path);
         free(o.build_id);
         free(o.segs);
         return -1;
     }
+    /* The same object again (a capture lists every object anew after an
+     * unload) changes nothing. */
     for (size_t i = 0; i < s->nobjs; i++)
-        if (!s->objs[i].dead && ranges_overlap(&s->objs[i], &o)) {
-            s->objs[i].dead = 1;
+        if (s->objs[i].killed == UINT32_MAX && same_object(&s->objs[i], &o)) {
+            free(o.path);
+            free(o.build_id);
+            free(o.segs);
+            return 0;
+        }
+    for (size_t i = 0; i < s->nobjs; i++)
+        if (s->objs[i].killed == UINT32_MAX && ranges_overlap(&s->objs[i], &o)) {
+            s->objs[i].killed = s->declared;
             replaced = 1;
         }
-    if (replaced && s->ips_cap) {
-        /* Cached frames may name the replaced object; strings stay interned,
-         * so handed-out pointers remain valid. */
-        memset(s->ips, 0, s->ips_cap * sizeof(*s->ips));
-        s->ips_used = 0;
-    }
+    if (replaced)
+        s->kills[s->nkills++] = s->declared;
     s->objs[s->nobjs++] = o;
     return 0;
 }
 
-static struct object *find_object(struct mt_symbolizer *s, uint64_t pc)
+uint32_t mt_symbolizer_generation(const struct mt_symbolizer *s, uint32_t objects)
 {
+    uint32_t g = 0;
+    while (g < s->nkills && s->kills[g] <= objects)
+        g++;
+    return g;
+}
+
+/* The object pc lay in when `objects` objects had been declared: of those
+ * covering pc, the first not replaced by then. One declared later is
+ * taken too: the collector may write a thread's frames before another
+ * thread's list of objects, never after a replacement of theirs. */
+static struct object *find_object(struct mt_symbolizer *s, uint64_t pc, uint32_t objects)
+{
+    struct object *best = NULL;
     for (size_t i = s->nobjs; i-- > 0;) {
         struct object *o = &s->objs[i];
-        if (o->dead)
+        if ((o->killed != UINT32_MAX && o->killed <= objects) ||
+            (best && best->killed <= o->killed))
             continue;
         for (size_t j = 0; j < o->nsegs; j++) {
             uint64_t lo = o->base + o->segs[j].vaddr;
-            if (pc >= lo && pc - lo < o->segs[j].memsz)
-                return o;
+            if (pc >= lo && pc - lo < o->segs[j].memsz) {
+                best = o;
+                break;
+            }
         }
     }
-    return NULL;
+    return best;
 }
 
 static Dwfl_Module *report(struct object *o, const char *file)
@@ -878,7 +924,7 @@ static int resolve_in_object(struct mt_symbolizer *s, struct object *o,
     return 0;
 }
 
-int mt_symbolizer_resolve(struct mt_symbolizer *s, uint64_t ip,
+int mt_symbolizer_resolve(struct mt_symbolizer *s, uint64_t ip, uint32_t objects,
                           struct mt_symbol *out, int max)
 {
     struct ip_entry *e;
@@ -890,10 +936,11 @@ int mt_symbolizer_resolve(struct mt_symbolizer *s, uint64_t ip,
         return -1;
     if (ip_reserve(s))
         return -1;
-    e = ip_slot(s, ip);
+    uint32_t g = mt_symbolizer_generation(s, objects);
+    e = ip_slot(s, ip, g);
     if (!e->ip) {
         start = s->nframes;
-        o = find_object(s, ip - 1);
+        o = find_object(s, ip - 1, objects);
         if (o) {
             if (resolve_in_object(s, o, ip, &oom)) {
                 s->nframes = start;
@@ -911,6 +958,7 @@ int mt_symbolizer_resolve(struct mt_symbolizer *s, uint64_t ip,
             return -1;
         }
         e->ip = ip;
+        e->generation = g;
         e->first = (uint32_t)start;
         e->count = (uint32_t)(s->nframes - start);
         s->ips_used++;
@@ -963,6 +1011,7 @@ void mt_symbolizer_free(struct mt_symbolizer *s)
         free(s->strs[i].s);
     free(s->strs);
     free(s->objs);
+    free(s->kills);
     free(s->ips);
     free(s->frames);
     free(s);

@@ -18,6 +18,9 @@
 
 struct mt_symbolizer;
 
+/* For mt_symbolizer_resolve: the objects declared last. */
+#define MT_OBJECTS_ALL UINT32_MAX
+
 /* One PT_LOAD segment as captured: ELF vaddr (add the base for the runtime
  * address), size in memory, PF_* flags. */
 struct mt_segment {
@@ -59,33 +62,36 @@ struct mt_symbol {
  * memory. */
 struct mt_symbolizer *mt_symbolizer_new(void);
 
-/* Declares a loaded object.  Files are opened lazily, on the first address
- * that falls in one of `segs`.
+/* Declares a loaded object, the next in the capture's order of objects.
+ * Files are opened lazily, on the first address that falls in one of `segs`.
  * @path      the file as captured (copied); "[vdso]" or "" yield addresses only
  * @base      load bias (dlpi_addr)
  * @build_id  GNU build-id as captured, may be NULL (then any file at `path`
  *            is trusted); copied
  * @segs      PT_LOAD segments, copied; an object without segments matches no
  *            address
- * An object overlapping an earlier one replaces it (dlclose + dlopen at the
- * same place) and empties the per-ip cache.
- * NEEDSWORK: captures with objects replaced over time want one symbolizer per
- * object generation or time-stamped lookups.
+ * An object overlapping an earlier one replaces it from here on (dlclose,
+ * then dlopen at the same place); the same object declared again changes
+ * nothing. Every call counts as one object, a failed one too.
  * @return 0, or -1 when out of memory or an argument is NULL. */
 int mt_symbolizer_add_object(struct mt_symbolizer *s, const char *path,
                              uint64_t base, const uint8_t *build_id,
                              size_t build_id_len,
                              const struct mt_segment *segs, size_t nsegs);
-
 /* Resolves a return address (looks up ip - 1) to its frames, innermost
- * (most deeply inlined) first, the physical function last.  Results are
- * cached per ip.
+ * (most deeply inlined) first, the physical function last, in the object
+ * that lay there when the capture had declared `objects` objects (a native
+ * node's mt_node_info.objects; MT_OBJECTS_ALL: the latest). Results are
+ * cached per ip and generation of objects.
  * @out  receives min(max, n) frames; may be NULL when max is 0
  * @return n >= 1, the number of frames this ip has (like snprintf: call again
  * with a larger array when n > max), or -1 when out of memory. */
-int mt_symbolizer_resolve(struct mt_symbolizer *s, uint64_t ip,
+int mt_symbolizer_resolve(struct mt_symbolizer *s, uint64_t ip, uint32_t objects,
                           struct mt_symbol *out, int max);
-
+/* How many times an object replaced another before `objects` objects were
+ * declared: addresses recorded in the same generation lie in the same
+ * objects. 0 unless the capture unloaded and reloaded at one place. */
+uint32_t mt_symbolizer_generation(const struct mt_symbolizer *s, uint32_t objects);
 /* Formats one frame for humans into buf (always NUL-terminated when size > 0):
  *   "func (file:line)", "func+0x1a (libfoo.so)", "0x1234 (libfoo.so)",
  *   "0x7f00deadbeef".

@@ -40,6 +40,9 @@ struct code_object {
     uint32_t linetable_len;
 };
 
+/* An object the capture lists, by content, and the addresses it spans. */
+struct written_object { uint64_t key[3], lo, hi; };
+
 struct mt_collector {
     struct mt_shm *shm;
     struct mt_writer *w;
@@ -49,6 +52,9 @@ struct mt_collector {
     unsigned stuck;            /* drains in a row that waited on a gap */
     uint64_t exec_waiting;     /* an EXEC seen waiting for its turn: its number */
     uint32_t execs;            /* EXECs taken: the capture started over */
+    uint64_t unloads;          /* the last OBJECTS event's count of unloads */
+    uint32_t unload_epoch;     /* OBJECTS events with a new count: part of
+                                  a native node's key */
     char exec_path[PATH_MAX + 1]; /* the last one's executable */
     char *exec_command;        /* and its command line, malloc'ed */
     struct mt_header header;   /* the writer's (mt_collector_attach) */
@@ -60,7 +66,9 @@ struct mt_collector {
     unsigned nlisted;
     unsigned listed[MT_SLOTS];
     struct slot_state slots[MT_SLOTS];
-    struct mt_imap codes, pynodes, nativenodes, objects;
+    struct mt_imap codes, pynodes, nativenodes;
+    struct written_object *objects;     /* written and not replaced since */
+    uint32_t nobjects, cap_objects;
     struct mt_imap objects_py;          /* code objects, by content */
     struct code_object *code_objects;   /* by the id objects_py gives */
     uint32_t ncode_objects;
@@ -308,7 +316,10 @@ static int on_node(struct mt_collector *c, struct slot_state *st,
                                             o->linetable_len, o->firstlineno, n->b)
               : 0;
     }
-    uint64_t key[3] = {parent, a, ((uint64_t)n->flags << 32) | b};
+    /* A native node after an unload is a new one, even where an old one
+     * had the same address: the address may lie in another object now. */
+    uint64_t key[3] = {parent | (py ? 0 : (uint64_t)c->unload_epoch << 32), a,
+                       ((uint64_t)n->flags << 32) | b};
     int is_new;
     uint32_t id = mt_imap_intern(py ? &c->pynodes : &c->nativenodes, key, &is_new);
     if (!id)
@@ -342,21 +353,43 @@ static int on_object(struct mt_collector *c, const struct mt_robject *o)
         sizeof *o + (uint64_t)o->path_len + o->build_id_len + seg_bytes > o->h.len)
         return MT_E_CORRUPT;
     const uint8_t *p = (const uint8_t *)(o + 1);
-    uint64_t key[3] = {mt_hash_bytes(p, o->path_len, 3), o->base,
-                       mt_hash_bytes(p + o->path_len, o->build_id_len, 4)};
-    int is_new;
-    if (!mt_imap_intern(&c->objects, key, &is_new))
-        return MT_E_NOMEM;
-    if (!is_new)
-        return MT_OK;
+    uint64_t seg[64];
+    memcpy(seg, p + o->path_len + o->build_id_len, seg_bytes);
+    struct written_object w = {{mt_hash_bytes(p, o->path_len, 3), o->base,
+                                mt_hash_bytes(p + o->path_len, o->build_id_len, 4)},
+                               UINT64_MAX, 0};
+    for (uint32_t i = 0; i < o->nseg; i++) {
+        uint64_t lo = o->base + seg[2 * i], hi = lo + seg[2 * i + 1];
+        w.lo = lo < w.lo ? lo : w.lo;
+        w.hi = hi > w.hi ? hi : w.hi;
+    }
+    /* Every thread lists the objects it sees loaded: each is written once,
+     * and again only after another took its place (dlclose, dlopen). */
+    for (uint32_t i = 0; i < c->nobjects; i++)
+        if (!memcmp(c->objects[i].key, w.key, sizeof w.key))
+            return MT_OK;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < c->nobjects; i++) {
+        const struct written_object *x = &c->objects[i];
+        if (x->lo >= w.hi || w.lo >= x->hi)
+            c->objects[kept++] = *x;
+    }
+    c->nobjects = kept;
+    if (c->nobjects == c->cap_objects) {
+        uint32_t cap = c->cap_objects ? 2 * c->cap_objects : 64;
+        struct written_object *grown = realloc(c->objects, cap * sizeof *grown);
+        if (!grown)
+            return MT_E_NOMEM;
+        c->objects = grown;
+        c->cap_objects = cap;
+    }
+    c->objects[c->nobjects++] = w;
     char path[PATH_MAX + 1];
     uint32_t n = o->path_len < PATH_MAX ? o->path_len : PATH_MAX;
     memcpy(path, p, n);
     path[n] = 0;
     if (n == 0)  /* the main program: name it while it still runs */
         program_path(c, path);
-    uint64_t seg[64];
-    memcpy(seg, p + o->path_len + o->build_id_len, seg_bytes);
     struct mt_record r = {.tag = MT_T_OBJECT};
     r.u.object.path = path;
     r.u.object.base = o->base;
@@ -405,7 +438,7 @@ static void on_event(struct mt_collector *c, struct slot_state *st,
 
 #define EVENT_TYPES (1u << MT_R_ALLOC | 1u << MT_R_FREE | 1u << MT_R_MUNMAP | \
                      1u << MT_R_NOP | 1u << MT_R_END | 1u << MT_R_MARK | \
-                     1u << MT_R_EXEC | 1u << MT_R_EXIT)
+                     1u << MT_R_EXEC | 1u << MT_R_EXIT | 1u << MT_R_OBJECTS)
 
 static int is_event(uint16_t type)
 {
@@ -439,7 +472,9 @@ static void ids_forget(struct mt_collector *c)
     mt_imap_release(&c->codes);
     mt_imap_release(&c->pynodes);
     mt_imap_release(&c->nativenodes);
-    mt_imap_release(&c->objects);
+    free(c->objects);
+    c->objects = NULL;
+    c->nobjects = c->cap_objects = 0;
     mt_imap_release(&c->objects_py);
     for (uint32_t i = 0; i < c->ncode_objects; i++)
         free(c->code_objects[i].linetable);
@@ -477,6 +512,7 @@ static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
                               memory_order_release);
     }
     ids_forget(c);
+    c->unloads = 0;  /* the new program's shim counts from 0 */
     c->threads = 0;
     c->events = c->lost = 0;
     char *command = program_command(c);
@@ -492,6 +528,16 @@ static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
     c->program_written = 0;
     program_check(c);
     atomic_store_explicit(&c->shm->exec_done, seq + 1, memory_order_release);
+}
+
+/* Objects were unloaded (the first thread to notice tells): a native node
+ * recorded after it is a new one, even at an address an old one had. */
+static void on_unload(struct mt_collector *c, const struct mt_revent *e)
+{
+    if (e->addr == c->unloads)
+        return;
+    c->unloads = e->addr;
+    c->unload_epoch++;
 }
 
 /* The last one counts: an atexit handler may call exit again, and a
@@ -569,6 +615,8 @@ static long slot_drain(struct mt_collector *c, unsigned i, uint64_t head, long b
                 on_exec(c, i, e->seq);
             else if (type == MT_R_EXIT)
                 on_exit_status(c, e);
+            else if (type == MT_R_OBJECTS)
+                on_unload(c, e);
             else if (type != MT_R_NOP)
                 on_event(c, st, e);
         } else {

@@ -743,13 +743,14 @@ static void add_sample(struct mt_replay *s, uint64_t time_us, uint64_t rss,
 }
 
 static void node_set(struct mt_node_info **arr, uint32_t *n, size_t *cap,
-                     uint32_t id, const struct mt_record *r)
+                     uint32_t id, const struct mt_record *r, uint32_t objects)
 {
     *arr = grow(*arr, cap, (size_t)id + 1, sizeof **arr);
     if (id >= *n)
         *n = id + 1;
     (*arr)[id] = (struct mt_node_info){r->u.node.parent < id ? r->u.node.parent : 0,
-                                       r->u.node.a, r->u.node.b, r->u.node.flags};
+                                       objects, r->u.node.a, r->u.node.b,
+                                       r->u.node.flags};
 }
 
 static void on_definition(struct mt_replay *s, const struct mt_record *r)
@@ -781,10 +782,11 @@ static void on_definition(struct mt_replay *s, const struct mt_record *r)
         break;
     }
     case MT_T_PYNODE:
-        node_set(&a->pynodes, &a->npynodes, &s->cap_pynodes, r->u.node.id, r);
+        node_set(&a->pynodes, &a->npynodes, &s->cap_pynodes, r->u.node.id, r, 0);
         break;
     case MT_T_NATIVENODE:
-        node_set(&a->nativenodes, &a->nnativenodes, &s->cap_nativenodes, r->u.node.id, r);
+        node_set(&a->nativenodes, &a->nnativenodes, &s->cap_nativenodes, r->u.node.id, r,
+                 a->nobjects);
         break;
     case MT_T_OBJECT: {
         a->objects = grow(a->objects, &s->cap_objects, (size_t)a->nobjects + 1,
@@ -1101,6 +1103,18 @@ struct mt_analysis *mt_replay_finish(struct mt_replay *s,
 
 /* ---- saving an aggregate capture ------------------------------------ */
 
+static int put_object(struct mt_writer *w, const struct mt_object_info *o)
+{
+    struct mt_record r = {.tag = MT_T_OBJECT};
+    r.u.object.path = o->path;
+    r.u.object.base = o->base;
+    r.u.object.build_id = o->build_id;
+    r.u.object.build_id_len = o->build_id_len;
+    r.u.object.nseg = o->nseg;
+    r.u.object.seg = o->seg;
+    return mt_writer_add(w, &r);
+}
+
 static int save_definitions(struct mt_writer *w, const struct mt_analysis *a)
 {
     int rc = MT_OK;
@@ -1126,10 +1140,15 @@ static int save_definitions(struct mt_writer *w, const struct mt_analysis *a)
         r.u.code.filename = c->filename;
         rc |= mt_writer_add(w, &r);
     }
+    uint32_t objects = 0;  /* written so far */
     for (int py = 1; py >= 0; py--) {
         const struct mt_node_info *nodes = py ? a->pynodes : a->nativenodes;
         uint32_t n = py ? a->npynodes : a->nnativenodes;
         for (uint32_t i = 1; i < n; i++) {
+            /* A native node after the objects it came after: which object
+             * held its address depends on it. */
+            for (; !py && objects < nodes[i].objects && objects < a->nobjects; objects++)
+                rc |= put_object(w, &a->objects[objects]);
             r = (struct mt_record){.tag = py ? MT_T_PYNODE : MT_T_NATIVENODE};
             r.u.node.id = i;
             r.u.node.parent = nodes[i].parent;
@@ -1139,17 +1158,8 @@ static int save_definitions(struct mt_writer *w, const struct mt_analysis *a)
             rc |= mt_writer_add(w, &r);
         }
     }
-    for (uint32_t i = 0; i < a->nobjects; i++) {
-        const struct mt_object_info *o = &a->objects[i];
-        r = (struct mt_record){.tag = MT_T_OBJECT};
-        r.u.object.path = o->path;
-        r.u.object.base = o->base;
-        r.u.object.build_id = o->build_id;
-        r.u.object.build_id_len = o->build_id_len;
-        r.u.object.nseg = o->nseg;
-        r.u.object.seg = o->seg;
-        rc |= mt_writer_add(w, &r);
-    }
+    for (; objects < a->nobjects; objects++)
+        rc |= put_object(w, &a->objects[objects]);
     return rc ? MT_E_IO : MT_OK;
 }
 

@@ -50,8 +50,10 @@ struct mt_code_info {
     int32_t firstlineno;
 };
 
-/* Python: a = code id, b = line; native: a = return address. */
-struct mt_node_info { uint32_t parent; uint64_t a; uint32_t b, flags; };
+/* Python: a = code id, b = line; native: a = return address, objects =
+ * the OBJECT records before the node's (which object held the address:
+ * the capture may load another at the same place later). */
+struct mt_node_info { uint32_t parent, objects; uint64_t a; uint32_t b, flags; };
 
 struct mt_object_info {
     char *path; uint64_t base; uint8_t *build_id; uint32_t build_id_len;

@@ -136,6 +136,13 @@ enum mt_rtype {
                           _exit was given): the process is ending. A
                           followed child's parent reaps it, not memtap,
                           which learns how it ended only from this */
+    MT_R_OBJECTS = 16, /* struct mt_revent (seq; addr = the shim's count of
+                          unloads seen): objects were unloaded, so a
+                          return address may now lie in another object.
+                          The thread forgot its native nodes and lists
+                          every loaded object next. Numbered, so that every
+                          node recorded before the unload is written before
+                          the list */
 };
 
 struct mt_rhdr {

@@ -229,7 +229,7 @@ static void analyse(const char *path, int split)
         int n = mt_analysis_py_frames(a, a->groups[g].py_stack, frames, 256);
         for (int i = 0; i < n; i++)
             sink += strlen(frames[i].function) + strlen(frames[i].file);
-        n = mt_analysis_native_ips(a, a->groups[g].native_stack, ips, 256);
+        n = mt_analysis_native_ips(a, a->groups[g].native_stack, ips, NULL, 256);
         for (int i = 0; i < n; i++)
             sink += (size_t)ips[i];
         sink += strlen(mt_analysis_thread_name(a, a->groups[g].thread));

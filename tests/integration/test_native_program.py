@@ -319,3 +319,50 @@ def test_allocations_in_constructors_before_the_shims(memtap, tmp_path):
     stats = memtap_stats(out)
     assert_location(stats, "early.c", line_of(EARLY_LIB, "lib"), 55555, 1, function="early")
     assert_location(stats, "main.c", line_of(EARLY_EXE, "exe"), 44444, 1, function="late")
+
+
+PLUGIN_C = """\
+#include <stdlib.h>
+static void *keep[8];
+static int kept;
+__attribute__((noinline)) void *alloc_in_%(name)s(size_t n) {
+    return keep[kept++] = malloc(n); /* @take */
+}
+void *entry(size_t n) { return alloc_in_%(name)s(n); }
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "aggregate"])
+def test_unloaded_objects(memtap, tmp_path, mode):
+    """tests/programs/plugins.c loads plugin A, B, then A again at the same
+    address, unloading each (dlclose) before the next: every allocation is
+    named after the plugin that made it, though the return addresses are
+    the same, on the main thread and on a thread that lives across the
+    unloads (its own record of the stack must not outlive the unload)."""
+    cc = shutil.which("cc")
+    assert cc, "no C compiler (cc) on PATH"
+    libs = []
+    for name in ("a", "b"):
+        src = tmp_path / ("plugin_%s.c" % name)
+        src.write_text(PLUGIN_C % {"name": name})
+        lib = tmp_path / ("plugin_%s.so" % name)
+        subprocess.run([cc, "-O0", "-g", "-shared", "-fPIC", "-o", str(lib), str(src)],
+                       check=True, timeout=TIMEOUT)
+        libs.append(str(lib))
+    exe = tmp_path / "plugins"
+    subprocess.run([cc, "-O0", "-g", "-pthread", "-o", str(exe),
+                    str(PROGRAMS / "plugins.c"), "-ldl"], check=True, timeout=TIMEOUT)
+    out = tmp_path / "capture.bin"
+    extra = ["--aggregate"] if mode == "aggregate" else []
+    proc = subprocess.run([str(memtap), "run", "-q", *extra, "-o", str(out), str(exe), *libs],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    entries = proc.stdout.split()
+    assert len(entries) == 3 and len(set(entries)) == 1, (
+        "the loader put the plugins at different places: %r" % entries)
+    stats = memtap_stats(out)
+    take = line_of(PLUGIN_C, "take")
+    assert_location(stats, "plugin_a.c", take, 1000 + 100 + 3000 + 300, 4,
+                    function="alloc_in_a")
+    assert_location(stats, "plugin_b.c", take, 2000 + 200, 2, function="alloc_in_b")

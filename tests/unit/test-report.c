@@ -464,8 +464,8 @@ static void test_ahead(const char *data)
     int differ = 0, named = 0;
     for (uint32_t i = 1; ahead && after && i < a->nnativenodes; i++) {
         struct mt_symbol x[16], y[16];
-        int n = mt_symbolizer_resolve(ahead, a->nativenodes[i].a, x, 16);
-        int m = mt_symbolizer_resolve(after, a->nativenodes[i].a, y, 16);
+        int n = mt_symbolizer_resolve(ahead, a->nativenodes[i].a, a->nativenodes[i].objects, x, 16);
+        int m = mt_symbolizer_resolve(after, a->nativenodes[i].a, a->nativenodes[i].objects, y, 16);
         if (n != m) {
             differ++;
             continue;

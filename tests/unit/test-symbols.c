@@ -166,7 +166,7 @@ int main(void)
 
     /* 1. a plain call site */
     ip = mt_test_plain_site(&line);
-    n = mt_symbolizer_resolve(s, ip, f, 8);
+    n = mt_symbolizer_resolve(s, ip, MT_OBJECTS_ALL, f, 8);
     dump("plain", f, n);
     CHECK(n == 1);
     CHECK(f[0].function && strcmp(f[0].function, "mt_test_plain_site") == 0);
@@ -178,14 +178,14 @@ int main(void)
     /* cached: same answer, same strings */
     {
         struct mt_symbol g[8];
-        CHECK(mt_symbolizer_resolve(s, ip, g, 8) == 1);
+        CHECK(mt_symbolizer_resolve(s, ip, MT_OBJECTS_ALL, g, 8) == 1);
         CHECK(g[0].function == f[0].function && g[0].line == f[0].line);
-        CHECK(mt_symbolizer_resolve(s, ip, NULL, 0) == 1);
+        CHECK(mt_symbolizer_resolve(s, ip, MT_OBJECTS_ALL, NULL, 0) == 1);
     }
 
     /* 2. an inlined frame inside its caller */
     ip = mt_test_inline_site(&line, &outer);
-    n = mt_symbolizer_resolve(s, ip, f, 8);
+    n = mt_symbolizer_resolve(s, ip, MT_OBJECTS_ALL, f, 8);
     dump("inline", f, n);
     CHECK(n == 2);
     if (n == 2) {
@@ -199,12 +199,12 @@ int main(void)
         CHECK(f[1].line == (uint32_t)outer);
     }
     /* truncated output still reports the full count */
-    CHECK(mt_symbolizer_resolve(s, ip, f, 1) == 2);
+    CHECK(mt_symbolizer_resolve(s, ip, MT_OBJECTS_ALL, f, 1) == 2);
 
     /* 3. a C++ member function, demangled */
     if (mt_test_cxx_site) {
         ip = mt_test_cxx_site(&line);
-        n = mt_symbolizer_resolve(s, ip, f, 8);
+        n = mt_symbolizer_resolve(s, ip, MT_OBJECTS_ALL, f, 8);
         dump("c++", f, n);
         CHECK(n == 1);
         CHECK(f[0].function &&
@@ -218,14 +218,14 @@ int main(void)
     /* 4. a libc function without our debug info: ELF symbol + offset */
     if (self.libc_nsegs) {
         ip = (uintptr_t)&getppid + 1;
-        n = mt_symbolizer_resolve(s, ip, f, 8);
+        n = mt_symbolizer_resolve(s, ip, MT_OBJECTS_ALL, f, 8);
         dump("libc", f, n);
         CHECK(n >= 1 && f[n - 1].function && strstr(f[n - 1].function, "getppid"));
         CHECK(n >= 1 && f[n - 1].offset == 1);
     }
 
     /* 5. an address in no object */
-    n = mt_symbolizer_resolve(s, 0x10, f, 8);
+    n = mt_symbolizer_resolve(s, 0x10, MT_OBJECTS_ALL, f, 8);
     CHECK(n == 1 && !f[0].function && !f[0].object && f[0].address == 0x10);
     mt_symbol_format(&f[0], buf, sizeof(buf));
     CHECK(strcmp(buf, "0x10") == 0);
@@ -236,14 +236,14 @@ int main(void)
         uint8_t bad_id[20] = { 1, 2, 3 };
         CHECK(mt_symbolizer_add_object(s, "/nonexistent/libfoo.so", 0x100000,
                                        NULL, 0, &seg, 1) == 0);
-        n = mt_symbolizer_resolve(s, 0x100123, f, 8);
+        n = mt_symbolizer_resolve(s, 0x100123, MT_OBJECTS_ALL, f, 8);
         CHECK(n == 1 && !f[0].function && (f[0].flags & MT_SYM_NO_FILE));
         mt_symbol_format(&f[0], buf, sizeof(buf));
         CHECK(strcmp(buf, "0x123 (libfoo.so)") == 0);
 
         CHECK(mt_symbolizer_add_object(s, exe, 0x200000, bad_id, sizeof(bad_id),
                                        &seg, 1) == 0);
-        n = mt_symbolizer_resolve(s, 0x200456, f, 8);
+        n = mt_symbolizer_resolve(s, 0x200456, MT_OBJECTS_ALL, f, 8);
         CHECK(n == 1 && !f[0].function && (f[0].flags & MT_SYM_NO_FILE));
         CHECK(f[0].address == 0x456);
     }
@@ -259,6 +259,54 @@ int main(void)
         sym.offset = 0x1a;
         mt_symbol_format(&sym, buf, sizeof(buf));
         CHECK(strcmp(buf, "f+0x1a (liby.so)") == 0);
+    }
+
+    /* 8. objects replaced over time (dlclose, dlopen at the same place): an
+     * address is named after the object that lay there when its node was
+     * recorded, the one declared first when recorded before any */
+    {
+        struct mt_symbolizer *t = mt_symbolizer_new();
+        struct mt_segment seg = { 0, 0x1000, PF_R | PF_X };
+        const uint64_t ip = 0x300124;
+        CHECK(t != NULL);
+        CHECK(mt_symbolizer_add_object(t, "/nonexistent/liba.so", 0x300000, NULL, 0,
+                                       &seg, 1) == 0);                    /* 1 */
+        CHECK(mt_symbolizer_resolve(t, ip, 1, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/liba.so") == 0);
+        CHECK(mt_symbolizer_add_object(t, "/nonexistent/libb.so", 0x300000, NULL, 0,
+                                       &seg, 1) == 0);                    /* 2 */
+        CHECK(mt_symbolizer_generation(t, 1) == 0 && mt_symbolizer_generation(t, 2) == 1);
+        CHECK(mt_symbolizer_resolve(t, ip, 2, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/libb.so") == 0);
+        CHECK(mt_symbolizer_resolve(t, ip, MT_OBJECTS_ALL, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/libb.so") == 0);
+        CHECK(mt_symbolizer_resolve(t, ip, 1, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/liba.so") == 0);
+        CHECK(mt_symbolizer_resolve(t, ip, 0, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/liba.so") == 0);
+        /* the same object listed again: nothing changes */
+        CHECK(mt_symbolizer_add_object(t, "/nonexistent/libb.so", 0x300000, NULL, 0,
+                                       &seg, 1) == 0);                    /* 3 */
+        CHECK(mt_symbolizer_generation(t, 3) == 1);
+        CHECK(mt_symbolizer_resolve(t, ip, 3, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/libb.so") == 0);
+        /* the first one back */
+        CHECK(mt_symbolizer_add_object(t, "/nonexistent/liba.so", 0x300000, NULL, 0,
+                                       &seg, 1) == 0);                    /* 4 */
+        CHECK(mt_symbolizer_generation(t, 4) == 2);
+        CHECK(mt_symbolizer_resolve(t, ip, 4, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/liba.so") == 0);
+        CHECK(mt_symbolizer_resolve(t, ip, 3, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/libb.so") == 0);
+        CHECK(mt_symbolizer_resolve(t, ip, 1, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/liba.so") == 0);
+        /* an object beside them is found from every generation */
+        CHECK(mt_symbolizer_add_object(t, "/nonexistent/libc.so", 0x400000, NULL, 0,
+                                       &seg, 1) == 0);                    /* 5 */
+        CHECK(mt_symbolizer_generation(t, 5) == 2);
+        CHECK(mt_symbolizer_resolve(t, 0x400010, 2, f, 8) == 1 &&
+              strcmp(f[0].object, "/nonexistent/libc.so") == 0);
+        mt_symbolizer_free(t);
     }
 
     mt_symbolizer_free(s);
