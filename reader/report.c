@@ -490,27 +490,38 @@ static uint32_t loc_id(struct mt_report *r, const struct mt_rframe *f)
     return r->nlocs++;
 }
 
-/* A name as reports show it: control characters (C0, DEL, C1) become '?',
- * so that no name can move a terminal's cursor or break a line-based
- * format; bytes that are no UTF-8 stay (JSON escapes them). */
+/* The length of the control character at p (C0, DEL, C1, or the line and
+ * paragraph separators U+2028 and U+2029, which break lines for Python's
+ * str.splitlines and JavaScript), 0 when p starts none. p is NUL-ended. */
+static size_t control_at(const unsigned char *p)
+{
+    if (p[0] < 0x20 || p[0] == 0x7f)
+        return 1;
+    if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+        return 2;
+    if (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9))
+        return 3;
+    return 0;
+}
+
+/* A name as reports show it: control characters become '?', so that no
+ * name can move a terminal's cursor or break a line-based format; bytes
+ * that are no UTF-8 stay (JSON escapes them). */
 static const char *intern_name(struct strtab *t, const char *s)
 {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     size_t len = strlen((const char *)p);
     int clean = 1;
     for (size_t i = 0; i < len && clean; i++)
-        clean = p[i] >= 0x20 && p[i] != 0x7f && !(p[i] == 0xc2 && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f);
+        clean = !control_at(p + i);
     if (clean)
         return intern(t, (const char *)p);
     char *c = xrealloc(NULL, len + 1);
     size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] == 0xc2 && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f) {
-            c[n++] = '?';
-            i++;
-        } else {
-            c[n++] = p[i] < 0x20 || p[i] == 0x7f ? '?' : (char)p[i];
-        }
+    for (size_t i = 0; i < len;) {
+        size_t k = control_at(p + i);
+        c[n++] = k ? '?' : (char)p[i];
+        i += k ? k : 1;
     }
     c[n] = 0;
     const char *r = intern(t, c);

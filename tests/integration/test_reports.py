@@ -850,7 +850,7 @@ import sys
 keep = []
 def make(size):
     keep.append(bytearray(size))  # @alloc
-evil = "\\x1b[2J\\x1b]0;PWNED\\x07e\\u009bvil\\nname"
+evil = "\\x1b[2J\\x1b]0;PWNED\\x07e\\u009bvil\\nna\\u2028m\\u2029e"
 fields = {"co_name": evil}
 if sys.version_info >= (3, 11):
     fields["co_qualname"] = evil
@@ -861,7 +861,8 @@ make(1234567)
 
 def test_names_that_are_no_text(tmp_path):
     # A script whose file name is not UTF-8 (Latin-1 bytes) and a function
-    # whose name holds terminal escapes: JSON stays valid UTF-8 and gives
+    # whose name holds terminal escapes and line separators (U+2028, U+2029:
+    # str.splitlines breaks lines there): JSON stays valid UTF-8 and gives
     # Python's own str for the name back; text reports show no control
     # character.
     d = tmp_path / os.fsdecode(b"lat\xe9dir")
@@ -878,7 +879,7 @@ def test_names_that_are_no_text(tmp_path):
         rows = json.loads(out.decode("utf-8"))["rows"]  # strict: valid UTF-8
         mine = [r for r in rows if r["line"] == line and r["own_bytes"] == 1234568]
         assert [r["file"] for r in mine] == [str(script)], rows[:3]
-        assert mine[0]["function"] == "?[2J?]0;PWNED?e?vil?name", mine[0]
+        assert mine[0]["function"] == "?[2J?]0;PWNED?e?vil?na?m?e", mine[0]
     stats = subprocess.run([str(MEMTAP), "stats", "--json", str(cap)], capture_output=True,
                            timeout=TIMEOUT, check=True).stdout
     assert json.loads(stats.decode("utf-8"))["command"].endswith(str(script))
@@ -886,7 +887,8 @@ def test_names_that_are_no_text(tmp_path):
         out = subprocess.run([str(MEMTAP), *cmd, str(cap)], capture_output=True,
                              timeout=TIMEOUT, check=True, env=clean_env({"NO_COLOR": "1"})).stdout
         assert b"\x1b" not in out and b"\x07" not in out and b"\xc2\x9b" not in out, cmd
-        assert b"PWNED?e?vil?name" in out, (cmd, out[:2000])
+        assert b"\xe2\x80\xa8" not in out and b"\xe2\x80\xa9" not in out, cmd
+        assert b"PWNED?e?vil?na?m?e" in out, (cmd, out[:2000])
 
 
 def test_a_capture_read_from_a_pipe(main_capture):
