@@ -152,6 +152,36 @@ static int is_python_name(const char *path)
     return strspn(base + 6, "0123456789.") == strlen(base + 6);
 }
 
+/* Whether path is for Python to run rather than to exec, as `python
+ * PATH` takes it: named *.py, *.pyw or *.pyz, an existing directory (its
+ * __main__.py), or a file without execute permission (a zip application,
+ * a script without the extension) unless its "#!" names another
+ * interpreter (then it is a program that cannot run, as for a shell). */
+static int is_python_script(const char *path)
+{
+    const char *dot = strrchr(path, '.');
+    if (dot && !strchr(dot, '/') && dot > path &&
+        (!strcmp(dot, ".py") || !strcmp(dot, ".pyw") || !strcmp(dot, ".pyz")))
+        return 1;
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return 0;
+    if (S_ISDIR(st.st_mode))
+        return 1;
+    if (!S_ISREG(st.st_mode) || access(path, X_OK) == 0)
+        return 0;
+    char head[2] = {0};
+    FILE *f = fopen(path, "re");
+    size_t n = f ? fread(head, 1, 2, f) : 0;
+    if (f)
+        fclose(f);
+    if (n < 2 || memcmp(head, "#!", 2) != 0)
+        return 1;
+    char *interp = python_shebang(path);
+    free(interp);
+    return interp != NULL;
+}
+
 /* What a shell does for a program it cannot run (err from exec or a
  * lookup): one line, and 127 when something was not found, else 126. */
 static __attribute__((noreturn)) void cannot_run(const char *what, const char *why, int err)
@@ -175,8 +205,7 @@ static void target_resolve(struct target *t, const struct run_opts *o,
         t->is_python = 1;
         return;
     }
-    size_t len = strlen(first);
-    if (len > 3 && !strcmp(first + len - 3, ".py")) {
+    if (is_python_script(first)) {
         if (access(first, F_OK) != 0)
             cannot_run(first, strerror(errno), errno);
         t->argv = python_argv(python_binary(o->python ? o->python : "python3"),
@@ -186,6 +215,9 @@ static void target_resolve(struct target *t, const struct run_opts *o,
         return;
     }
     char *file = find_on_path(first);
+    if (!file && access(first, F_OK) == 0 &&
+        (file = malloc(strlen(first) + 3)))  /* not on PATH, but here */
+        sprintf(file, "./%s", first);
     if (!file)
         cannot_run(first, "no such file or command", ENOENT);
     name_from(t, file);

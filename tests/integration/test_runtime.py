@@ -823,6 +823,32 @@ def test_a_program_that_cannot_be_run(tmp_path):
             assert not out.exists()
 
 
+def test_what_python_runs_without_the_py_extension(tmp_path):
+    # As `python PATH` takes them: a directory with __main__.py, a zip
+    # application, a script without the extension (no execute permission),
+    # one whose "#!" names Python; each runs under Python, recorded.
+    main = "import sys\nkeep = bytearray(1000001)\nsys.stdout.write('ran')\n"
+    app = tmp_path / "appdir"
+    app.mkdir()
+    (app / "__main__.py").write_text(main)
+    subprocess.run([DEFAULT_PYTHON, "-m", "zipapp", str(app), "-o", str(tmp_path / "app.pyz")],
+                   check=True, timeout=TIMEOUT)
+    noext = tmp_path / "noext"
+    noext.write_text(main)
+    shebang = tmp_path / "shebang"
+    shebang.write_text("#!/usr/bin/env python3\n" + main)
+    for target, line in (("appdir", 2), ("app.pyz", 2), ("noext", 2), ("./shebang", 3),
+                         (str(app), 2)):
+        out = tmp_path / "c.bin"
+        proc = memtap_run(["-q", "-f", "-o", out, "--python", DEFAULT_PYTHON, target],
+                          cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stdout == b"ran", (target, proc.stderr)
+        stats = memtap_stats(out)
+        assert stats["python_version"], target
+        name = "__main__.py" if "app" in target else os.path.basename(target)
+        assert_location(stats, name, line, 1000002)
+
+
 def test_default_output_name(tmp_path, run_memtap):
     text = "import os\nprint(os.getpid())\n"
     before = set(tmp_path.iterdir())
