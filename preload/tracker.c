@@ -904,6 +904,80 @@ static unsigned mapping_kind(int prot, int flags)
     return MT_A_MMAP;
 }
 
+/* A hexadecimal or decimal number at *p, moving *p past it. */
+static uint64_t maps_number(const char **p, unsigned base)
+{
+    uint64_t v = 0;
+    for (;; (*p)++) {
+        unsigned d = **p >= '0' && **p <= '9' ? (unsigned)(**p - '0')
+                   : **p >= 'a' && **p <= 'f' ? (unsigned)(**p - 'a' + 10) : 99;
+        if (d >= base)
+            return v;
+        v = v * base + d;
+    }
+}
+
+/* When the /proc/self/maps line holds addr: *kind gets its kind and 1 is
+ * returned. "lo-hi perms offset dev inode path". */
+static int maps_line_kind(const char *line, uintptr_t addr, unsigned *kind)
+{
+    const char *p = line;
+    uint64_t lo = maps_number(&p, 16);
+    if (*p++ != '-')
+        return 0;
+    uint64_t hi = maps_number(&p, 16);
+    if (addr < lo || addr >= hi || *p++ != ' ')
+        return 0;
+    const char *perms = p;
+    for (int field = 0; field < 3 && *p; field++) {  /* perms, offset, dev */
+        p += strcspn(p, " ");
+        p += strspn(p, " ");
+    }
+    uint64_t inode = maps_number(&p, 10);
+    p += strspn(p, " ");
+    if (!strncmp(perms, "---", 3))
+        *kind = MT_A_MMAP_RESERVE;
+    else if (inode && strncmp(p, "/dev/zero", 9))  /* MAP_SHARED|MAP_ANONYMOUS: /dev/zero */
+        *kind = MT_A_MMAP_FILE;
+    else
+        *kind = MT_A_MMAP;
+    return 1;
+}
+
+/* The kind (enum mt_allocator) of the mapping that holds addr, from
+ * /proc/self/maps: mremap keeps what the range maps (a file's pages stay
+ * a file's), which only the kernel still knows. MAP_NORESERVE does not
+ * show there: such a range comes back as heap. Raw calls, no allocation. */
+static unsigned mapped_kind(uintptr_t addr)
+{
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    unsigned kind = MT_A_MMAP;
+    if (fd < 0)
+        return kind;
+    char buf[4096];
+    size_t have = 0;
+    int found = 0;
+    while (!found) {
+        ssize_t n = syscall(SYS_read, fd, buf + have, sizeof buf - 1 - have);
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        buf[have] = 0;
+        char *line = buf, *nl;
+        while (!found && (nl = memchr(line, '\n', (size_t)(buf + have - line)))) {
+            *nl = 0;
+            found = maps_line_kind(line, addr, &kind);
+            line = nl + 1;
+        }
+        have = (size_t)(buf + have - line);
+        memmove(buf, line, have);
+        if (have == sizeof buf - 1)
+            have = 0;  /* a path longer than the buffer: that line is lost */
+    }
+    syscall(SYS_close, fd);
+    return kind;
+}
+
 void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
                     int flags)
 {
@@ -942,7 +1016,7 @@ void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
     else
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
     if (new_addr != MAP_FAILED)
-        alloc_write(t, MT_A_MMAP, new_addr, page_round(new_len));
+        alloc_write(t, mapped_kind((uintptr_t)new_addr), new_addr, page_round(new_len));
     record_done(t);
 }
 

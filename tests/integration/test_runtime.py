@@ -353,6 +353,30 @@ gone.close()
     assert 67108864 <= stats["end_memory_bytes"] < 67108864 + 33554432
 
 
+def test_resized_mappings_keep_their_kind(tmp_path, run_memtap):
+    # mmap.resize is an mremap: a file's mapping stays a file's (apart,
+    # out of the peak), an anonymous one stays heap, each old range ended
+    text = WARMUP + """\
+import mmap, os
+path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+with open(path, "wb") as f:
+    f.truncate(32 * 2**20)
+f = open(path, "r+b")
+m = mmap.mmap(f.fileno(), 0)  # @file
+m.resize(33 * 2**20)  # @file_resize
+a = mmap.mmap(-1, 4 * 2**20)  # @anon
+a.resize(5 * 2**20)  # @anon_resize
+"""
+    proc, stats = run_memtap(tmp_path, text)
+    files = stats["allocators"]["mmap_file"]
+    assert (files["count"], files["bytes"]) == (2, 65 * MiB), stats["allocators"]
+    assert_location(stats, "prog.py", line_of(text, "anon"), 4 * MiB, 1)
+    assert_location(stats, "prog.py", line_of(text, "anon_resize"), 5 * MiB, 1)
+    # the heap holds the 5 MiB at the end, never the file's 33 MiB
+    assert 5 * MiB <= stats["end_memory_bytes"] < 20 * MiB
+    assert stats["peak_memory_bytes"] < 20 * MiB
+
+
 def test_four_threads_each_allocating_8_mib(tmp_path, run_memtap):
     text = WARMUP + """\
 import threading
