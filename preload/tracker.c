@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "../src/format.h"
+#include "../src/linetable.h"
 #include "../src/transport.h"
 #include "native.h"
 #include "pyalloc.h"
@@ -315,25 +316,33 @@ static int code_table_grow(struct code_table *t)
 
 static int code_write(struct mt_thread *th, uint32_t id, struct mt_code_view v)
 {
-    /* A record must fit the ring with room to spare; a line table bigger
-     * than that (a module of ~15,000 lines) is dropped, names are kept. */
-    if (v.linetable_len > MT_RING_BYTES / 2)
-        v.linetable_len = 0;
-    size_t len = sizeof(struct mt_rcode) + v.name_len + v.qualname_len +
-                 v.filename_len + v.linetable_len;
-    uint32_t total = align8(len);
-    struct mt_rcode *r = ring_reserve(th, total);
+    /* A record must fit the ring with room to spare: a line table bigger
+     * than that (a generated module of ~20,000 lines, on 3.11+) goes as
+     * its lines alone, which take a few bytes a line (MT_LINETABLE_RANGES);
+     * when even those do not fit, names are kept and lines are not. */
+    const size_t room = MT_RING_BYTES / 2;
+    int ranges = v.linetable_len > room;
+    size_t names = v.name_len + v.qualname_len + v.filename_len;
+    size_t table = ranges ? room : v.linetable_len;
+    struct mt_rcode *r = ring_reserve(th, align8(sizeof *r + names + table));
     if (!r)
         return -1;
-    *r = (struct mt_rcode){{MT_R_CODE, 0, total}, id, v.firstlineno,
-                           (uint32_t)v.name_len, (uint32_t)v.qualname_len,
-                           (uint32_t)v.filename_len, (uint32_t)v.linetable_len,
-                           v.linetable_format, {0}};
     uint8_t *p = (uint8_t *)(r + 1);
     memcpy(p, v.name, v.name_len), p += v.name_len;
     memcpy(p, v.qualname, v.qualname_len), p += v.qualname_len;
     memcpy(p, v.filename, v.filename_len), p += v.filename_len;
-    memcpy(p, v.linetable, v.linetable_len);
+    uint8_t format = v.linetable_format;
+    if (ranges) {
+        table = mt_linetable_ranges(format, v.linetable, v.linetable_len, v.firstlineno, p,
+                                    room);
+        format = table ? MT_LINETABLE_RANGES : MT_LT_NONE;
+    } else {
+        memcpy(p, v.linetable, table);
+    }
+    uint32_t total = align8(sizeof *r + names + table);
+    *r = (struct mt_rcode){{MT_R_CODE, 0, total}, id, v.firstlineno,
+                           (uint32_t)v.name_len, (uint32_t)v.qualname_len,
+                           (uint32_t)v.filename_len, (uint32_t)table, format, {0}};
     ring_commit(th, total);
     return 0;
 }

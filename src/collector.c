@@ -34,10 +34,7 @@ struct slot_state {
  * capture names each frame by its line and carries no line tables. */
 struct code_object {
     uint32_t code;         /* the capture's code id (name, file, first line) */
-    int32_t firstlineno;
-    uint8_t format;
-    uint8_t *linetable;
-    uint32_t linetable_len;
+    struct mt_lineindex lines;  /* its line table, walked once */
 };
 
 /* An object the capture lists, by content, and the addresses it spans. */
@@ -265,13 +262,9 @@ static int on_code(struct mt_collector *c, struct slot_state *st,
             c->ncode_objects = cap;
         }
         struct code_object *o = &c->code_objects[object];
-        o->firstlineno = k->firstlineno;
-        o->format = k->linetable_format;
-        o->linetable_len = k->linetable_len;
-        o->linetable = malloc(k->linetable_len + 1);
-        if (!o->linetable)
+        if (mt_lineindex_build(&o->lines, k->linetable_format, p + names,
+                               k->linetable_len, k->firstlineno) != 0)
             return MT_E_NOMEM;
-        memcpy(o->linetable, p + names, k->linetable_len);
         /* Code objects that look alike (exec in a loop) share one code id. */
         uint64_t shown[3] = {mt_hash_bytes(p, names, 1), mt_hash_bytes(p, names, 2),
                              ((uint64_t)(uint32_t)k->firstlineno << 32) | k->name_len};
@@ -312,9 +305,7 @@ static int on_node(struct mt_collector *c, struct slot_state *st,
         const struct code_object *o =
             object && object < c->ncode_objects ? &c->code_objects[object] : NULL;
         a = o ? o->code : 0;
-        b = o ? (uint32_t)mt_linetable_line(o->format, o->linetable,
-                                            o->linetable_len, o->firstlineno, n->b)
-              : 0;
+        b = o ? (uint32_t)mt_lineindex_line(&o->lines, n->b) : 0;
     }
     /* A native node after an unload is a new one, even where an old one
      * had the same address: the address may lie in another object now. */
@@ -477,7 +468,7 @@ static void ids_forget(struct mt_collector *c)
     c->nobjects = c->cap_objects = 0;
     mt_imap_release(&c->objects_py);
     for (uint32_t i = 0; i < c->ncode_objects; i++)
-        free(c->code_objects[i].linetable);
+        mt_lineindex_free(&c->code_objects[i].lines);
     free(c->code_objects);
     c->code_objects = NULL;
     c->ncode_objects = 0;

@@ -2951,9 +2951,66 @@ static void test_handmade(void)
     check("311 past", mt_linetable_line(3, loc, sizeof loc, 10, 12), 10, 12);
 }
 
+/* The same answers from a table walked once into an index, and from the
+ * table re-encoded as ranges (what the shim sends for a table too big to
+ * copy), as from mt_linetable_line, at every offset up to past the end. */
+static void compare_index(const char *what, uint8_t format, const uint8_t *t, size_t n,
+                          int32_t first, uint32_t upto)
+{
+    struct mt_lineindex ix;
+    if (mt_lineindex_build(&ix, format, t, n, first) != 0)
+        abort();
+    size_t cap = 16 + 12 * n;
+    uint8_t *r = malloc(cap);
+    if (!r)
+        abort();
+    size_t rn = mt_linetable_ranges(format, t, n, first, r, cap);
+    if (!rn)
+        check(what, -1, 0, 0);  /* must fit: at most 12 bytes a range */
+    for (uint32_t off = 0; off <= upto; off++) {
+        int32_t want = mt_linetable_line(format, t, n, first, off);
+        check(what, mt_lineindex_line(&ix, off), want, off);
+        check(what, mt_linetable_line(MT_LINETABLE_RANGES, r, rn, first, off), want, off);
+    }
+    /* too small a buffer: nothing */
+    if (rn > 1)
+        check(what, (int32_t)mt_linetable_ranges(format, t, n, first, r, rn - 1), 0, 0);
+    free(r);
+    mt_lineindex_free(&ix);
+}
+
+static void test_index(void)
+{
+    char what[160];
+    for (size_t i = 0; i < sizeof lt_cases / sizeof lt_cases[0]; i++) {
+        const struct lt_case *c = &lt_cases[i];
+        uint32_t upto = 0;
+        for (size_t j = 0; j < c->npairs; j++)
+            upto = c->pairs[j].instr > upto ? c->pairs[j].instr : upto;
+        snprintf(what, sizeof what, "index %s", c->what);
+        compare_index(what, c->format, c->table, c->len, c->first, upto + 64);
+        for (size_t n = 0; n <= c->len && n < 120; n++) {  /* prefixes */
+            snprintf(what, sizeof what, "index %s[:%zu]", c->what, n);
+            compare_index(what, c->format, c->table, n, c->first, 600);
+        }
+    }
+    uint32_t seed = 777;
+    uint8_t t[40];
+    for (int round = 0; round < 3000; round++) {
+        size_t n = round % 40;
+        for (size_t k = 0; k < n; k++) {
+            seed = seed * 1103515245u + 12345u;
+            t[k] = (uint8_t)(seed >> 16);
+        }
+        for (uint8_t fmt = 0; fmt < 5; fmt++)
+            compare_index("index random", fmt, t, n, 7, 300);
+    }
+}
+
 int main(void)
 {
     test_vectors();
+    test_index();
     test_handmade();
     test_malformed();
     if (failures) {
