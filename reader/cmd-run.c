@@ -43,6 +43,8 @@ static const char run_usage[] =
 /* The file on PATH (or the path itself when it has a slash), or NULL. */
 static char *find_on_path(const char *cmd)
 {
+    if (!*cmd)
+        return NULL;
     if (strchr(cmd, '/'))
         return access(cmd, F_OK) == 0 ? strdup(cmd) : NULL;
     const char *path = getenv("PATH");
@@ -52,7 +54,8 @@ static char *find_on_path(const char *cmd)
         size_t n = strcspn(path, ":");
         char buf[PATH_MAX];
         snprintf(buf, sizeof buf, "%.*s/%s", (int)n, n ? path : ".", cmd);
-        if (access(buf, X_OK) == 0)
+        struct stat st;
+        if (access(buf, X_OK) == 0 && stat(buf, &st) == 0 && !S_ISDIR(st.st_mode))
             return strdup(buf);
         path += n + (path[n] == ':');
     }

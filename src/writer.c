@@ -8,6 +8,7 @@
 #include <lz4hc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "capture.h"
@@ -42,17 +43,24 @@ struct dict_states {
     LZ4_streamHC_t hc, hc_work;
 };
 
+/* Writes one whole unit (the header, a block). One that fails part way
+ * (a full disk) is cut off again: the file ends with the last whole
+ * block, and the space it took is the program's again. */
 static int write_all(struct mt_writer *w, const void *buf, size_t n)
 {
     const uint8_t *p = buf;
+    uint64_t start = w->bytes;
     while (n) {
         ssize_t k = write(w->fd, p, n);
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0) {
+            int e = k == 0 ? ENOSPC : errno;
             w->failed = 1;
-            if (k == 0)
-                errno = ENOSPC;
+            if (w->bytes != start && ftruncate(w->fd, (off_t)start) == 0 &&
+                lseek(w->fd, (off_t)start, SEEK_SET) >= 0)
+                w->bytes = start;
+            errno = e;
             return MT_E_IO;
         }
         p += k;
@@ -108,11 +116,20 @@ static int header_write(struct mt_writer *w, const struct mt_header *h)
 int mt_writer_open(const char *path, int force, const struct mt_header *h,
                    struct mt_writer **out)
 {
-    int flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
+    /* O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of waiting
+     * for ever; writes then block as usual. */
+    int flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK |
                 (force ? O_TRUNC : O_EXCL);
     int fd = open(path, flags, 0644);
     if (fd < 0)
         return errno == EEXIST ? MT_E_EXISTS : MT_E_IO;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return MT_E_IO;
+    }
     struct mt_writer *w = calloc(1, sizeof *w);
     if (w) {
         w->raw = malloc(MT_BLOCK_MAX_RAW);
@@ -131,6 +148,11 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
     int rc = header_write(w, h);
     if (rc != MT_OK) {
         int e = errno;
+        struct stat st;
+        /* Not even the header (a full disk): no file, rather than an empty
+         * one that the next run without -f refuses to replace. */
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+            unlink(path);
         mt_writer_close(w, NULL);
         errno = e;
         return rc;

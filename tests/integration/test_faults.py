@@ -97,6 +97,36 @@ def test_disk_full_dev_full(tmp_path):
             expect_capture=False)
 
 
+def test_output_is_a_fifo(tmp_path):
+    """-o names a FIFO: with no process reading it, memtap says so and
+    runs the program untracked at once (it used to wait for a reader for
+    ever, deaf to SIGTERM); with one, the capture streams through it."""
+    import threading
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=("-q", "-f"), out=fifo,
+                           expect_capture=False)
+    assert [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")] == [
+        "memtap: cannot create '%s': No such device or address; running the program "
+        "untracked" % fifo], describe(traced)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    wfd = os.open(fifo, os.O_WRONLY)  # no end of file before memtap's
+    os.set_blocking(rfd, True)
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(rfd, 65536), b"")))
+    reader.start()
+    try:
+        compare(tmp_path, ALLOCATE, memtap_opts=("-q", "-f"), out=fifo, expect_capture=False)
+    finally:
+        os.close(wfd)
+        reader.join(TIMEOUT)
+        os.close(rfd)
+    streamed = tmp_path / "streamed.bin"
+    streamed.write_bytes(b"".join(got))
+    stats = memtap_stats(streamed)
+    assert stats["complete"] is True and stats["exit"] == {"code": 0}, stats
+
+
 ROOMY = """\
 import sys
 try:
@@ -179,12 +209,34 @@ def test_disk_full_while_writing(tmp_path, tiny_tmpfs, modes):
     assert said[-1] == ("memtap: '%s' is incomplete: it holds what was written before "
                         "writing failed" % cap), said
     assert not [l for l in said if "wrote" in l], said
+    # the block that did not fit is cut off again: its space is the
+    # program's (it may write there after memtap failed)
+    vfs = os.statvfs(str(tiny_tmpfs))
+    assert vfs.f_bavail * vfs.f_frsize >= 4096, (vfs, cap.stat().st_size)
     if cap.exists() and cap.stat().st_size > 0:
         proc = subprocess.run([str(MEMTAP), "stats", str(cap)], capture_output=True,
                               timeout=TIMEOUT)
         assert proc.returncode in (0, 1) and b"Traceback" not in proc.stderr, describe(proc)
         if proc.returncode == 0:
             assert b"incomplete" in proc.stderr, describe(proc)
+
+
+@pytest.mark.parametrize("modes", [[], ["--aggregate"]])
+def test_disk_full_from_the_start(tmp_path, tiny_tmpfs, modes):
+    """Not even the capture's header fits: the program runs untracked and
+    no empty file is left (a next run without -f would refuse it)."""
+    with open(tiny_tmpfs / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 512)
+        except OSError:
+            pass
+    _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=("-q", *modes),
+                           out=tiny_tmpfs / "z.bin", expect_capture=False)
+    said = [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")]
+    assert said == ["memtap: cannot create '%s': No space left on device; running the "
+                    "program untracked" % (tiny_tmpfs / "z.bin")], said
+    assert sorted(x.name for x in tiny_tmpfs.iterdir()) == ["filler"]
 
 
 @pytest.mark.parametrize("cmd", [["table"], ["flamegraph"], ["export", "--format", "csv"]])

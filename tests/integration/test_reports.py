@@ -891,6 +891,23 @@ def test_names_that_are_no_text(tmp_path):
         assert b"PWNED?e?vil?na?m?e" in out, (cmd, out[:2000])
 
 
+def test_a_report_never_writes_over_its_capture(tmp_path, main_capture):
+    # -o naming the capture itself, or a link to it: refused, capture kept
+    cap, _, _ = main_capture
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(cap.read_bytes())
+    link = tmp_path / "link.html"
+    link.symlink_to(mine)
+    for cmd in (["flamegraph"], ["table"], ["export", "--format", "csv"]):
+        for out in (mine, link):
+            proc = subprocess.run([str(MEMTAP), *cmd, str(mine), "-o", str(out)],
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+            assert proc.returncode == 1, (cmd, out, proc.stderr)
+            assert proc.stderr == ("memtap: '%s' is the capture this report reads; give "
+                                   "another output\n" % out), proc.stderr
+            assert mine.read_bytes() == cap.read_bytes() and link.is_symlink()
+
+
 def test_a_capture_read_from_a_pipe(main_capture):
     # Captures are read front to back once: `cat app.bin | memtap stats
     # /dev/stdin` and a process substitution give what the file gives.

@@ -865,6 +865,7 @@ def test_a_program_that_cannot_be_run(tmp_path):
     missing = tmp_path / "missing.py"
     for target, rc, why in ((missing, 127, "No such file or directory"),
                             (tmp_path / "no-such-program", 127, "no such file or command"),
+                            ("", 127, "no such file or command"),
                             (bad_interp, 127, "No such file or directory"),
                             (not_exec, 126, "Permission denied")):
         for mode in ([], ["--aggregate"]):
