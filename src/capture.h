@@ -93,9 +93,12 @@ struct mt_record {
 
 struct mt_writer;
 
-/* Creates `path` (O_EXCL|O_NOFOLLOW unless force, mode 0644 less umask) and
- * writes the header. On success *out owns the file; finish it with
- * mt_writer_close. @return MT_OK, MT_E_EXISTS, MT_E_IO (errno set). */
+/* Creates `path` (O_EXCL unless force, never through a symbolic link, mode
+ * 0644 less umask) and writes the header; a FIFO or a device takes the
+ * capture as a stream. A file left without its header is removed. On
+ * success *out owns the file; finish it with mt_writer_close. @return
+ * MT_OK, MT_E_EXISTS, MT_E_LINK, MT_E_NO_READER (a FIFO no process reads),
+ * MT_E_IO (errno set). */
 int mt_writer_open(const char *path, int force, const struct mt_header *h,
                    struct mt_writer **out);
 

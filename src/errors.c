@@ -12,6 +12,8 @@ const char *mt_strerror(int err)
     case MT_E_TRUNCATED: return "capture is truncated";
     case MT_E_EMPTY: return "file is empty";
     case MT_E_EXISTS: return "file exists";
+    case MT_E_LINK: return "it is a symbolic link, which a capture is not written through";
+    case MT_E_NO_READER: return "it is a FIFO that no process reads";
     }
     return "unknown error";
 }

@@ -13,6 +13,8 @@ enum mt_err {
     MT_E_TRUNCATED = -6,   /* ends inside a block: the writer was killed */
     MT_E_EMPTY = -7,       /* zero bytes */
     MT_E_EXISTS = -8,      /* output exists */
+    MT_E_LINK = -9,        /* output is a symbolic link: not followed */
+    MT_E_NO_READER = -10,  /* output is a FIFO that no process reads */
 };
 
 /* A short lowercase description of err; static, never NULL. */

@@ -122,7 +122,8 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
                 (force ? O_TRUNC : O_EXCL);
     int fd = open(path, flags, 0644);
     if (fd < 0)
-        return errno == EEXIST ? MT_E_EXISTS : MT_E_IO;
+        return errno == EEXIST ? MT_E_EXISTS : errno == ELOOP ? MT_E_LINK
+             : errno == ENXIO ? MT_E_NO_READER : MT_E_IO;
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
         int e = errno;

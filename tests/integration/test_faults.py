@@ -97,6 +97,22 @@ def test_disk_full_dev_full(tmp_path):
             expect_capture=False)
 
 
+def test_output_is_a_symbolic_link(tmp_path):
+    """A capture is never written through a link (one planted in a shared
+    directory must not make memtap overwrite its target), even with -f:
+    memtap says why and runs the program untracked."""
+    target = tmp_path / "target"
+    target.write_text("kept\n")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=("-q", "-f"), out=link,
+                           expect_capture=False)
+    assert [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")] == [
+        "memtap: cannot create '%s': it is a symbolic link, which a capture is not written "
+        "through; running the program untracked" % link], describe(traced)
+    assert target.read_text() == "kept\n"
+
+
 def test_output_is_a_fifo(tmp_path):
     """-o names a FIFO: with no process reading it, memtap says so and
     runs the program untracked at once (it used to wait for a reader for
@@ -107,8 +123,8 @@ def test_output_is_a_fifo(tmp_path):
     _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=("-q", "-f"), out=fifo,
                            expect_capture=False)
     assert [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")] == [
-        "memtap: cannot create '%s': No such device or address; running the program "
-        "untracked" % fifo], describe(traced)
+        "memtap: cannot create '%s': it is a FIFO that no process reads; running the "
+        "program untracked" % fifo], describe(traced)
     rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     wfd = os.open(fifo, os.O_WRONLY)  # no end of file before memtap's
     os.set_blocking(rfd, True)
