@@ -11,10 +11,12 @@
 #include "unwind.h"
 
 #include <elf.h>
+#include <fcntl.h>
 #include <link.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <unistd.h>
 
 #include <libunwind.h>
 
@@ -31,23 +33,57 @@ static unsigned long long seen_adds, seen_subs;
 /* ELF header of the vDSO (AT_SYSINFO_EHDR), 0 when there is none. */
 static uintptr_t vdso_ehdr;
 
+/* libunwind makes a pipe when it initialises (to test addresses by
+ * writing them to it, which unw_backtrace never does). Made first thing
+ * in a program it would hold descriptors 3 and 4, which the program
+ * counts on getting from its first open: while libunwind starts, /dev/null
+ * holds every free descriptor below this one (taken lowest first, so none
+ * that another thread opens meanwhile is touched). */
+#define MT_UNWIND_FD_FLOOR 512
+
+/* Starts libunwind: its caching policy, then one backtrace, which does the
+ * rest of its lazy set-up (pthread_once, its key, the first mmap'd
+ * caches) here, outside any hook, not at a traced allocation while the
+ * loader lock may be held. @return what unw_backtrace returned, or -1. */
+static int unwind_start(void)
+{
+    int held[MT_UNWIND_FD_FLOOR], n = 0;
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    while (null >= 0 && n < MT_UNWIND_FD_FLOOR) {
+        int fd = fcntl(null, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0)
+            break;
+        if (fd >= MT_UNWIND_FD_FLOOR) {
+            close(fd);
+            break;
+        }
+        held[n++] = fd;
+    }
+    int got = -1;
+    void *warm[8];
+    if (!unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD)) {
+        /* Best effort: an older libunwind without resizable caches keeps
+         * its default size, which only costs speed. */
+        (void)unw_set_cache_size(unw_local_addr_space, MT_UNWIND_CACHE, 0);
+        got = unw_backtrace(warm, 8);
+    }
+    while (n > 0)
+        close(held[--n]);
+    if (null >= 0)
+        close(null);
+    return got;
+}
+
 int mt_native_setup(void)
 {
-    void *warm[8];
     uintptr_t warm_ips[8];
+    static int started;
 
-    if (unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD))
-        return -1;
-    /* Best effort: an older libunwind without resizable caches keeps its
-     * default size, which only costs speed. */
-    (void)unw_set_cache_size(unw_local_addr_space, MT_UNWIND_CACHE, 0);
+    mt_native_objects_forget();
     vdso_ehdr = (uintptr_t)getauxval(AT_SYSINFO_EHDR);
-    /* libunwind initialises itself lazily (pthread_once, its pthread key,
-     * the first mmap'd caches).  Do that here, outside any hook, so the
-     * first traced allocation does not pay for it while the loader lock
-     * may be held. */
-    if (unw_backtrace(warm, 8) <= 0)
+    if (!started && unwind_start() <= 0)
         return -1;
+    started = 1;
     /* The same for the fast path's first table. */
     (void)mt_unwind_backtrace(warm_ips, 8, 0);
     return 0;
@@ -132,6 +168,12 @@ static int read_counters(struct dl_phdr_info *info, size_t size, void *arg)
         c->ok = 1;
     }
     return 1; /* the counters are global: the first object is enough */
+}
+
+void mt_native_objects_forget(void)
+{
+    __atomic_store_n(&seen_adds, ~0ull, __ATOMIC_RELAXED);
+    __atomic_store_n(&seen_subs, ~0ull, __ATOMIC_RELAXED);
 }
 
 int mt_native_objects_changed(void)

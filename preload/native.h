@@ -7,9 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Prepares unwinding (libunwind caching). Call once from the shim's
- * constructor, outside any hook. @return 0, or -1 when unwinding is not
- * available (the caller then records no native stacks). */
+/* Prepares unwinding (libunwind, started once, its pipe kept out of the
+ * program's low descriptors) and lists the objects anew. Call at every
+ * start of recording, outside any hook. @return 0, or -1 when unwinding is
+ * not available (the caller then records no native stacks). */
 int mt_native_setup(void);
 
 /* Return addresses of the calling thread, innermost first, starting at the
@@ -32,6 +33,11 @@ struct mt_object_view {
 /* 1 when objects were loaded or unloaded since the last call of
  * mt_native_objects_each (cheap: compares the loader's counters). */
 int mt_native_objects_changed(void);
+
+/* Makes mt_native_objects_changed say yes until objects are listed again:
+ * a new capture (a Tracker after another, a forked child's) lists them
+ * all. */
+void mt_native_objects_forget(void);
 
 /* The loader's count of objects unloaded so far (0 when it keeps none). */
 unsigned long long mt_native_unloads(void);

@@ -70,19 +70,45 @@ static void wrap_free(void *ctx, void *ptr)
     mt_record_free(t, seq, ptr);
 }
 
+typedef void (*allocator_fn)(int, struct py_allocator *);
+
+static int allocator_api(allocator_fn *get, allocator_fn *set)
+{
+    *get = (allocator_fn)dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
+    *set = (allocator_fn)dlsym(RTLD_DEFAULT, "PyMem_SetAllocator");
+    return *get && *set ? 0 : -1;
+}
+
 int mt_pyalloc_setup(void)
 {
-    void (*get)(int, struct py_allocator *) =
-        (void (*)(int, struct py_allocator *))dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
-    void (*set)(int, struct py_allocator *) =
-        (void (*)(int, struct py_allocator *))dlsym(RTLD_DEFAULT, "PyMem_SetAllocator");
-    if (!get || !set)
+    allocator_fn get, set;
+    if (allocator_api(&get, &set) < 0)
         return -1;
     for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
-        get(d, &orig[d]);
+        struct py_allocator cur;
+        get(d, &cur);
+        if (cur.malloc == wrap_malloc)
+            continue;  /* ours already (a start after a start): wrapping
+                          the wrapper would call itself */
+        orig[d] = cur;
         struct py_allocator w = {&orig[d], wrap_malloc, wrap_calloc,
                                  wrap_realloc, wrap_free};
         set(d, &w);
     }
     return 0;
+}
+
+void mt_pyalloc_teardown(void)
+{
+    allocator_fn get, set;
+    if (allocator_api(&get, &set) < 0)
+        return;
+    for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
+        struct py_allocator cur;
+        get(d, &cur);
+        /* Blocks the wrapper handed out are the replaced allocator's:
+         * freeing them there is right. One that replaced ours stays. */
+        if (cur.malloc == wrap_malloc && cur.ctx == &orig[d])
+            set(d, &orig[d]);
+    }
 }

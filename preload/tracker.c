@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <link.h>
 #include <pthread.h>
 #include <sched.h>
@@ -84,6 +85,7 @@ struct mt_thread {
     unsigned native_mru;
     unsigned long long unloads;     /* the count of unloads its native
                                        nodes were recorded under */
+    unsigned end_rounds;            /* thread_end calls so far */
     struct mt_pyframe walk[MT_MAX_PY];
     uintptr_t ips[MT_MAX_NATIVE + 1];  /* + 1: is the stack deeper? */
     char scratch[4096];
@@ -492,6 +494,18 @@ static void object_announce(const struct mt_object_view *v, void *arg)
     struct mt_thread *t = arg;
     const char *path = v->path_len ? v->path : exe_path;
     size_t path_len = v->path_len ? v->path_len : exe_path_len;
+    /* dlopen("./plugin.so") names it as given: relative to the current
+     * directory, which a report run elsewhere does not share. */
+    if (path_len && path[0] != '/' && path[0] != '[') {
+        long cwd = syscall(SYS_getcwd, t->scratch, sizeof t->scratch);
+        size_t rel = path_len - (path_len > 2 && !memcmp(path, "./", 2) ? 2 : 0);
+        if (cwd > 1 && (size_t)cwd + rel < sizeof t->scratch) {
+            t->scratch[cwd - 1] = '/';  /* over getcwd's NUL */
+            memcpy(t->scratch + cwd, path + (path_len - rel), rel);
+            path = t->scratch;
+            path_len = (size_t)cwd + rel;
+        }
+    }
     size_t len = sizeof(struct mt_robject) + path_len + v->build_id_len +
                  (size_t)v->nsegments * 16;
     uint32_t total = align8(len);
@@ -619,6 +633,12 @@ static void thread_free(struct mt_thread *t)
 static void thread_end(void *arg)
 {
     struct mt_thread *t = arg;
+    /* Other keys' destructors may run after ours (in key order) and free
+     * or allocate: asking to be called again, we stay until the last of
+     * the rounds the C library runs while values are left. */
+    if (++t->end_rounds < PTHREAD_DESTRUCTOR_ITERATIONS &&
+        pthread_setspecific(thread_key, t) == 0)
+        return;
     mt_self = MT_GONE;
     atomic_store_explicit(&shm->slots[t->slot].state, MT_SLOT_CLOSED,
                           memory_order_release);
@@ -1229,6 +1249,8 @@ static void fork_child(void)
     mt_raw_munmap(shm, MT_SHM_BYTES);
     shm = s;
     ended = 0;
+    if (native)
+        mt_native_objects_forget();  /* the child's capture lists them too */
     active = 1;
 }
 
@@ -1519,6 +1541,8 @@ __attribute__((visibility("default"))) void memtap_stop(void)
 {
     if (!__atomic_exchange_n(&active, 0, __ATOMIC_RELAXED) || !shm)
         return;
+    if (python && (shm->flags & MT_SHMF_PYALLOC))
+        mt_pyalloc_teardown();  /* the Python API calls this with the GIL */
     /* Hooks already past mt_enter finish their records; the collector
      * drains until the shim says it stopped, then closes the capture. */
     atomic_store_explicit(&shm->stopped, 1, memory_order_release);

@@ -262,7 +262,7 @@ int cmd_export(int argc, char **argv)
     else if (!strcmp(o.format, "csv")) fmt = F_CSV;
     else {
         fprintf(stderr, "memtap: unknown format '%s' (collapsed, austin, speedscope "
-                "or csv)\n", o.format);
+                "or csv)\nusage: %s\n", o.format, usage);
         return 2;
     }
     struct mt_report *r = mt_report_open(&o);

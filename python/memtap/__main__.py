@@ -9,7 +9,13 @@ from . import _paths
 
 def main():
     exe = _paths.binary()
-    os.execv(exe, [exe] + sys.argv[1:])
+    args = sys.argv[1:]
+    if args[:1] == ["run"]:
+        # Scripts run with the Python this package is installed in (a
+        # virtual environment's, activated or not); a --python the user
+        # gives comes later and wins.
+        args[1:1] = ["--python", sys.executable]
+    os.execv(exe, [exe] + args)
 
 
 if __name__ == "__main__":

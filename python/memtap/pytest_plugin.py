@@ -70,6 +70,7 @@ class _Plugin:
         self.config = config
         self.keep = config.getoption("memtap_dir")
         if self.keep:
+            self.keep = os.path.abspath(self.keep)  # a test may change directory
             os.makedirs(self.keep, exist_ok=True)
             self.dir = self.keep
         else:
@@ -85,11 +86,26 @@ class _Plugin:
         path = self._path(item)
         tracker = Tracker(path, native=self.config.getoption("memtap_native"),
                           overwrite=True)
-        tracker.__enter__()
+        runtest = item.runtest
+        ran = []
+
+        # The test itself, not pytest's own work around it in this hook
+        # (its PYTEST_CURRENT_TEST variable, set anew for each phase).
+        def traced():
+            tracker.__enter__()
+            ran.append(True)
+            try:
+                runtest()
+            finally:
+                tracker.stop()
+
+        item.runtest = traced
         try:
             result = yield
         finally:
-            tracker.stop()
+            del item.runtest
+        if not ran:
+            return result
         cap = Capture(path)
         peak, leaked = cap.peak_memory_bytes, cap.leaked_bytes
         item.user_properties.append((_PEAK, peak))

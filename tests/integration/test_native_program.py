@@ -29,6 +29,8 @@ Failed calls (malloc/mmap of 2^63 bytes, overflowing calloc/reallocarray,
 posix_memalign with alignment 3) record nothing.
 """
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -366,3 +368,127 @@ def test_unloaded_objects(memtap, tmp_path, mode):
     assert_location(stats, "plugin_a.c", take, 1000 + 100 + 3000 + 300, 4,
                     function="alloc_in_a")
     assert_location(stats, "plugin_b.c", take, 2000 + 200, 2, function="alloc_in_b")
+
+
+KEY_C = """\
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+static pthread_key_t key;
+static void *sink;
+static void drop(void *v) {
+    free(v);
+    sink = malloc(88); /* @in_destructor */
+}
+static void *thread(void *arg) {
+    (void)arg;
+    pthread_setspecific(key, malloc(99)); /* @kept_for_key */
+    return NULL;
+}
+int main(void) {
+    int fd = open("/dev/null", O_RDONLY);
+    printf("first descriptor %d\\n", fd);
+    pthread_key_create(&key, drop);
+    pthread_t t;
+    pthread_create(&t, NULL, thread, NULL);
+    pthread_join(t, NULL);
+    return 0;
+}
+"""
+
+
+def test_thread_exit_and_descriptors(memtap, tmp_path):
+    """A thread's pthread key destructors run after memtap's own: what they
+    free and allocate is recorded (the 99 bytes freed, the 88 kept); and
+    the program's first open() gets descriptor 3, as without memtap (the
+    unwinder's pipe used to take 3 and 4)."""
+    cc = shutil.which("cc")
+    assert cc, "no C compiler (cc) on PATH"
+    src = tmp_path / "keys.c"
+    src.write_text(KEY_C)
+    exe = tmp_path / "keys"
+    subprocess.run([cc, "-O0", "-g", "-pthread", "-o", str(exe), str(src)], check=True,
+                   timeout=TIMEOUT)
+    plain = subprocess.run([str(exe)], capture_output=True, text=True, timeout=TIMEOUT)
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), str(exe)], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == plain.stdout == "first descriptor 3\n"
+    leaks = subprocess.run([str(memtap), "export", "--leaks", "--format", "csv", str(out)],
+                           capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    mine = sorted((int(r[6]), int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(leaks))
+                  if r and r[5].endswith("keys.c"))
+    assert mine == [(line_of(KEY_C, "in_destructor"), 88, 1)], mine
+
+
+FORK_C = """\
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void *keep;
+__attribute__((noinline)) static void in_child(void) {
+    keep = malloc(2002); /* @child */
+}
+int main(void) {
+    void *parent = malloc(1001);  /* the parent names its objects first */
+    pid_t pid = fork();
+    if (pid == 0) {
+        in_child();
+        _exit(0);
+    }
+    waitpid(pid, NULL, 0);
+    free(parent);
+    return 0;
+}
+"""
+
+
+def test_forked_child_names_its_frames(memtap, tmp_path):
+    """A forked child of a native program (no exec) writes its capture with
+    the objects it has loaded, so its frames have names, not addresses."""
+    cc = shutil.which("cc")
+    assert cc, "no C compiler (cc) on PATH"
+    src = tmp_path / "forker.c"
+    src.write_text(FORK_C)
+    exe = tmp_path / "forker"
+    subprocess.run([cc, "-O0", "-g", "-o", str(exe), str(src)], check=True, timeout=TIMEOUT)
+    out = tmp_path / "f.bin"
+    proc = subprocess.run([str(memtap), "run", "-q", "--follow-fork", "-o", str(out), str(exe)],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    children = [p for p in tmp_path.iterdir() if p.name.startswith("f.") and p != out]
+    assert len(children) == 1, list(tmp_path.iterdir())
+    stats = memtap_stats(children[0])
+    assert_location(stats, "forker.c", line_of(FORK_C, "child"), 2002, 1, function="in_child")
+
+
+def test_library_opened_by_a_relative_path(memtap, tmp_path):
+    """dlopen("./plugin_a.so"): the capture names the library by its full
+    path, so a report run from another directory still names its frames."""
+    cc = shutil.which("cc")
+    assert cc, "no C compiler (cc) on PATH"
+    for name in ("a", "b"):
+        src = tmp_path / ("plugin_%s.c" % name)
+        src.write_text(PLUGIN_C % {"name": name})
+        subprocess.run([cc, "-O0", "-g", "-shared", "-fPIC", "-o",
+                        str(tmp_path / ("plugin_%s.so" % name)), str(src)],
+                       check=True, timeout=TIMEOUT)
+    exe = tmp_path / "plugins"
+    subprocess.run([cc, "-O0", "-g", "-pthread", "-o", str(exe),
+                    str(PROGRAMS / "plugins.c"), "-ldl"], check=True, timeout=TIMEOUT)
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), "./plugins",
+                           "./plugin_a.so", "./plugin_b.so"], cwd=tmp_path, env=clean_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stats = json.loads(subprocess.run([str(memtap), "stats", "--json", str(out)],
+                                      cwd=elsewhere, capture_output=True, text=True,
+                                      timeout=TIMEOUT, check=True).stdout)
+    take = line_of(PLUGIN_C, "take")
+    assert_location(stats, "plugin_a.c", take, 1000 + 100 + 3000 + 300, 4,
+                    function="alloc_in_a")

@@ -28,7 +28,11 @@ SAMPLE = textwrap.dedent("""\
 
     @pytest.mark.limit_memory("10 MiB")
     def test_binary_units():
-        b = bytearray(10 * 2**20 - 4096)  # under 10 MiB with what pytest adds (setenv)
+        b = bytearray(10 * 2**20 - 1)  # 10 MiB exactly: pytest's own work is not counted
+
+    @pytest.mark.limit_leaks(0)
+    def test_leaks_nothing():
+        x = 1 + 1
 
     @pytest.mark.limit_leaks("1 MB")
     def test_leaks_too_much():
@@ -53,10 +57,11 @@ def run_pytest(pkg, tmp_path, *args):
 def check(proc, tmp_path):
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
-    assert "2 failed, 4 passed" in out, out
+    assert "2 failed, 5 passed" in out, out
     for name in ("test_over_memory", "test_leaks_too_much"):
         assert "FAILED test_sample.py::%s" % name in out, out
-    for name in ("test_under_memory", "test_binary_units", "test_leaks_little", "test_no_marker"):
+    for name in ("test_under_memory", "test_binary_units", "test_leaks_little", "test_no_marker",
+                 "test_leaks_nothing"):
         assert "FAILED test_sample.py::%s" % name not in out, out
     # the failure messages name the limit and the top location
     assert "peak memory" in out and "over its limit of 24 MB (limit_memory)" in out
@@ -88,3 +93,29 @@ def test_markers_dormant_without_flag(pkg, tmp_path):
                     "test_sample.py"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout
     assert "memtap:" not in proc.stdout
+
+
+CHDIR = textwrap.dedent("""\
+    import os
+
+    def test_moves(tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        x = bytearray(10**6)
+
+    def test_moves_for_good(tmp_path):
+        os.chdir(tmp_path)
+
+    def test_after():
+        y = bytearray(10**5)
+    """)
+
+
+def test_relative_capture_directory(pkg, tmp_path):
+    """--memtap-dir given relative: tests that change directory still have
+    their captures read and kept there."""
+    (tmp_path / "test_chdir.py").write_text(CHDIR)
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "--memtap-dir", "keep", "test_chdir.py"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 passed" in proc.stdout, proc.stdout
+    assert len(list((tmp_path / "keep").glob("*.bin"))) == 3

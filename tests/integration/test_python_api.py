@@ -7,13 +7,15 @@ the `memtap` command and `python -m memtap` come with the package.
 bytearray(n) mallocs n + 1 bytes.
 """
 
+import ast
 import json
 import os
+import subprocess
 import textwrap
 
 import pytest
 
-from conftest import line_of
+from conftest import clean_env, line_of
 from memtap_pkg import pkg  # noqa: F401  (fixture)
 
 MiB = 2 ** 20
@@ -165,6 +167,16 @@ def test_command_and_module(pkg, tmp_path):
     doc = json.loads(pkg.run([pkg.memtap, "summary", tmp_path / "r.bin", "--json"],
                              cwd=tmp_path).stdout)
     assert at(doc["rows"], script, 1)[0]["own_bytes"] == 3 * MiB + 1
+    # python -m memtap run: the package's own Python runs the program, not
+    # the python3 first on PATH (the venv is not activated here)
+    env = clean_env()
+    env.pop("MEMTAP_BUILD", None)
+    for argv in ([pkg.python, "-m", "memtap"], [pkg.memtap]):
+        proc = subprocess.run([*map(str, argv), "run", "-q", "-f", "-o", str(tmp_path / "s.bin"),
+                               "-c", "import sys; print(sys.prefix)"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "%s\n" % pkg.root, (argv, proc.stdout)
 
 
 def test_diff_from_the_package(pkg, tmp_path):
@@ -368,3 +380,52 @@ def test_tracker_follows_forked_children(pkg, tmp_path):
     assert names[1].startswith("f.") and names[1][2:-4].isdigit(), names
     assert parent == str([(line_of(src, "parent"), 4 * MiB + 1, 1)])
     assert child == str([(line_of(src, "child"), 9 * MiB + 1, 1)])
+
+
+AGAIN = """\
+import memtap, sys
+kw = [{}, {"trace_python_allocators": True}, {}, {"trace_python_allocators": True},
+      {"native": True}, {"native": True}]
+for i, opts in enumerate(kw):
+    path = "%s.%d" % (sys.argv[1], i)
+    with memtap.Tracker(path, **opts):
+        x = bytearray(10**6)  # @alloc
+    c = memtap.Capture(path)
+    mine = [r for r in c.locations() if r.line == int(sys.argv[2])]
+    print(i, c.stats["allocators"].get("pymalloc", {}).get("count", 0),
+          [(r.function, r.own_bytes, r.own_count) for r in mine])
+"""
+
+
+def test_trackers_one_after_another(pkg, tmp_path):
+    """Each Tracker records with its own options, whatever came before: a
+    second trace_python_allocators one used to wrap its own wrappers (and
+    loop for ever), a plain one after it saw pymalloc still, and every
+    native one after the first had no objects to name frames by."""
+    script = tmp_path / "again.py"
+    script.write_text(AGAIN)
+    line = line_of(AGAIN, "alloc")
+    proc = pkg.run([pkg.python, script, tmp_path / "t.bin", str(line)], cwd=tmp_path,
+                   timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [l.split(" ", 2) for l in proc.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "4", "5"]
+    for i, pymalloc, mine in rows:
+        traced = i in ("1", "3")
+        assert (int(pymalloc) > 0) == traced, rows
+        # the buffer; with pymalloc traced, the bytearray object too
+        [(function, nbytes, count)] = ast.literal_eval(mine)
+        assert function == "<module>", rows
+        if i in ("4", "5"):
+            assert (nbytes, count) == (0, 0), rows  # its own: in CPython's frames
+        elif traced:
+            assert count == 2 and 10**6 + 1 + 32 <= nbytes <= 10**6 + 1 + 128, rows
+        else:
+            assert (nbytes, count) == (10**6 + 1, 1), rows
+    for i in (4, 5):
+        stats = json.loads(pkg.run([pkg.memtap, "stats", "%s.%d" % (tmp_path / "t.bin", i),
+                                    "--json"], cwd=tmp_path).stdout)
+        # frames named from the objects the capture lists, not addresses
+        top = stats["top_locations"]
+        assert top and not [r for r in top if r["function"].startswith("0x")], (i, top)
+        assert top[0]["function"] == "PyByteArray_Resize", (i, top)

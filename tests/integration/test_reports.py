@@ -669,6 +669,10 @@ def test_usage_errors(main_capture):
         proc = memtap(*args, ok=False)
         assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
         assert proc.stderr.startswith("memtap: "), proc.stderr
+        # what is wrong, then the command's synopsis (reports.md)
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 2 and lines[1].startswith("usage: memtap %s " % args[0]), (
+            args, proc.stderr)
 
 
 def test_collect_usage_errors(tmp_path):
