@@ -62,6 +62,13 @@ static struct location_total *top_locations(struct mt_report *r, uint32_t *n)
     return t;
 }
 
+/* Whether the capture has native stacks: asked for (--native), or a
+ * program that is not Python, which always gets them. */
+static int native_stacks(const struct mt_analysis *a)
+{
+    return (a->header.flags & MT_HF_NATIVE) || a->nnativenodes > 1;
+}
+
 static void print_json(struct mt_report *r)
 {
     const struct mt_analysis *a = mt_report_analysis(r);
@@ -74,7 +81,7 @@ static void print_json(struct mt_report *r)
     else
         printf("null");
     printf(", \"native\": %s, \"complete\": %s",
-           a->header.flags & MT_HF_NATIVE ? "true" : "false",
+           native_stacks(a) ? "true" : "false",
            a->complete ? "true" : "false");
     if (!a->complete)
         printf(", \"truncated_at\": %llu", (unsigned long long)a->stop_offset);
@@ -139,13 +146,13 @@ static void print_text(struct mt_report *r)
     printf("  pid %d, %s, format %u%s\n", a->header.pid,
            a->python_version ? a->python_version : "not Python",
            a->header.format_version,
-           a->header.flags & MT_HF_NATIVE ? ", native stacks" : "");
+           native_stacks(a) ? ", native stacks" : "");
     if (!a->complete)
         printf("  INCOMPLETE: the capture stops at byte %llu (%s)\n",
                (unsigned long long)a->stop_offset, mt_strerror(a->stop_error));
     else if (a->trailer.exit.signal < 0)
-        printf("  ended after %.3f s (a followed child; its exit status was "
-               "not seen)\n", (double)a->trailer.duration_us / 1e6);
+        printf("  ended after %.3f s (memtap did not see how: a followed child, or a "
+               "process memtap did not start)\n", (double)a->trailer.duration_us / 1e6);
     else if (a->trailer.exit.signal)
         printf("  killed by signal %d after %.3f s\n", a->trailer.exit.signal,
                (double)a->trailer.duration_us / 1e6);

@@ -311,8 +311,9 @@ static void warn_incomplete(const struct mt_analysis *a, const char *file,
                 "leaks are what was alive at the kill\n", a->trailer.exit.signal);
     }
     if (a->complete && a->trailer.lost_events)
-        fprintf(stderr, "memtap: warning: %llu events were lost\n",
-                (unsigned long long)a->trailer.lost_events);
+        fprintf(stderr, "memtap: warning: %llu event%s lost\n",
+                (unsigned long long)a->trailer.lost_events,
+                a->trailer.lost_events == 1 ? " was" : "s were");
 }
 
 struct mt_report *mt_report_open(const struct mt_report_opts *o)

@@ -218,8 +218,8 @@ static void shim_report(const struct session_capture *cap, const char *who)
     mt_collector_program_exe(cap->c, announced, sizeof announced);
     if (!mt_collector_ready(cap->c))
         fprintf(stderr, "memtap: %s never started memtap's shim (a statically linked "
-                "program, its LD_PRELOAD replaced, or the shim could not set up): "
-                "nothing was recorded\n", who);
+                "or setuid program, its LD_PRELOAD replaced, or the shim could not set "
+                "up): nothing was recorded\n", who);
     else if (cap->exe_other[0] && strcmp(cap->exe_other, announced) != 0)
         fprintf(stderr, "memtap: %s exec'd '%s', which runs without memtap's shim "
                 "(LD_PRELOAD replaced, a statically linked or setuid program): "

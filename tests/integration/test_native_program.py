@@ -421,6 +421,8 @@ def test_thread_exit_and_descriptors(memtap, tmp_path):
     mine = sorted((int(r[6]), int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(leaks))
                   if r and r[5].endswith("keys.c"))
     assert mine == [(line_of(KEY_C, "in_destructor"), 88, 1)], mine
+    # a program that is not Python always has native stacks, and says so
+    assert memtap_stats(out)["native"] is True
 
 
 FORK_C = """\
