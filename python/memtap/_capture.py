@@ -22,8 +22,12 @@ _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 *
 def parse_size(size):
     """Bytes in a size: an int, or "24 MB" / "1.5GiB" / "4096" (KB, MB, GB
     are powers of 10; KiB, MiB, GiB powers of 2)."""
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size < 0:
+            raise ValueError("not a size: %r (a size is 0 or more)" % (size,))
         return size
+    if not isinstance(size, str):
+        raise ValueError("not a size: %r (e.g. '24 MB', '1.5 GiB', 4096)" % (size,))
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(size))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError("not a size: %r (e.g. '24 MB', '1.5 GiB', 4096)" % (size,))

@@ -57,12 +57,17 @@ def _fmt(n):
 
 
 def _limit(item, name):
+    """(bytes, as written) of the test's marker, or None."""
     m = item.get_closest_marker(name)
     if m is None:
         return None
-    if len(m.args) != 1:
+    given = list(m.args) + ([m.kwargs["size"]] if "size" in m.kwargs else [])
+    if len(given) != 1 or set(m.kwargs) - {"size"}:
         raise pytest.UsageError("%s: @pytest.mark.%s takes one size" % (item.nodeid, name))
-    return parse_size(m.args[0]), m.args[0]
+    try:
+        return parse_size(given[0]), given[0]
+    except ValueError as e:
+        raise pytest.UsageError("%s: @pytest.mark.%s: %s" % (item.nodeid, name, e))
 
 
 class _Plugin:
@@ -76,6 +81,12 @@ class _Plugin:
         else:
             self.dir = tempfile.mkdtemp(prefix="memtap-pytest-")
         self.results = {}   # nodeid -> (peak, leaked)
+
+    def pytest_collection_modifyitems(self, items):
+        # A marker that cannot be read stops the run before any test runs.
+        for item in items:
+            for name in ("limit_memory", "limit_leaks"):
+                _limit(item, name)
 
     def _path(self, item):
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)[-150:]

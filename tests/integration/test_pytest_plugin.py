@@ -119,3 +119,35 @@ def test_relative_capture_directory(pkg, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout, proc.stdout
     assert len(list((tmp_path / "keep").glob("*.bin"))) == 3
+
+
+def test_bad_markers_stop_the_run_first(pkg, tmp_path):
+    """A marker whose size cannot be read is a usage error before any test
+    runs, not a failure after the test; size= works as the argument."""
+    (tmp_path / "test_marks.py").write_text(textwrap.dedent("""\
+        import pytest
+
+        @pytest.mark.limit_memory(size="1 MB")
+        def test_keyword():
+            b = bytearray(10**5)
+
+        @pytest.mark.limit_leaks("lots")
+        def test_bad():
+            open("ran", "w").write("the test ran")
+        """))
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "test_marks.py"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 4, proc.stdout + proc.stderr   # pytest's usage error
+    assert "test_marks.py::test_bad: @pytest.mark.limit_leaks: not a size: 'lots'" in (
+        proc.stdout + proc.stderr)
+    assert not (tmp_path / "ran").exists()
+    (tmp_path / "test_marks.py").write_text(textwrap.dedent("""\
+        import pytest
+
+        @pytest.mark.limit_memory(size="1 MB")
+        def test_keyword():
+            b = bytearray(2 * 10**6)
+        """))
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "test_marks.py"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and "over its limit of 1 MB (limit_memory)" in proc.stdout
