@@ -138,8 +138,9 @@ def test_a_program_without_the_shim_is_said(tmp_path):
                           cwd=tmp_path, capture_output=True, env=clean_env(), timeout=120)
     assert proc.returncode == 5
     assert memtap_lines(proc) == [
-        "memtap: the program never started memtap's shim (a statically linked program, "
-        "its LD_PRELOAD replaced, or the shim could not set up): nothing was recorded"], \
+        "memtap: the program never started memtap's shim (a statically linked or setuid "
+        "program, its LD_PRELOAD replaced, or the shim could not set up): nothing was "
+        "recorded"], \
         proc.stderr
 
     script = tmp_path / "big.py"
