@@ -32,6 +32,7 @@ static const char *const names[] = {
     "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign",
     "aligned_alloc", "memalign", "valloc", "pvalloc", "mmap", "mmap64",
     "munmap", "mremap", "prctl", "pthread_setname_np", "pthread_create", "dlclose",
+    "_exit",
 };
 #define NNAMES (sizeof names / sizeof *names)
 

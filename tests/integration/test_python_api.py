@@ -351,7 +351,7 @@ def test_tracker_follows_forked_children(pkg, tmp_path):
             pid = os.fork()
             if pid == 0:
                 child = bytearray(9 * 2**20)  # @child
-                os._exit(0)
+                os._exit(5)
             os.waitpid(pid, 0)
         after = os.fork()  # after the block: not followed
         if after == 0:
@@ -380,6 +380,10 @@ def test_tracker_follows_forked_children(pkg, tmp_path):
     assert names[1].startswith("f.") and names[1][2:-4].isdigit(), names
     assert parent == str([(line_of(src, "parent"), 4 * MiB + 1, 1)])
     assert child == str([(line_of(src, "child"), 9 * MiB + 1, 1)])
+    # the child's end, as _exit was given it: its parent reaped it, not memtap
+    stats = json.loads(pkg.run([pkg.memtap, "stats", "--json", tmp_path / names[1]],
+                               cwd=tmp_path).stdout)
+    assert stats["exit"] == {"code": 5}, stats["exit"]
 
 
 AGAIN = """\
