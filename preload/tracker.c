@@ -41,6 +41,7 @@
 #define MT_PY_ROOT 64
 #define MT_PY_DEEP (2 * MT_MAX_PY)
 #define MT_MAX_NATIVE 512
+#define MT_SELF_FRAMES 8   /* room for the shim's frames above the program's */
 #define MT_STARTING ((struct mt_thread *)1)  /* mt_self while it is built */
 #define MT_GONE ((struct mt_thread *)2)      /* the thread ended, or no slot */
 #define MT_SHARED ((struct mt_thread *)3)    /* a thread of the shared slot */
@@ -87,7 +88,8 @@ struct mt_thread {
                                        nodes were recorded under */
     unsigned end_rounds;            /* thread_end calls so far */
     struct mt_pyframe walk[MT_MAX_PY];
-    uintptr_t ips[MT_MAX_NATIVE + 1];  /* + 1: is the stack deeper? */
+    /* + MT_SELF_FRAMES: the shim's own, left out; + 1: is it deeper? */
+    uintptr_t ips[MT_SELF_FRAMES + MT_MAX_NATIVE + 1];
     char scratch[4096];
 };
 
@@ -544,14 +546,14 @@ static uint32_t native_stack(struct mt_thread *t)
     unsigned long long now = __atomic_load_n(&unloads, __ATOMIC_ACQUIRE);
     if (__builtin_expect(now != t->unloads, 0))
         objects_forget(t, now);
-    int got = mt_native_backtrace(t->ips, MT_MAX_NATIVE + 1, 0);
-    if (got > MT_MAX_NATIVE) {  /* its outer frames are left out */
-        got = MT_MAX_NATIVE;
-        t->ips[got - 1] = MT_NATIVE_CUT;
-    }
+    int got = mt_native_backtrace(t->ips, MT_SELF_FRAMES + MT_MAX_NATIVE + 1, 0);
     int skip = 0;
     while (skip < got && t->ips[skip] >= self_lo && t->ips[skip] < self_hi)
         skip++;
+    if (got - skip > MT_MAX_NATIVE) {  /* its outer frames are left out */
+        got = skip + MT_MAX_NATIVE;
+        t->ips[got - 1] = MT_NATIVE_CUT;
+    }
     uint32_t n = (uint32_t)(got - skip);
     const uintptr_t *ips = t->ips + skip;
     struct native_cache *c = &t->native[t->native_mru];
