@@ -46,6 +46,7 @@ struct mapping {
     uint64_t start, end;
     struct block b;
     int counted;            /* the piece that carries the count */
+    uint64_t mapped;        /* which mmap: its pieces share it */
 };
 
 struct temporal;
@@ -72,6 +73,7 @@ struct mt_replay {
     size_t nblocks, cap_blocks, nfree, cap_free;
     struct mapping *maps;
     size_t nmaps, cap_maps;
+    uint64_t nmapped;           /* mmaps seen: each mapping's `mapped` */
     uint64_t *thread_allocs;    /* by thread index */
     uint32_t cap_threads;
     uint64_t heap, peak_version, last_time_us;
@@ -439,10 +441,18 @@ static void map_remove(struct mt_replay *s, uint64_t start, uint64_t end,
         if (cut_lo == m->start && cut_hi == m->end) {
             struct block b = m->b;
             b.size = cut;
-            if (m->counted) {
+            /* The piece that carried the mapping's count goes: another
+             * piece still mapped carries it on. */
+            struct mapping *heir = NULL;
+            for (size_t k = 0; m->counted && k < s->nmaps && !heir; k++)
+                if (k != i && s->maps[k].mapped == m->mapped)
+                    heir = &s->maps[k];
+            if (m->counted && !heir) {
                 block_end(s, &b, thread);
             } else {
                 heap_sub(s, &b, cut, 0);
+                if (heir)
+                    heir->counted = 1;
             }
             memmove(m, m + 1, (s->nmaps - i - 1) * sizeof *m);
             s->nmaps--;
@@ -485,7 +495,7 @@ static void map_add(struct mt_replay *s, const struct mt_record *r, uint64_t add
     s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
     memmove(&s->maps[i + 1], &s->maps[i], (s->nmaps - i) * sizeof *s->maps);
     s->nmaps++;
-    s->maps[i] = (struct mapping){addr, addr + size, b, 1};
+    s->maps[i] = (struct mapping){addr, addr + size, b, 1, ++s->nmapped};
     heap_add(s, &b);
 }
 

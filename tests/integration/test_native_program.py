@@ -495,3 +495,36 @@ def test_library_opened_by_a_relative_path(memtap, tmp_path):
     take = line_of(PLUGIN_C, "take")
     assert_location(stats, "plugin_a.c", take, 1000 + 100 + 3000 + 300, 4,
                     function="alloc_in_a")
+
+
+PIECES_C = """\
+#include <stdio.h>
+#include <sys/mman.h>
+int main(void) {
+    char *m = mmap(0, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* @map */
+    m[0] = 1;
+    munmap(m + 2 * 4096, 2 * 4096);  /* a hole: pieces [0, 2) and [4, 8) */
+    munmap(m, 2 * 4096);             /* the first piece, which carried the count */
+    return m == MAP_FAILED;
+}
+"""
+
+
+def test_mapping_cut_in_pieces_keeps_its_count(memtap, tmp_path):
+    """What is left of a mapping after munmap cut its first piece away is
+    still one mapping alive (it was left with bytes and no count)."""
+    if PAGE != 4096:
+        pytest.skip("written for 4 KiB pages")
+    src = tmp_path / "pieces.c"
+    src.write_text(PIECES_C)
+    exe = tmp_path / "pieces"
+    subprocess.run(["cc", "-O0", "-g", "-o", str(exe), str(src)], check=True, timeout=TIMEOUT)
+    out = tmp_path / "capture.bin"
+    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), str(exe)], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    leaks = subprocess.run([str(memtap), "export", "--leaks", "--format", "csv", str(out)],
+                           capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    mine = [(int(r[6]), int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(leaks))
+            if r and r[5].endswith("pieces.c")]
+    assert mine == [(line_of(PIECES_C, "map"), 4 * 4096, 1)], mine
