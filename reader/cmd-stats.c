@@ -167,7 +167,9 @@ static void print_text(struct mt_report *r)
            mt_format_size(a->peak_bytes, b2, sizeof b2),
            mt_format_size(a->end_bytes, b3, sizeof b3),
            a->end_marked ? " (before interpreter teardown)" : "",
-           mt_format_size(a->peak_rss_bytes, b1, sizeof b1));
+           /* samples come every 10 ms: a shorter run may have none */
+           a->peak_rss_bytes ? mt_format_size(a->peak_rss_bytes, b1, sizeof b1)
+                             : "not sampled");
     printf("\nAllocators:\n");
     for (unsigned i = 1; i < MT_A_COUNT; i++)
         if (a->allocators[i].count)
