@@ -902,6 +902,17 @@ def test_what_python_runs_without_the_py_extension(tmp_path):
         assert_location(stats, name, line, 1000002)
 
 
+def test_a_program_in_the_current_directory(tmp_path):
+    # Not on PATH, named without ./: found where it is, as python finds a
+    # script (a shell would not; memtap run says what it runs)
+    exe = tmp_path / "hello"
+    exe.write_text("#!/bin/sh\necho hello from $0\n")
+    exe.chmod(0o755)
+    proc = memtap_run(["-q", "-o", tmp_path / "c.bin", "hello"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"hello from ./hello\n"
+
+
 def test_default_output_name(tmp_path, run_memtap):
     text = "import os\nprint(os.getpid())\n"
     before = set(tmp_path.iterdir())
