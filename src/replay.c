@@ -242,12 +242,13 @@ HOT void new_block(struct mt_replay *s, uint32_t t, unsigned allocator, uint32_t
 }
 
 /* A block ends: temporary when its own thread made fewer than N other
- * allocations since. */
+ * allocations since, before the program's end (what the interpreter's
+ * teardown frees was alive at the end: a leak, not churn). */
 HOT void block_end(struct mt_replay *s, const struct block *b, uint32_t thread)
 {
     s->a->total_frees++;
     heap_sub(s, b, b->size, 1);
-    if (s->detail && thread == b->thread && mt_allocator_counts(b->allocator) &&
+    if (s->detail && !s->ended && thread == b->thread && mt_allocator_counts(b->allocator) &&
         s->thread_allocs[thread] - b->thread_seq < s->temporary_n) {
         s->a->groups[b->group].temp_bytes += b->size;
         s->a->groups[b->group].temp_count++;

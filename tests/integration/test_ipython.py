@@ -76,7 +76,7 @@ def test_magics(pkg, tmp_path):
     # the peak is the cell's 2 MiB; the traceback is still shown, after
     shown, summary = out["raising"].split("Peak memory: ")
     assert "ValueError" in shown and "boom" in shown
-    assert summary.startswith("2.0") and " MiB at " in summary.splitlines()[0], summary
+    assert summary.startswith("2.0") and " MiB" in summary.splitlines()[0], summary
     assert "posixpath" not in summary and "ultratb" not in summary, summary
     # the kernel's captures go with it
     assert out["dir"] and not os.path.exists(out["dir"])

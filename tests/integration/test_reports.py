@@ -849,6 +849,20 @@ def test_temporary_n(tmp_path_factory):
         assert got == set(expect) and none == set("abc") - set(expect), (n, got, none)
 
 
+KEPT_TO_THE_END = """\
+keep = bytearray(8 * 2**20)  # @keep
+"""
+
+
+def test_temporary_leaves_out_the_teardown(tmp_path_factory):
+    """A global kept all run is freed by the interpreter's teardown with no
+    allocation in between: a leak, not temporary churn."""
+    cap, script, text = _trace(tmp_path_factory, "kept", KEPT_TO_THE_END)
+    line = line_of(text, "keep")
+    assert own_at(summary_json(cap, "--leaks"), script, line) == (8 * MiB + 1, 1)
+    assert own_at(summary_json(cap, "--temporary"), script, line) == (0, 0)
+
+
 HOSTILE = """\
 import sys
 keep = []
