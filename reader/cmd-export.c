@@ -222,8 +222,10 @@ static void write_csv(struct mt_report *r, FILE *f)
         const uint32_t *stack;
         int depth = mt_report_stack(r, g, &stack);
         const struct mt_loc *leaf = mt_report_loc(r, stack[0]);
-        put_csv(f, mt_report_options(r)->split_threads ? mt_analysis_thread_name(a, g->thread)
-                                                        : "all");
+        /* the thread as the other exports name it: two threads may share a name */
+        put_csv(f, mt_report_options(r)->split_threads
+                       ? mt_report_loc(r, mt_report_thread_loc(r, g->thread))->function
+                       : "all");
         fprintf(f, ",%llu,%llu,", (unsigned long long)mt_report_bytes(r, g),
                 (unsigned long long)mt_report_count(r, g));
         put_csv(f, mt_allocators_format(g->allocators, al, sizeof al));

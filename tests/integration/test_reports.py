@@ -310,6 +310,13 @@ def test_split_threads_tree_and_collapsed(threads_capture):
         if frames[-1] == leaf:
             per_thread[frames[0].split(" ")[0]] = int(n)
     assert per_thread == {"worker-%d" % i: (i + 2) * MiB + i + 1 for i in range(4)}, lines[:8]
+    # the CSV names each thread as the collapsed stacks' root does (the
+    # name and its id: two threads may share a name)
+    roots = {l.rsplit(" ", 1)[0].split(";")[0] for l in lines}
+    rows = list(csv.DictReader(io.StringIO(
+        memtap("export", "--format", "csv", "--split-threads", cap).stdout)))
+    assert {r["thread"] for r in rows} == roots, (roots, {r["thread"] for r in rows})
+    assert all(re.fullmatch(r".+ \(thread \d+\)", t) for t in roots), roots
 
 
 def test_split_threads_flamegraph(threads_capture, tmp_path):
