@@ -150,3 +150,39 @@ def test_100k_stacks_load_fast_in_chromium(browser, tmp_path_factory, tmp_path):
             assert pg.errors == [], pg.errors
         finally:
             pg.close()
+
+
+DEEP = """\
+import sys
+sys.setrecursionlimit(5000)
+def bottom():
+    return bytearray(3 * 2**20)
+def r(n):
+    return bottom() if n == 0 else r(n - 1)
+keep = r(1900)
+"""
+
+
+def test_deep_stack_drawn_when_zoomed(browser, tmp_path_factory, tmp_path):
+    """A stack deeper than the canvas's rows (1,666) shows its deepest frames
+    once a deep frame is zoomed into; the page says so."""
+    cap = trace(tmp_path_factory, "deep", DEEP)
+    page_file = tmp_path / "deep.html"
+    memtap("flamegraph", "--leaks", "-o", page_file, cap)
+    pg = Page(browser, page_file)
+    try:
+        labels = pg.labels_now()
+        assert not [l for l in labels if l["text"].startswith("bottom")]
+        assert "show their deepest frames when zoomed" in pg.text("#crumbs")
+        deepest = max((l for l in labels if l["text"] == "r"), key=lambda l: l["y"])
+        # the canvas is 30,000 px tall: bring that row into the window first
+        top = pg.page.evaluate("document.getElementById('flame').getBoundingClientRect().top"
+                               " + window.scrollY")
+        pg.page.evaluate("window.scrollTo(0, %d)" % (top + deepest["y"] - 400))
+        box = pg.page.locator("#flame").bounding_box()
+        pg.page.mouse.click(box["x"] + deepest["x"] + 2, box["y"] + deepest["y"] - 3)
+        assert pg.text("#crumbs").startswith("Zoomed: <module>")
+        assert [l for l in pg.labels_now() if l["text"].startswith("bottom")]
+        assert pg.errors == [], pg.errors
+    finally:
+        pg.close()
