@@ -58,7 +58,7 @@ HARNESS = r"""
 //
 // A step: {"range": [t0_us, t1_us]} | {"peak": t0_us} | {"alloc": bool}
 // | {"drag": [x0, x1]} (chart pixels) | {"key": name, "shift": bool}
-// | {"inputs": [from_s, to_s]} | {"click": id} | {"radio": id}.
+// | {"inputs": [from_s, to_s]} | {"type": [id, value]} | {"click": id} | {"radio": id}.
 // "lines" sums what is drawn per line of FILE (the frames whose file ends
 // with it). getElementById returns null for ids the page does not have.
 "use strict";
@@ -143,6 +143,9 @@ if (!errors.length) {
         document.getElementById("from").value = String(s.inputs[0]);
         document.getElementById("to").value = String(s.inputs[1]);
         document.getElementById("to").fire("change", {});
+      } else if (s.type) {   /* one box typed in: [id, value] */
+        document.getElementById(s.type[0]).value = String(s.type[1]);
+        document.getElementById(s.type[0]).fire("change", {});
       } else if (s.click) document.getElementById(s.click).fire("click", {});
       else if (s.radio) {
         for (const r of ["m-alive", "m-alloc"]) document.getElementById(r).checked = r === s.radio;
@@ -330,6 +333,27 @@ def test_drag_keyboard_inputs_buttons(harness, capture, tmp_path):
     assert s[6]["total"] >= s[5]["total"] and s[6]["alive"] is False       # all allocated up to it
     assert lines_of(s[7], "phase_a", "phase_b")["phase_a"] == NONE        # after the peak
     assert s[8]["alive"] is True
+
+
+def test_typing_a_range_past_the_current_one(harness, capture, tmp_path):
+    """From, then To, typed one box at a time, each past the range shown:
+    the range is what was typed (From past To used to swap them, so the
+    old end became the start)."""
+    page = tmp_path / "t.html"
+    memtap("flamegraph", "--temporal", "-o", page, capture)
+    data = page_data(page)
+    w = data["temporal"]["bucket_us"] / 1e6
+    ph = phase_times(data)
+    (a0, a1), (b0, b1) = ph["a"], ph["b"]
+    assert a1 < b0
+    out = run_page(harness, page, [{"inputs": [0, a1 / 1e6]},   # a range ending before B
+                                   {"type": ["from", b0 / 1e6]},
+                                   {"type": ["to", b1 / 1e6]}])
+    s = out["steps"][1:]
+    assert abs(float(s[0]["from"]) - b0 / 1e6) <= w and float(s[0]["to"]) >= float(s[0]["from"])
+    assert abs(float(s[1]["from"]) - b0 / 1e6) <= w, s[1]
+    assert abs(float(s[1]["to"]) - b1 / 1e6) <= w, s[1]
+    assert out["errors"] == [], out["errors"]
 
 
 def test_aggregate_capture_is_refused(tmp_path_factory):
