@@ -53,11 +53,17 @@ static int64_t change(const struct drow *d)
     return (int64_t)d->bytes[1] - (int64_t)d->bytes[0];
 }
 
+/* What grew, biggest first; then what shrank, biggest first (not behind
+ * every unchanged location); then what did not change. */
+static int growth_class(int64_t c) { return c > 0 ? 0 : c < 0 ? 1 : 2; }
+
 static int cmp_growth(const void *x, const void *y)
 {
     const struct drow *a = x, *b = y;
     int64_t ca = change(a), cb = change(b);
-    if (ca != cb) return ca > cb ? -1 : 1;
+    int ka = growth_class(ca), kb = growth_class(cb);
+    if (ka != kb) return ka < kb ? -1 : 1;
+    if (ca != cb) return (ca > cb) == (ka == 0) ? -1 : 1;
     int64_t na = (int64_t)a->count[1] - (int64_t)a->count[0];
     int64_t nb = (int64_t)b->count[1] - (int64_t)b->count[0];
     if (na != nb) return na > nb ? -1 : 1;
@@ -299,8 +305,9 @@ int cmd_diff(int argc, char **argv)
         char a[32], b[32];
         mt_format_size((uint64_t)total_change, a, sizeof a);
         mt_format_size(limit, b, sizeof b);
-        fprintf(stderr, "memtap: %s grew by %s, more than --fail-over %s\n",
-                mt_metric_name(o.metric), a, b);
+        fprintf(stderr, "memtap: %s grew by %s (%lld bytes), more than --fail-over %s "
+                "(%llu bytes)\n", mt_metric_name(o.metric), a, (long long)total_change, b,
+                (unsigned long long)limit);
         rc = EXIT_GREW;
     }
     free(d);

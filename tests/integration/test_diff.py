@@ -87,9 +87,27 @@ def test_diff_fail_over(captures):
     proc = diff(before, after, "--leaks", "--fail-over", "5 MB")
     assert proc.returncode == 3
     assert "memtap: leaks grew by" in proc.stderr and "more than --fail-over" in proc.stderr
+    # the message gives the bytes exactly, not only rounded
+    growth = json.loads(diff(before, after, "--leaks", "--json").stdout)["total_change_bytes"]
+    assert ("(%d bytes), more than --fail-over 4.77 MiB (5000000 bytes)" % growth) in \
+        proc.stderr, proc.stderr
     # the other way round it shrank: never over the limit
     proc = diff(after, before, "--fail-over", "0")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_diff_shrinking_comes_before_unchanged(captures):
+    """What shrank comes right after what grew, biggest first, not behind
+    every location that did not change."""
+    script, before, after = captures
+    doc = json.loads(diff(after, before, "--json").stdout)
+    changes = [r["change_bytes"] for r in doc["rows"]]
+    grew = [c for c in changes if c > 0]
+    shrank = [c for c in changes if c < 0]
+    assert changes == grew + shrank + [0] * changes.count(0), changes[:10]
+    assert grew == sorted(grew, reverse=True) and shrank == sorted(shrank), changes[:10]
+    first_shrink = doc["rows"][len(grew)]
+    assert (first_shrink["file"], first_shrink["line"]) == (str(script), line_of(PROG, "extra"))
 
 
 def test_diff_usage(captures, tmp_path):
