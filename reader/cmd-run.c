@@ -24,8 +24,18 @@ struct run_opts {
     const char *output;
     int force, quiet;
     struct session_modes modes;
-    const char *python;
+    const char *python;          /* --python */
+    const char *package_python;  /* MEMTAP_DEFAULT_PYTHON: the Python package's
+                                    own, for `python -m memtap run` */
 };
+
+/* The interpreter for scripts, -m and -c: --python, else the one the Python
+ * package's memtap command runs under, else python3 on PATH. A script's
+ * "#!" still names its own. */
+static const char *default_python(const struct run_opts *o)
+{
+    return o->python ? o->python : o->package_python ? o->package_python : "python3";
+}
 
 /* What to exec, and the name the default capture is called after. */
 struct target {
@@ -155,23 +165,27 @@ static int is_python_name(const char *path)
     return strspn(base + 6, "0123456789.") == strlen(base + 6);
 }
 
-/* Whether path is for Python to run rather than to exec, as `python
- * PATH` takes it: named *.py, *.pyw or *.pyz, an existing directory (its
- * __main__.py), or a file without execute permission (a zip application,
- * a script without the extension) unless its "#!" names another
- * interpreter (then it is a program that cannot run, as for a shell). */
-static int is_python_script(const char *path)
+/* Whether path is named as a Python script: *.py, *.pyw, *.pyz. */
+static int has_python_extension(const char *path)
 {
     const char *dot = strrchr(path, '.');
-    if (dot && !strchr(dot, '/') && dot > path &&
-        (!strcmp(dot, ".py") || !strcmp(dot, ".pyw") || !strcmp(dot, ".pyz")))
-        return 1;
+    return dot && !strchr(dot, '/') && dot > path &&
+           (!strcmp(dot, ".py") || !strcmp(dot, ".pyw") || !strcmp(dot, ".pyz"));
+}
+
+/* Whether the existing path is for Python to run rather than to exec, as
+ * `python PATH` takes it: a directory (its __main__.py), or a file without
+ * execute permission (a zip application, a script without the extension)
+ * that is no ELF program and whose "#!", if any, names a Python (else it
+ * is a program that cannot run, as for a shell). */
+static int for_python(const char *path)
+{
     struct stat st;
     if (stat(path, &st) != 0)
         return 0;
     if (S_ISDIR(st.st_mode))
         return 1;
-    if (!S_ISREG(st.st_mode) || access(path, X_OK) == 0)
+    if (!S_ISREG(st.st_mode) || access(path, X_OK) == 0 || is_elf(path))
         return 0;
     char head[2] = {0};
     FILE *f = fopen(path, "re");
@@ -202,25 +216,28 @@ static void target_resolve(struct target *t, const struct run_opts *o,
     if (!strcmp(first, "-m") || !strcmp(first, "-c")) {
         if (argc < 2)
             die_usage("'%s' needs an argument\n%s", first, run_usage);
-        t->argv = python_argv(python_binary(o->python ? o->python : "python3"),
-                              argv + 1, argc - 1, first);
+        t->argv = python_argv(python_binary(default_python(o)), argv + 1, argc - 1, first);
         name_from(t, first[1] == 'm' ? argv[1] : "python");
         t->is_python = 1;
         return;
     }
-    if (is_python_script(first)) {
+    /* A bare name is a command first (a directory named "python" in the
+     * current directory does not make `memtap run python` a script). */
+    char *file = NULL;
+    int script = has_python_extension(first) || (strchr(first, '/') && for_python(first));
+    if (!script && !(file = find_on_path(first)) && access(first, F_OK) == 0) {
+        script = for_python(first);  /* not on PATH, but here */
+        if (!script && (file = malloc(strlen(first) + 3)))
+            sprintf(file, "./%s", first);
+    }
+    if (script) {
         if (access(first, F_OK) != 0)
             cannot_run(first, strerror(errno), errno);
-        t->argv = python_argv(python_binary(o->python ? o->python : "python3"),
-                              argv, argc, NULL);
+        t->argv = python_argv(python_binary(default_python(o)), argv, argc, NULL);
         name_from(t, first);
         t->is_python = 1;
         return;
     }
-    char *file = find_on_path(first);
-    if (!file && access(first, F_OK) == 0 &&
-        (file = malloc(strlen(first) + 3)))  /* not on PATH, but here */
-        sprintf(file, "./%s", first);
     if (!file)
         cannot_run(first, "no such file or command", ENOENT);
     name_from(t, file);
@@ -459,6 +476,11 @@ int cmd_run(int argc, char **argv)
     struct run_opts o = {0};
     int first;
     parse(argc, argv, &o, &first);
+    /* Not the program's to see. */
+    const char *pkg = getenv("MEMTAP_DEFAULT_PYTHON");
+    if (pkg && *pkg)
+        o.package_python = strdup(pkg);
+    unsetenv("MEMTAP_DEFAULT_PYTHON");
     struct target t = {0};
     target_resolve(&t, &o, argc - first, argv + first);
 

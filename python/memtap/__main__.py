@@ -9,13 +9,11 @@ from . import _paths
 
 def main():
     exe = _paths.binary()
-    args = sys.argv[1:]
-    if args[:1] == ["run"]:
-        # Scripts run with the Python this package is installed in (a
-        # virtual environment's, activated or not); a --python the user
-        # gives comes later and wins.
-        args[1:1] = ["--python", sys.executable]
-    os.execv(exe, [exe] + args)
+    # Scripts, -m and -c run with the Python this package is installed in
+    # (a virtual environment's, activated or not), unless --python says
+    # otherwise; a script's "#!" still names its own.
+    os.environ.setdefault("MEMTAP_DEFAULT_PYTHON", sys.executable)
+    os.execv(exe, [exe] + sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -177,6 +177,17 @@ def test_command_and_module(pkg, tmp_path):
                               capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == "%s\n" % pkg.root, (argv, proc.stdout)
+    # a script whose "#!" names its Python keeps it
+    other = "/usr/bin/python3"
+    if os.access(other, os.X_OK):
+        tool = tmp_path / "tool"
+        tool.write_text("#!%s\nimport sys; print(sys.executable)\n" % other)
+        tool.chmod(0o755)
+        proc = subprocess.run([str(pkg.python), "-m", "memtap", "run", "-q", "-f", "-o",
+                               str(tmp_path / "t.bin"), str(tool)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "%s\n" % other, proc.stdout
 
 
 def test_diff_from_the_package(pkg, tmp_path):

@@ -913,6 +913,16 @@ def test_a_program_in_the_current_directory(tmp_path):
     assert proc.stdout == b"hello from ./hello\n"
 
 
+def test_a_directory_named_like_a_command(tmp_path):
+    # `memtap run python3 -c ...` with a directory called python3 here (a
+    # repository's python/ beside the command): the command on PATH runs
+    (tmp_path / "python3").mkdir()
+    proc = memtap_run(["-q", "-o", tmp_path / "c.bin", "python3", "-c", "print(7 * 6)"],
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"42\n"
+
+
 def test_default_output_name(tmp_path, run_memtap):
     text = "import os\nprint(os.getpid())\n"
     before = set(tmp_path.iterdir())
