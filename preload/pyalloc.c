@@ -25,10 +25,18 @@ struct py_allocator {
 enum { PY_DOMAIN_RAW = 0, PY_DOMAIN_MEM = 1, PY_DOMAIN_OBJ = 2 };
 
 static struct py_allocator orig[3];
+/* Our wrapper is in the domain's chain: put there, and not taken out (a
+ * hook another tool set on top of it, tracemalloc's, keeps it inside). */
+static int installed[3];
+/* This recording asked for Python's allocators: a wrapper left in a chain
+ * after an earlier one forwards without recording. */
+static int on;
 
 static void *wrap_malloc(void *ctx, size_t size)
 {
     const struct py_allocator *o = ctx;
+    if (!__atomic_load_n(&on, __ATOMIC_RELAXED))
+        return o->malloc(o->ctx, size);
     struct mt_thread *t = mt_enter();
     void *p = o->malloc(o->ctx, size);
     mt_record_alloc(t, MT_A_PYMALLOC, p, size);
@@ -38,6 +46,8 @@ static void *wrap_malloc(void *ctx, size_t size)
 static void *wrap_calloc(void *ctx, size_t n, size_t size)
 {
     const struct py_allocator *o = ctx;
+    if (!__atomic_load_n(&on, __ATOMIC_RELAXED))
+        return o->calloc(o->ctx, n, size);
     struct mt_thread *t = mt_enter();
     void *p = o->calloc(o->ctx, n, size);
     size_t bytes;
@@ -50,6 +60,8 @@ static void *wrap_calloc(void *ctx, size_t n, size_t size)
 static void *wrap_realloc(void *ctx, void *old, size_t size)
 {
     const struct py_allocator *o = ctx;
+    if (!__atomic_load_n(&on, __ATOMIC_RELAXED))
+        return o->realloc(o->ctx, old, size);
     struct mt_thread *t = mt_enter();
     uint64_t seq = mt_order(t);
     void *p = o->realloc(o->ctx, old, size);
@@ -60,7 +72,7 @@ static void *wrap_realloc(void *ctx, void *old, size_t size)
 static void wrap_free(void *ctx, void *ptr)
 {
     const struct py_allocator *o = ctx;
-    if (!ptr) {
+    if (!ptr || !__atomic_load_n(&on, __ATOMIC_RELAXED)) {
         o->free(o->ctx, ptr);
         return;
     }
@@ -85,22 +97,26 @@ int mt_pyalloc_setup(void)
     if (allocator_api(&get, &set) < 0)
         return -1;
     for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
+        /* Ours already in the chain (a start after a start): wrapping it
+         * again would call itself; it records again once recording is on. */
+        if (installed[d])
+            continue;
         struct py_allocator cur;
         get(d, &cur);
-        if (cur.malloc == wrap_malloc)
-            continue;  /* ours already (a start after a start): wrapping
-                          the wrapper would call itself */
         orig[d] = cur;
         struct py_allocator w = {&orig[d], wrap_malloc, wrap_calloc,
                                  wrap_realloc, wrap_free};
         set(d, &w);
+        installed[d] = 1;
     }
+    __atomic_store_n(&on, 1, __ATOMIC_RELAXED);
     return 0;
 }
 
 void mt_pyalloc_teardown(void)
 {
     allocator_fn get, set;
+    __atomic_store_n(&on, 0, __ATOMIC_RELAXED);
     if (allocator_api(&get, &set) < 0)
         return;
     for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
@@ -108,7 +124,9 @@ void mt_pyalloc_teardown(void)
         get(d, &cur);
         /* Blocks the wrapper handed out are the replaced allocator's:
          * freeing them there is right. One that replaced ours stays. */
-        if (cur.malloc == wrap_malloc && cur.ctx == &orig[d])
+        if (installed[d] && cur.malloc == wrap_malloc && cur.ctx == &orig[d]) {
             set(d, &orig[d]);
+            installed[d] = 0;
+        }
     }
 }

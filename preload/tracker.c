@@ -324,9 +324,12 @@ static int code_write(struct mt_thread *th, uint32_t id, struct mt_code_view v)
      * than that (a generated module of ~20,000 lines, on 3.11+) goes as
      * its lines alone, which take a few bytes a line (MT_LINETABLE_RANGES);
      * when even those do not fit, names are kept and lines are not. */
-    const size_t room = MT_RING_BYTES / 2;
-    int ranges = v.linetable_len > room;
     size_t names = v.name_len + v.qualname_len + v.filename_len;
+    /* Half a ring at most, alignment included: a longer record may never
+     * fit between the ring's head and its end, however much it drains. */
+    const size_t most = MT_RING_BYTES / 2, head = sizeof(struct mt_rcode) + names + 8;
+    const size_t room = most > head ? most - head : 0;
+    int ranges = v.linetable_len > room;
     size_t table = ranges ? room : v.linetable_len;
     struct mt_rcode *r = ring_reserve(th, align8(sizeof *r + names + table));
     if (!r)

@@ -156,8 +156,10 @@ class Tracker:
         global _active
         # Python 3.9/3.10 make a call's frame object when the code is first
         # called, and keep it for the next call: made now, __exit__'s and
-        # stop's are not allocated inside the block (and left there).
-        self.__exit__(None, None, None)
+        # stop's are not allocated inside the block (and left there). Not
+        # while recording: that would stop it (a Tracker entered twice).
+        if self._proc is None and self._scope is None:
+            self.__exit__(None, None, None)
         if self.addresses and self.aggregate:
             raise TrackerError("memtap: addresses=True and aggregate=True exclude each "
                                "other: an aggregate capture keeps no blocks")

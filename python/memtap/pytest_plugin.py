@@ -98,6 +98,7 @@ class _Plugin:
         tracker = Tracker(path, native=self.config.getoption("memtap_native"),
                           overwrite=True)
         runtest = item.runtest
+        own = "runtest" in vars(item)  # another plugin's wrapper, kept
         ran = []
 
         # The test itself, not pytest's own work around it in this hook
@@ -114,7 +115,10 @@ class _Plugin:
         try:
             result = yield
         finally:
-            del item.runtest
+            if own:
+                item.runtest = runtest
+            else:
+                del item.runtest
         if not ran:
             return result
         cap = Capture(path)

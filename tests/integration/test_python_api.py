@@ -444,3 +444,38 @@ def test_trackers_one_after_another(pkg, tmp_path):
         top = stats["top_locations"]
         assert top and not [r for r in top if r["function"].startswith("0x")], (i, top)
         assert top[0]["function"] == "PyByteArray_Resize", (i, top)
+
+
+UNDER_TRACEMALLOC = """\
+import memtap, sys, tracemalloc
+with memtap.Tracker(sys.argv[1] + ".1", trace_python_allocators=True):
+    tracemalloc.start()       # hooks itself on top of memtap's wrappers
+    a = [str(i) for i in range(1000)]
+with memtap.Tracker(sys.argv[1] + ".2", trace_python_allocators=True):
+    b = [str(i) for i in range(1000)]
+tracemalloc.stop()
+t = memtap.Tracker(sys.argv[1] + ".3")
+with t:
+    try:
+        with t:
+            pass
+    except memtap.TrackerError as e:
+        print("refused:", e)
+    kept = bytearray(10**6)  # @kept
+c = memtap.Capture(sys.argv[1] + ".3")
+print(sorted((r.line, r.own_bytes) for r in c.locations() if r.own_bytes > 10**5))
+"""
+
+
+def test_trackers_with_tracemalloc_and_twice_entered(pkg, tmp_path):
+    """A Tracker with trace_python_allocators after one that tracemalloc
+    hooked itself on top of (memtap's wrappers stay inside its chain: they
+    must not be wrapped again, which looped for ever); a Tracker entered
+    while it records refuses, and its recording goes on."""
+    script = tmp_path / "tm.py"
+    script.write_text(UNDER_TRACEMALLOC)
+    proc = pkg.run([pkg.python, script, tmp_path / "tm.bin"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    refused, rows = proc.stdout.splitlines()
+    assert refused.startswith("refused: memtap: a Tracker is already recording"), refused
+    assert rows == str([(line_of(UNDER_TRACEMALLOC, "kept"), 10**6 + 1)]), rows
