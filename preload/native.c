@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <libunwind.h>
@@ -48,12 +49,18 @@ static uintptr_t vdso_ehdr;
 static int unwind_start(void)
 {
     int held[MT_UNWIND_FD_FLOOR], n = 0;
+    /* Never more than half the descriptors the process may have: other
+     * threads (a Tracker starts in a running program) open files too. */
+    struct rlimit nofile;
+    int floor = MT_UNWIND_FD_FLOOR;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur / 2 < (rlim_t)floor)
+        floor = (int)(nofile.rlim_cur / 2);
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    while (null >= 0 && n < MT_UNWIND_FD_FLOOR) {
+    while (null >= 0 && n < floor) {
         int fd = fcntl(null, F_DUPFD_CLOEXEC, 0);
         if (fd < 0)
             break;
-        if (fd >= MT_UNWIND_FD_FLOOR) {
+        if (fd >= floor) {
             close(fd);
             break;
         }
@@ -176,11 +183,19 @@ void mt_native_objects_forget(void)
     __atomic_store_n(&seen_subs, ~0ull, __ATOMIC_RELAXED);
 }
 
-int mt_native_objects_changed(void)
+/* The loader's counters of objects loaded and unloaded. */
+static struct counters loader_counters(void)
 {
     struct counters c = { 0, 0, 0 };
 
     dl_iterate_phdr(read_counters, &c);
+    return c;
+}
+
+int mt_native_objects_changed(void)
+{
+    struct counters c = loader_counters();
+
     if (!c.ok)
         return 1;
     return c.adds != __atomic_load_n(&seen_adds, __ATOMIC_RELAXED) ||
@@ -189,10 +204,7 @@ int mt_native_objects_changed(void)
 
 unsigned long long mt_native_unloads(void)
 {
-    struct counters c = { 0, 0, 0 };
-
-    dl_iterate_phdr(read_counters, &c);
-    return c.subs;
+    return loader_counters().subs;
 }
 
 /* True when [addr, addr+len) lies inside one PT_LOAD segment, i.e. is mapped

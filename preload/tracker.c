@@ -504,7 +504,7 @@ static void object_announce(const struct mt_object_view *v, void *arg)
     if (path_len && path[0] != '/' && path[0] != '[') {
         long cwd = syscall(SYS_getcwd, t->scratch, sizeof t->scratch);
         size_t rel = path_len - (path_len > 2 && !memcmp(path, "./", 2) ? 2 : 0);
-        if (cwd > 1 && (size_t)cwd + rel < sizeof t->scratch) {
+        if (cwd > 1 && t->scratch[0] == '/' && (size_t)cwd + rel < sizeof t->scratch) {
             t->scratch[cwd - 1] = '/';  /* over getcwd's NUL */
             memcpy(t->scratch + cwd, path + (path_len - rel), rel);
             path = t->scratch;
@@ -747,6 +747,7 @@ static struct mt_thread *shared_enter(void)
         n->shared = 1;
         n->slot = MT_SHARED_SLOT;
         n->epoch = epoch;
+        n->unloads = __atomic_load_n(&unloads, __ATOMIC_ACQUIRE);
         n->ring = mt_shm_ring(shm, MT_SHARED_SLOT);
         n->head = n->tail_seen = atomic_load(&shm->slots[MT_SHARED_SLOT].head);
         shm->slots[MT_SHARED_SLOT].tid = (uint32_t)gettid();
@@ -982,17 +983,17 @@ static int maps_line_kind(const char *line, uintptr_t addr, unsigned *kind)
  * /proc/self/maps: mremap keeps what the range maps (a file's pages stay
  * a file's), which only the kernel still knows. MAP_NORESERVE does not
  * show there: such a range comes back as heap. Raw calls, no allocation. */
-static unsigned mapped_kind(uintptr_t addr)
+static unsigned mapped_kind(struct mt_thread *t, uintptr_t addr)
 {
     int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
     unsigned kind = MT_A_MMAP;
     if (fd < 0)
         return kind;
-    char buf[4096];
+    char *buf = t->scratch;  /* not 4 KiB of a hook's stack */
     size_t have = 0;
     int found = 0;
     while (!found) {
-        ssize_t n = syscall(SYS_read, fd, buf + have, sizeof buf - 1 - have);
+        ssize_t n = syscall(SYS_read, fd, buf + have, sizeof t->scratch - 1 - have);
         if (n <= 0)
             break;
         have += (size_t)n;
@@ -1005,7 +1006,7 @@ static unsigned mapped_kind(uintptr_t addr)
         }
         have = (size_t)(buf + have - line);
         memmove(buf, line, have);
-        if (have == sizeof buf - 1)
+        if (have == sizeof t->scratch - 1)
             have = 0;  /* a path longer than the buffer: that line is lost */
     }
     syscall(SYS_close, fd);
@@ -1050,7 +1051,7 @@ void mt_record_mremap(struct mt_thread *t, uint64_t seq, void *old,
     else
         event_write(t, MT_R_NOP, 0, seq, 0, 0, 0, 0);
     if (new_addr != MAP_FAILED)
-        alloc_write(t, mapped_kind((uintptr_t)new_addr), new_addr, page_round(new_len));
+        alloc_write(t, mapped_kind(t, (uintptr_t)new_addr), new_addr, page_round(new_len));
     record_done(t);
 }
 

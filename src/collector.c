@@ -525,8 +525,8 @@ static void on_exec(struct mt_collector *c, unsigned keep, uint64_t seq)
  * recorded after it is a new one, even at an address an old one had. */
 static void on_unload(struct mt_collector *c, const struct mt_revent *e)
 {
-    if (e->addr == c->unloads)
-        return;
+    if (e->addr <= c->unloads)
+        return;  /* told already (counts only grow) */
     c->unloads = e->addr;
     c->unload_epoch++;
 }

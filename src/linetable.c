@@ -36,6 +36,13 @@ typedef int (*range_fn)(void *arg, uint64_t start, uint64_t end, int32_t line);
 /* What a walk leaves: offsets from `end` on have line `after`. */
 struct walk_end { uint64_t end; int32_t after; };
 
+/* line += delta; -1 (a malformed table) where that overflows: the bytes
+ * come from the traced program's memory. */
+static int add_line(int64_t *line, int64_t delta)
+{
+    return __builtin_add_overflow(*line, delta, line) ? -1 : 0;
+}
+
 static int32_t clamp_line(int64_t line, int32_t first)
 {
     return line >= INT32_MIN && line <= INT32_MAX ? (int32_t)line : first;
@@ -152,7 +159,8 @@ static struct walk_end locations311_walk(const uint8_t *t, size_t len, int32_t f
             pos += 1;
             break;
         }
-        line += delta;
+        if (add_line(&line, delta) < 0)
+            return (struct walk_end){2 * start, first};
         if (fn(arg, 2 * start, 2 * end, has_line ? clamp_line(line, first) : first))
             break;
     }
@@ -173,11 +181,13 @@ static struct walk_end ranges_walk(const uint8_t *t, size_t len, int32_t first,
             return (struct walk_end){end, first};
         uint64_t start = end;
         end += length;
-        line += delta;
+        if (add_line(&line, delta) < 0)
+            return (struct walk_end){start, first};
         if (end > start && fn(arg, start, end, clamp_line(line, first)))
             break;
     }
-    return (struct walk_end){end, clamp_line(first + after, first)};
+    int64_t last = first;
+    return (struct walk_end){end, add_line(&last, after) < 0 ? first : clamp_line(last, first)};
 }
 
 static struct walk_end walk(uint8_t format, const uint8_t *table, size_t len,

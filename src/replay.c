@@ -46,6 +46,7 @@ struct mapping {
     uint64_t start, end;
     struct block b;
     int counted;            /* the piece that carries the count */
+    int split;              /* munmap cut a hole in it: it has siblings */
     uint64_t mapped;        /* which mmap: its pieces share it */
 };
 
@@ -445,7 +446,7 @@ static void map_remove(struct mt_replay *s, uint64_t start, uint64_t end,
             /* The piece that carried the mapping's count goes: another
              * piece still mapped carries it on. */
             struct mapping *heir = NULL;
-            for (size_t k = 0; m->counted && k < s->nmaps && !heir; k++)
+            for (size_t k = 0; m->counted && m->split && k < s->nmaps && !heir; k++)
                 if (k != i && s->maps[k].mapped == m->mapped)
                     heir = &s->maps[k];
             if (m->counted && !heir) {
@@ -465,6 +466,7 @@ static void map_remove(struct mt_replay *s, uint64_t start, uint64_t end,
             m = &s->maps[i];
             memmove(m + 1, m, (s->nmaps - i) * sizeof *m);
             s->nmaps++;
+            m[0].split = 1;
             m[1] = m[0];
             m[0].end = cut_lo;
             m[1].start = cut_hi;
@@ -496,7 +498,7 @@ static void map_add(struct mt_replay *s, const struct mt_record *r, uint64_t add
     s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
     memmove(&s->maps[i + 1], &s->maps[i], (s->nmaps - i) * sizeof *s->maps);
     s->nmaps++;
-    s->maps[i] = (struct mapping){addr, addr + size, b, 1, ++s->nmapped};
+    s->maps[i] = (struct mapping){addr, addr + size, b, 1, 0, ++s->nmapped};
     heap_add(s, &b);
 }
 

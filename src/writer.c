@@ -149,10 +149,12 @@ int mt_writer_open(const char *path, int force, const struct mt_header *h,
     int rc = header_write(w, h);
     if (rc != MT_OK) {
         int e = errno;
-        struct stat st;
+        struct stat st, now;
         /* Not even the header (a full disk): no file, rather than an empty
-         * one that the next run without -f refuses to replace. */
-        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+         * one that the next run without -f refuses to replace (this very
+         * file: the name may be another's by now). */
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && stat(path, &now) == 0 &&
+            now.st_dev == st.st_dev && now.st_ino == st.st_ino)
             unlink(path);
         mt_writer_close(w, NULL);
         errno = e;
