@@ -34,6 +34,11 @@ def run(argv, cwd, timeout=TIMEOUT):
         pytest.fail("hung: %s" % " ".join(map(str, argv)))
 
 
+def said(p):
+    """memtap's own lines on p's stderr."""
+    return [l for l in p.stderr.decode().splitlines() if l.startswith("memtap:")]
+
+
 def describe(p):
     return "exit %d\nstdout: %s\nstderr: %s" % (
         p.returncode, p.stdout[-1500:].decode(errors="replace"),
@@ -107,7 +112,7 @@ def test_output_is_a_symbolic_link(tmp_path):
     link.symlink_to(target)
     _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=("-q", "-f"), out=link,
                            expect_capture=False)
-    assert [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")] == [
+    assert said(traced) == [
         "memtap: cannot create '%s': it is a symbolic link, which a capture is not written "
         "through; running the program untracked" % link], describe(traced)
     assert target.read_text() == "kept\n"
@@ -122,7 +127,7 @@ def test_output_is_a_fifo(tmp_path):
     os.mkfifo(fifo)
     _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=("-q", "-f"), out=fifo,
                            expect_capture=False)
-    assert [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")] == [
+    assert said(traced) == [
         "memtap: cannot create '%s': it is a FIFO that no process reads; running the "
         "program untracked" % fifo], describe(traced)
     rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
@@ -221,10 +226,10 @@ def test_disk_full_while_writing(tmp_path, tiny_tmpfs, modes):
     text = ALLOCATE + "more = [str(i) * 3 for i in range(200000)]\nprint(len(more))\n"
     _, traced, cap = compare(tmp_path, text, memtap_opts=("-q", *modes),
                              out=tiny_tmpfs / "c.bin", expect_capture=False)
-    said = [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")]
-    assert said[-1] == ("memtap: '%s' is incomplete: it holds what was written before "
-                        "writing failed" % cap), said
-    assert not [l for l in said if "wrote" in l], said
+    lines = said(traced)
+    assert lines[-1] == ("memtap: '%s' is incomplete: it holds what was written before "
+                         "writing failed" % cap), lines
+    assert not [l for l in lines if "wrote" in l], lines
     # the block that did not fit is cut off again: its space is the
     # program's (it may write there after memtap failed)
     vfs = os.statvfs(str(tiny_tmpfs))
@@ -249,9 +254,8 @@ def test_disk_full_from_the_start(tmp_path, tiny_tmpfs, modes):
             pass
     _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=("-q", *modes),
                            out=tiny_tmpfs / "z.bin", expect_capture=False)
-    said = [l for l in traced.stderr.decode().splitlines() if l.startswith("memtap:")]
-    assert said == ["memtap: cannot create '%s': No space left on device; running the "
-                    "program untracked" % (tiny_tmpfs / "z.bin")], said
+    assert said(traced) == ["memtap: cannot create '%s': No space left on device; running the "
+                            "program untracked" % (tiny_tmpfs / "z.bin")], said(traced)
     assert sorted(x.name for x in tiny_tmpfs.iterdir()) == ["filler"]
 
 

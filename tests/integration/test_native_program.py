@@ -324,6 +324,36 @@ def test_allocations_in_constructors_before_the_shims(memtap, tmp_path):
     assert_location(stats, "main.c", line_of(EARLY_EXE, "exe"), 44444, 1, function="late")
 
 
+def compile_c(tmp_path, name, text, *flags):
+    """tmp_path/NAME.c holding text, built with `cc -O0 -g FLAGS`; returns
+    the executable (or library, with -shared) path."""
+    cc = shutil.which("cc")
+    assert cc, "no C compiler (cc) on PATH"
+    src = tmp_path / ("%s.c" % name)
+    src.write_text(text)
+    out = tmp_path / (name + (".so" if "-shared" in flags else ""))
+    subprocess.run([cc, "-O0", "-g", *flags, "-o", str(out), str(src)], check=True,
+                   timeout=TIMEOUT)
+    return out
+
+
+def native_run(memtap, cwd, out, *argv, options=()):
+    """`memtap run -q OPTIONS -o OUT ARGV...` in cwd; asserts it ended with 0."""
+    proc = subprocess.run([str(memtap), "run", "-q", *options, "-o", str(out), *map(str, argv)],
+                          cwd=cwd, env=clean_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def leaks_in(memtap, capture, file):
+    """(line, bytes, count) of the leaks' CSV rows in a file named `file`."""
+    leaks = subprocess.run([str(memtap), "export", "--leaks", "--format", "csv", str(capture)],
+                           capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    return sorted((int(r[6]), int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(leaks))
+                  if r and r[5].endswith(file))
+
+
 PLUGIN_C = """\
 #include <stdlib.h>
 static void *keep[8];
@@ -335,6 +365,14 @@ void *entry(size_t n) { return alloc_in_%(name)s(n); }
 """
 
 
+def build_plugins(tmp_path):
+    """plugin_a.so and plugin_b.so (PLUGIN_C) and tests/programs/plugins.c."""
+    for name in ("a", "b"):
+        compile_c(tmp_path, "plugin_" + name, PLUGIN_C % {"name": name}, "-shared", "-fPIC")
+    return compile_c(tmp_path, "plugins", (PROGRAMS / "plugins.c").read_text(), "-pthread",
+                     "-ldl")
+
+
 @pytest.mark.parametrize("mode", ["default", "aggregate"])
 def test_unloaded_objects(memtap, tmp_path, mode):
     """tests/programs/plugins.c loads plugin A, B, then A again at the same
@@ -342,25 +380,11 @@ def test_unloaded_objects(memtap, tmp_path, mode):
     named after the plugin that made it, though the return addresses are
     the same, on the main thread and on a thread that lives across the
     unloads (its own record of the stack must not outlive the unload)."""
-    cc = shutil.which("cc")
-    assert cc, "no C compiler (cc) on PATH"
-    libs = []
-    for name in ("a", "b"):
-        src = tmp_path / ("plugin_%s.c" % name)
-        src.write_text(PLUGIN_C % {"name": name})
-        lib = tmp_path / ("plugin_%s.so" % name)
-        subprocess.run([cc, "-O0", "-g", "-shared", "-fPIC", "-o", str(lib), str(src)],
-                       check=True, timeout=TIMEOUT)
-        libs.append(str(lib))
-    exe = tmp_path / "plugins"
-    subprocess.run([cc, "-O0", "-g", "-pthread", "-o", str(exe),
-                    str(PROGRAMS / "plugins.c"), "-ldl"], check=True, timeout=TIMEOUT)
+    exe = build_plugins(tmp_path)
     out = tmp_path / "capture.bin"
-    extra = ["--aggregate"] if mode == "aggregate" else []
-    proc = subprocess.run([str(memtap), "run", "-q", *extra, "-o", str(out), str(exe), *libs],
-                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
+    proc = native_run(memtap, tmp_path, out, exe, tmp_path / "plugin_a.so",
+                      tmp_path / "plugin_b.so",
+                      options=["--aggregate"] if mode == "aggregate" else [])
     entries = proc.stdout.split()
     assert len(entries) == 3 and len(set(entries)) == 1, (
         "the loader put the plugins at different places: %r" % entries)
@@ -404,23 +428,12 @@ def test_thread_exit_and_descriptors(memtap, tmp_path):
     free and allocate is recorded (the 99 bytes freed, the 88 kept); and
     the program's first open() gets descriptor 3, as without memtap (the
     unwinder's pipe used to take 3 and 4)."""
-    cc = shutil.which("cc")
-    assert cc, "no C compiler (cc) on PATH"
-    src = tmp_path / "keys.c"
-    src.write_text(KEY_C)
-    exe = tmp_path / "keys"
-    subprocess.run([cc, "-O0", "-g", "-pthread", "-o", str(exe), str(src)], check=True,
-                   timeout=TIMEOUT)
+    exe = compile_c(tmp_path, "keys", KEY_C, "-pthread")
     plain = subprocess.run([str(exe)], capture_output=True, text=True, timeout=TIMEOUT)
     out = tmp_path / "capture.bin"
-    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), str(exe)], cwd=tmp_path,
-                          env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
+    proc = native_run(memtap, tmp_path, out, exe)
     assert proc.stdout == plain.stdout == "first descriptor 3\n"
-    leaks = subprocess.run([str(memtap), "export", "--leaks", "--format", "csv", str(out)],
-                           capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
-    mine = sorted((int(r[6]), int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(leaks))
-                  if r and r[5].endswith("keys.c"))
+    mine = leaks_in(memtap, out, "keys.c")
     assert mine == [(line_of(KEY_C, "in_destructor"), 88, 1)], mine
     # a program that is not Python always has native stacks, and says so
     assert memtap_stats(out)["native"] is True
@@ -448,20 +461,13 @@ int main(void) {
 """
 
 
+
 def test_forked_child_names_its_frames(memtap, tmp_path):
     """A forked child of a native program (no exec) writes its capture with
     the objects it has loaded, so its frames have names, not addresses."""
-    cc = shutil.which("cc")
-    assert cc, "no C compiler (cc) on PATH"
-    src = tmp_path / "forker.c"
-    src.write_text(FORK_C)
-    exe = tmp_path / "forker"
-    subprocess.run([cc, "-O0", "-g", "-o", str(exe), str(src)], check=True, timeout=TIMEOUT)
+    exe = compile_c(tmp_path, "forker", FORK_C)
     out = tmp_path / "f.bin"
-    proc = subprocess.run([str(memtap), "run", "-q", "--follow-fork", "-o", str(out), str(exe)],
-                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
+    native_run(memtap, tmp_path, out, exe, options=["--follow-fork"])
     children = [p for p in tmp_path.iterdir() if p.name.startswith("f.") and p != out]
     assert len(children) == 1, list(tmp_path.iterdir())
     stats = memtap_stats(children[0])
@@ -471,22 +477,9 @@ def test_forked_child_names_its_frames(memtap, tmp_path):
 def test_library_opened_by_a_relative_path(memtap, tmp_path):
     """dlopen("./plugin_a.so"): the capture names the library by its full
     path, so a report run from another directory still names its frames."""
-    cc = shutil.which("cc")
-    assert cc, "no C compiler (cc) on PATH"
-    for name in ("a", "b"):
-        src = tmp_path / ("plugin_%s.c" % name)
-        src.write_text(PLUGIN_C % {"name": name})
-        subprocess.run([cc, "-O0", "-g", "-shared", "-fPIC", "-o",
-                        str(tmp_path / ("plugin_%s.so" % name)), str(src)],
-                       check=True, timeout=TIMEOUT)
-    exe = tmp_path / "plugins"
-    subprocess.run([cc, "-O0", "-g", "-pthread", "-o", str(exe),
-                    str(PROGRAMS / "plugins.c"), "-ldl"], check=True, timeout=TIMEOUT)
+    build_plugins(tmp_path)
     out = tmp_path / "capture.bin"
-    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), "./plugins",
-                           "./plugin_a.so", "./plugin_b.so"], cwd=tmp_path, env=clean_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
+    native_run(memtap, tmp_path, out, "./plugins", "./plugin_a.so", "./plugin_b.so")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     stats = json.loads(subprocess.run([str(memtap), "stats", "--json", str(out)],
@@ -510,21 +503,14 @@ int main(void) {
 """
 
 
+
 def test_mapping_cut_in_pieces_keeps_its_count(memtap, tmp_path):
     """What is left of a mapping after munmap cut its first piece away is
     still one mapping alive (it was left with bytes and no count)."""
     if PAGE != 4096:
         pytest.skip("written for 4 KiB pages")
-    src = tmp_path / "pieces.c"
-    src.write_text(PIECES_C)
-    exe = tmp_path / "pieces"
-    subprocess.run(["cc", "-O0", "-g", "-o", str(exe), str(src)], check=True, timeout=TIMEOUT)
+    exe = compile_c(tmp_path, "pieces", PIECES_C)
     out = tmp_path / "capture.bin"
-    proc = subprocess.run([str(memtap), "run", "-q", "-o", str(out), str(exe)], cwd=tmp_path,
-                          env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
-    leaks = subprocess.run([str(memtap), "export", "--leaks", "--format", "csv", str(out)],
-                           capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
-    mine = [(int(r[6]), int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(leaks))
-            if r and r[5].endswith("pieces.c")]
+    native_run(memtap, tmp_path, out, exe)
+    mine = leaks_in(memtap, out, "pieces.c")
     assert mine == [(line_of(PIECES_C, "map"), 4 * 4096, 1)], mine
