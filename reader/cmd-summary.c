@@ -96,6 +96,12 @@ static void print_header(struct mt_report *r, int color)
         printf("%s(incomplete capture: %s)%s\n", b, mt_incomplete_why(a), e);
 }
 
+/* bytes as a share of the shown set's total, "12.3%". */
+static void format_share(uint64_t bytes, uint64_t total, char *buf, size_t size)
+{
+    snprintf(buf, size, "%.1f%%", total ? 100.0 * (double)bytes / (double)total : 0.0);
+}
+
 static void print_table(struct mt_report *r, const struct srow *srows, uint32_t n,
                         uint32_t all)
 {
@@ -111,18 +117,18 @@ static void print_table(struct mt_report *r, const struct srow *srows, uint32_t 
         return;
     }
     int split = mt_report_options(r)->split_threads;
-    printf("\n%s%10s %7s %9s %10s %9s  %s%s%s\n", bold, "OWN", "%", "COUNT", "TOTAL",
-           "COUNT", split ? "THREAD  " : "", "LOCATION", off);
+    printf("\n%s%10s %7s %9s %10s %7s %9s  %s%s%s\n", bold, "OWN", "%", "COUNT", "TOTAL",
+           "%", "COUNT", split ? "THREAD  " : "", "LOCATION", off);
     for (uint32_t i = 0; i < n; i++) {
         const struct mt_row *row = &srows[i].row;
         const struct mt_loc *l = mt_report_loc(r, row->loc);
-        char own[32], tot[32], pct[16];
+        char own[32], tot[32], own_pct[16], tot_pct[16];
         mt_format_size(row->own_bytes, own, sizeof own);
         mt_format_size(row->total_bytes, tot, sizeof tot);
-        snprintf(pct, sizeof pct, "%.1f%%",
-                 total ? 100.0 * (double)row->own_bytes / (double)total : 0.0);
-        printf("%s%10s%s %7s %9llu %10s %9llu  ", yel, own, off, pct,
-               (unsigned long long)row->own_count, tot,
+        format_share(row->own_bytes, total, own_pct, sizeof own_pct);
+        format_share(row->total_bytes, total, tot_pct, sizeof tot_pct);
+        printf("%s%10s%s %7s %9llu %10s %7s %9llu  ", yel, own, off, own_pct,
+               (unsigned long long)row->own_count, tot, tot_pct,
                (unsigned long long)row->total_count);
         if (split)
             printf("[%s]  ", mt_report_loc(r, mt_report_thread_loc(r, srows[i].thread))->function);

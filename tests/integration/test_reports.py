@@ -282,6 +282,19 @@ def test_summary_terminal_table(main_capture):
     assert out.startswith("Temporary allocations:")
 
 
+def test_summary_terminal_shares(main_capture):
+    # OWN % COUNT TOTAL % COUNT: each % is that column's share of the shown set
+    cap, script, text = main_capture
+    rep = summary_json(cap, "--leaks")
+    out = memtap("summary", "--leaks", "--sort", "total", "-n", "1000", cap).stdout
+    lines = out.splitlines()
+    assert lines[2].split() == ["OWN", "%", "COUNT", "TOTAL", "%", "COUNT", "LOCATION"], out
+    row = [l for l in lines if l.endswith("%s:%d" % (script, line_of(text, "call_caller")))]
+    assert len(row) == 1, out
+    share = "%.1f%%" % (100.0 * (BIG + SMALL) / rep["total_bytes"])
+    assert row[0].split()[:8] == ["0", "B", "0.0%", "0", "52.0", "MiB", share, "2"], row
+
+
 # ---- threads ------------------------------------------------------------------------
 
 def test_split_threads_summary(threads_capture):
