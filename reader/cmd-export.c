@@ -67,7 +67,7 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
         fprintf(f, "# memtap: %s\n", mt_metric_name(o->metric));
         if (a->header.command) {
             fputs("# command: ", f);
-            put_clean(f, a->header.command);
+            put_clean(f, mt_report_clean(r, a->header.command));
             putc('\n', f);
         }
         if (a->python_version) fprintf(f, "# python: %s\n", a->python_version);

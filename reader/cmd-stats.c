@@ -142,7 +142,7 @@ static void print_text(struct mt_report *r)
 {
     const struct mt_analysis *a = mt_report_analysis(r);
     char b1[32], b2[32], b3[32];
-    printf("Capture of: %s\n", a->header.command);
+    printf("Capture of: %s\n", mt_report_clean(r, a->header.command));
     printf("  pid %d, %s, format %u%s\n", a->header.pid,
            a->python_version ? a->python_version : "not Python",
            a->header.format_version,
@@ -193,7 +193,8 @@ static void print_text(struct mt_report *r)
     }
     printf("\nThreads:\n");
     for (uint32_t i = 1; i < a->nthreads; i++)
-        printf("  %-4u tid %-8u %s\n", i, a->threads[i].tid, a->threads[i].name);
+        printf("  %-4u tid %-8u %s\n", i, a->threads[i].tid,
+               mt_report_clean(r, a->threads[i].name));
     printf("\nTop locations by bytes allocated:\n");
     uint32_t n;
     struct location_total *top = top_locations(r, &n);

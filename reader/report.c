@@ -530,6 +530,11 @@ static const char *intern_name(struct strtab *t, const char *s)
     return r;
 }
 
+const char *mt_report_clean(struct mt_report *r, const char *s)
+{
+    return intern_name(&r->strings, s);
+}
+
 const char *mt_incomplete_why(const struct mt_analysis *a)
 {
     return a->stop_error == MT_E_CORRUPT || a->stop_error == MT_E_VERSION

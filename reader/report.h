@@ -104,6 +104,10 @@ struct mt_loc {
 
 /* The location with id `id` (ids start at 1; id 0 is "[no stack recorded]"). */
 const struct mt_loc *mt_report_loc(const struct mt_report *r, uint32_t id);
+/* s as reports show names (control characters, U+2028 and U+2029 as '?'),
+ * kept as long as r: for text from the capture that is not a location,
+ * such as the command line or a thread's name. */
+const char *mt_report_clean(struct mt_report *r, const char *s);
 uint32_t mt_report_nlocs(const struct mt_report *r);
 
 /* The resolved stack of group g as location ids, INNERMOST first, after the
