@@ -54,7 +54,7 @@ class Capture:
 
     def __init__(self, path):
         self.path = str(path)
-        self.stats = _run("stats", self.path, "--json")
+        self.stats = _run("stats", "--json", "--", self.path)
         self._rows = {}
 
     @property
@@ -76,9 +76,10 @@ class Capture:
     def locations(self, leaks=False, n=None):
         key = bool(leaks)
         if key not in self._rows:
-            args = ["summary", self.path, "--json", "--sort", "own"]
+            args = ["summary", "--json", "--sort", "own"]
             if leaks:
                 args.append("--leaks")
+            args += ["--", self.path]  # a path may start with '-'
             doc = _run(*args)
             self._rows[key] = [
                 Location(r["function"], r["file"], r["line"], r["own_bytes"],

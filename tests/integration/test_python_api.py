@@ -479,3 +479,21 @@ def test_trackers_with_tracemalloc_and_twice_entered(pkg, tmp_path):
     refused, rows = proc.stdout.splitlines()
     assert refused.startswith("refused: memtap: a Tracker is already recording"), refused
     assert rows == str([(line_of(UNDER_TRACEMALLOC, "kept"), 10**6 + 1)]), rows
+
+
+DASHED = """\
+import memtap
+with memtap.Tracker("-lead.bin"):
+    x = bytearray(12345)
+c = memtap.Capture("-lead.bin")
+print(c.peak_memory_bytes >= 12346, [l.own_bytes for l in c.locations() if l.line == 3])
+"""
+
+
+def test_capture_reads_a_path_that_starts_with_a_dash(pkg, tmp_path):
+    # the Tracker writes such a file; Capture must not take it for an option
+    script = tmp_path / "dashed.py"
+    script.write_text(DASHED)
+    proc = pkg.run([pkg.python, script], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "True [12346]", proc.stdout
