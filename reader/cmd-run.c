@@ -471,6 +471,40 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
     *first = optind;
 }
 
+/* path as a shell word: quoted where a shell would split or expand it, and
+ * not taken for an option. */
+static void put_shell_word(FILE *f, const char *path)
+{
+    if (path[0] == '-')
+        fputs("./", f);
+    if (path[0] && strspn(path, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "0123456789_./+,:@%=-") == strlen(path)) {
+        fputs(path, f);
+        return;
+    }
+    putc('\'', f);
+    for (; *path; path++) {
+        if (*path == '\'')
+            fputs("'\\''", f);
+        else
+            putc(*path, f);
+    }
+    putc('\'', f);
+}
+
+/* The closing line, with the command to read the capture when it is a
+ * file (a FIFO or a device has streamed it away). */
+static void say_written(const char *output, uint64_t events)
+{
+    struct stat st;
+    fprintf(stderr, "memtap: wrote %llu events to '%s'", (unsigned long long)events, output);
+    if (stat(output, &st) == 0 && S_ISREG(st.st_mode)) {
+        fputs("; next: memtap stats ", stderr);
+        put_shell_word(stderr, output);
+    }
+    putc('\n', stderr);
+}
+
 int cmd_run(int argc, char **argv)
 {
     struct run_opts o = {0};
@@ -499,7 +533,7 @@ int cmd_run(int argc, char **argv)
     close(shm_fd);
     shm_fd = high;
 
-    if (o.output && !o.force && access(o.output, F_OK) == 0)
+    if (o.output && !o.force && mt_output_exists(o.output))
         die("'%s' exists; use -f to overwrite it", o.output);
 
     int sock = -1;
@@ -578,8 +612,6 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "memtap: '%s' is incomplete: it holds what was written before "
                 "writing failed\n", output);
     else if (!o.quiet)
-        fprintf(stderr, "memtap: wrote %llu events to '%s'; "
-                "next: memtap stats %s\n", (unsigned long long)events,
-                output, output);
+        say_written(output, events);
     end_like(status);
 }

@@ -93,6 +93,11 @@ struct mt_record {
 
 struct mt_writer;
 
+/* Whether path names something a capture written there would replace: a
+ * file, a directory or a symbolic link, not a FIFO or a device, which take
+ * the capture as a stream. */
+int mt_output_exists(const char *path);
+
 /* Creates `path` (O_EXCL unless force, never through a symbolic link, mode
  * 0644 less umask) and writes the header; a FIFO or a device takes the
  * capture as a stream. A file left without its header is removed. On

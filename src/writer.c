@@ -113,13 +113,21 @@ static int header_write(struct mt_writer *w, const struct mt_header *h)
     return rc;
 }
 
+int mt_output_exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0 && !S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode);
+}
+
 int mt_writer_open(const char *path, int force, const struct mt_header *h,
                    struct mt_writer **out)
 {
     /* O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of waiting
-     * for ever; writes then block as usual. */
+     * for ever; writes then block as usual. A FIFO or a device takes the
+     * stream without -f: there is no file to lose. */
+    int stream = !force && !mt_output_exists(path) && access(path, F_OK) == 0;
     int flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK |
-                (force ? O_TRUNC : O_EXCL);
+                (force ? O_TRUNC : stream ? 0 : O_EXCL);
     int fd = open(path, flags, 0644);
     if (fd < 0)
         return errno == EEXIST ? MT_E_EXISTS : errno == ELOOP ? MT_E_LINK

@@ -137,7 +137,9 @@ def test_output_is_a_fifo(tmp_path):
     reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(rfd, 65536), b"")))
     reader.start()
     try:
-        compare(tmp_path, ALLOCATE, memtap_opts=("-q", "-f"), out=fifo, expect_capture=False)
+        # no -f needed: there is no file to replace; nor a file to read after
+        _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=(), out=fifo,
+                               expect_capture=False)
     finally:
         os.close(wfd)
         reader.join(TIMEOUT)
@@ -146,6 +148,31 @@ def test_output_is_a_fifo(tmp_path):
     streamed.write_bytes(b"".join(got))
     stats = memtap_stats(streamed)
     assert stats["complete"] is True and stats["exit"] == {"code": 0}, stats
+    assert said(traced) == ["memtap: wrote %d events to '%s'" % (stats["total_allocations"]
+                            + stats["total_frees"], fifo)], describe(traced)
+
+
+def test_output_is_dev_null(tmp_path):
+    """/dev/null takes the capture without -f: nothing is there to lose."""
+    _, traced, _ = compare(tmp_path, ALLOCATE, memtap_opts=(), out="/dev/null",
+                           expect_capture=False)
+    lines = said(traced)
+    assert len(lines) == 1 and lines[0].startswith("memtap: wrote ") and \
+        lines[0].endswith(" events to '/dev/null'"), describe(traced)
+
+
+def test_closing_line_names_the_capture_as_a_shell_word(tmp_path):
+    """The 'next:' command can be pasted into a shell as it is."""
+    name = "-a b's.bin"
+    script = write_script(tmp_path, ALLOCATE)
+    traced = run([MEMTAP, "run", "-o", name, "--python", DEFAULT_PYTHON, script], tmp_path)
+    assert traced.returncode == 0, describe(traced)
+    line = said(traced)[-1]
+    assert line.endswith("; next: memtap stats ./'-a b'\\''s.bin'"), line
+    word = line.split("next: memtap stats ", 1)[1]
+    shell = subprocess.run(["sh", "-c", "printf %s " + word], cwd=str(tmp_path),
+                           capture_output=True, text=True)
+    assert shell.stdout == "./" + name and (tmp_path / shell.stdout).exists(), shell
 
 
 ROOMY = """\
