@@ -54,7 +54,7 @@ static int64_t change(const struct drow *d)
 }
 
 /* What grew, biggest first; then what shrank, biggest first (not behind
- * every unchanged location); then what did not change. */
+ * every unchanged location); then what did not change, biggest first. */
 static int growth_class(int64_t c) { return c > 0 ? 0 : c < 0 ? 1 : 2; }
 
 static int cmp_growth(const void *x, const void *y)
@@ -67,6 +67,7 @@ static int cmp_growth(const void *x, const void *y)
     int64_t na = (int64_t)a->count[1] - (int64_t)a->count[0];
     int64_t nb = (int64_t)b->count[1] - (int64_t)b->count[0];
     if (na != nb) return na > nb ? -1 : 1;
+    if (a->bytes[1] != b->bytes[1]) return a->bytes[1] > b->bytes[1] ? -1 : 1;
     return cmp_key(a->function, a->file, a->line, b->function, b->file, b->line);
 }
 
@@ -227,11 +228,14 @@ int cmd_diff(int argc, char **argv)
     memset(&o, 0, sizeof o);
     o.rows = -1;
     o.temporary_n = 1;
+    int options = 1;  /* until "--" */
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *val = NULL;
-        if (arg[0] != '-' || !strcmp(arg, "-")) {
+        if (!options || arg[0] != '-' || !strcmp(arg, "-")) {
             if (nfiles == 2) goto bad;
             files[nfiles++] = arg;
+        } else if (!strcmp(arg, "--")) {
+            options = 0;
         } else if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
             printf("usage: %s\n", usage);
             return 0;
@@ -243,7 +247,7 @@ int cmd_diff(int argc, char **argv)
             o.show_internals = 1;
         } else if (!strcmp(arg, "-n") || !strcmp(arg, "--rows")) {
             char *end;
-            if (i + 1 >= argc) goto bad;
+            if (i + 1 >= argc) goto no_value;
             val = argv[++i];
             o.rows = strtol(val, &end, 10);
             if (*end || end == val || o.rows < 1) {
@@ -253,7 +257,7 @@ int cmd_diff(int argc, char **argv)
         } else if (!strcmp(arg, "--fail-over") || !strncmp(arg, "--fail-over=", 12)) {
             if (arg[11] == '=') val = arg + 12;
             else if (i + 1 < argc) val = argv[++i];
-            else goto bad;
+            else goto no_value;
             if (parse_size(val, &limit)) {
                 fprintf(stderr, "memtap: bad size '%s' (e.g. 10MB, 1.5 GiB, 4096)\n"
                         "usage: %s\n", val, usage);
@@ -319,5 +323,8 @@ int cmd_diff(int argc, char **argv)
 
 bad:
     fprintf(stderr, "memtap: diff needs two captures, BEFORE and AFTER\nusage: %s\n", usage);
+    return MT_EXIT_USAGE;
+no_value:
+    fprintf(stderr, "memtap: option '%s' needs a value\nusage: %s\n", argv[argc - 1], usage);
     return MT_EXIT_USAGE;
 }

@@ -168,12 +168,17 @@ static void print_record(const struct mt_record *r, int addresses)
 int cmd_parse(int argc, char **argv)
 {
     const char *file = NULL;
+    int options = 1;  /* until "--" */
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+        if (options && !strcmp(argv[i], "--")) {
+            options = 0;
+            continue;
+        }
+        if (options && (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))) {
             printf("usage: %s\n", usage);
             return 0;
         }
-        if (argv[i][0] == '-' && argv[i][1]) {
+        if (options && argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "memtap: unknown option '%s'\nusage: %s\n", argv[i], usage);
             return MT_EXIT_USAGE;
         }
@@ -211,8 +216,7 @@ int cmd_parse(int argc, char **argv)
         printf("# %" PRIu64 " records, incomplete: %s at byte %" PRIu64 "\n", n,
                mt_strerror(rc), off);
         if (rc == MT_E_TRUNCATED) {
-            fprintf(stderr, "memtap: warning: '%s' is truncated at byte %" PRIu64
-                    " (" MT_INCOMPLETE_WHY ")\n", file, off);
+            mt_warn_incomplete(file, off, rc);
         } else {
             errno = saved;
             error("cannot read '%s' at byte %" PRIu64 ": %s", file, off,

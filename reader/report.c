@@ -302,10 +302,7 @@ static void warn_incomplete(const struct mt_analysis *a, const char *file,
                             enum mt_metric metric)
 {
     if (!a->complete) {
-        fprintf(stderr, "memtap: warning: '%s' is incomplete (truncated at byte %llu: %s); "
-                "reporting what it holds\n", file,
-                (unsigned long long)a->stop_offset,
-                a->stop_error ? mt_strerror(a->stop_error) : "no trailer");
+        mt_warn_incomplete(file, a->stop_offset, a->stop_error);
     } else if (a->trailer.exit.signal > 0 && metric == MT_M_LEAKS) {
         fprintf(stderr, "memtap: note: the program was killed by signal %d; "
                 "leaks are what was alive at the kill\n", a->trailer.exit.signal);

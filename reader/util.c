@@ -103,3 +103,10 @@ const char *self_dir(void)
         *slash = 0;
     return dir;
 }
+
+void mt_warn_incomplete(const char *file, uint64_t offset, int err)
+{
+    fprintf(stderr, "memtap: warning: '%s' is incomplete (truncated at byte %llu: %s); "
+            "reporting what it holds\n", file, (unsigned long long)offset,
+            err ? mt_strerror(err) : "no trailer");
+}

@@ -32,4 +32,8 @@ int mt_utf8_len(const unsigned char *p);
 /* Directory holding the running memtap binary (static buffer). */
 const char *self_dir(void);
 
+/* The one-line warning for a capture that stops at byte offset (err: why,
+ * 0 for a missing trailer), on stderr. */
+void mt_warn_incomplete(const char *file, uint64_t offset, int err);
+
 #endif

@@ -18,7 +18,7 @@ struct mt_header {
 
 /* Why a capture ends early (no trailer), as readers say it: the
  * program's own death does not do it, memtap outlives it. */
-#define MT_INCOMPLETE_WHY "memtap was killed or could not finish writing it"
+#define MT_INCOMPLETE_WHY "memtap was killed, could not finish writing it, or is still writing it"
 
 /* Exit of the traced program, stored in the trailer. */
 struct mt_exit {

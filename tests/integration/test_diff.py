@@ -106,6 +106,10 @@ def test_diff_shrinking_comes_before_unchanged(captures):
     shrank = [c for c in changes if c < 0]
     assert changes == grew + shrank + [0] * changes.count(0), changes[:10]
     assert grew == sorted(grew, reverse=True) and shrank == sorted(shrank), changes[:10]
+    # and what did not change, biggest first: the 3 MiB base before any start-up crumb
+    same = [r["after_bytes"] for r in doc["rows"] if r["change_bytes"] == 0]
+    assert same == sorted(same, reverse=True), same[:10]
+    assert rows_of(script, doc)[line_of(PROG, "base")] == doc["rows"][len(grew) + len(shrank)]
     first_shrink = doc["rows"][len(grew)]
     assert (first_shrink["file"], first_shrink["line"]) == (str(script), line_of(PROG, "extra"))
 
@@ -121,3 +125,21 @@ def test_diff_usage(captures, tmp_path):
     assert diff(before, before, "--bogus").returncode == 2
     proc = diff(before, tmp_path / "missing.bin")
     assert proc.returncode == 1 and "missing.bin" in proc.stderr
+    for opt in ("--fail-over", "-n"):
+        proc = diff(before, before, opt)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines()[0] == "memtap: option '%s' needs a value" % opt
+
+
+def test_diff_takes_files_after_a_double_dash(captures, tmp_path):
+    script, before, after = captures
+    dashed = tmp_path / "-after.bin"
+    dashed.write_bytes(after.read_bytes())
+    os.chdir(tmp_path)
+    try:
+        proc = diff("--json", "--", before, "-after.bin")
+    finally:
+        os.chdir("/")
+    assert proc.returncode == 0, proc.stderr
+    extra = rows_of(script, json.loads(proc.stdout))[line_of(PROG, "extra")]
+    assert extra["change_bytes"] == 10 * 2**20 + 1, extra

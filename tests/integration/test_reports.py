@@ -613,12 +613,22 @@ def test_parse_lists_every_record(main_capture):
     kinds = {l.split(" ")[0] for l in records}
     assert {"ALLOC", "FREE", "CODE", "PYNODE", "THREAD", "TRAILER"} <= kinds, kinds
     assert records[-1].startswith("TRAILER exit=0")
+
     allocs = [l for l in records if l.startswith("ALLOC ") and " size=%d " % BIG in l]
     assert len(allocs) == 1
     # the trailer's event count matches the events listed
     stats = json.loads(memtap("stats", cap, "--json").stdout)
     n_alloc = sum(1 for l in records if l.startswith(("ALLOC ", "REALLOC ")))
     assert n_alloc == stats["total_allocations"]
+
+
+def test_parse_takes_a_file_after_a_double_dash(main_capture, tmp_path):
+    cap, _, _ = main_capture
+    (tmp_path / "-x.bin").write_bytes(cap.read_bytes())
+    proc = subprocess.run([str(MEMTAP), "parse", "--", "-x.bin"], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == memtap("parse", cap).stdout
 
 
 # ---- bad inputs --------------------------------------------------------------------------------
