@@ -173,8 +173,20 @@ static int has_python_extension(const char *path)
            (!strcmp(dot, ".py") || !strcmp(dot, ".pyw") || !strcmp(dot, ".pyz"));
 }
 
+/* Whether the directory dir holds what `python dir` runs. */
+static int has_main(const char *dir)
+{
+    char path[PATH_MAX];
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/__main__.%s", dir, i ? "pyc" : "py");
+        if (access(path, R_OK) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Whether the existing path is for Python to run rather than to exec, as
- * `python PATH` takes it: a directory (its __main__.py), or a file without
+ * `python PATH` takes it: a directory with a __main__.py, or a file without
  * execute permission (a zip application, a script without the extension)
  * that is no ELF program and whose "#!", if any, names a Python (else it
  * is a program that cannot run, as for a shell). */
@@ -184,7 +196,7 @@ static int for_python(const char *path)
     if (stat(path, &st) != 0)
         return 0;
     if (S_ISDIR(st.st_mode))
-        return 1;
+        return has_main(path);
     if (!S_ISREG(st.st_mode) || access(path, X_OK) == 0 || is_elf(path))
         return 0;
     char head[2] = {0};

@@ -863,11 +863,14 @@ def test_a_program_that_cannot_be_run(tmp_path):
     not_exec = tmp_path / "not-exec"
     not_exec.write_text("#!/bin/sh\n")
     missing = tmp_path / "missing.py"
+    no_main = tmp_path / "no-main"  # a directory without __main__.py: no script
+    no_main.mkdir()
     for target, rc, why in ((missing, 127, "No such file or directory"),
                             (tmp_path / "no-such-program", 127, "no such file or command"),
                             ("", 127, "no such file or command"),
                             (bad_interp, 127, "No such file or directory"),
-                            (not_exec, 126, "Permission denied")):
+                            (not_exec, 126, "Permission denied"),
+                            (no_main, 126, "Permission denied")):
         for mode in ([], ["--aggregate"]):
             out = tmp_path / "c.bin"
             proc = memtap_run(["-o", out, *mode, target], cwd=tmp_path)
