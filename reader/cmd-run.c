@@ -338,7 +338,7 @@ static void rlimit_restore(void)
 }
 
 /* What memtap was started with: the program gets it back. */
-static struct sigaction inherited_int, inherited_quit;
+static struct sigaction inherited_int, inherited_quit, inherited_pipe;
 
 /* The child: waits until the capture is ready, then becomes the program.
  * If it cannot, it writes errno to failed (closed on exec) for memtap. */
@@ -380,6 +380,7 @@ static void child_exec(struct target *t, int go, int failed, int shm_fd,
     }
     sigaction(SIGINT, &inherited_int, NULL);  /* ignored stays ignored (a `&` job) */
     sigaction(SIGQUIT, &inherited_quit, NULL);
+    sigaction(SIGPIPE, &inherited_pipe, NULL);
     execvp(t->argv[0], t->argv);
     int e = errno;
     if (write(failed, &e, sizeof e) != sizeof e) { /* memtap sees EOF: exit 126 */ }
@@ -558,6 +559,10 @@ int cmd_run(int argc, char **argv)
     /* Ctrl-C is the program's to handle */
     sigaction(SIGINT, &(struct sigaction){.sa_handler = SIG_IGN}, &inherited_int);
     sigaction(SIGQUIT, &(struct sigaction){.sa_handler = SIG_IGN}, &inherited_quit);
+    /* A reader of our stderr that went away (`memtap run ... 2>&1 | head`)
+     * must not kill memtap in the middle of a capture: its lines are lost,
+     * the capture and the program's exit status are not. */
+    sigaction(SIGPIPE, &(struct sigaction){.sa_handler = SIG_IGN}, &inherited_pipe);
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0)

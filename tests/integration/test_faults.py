@@ -687,3 +687,36 @@ def test_capture_mode_follows_umask_never_world_writable(tmp_path, umask):
     mode = cap.stat().st_mode & 0o777
     assert mode == 0o644 & ~umask, oct(mode)
     assert not mode & 0o002
+
+
+EARLY_READER = """\
+import time
+print("one", flush=True)
+time.sleep(0.3)
+keep = bytearray(1000)
+print("two")
+"""
+
+
+def first_line_then_close(cmd, cwd):
+    """Runs cmd with stdout and stderr into one pipe, reads one line and
+    closes the pipe (as `cmd 2>&1 | head -1`). @return (line, exit status)"""
+    p = subprocess.Popen([str(c) for c in cmd], cwd=str(cwd), env=clean_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    line = p.stdout.readline()
+    p.stdout.close()
+    return line, p.wait(timeout=TIMEOUT)
+
+
+def test_a_reader_that_goes_away_early(tmp_path):
+    """memtap's closing line goes to a pipe nobody reads any more: memtap
+    must not die of SIGPIPE (it did: exit 141, the capture cut short);
+    the program ends as it would without memtap."""
+    script = write_script(tmp_path, EARLY_READER)
+    plain = first_line_then_close([DEFAULT_PYTHON, script], tmp_path)
+    cap = tmp_path / "c.bin"
+    traced = first_line_then_close([MEMTAP, "run", "-o", cap, "--python", DEFAULT_PYTHON,
+                                    script], tmp_path)
+    assert traced == plain == (b"one\n", 1), (plain, traced)
+    stats = memtap_stats(cap)
+    assert stats["complete"] is True and stats["exit"] == {"code": 1}, stats
