@@ -295,6 +295,55 @@ static const struct mt_pyoffsets *find_row(unsigned major, unsigned minor)
     return NULL;
 }
 
+/* Code objects that died, for the threads' caches (see mt_py_code_deaths):
+ * slot n % MT_GRAVEYARD holds the n-th (0-based) death, valid while its
+ * seq is n + 1. The dealloc runs under a GIL, but 3.12's subinterpreters
+ * each have their own: a death claims its number atomically. */
+#define MT_GRAVEYARD 1024
+_Atomic uint64_t mt_py_code_deaths;
+static struct { _Atomic uint64_t seq; _Atomic uintptr_t code; } graveyard[MT_GRAVEYARD];
+static void (*code_dealloc)(void *);
+
+static void code_dealloc_seen(void *code)
+{
+    uint64_t n = atomic_fetch_add_explicit(&mt_py_code_deaths, 1, memory_order_relaxed);
+    atomic_store_explicit(&graveyard[n % MT_GRAVEYARD].code, (uintptr_t)code,
+                          memory_order_relaxed);
+    atomic_store_explicit(&graveyard[n % MT_GRAVEYARD].seq, n + 1, memory_order_release);
+    code_dealloc(code);
+}
+
+uintptr_t mt_py_code_death(uint64_t n)
+{
+    uintptr_t code = atomic_load_explicit(&graveyard[n % MT_GRAVEYARD].code,
+                                          memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    /* seq read after the address: a slot rewritten meanwhile shows it */
+    return atomic_load_explicit(&graveyard[n % MT_GRAVEYARD].seq, memory_order_relaxed)
+           == n + 1 ? code : 0;
+}
+
+/* Puts code_dealloc_seen in front of the code type's deallocator, once:
+ * a code object's address is a thread's key for what it announced, and a
+ * new code object at a dead one's address (exec of generated code in a
+ * loop, IPython cells) must not inherit its names and lines. The type's
+ * layout up to tp_dealloc (object header, tp_name, tp_basicsize,
+ * tp_itemsize) is the same in every version; tp_name says it is right. */
+static void code_deaths_watch(void)
+{
+    enum { TP_NAME = 24, TP_DEALLOC = 48 };
+    static int watching;
+    if (watching)
+        return;
+    const char *name = *(const char *const *)(L.code_type + TP_NAME);
+    void (**dealloc)(void *) = (void (**)(void *))(L.code_type + TP_DEALLOC);
+    if ((uintptr_t)name < 4096 || strcmp(name, "code") != 0 || !*dealloc)
+        return;
+    code_dealloc = *dealloc;
+    __atomic_store_n(dealloc, code_dealloc_seen, __ATOMIC_RELEASE);
+    watching = 1;
+}
+
 int mt_py_setup(void)
 {
     memset(&L, 0, sizeof L);
@@ -359,6 +408,7 @@ int mt_py_setup(void)
     /* Bind lazily-resolved PLT entries inside libpython
      * (PyThread_tss_get, pthread_getspecific) now, not in a hook. */
     (void)L.this_tstate();
+    code_deaths_watch();
     L.enabled = 1;
     return 1;
 }

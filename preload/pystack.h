@@ -9,6 +9,7 @@
 #define MT_PYSTACK_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "../src/format.h"  /* MT_PYF_ENTRY: 3.11 is_entry; 3.12+ the frame
@@ -69,6 +70,15 @@ int mt_py_walk(struct mt_pyframe *out, int max);
  * ring then holds no outermost frames). For stacks deeper than max only. */
 int mt_py_walk_deep(struct mt_pyframe *out, int max, struct mt_pyframe *ring,
                     int keep, long limit, long *depth);
+
+/* How many code objects have died since the shim started watching (from
+ * mt_py_setup on): a thread whose count is behind asks mt_py_code_death
+ * for each death it has not seen. */
+extern _Atomic uint64_t mt_py_code_deaths;
+/* The address of the n-th code object that died (n from 0), or 0 when
+ * that is no longer known (too many died since) or not yet written:
+ * the caller then forgets every code object it knows. */
+uintptr_t mt_py_code_death(uint64_t n);
 
 /* A cheap identity check for a code object found at a cached address,
  * so that a new code object reusing the address is noticed: combines

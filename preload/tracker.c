@@ -77,6 +77,7 @@ struct mt_thread {
     enum { DEEP_NO, DEEP_ROOTED, DEEP_ROOTLESS } deep;  /* the last stack's:
                                        python_stack_deep */
     uint32_t npy;
+    uint64_t code_deaths;           /* code objects' deaths it has seen */
     struct cached_frame py[MT_MAX_PY];
     /* The last two different native stacks, [native_mru] the latest: an
      * interpreter loop allocating on two paths in turn (bytes here, a str
@@ -405,6 +406,41 @@ static uint32_t code_intern(struct mt_thread *th, const void *code)
     return id;
 }
 
+/* Forgets the code objects that died since th last looked (up to deaths):
+ * another may be born at the same address. Their entries stay, with a
+ * fingerprint no code object has, so that the next one there is announced
+ * anew; the cached stack drops from the first frame that ran one. */
+static void codes_forget_dead(struct mt_thread *th, uint64_t deaths)
+{
+    struct code_table *t = &th->codes;
+    int all = deaths - th->code_deaths > 512;  /* the graveyard keeps 1024 */
+    for (uint64_t n = th->code_deaths; n < deaths && !all; n++) {
+        uintptr_t code = mt_py_code_death(n);
+        if (!code) {
+            all = 1;
+            break;
+        }
+        for (uint32_t k = 0; k < th->npy; k++)
+            if (th->py[k].a == code) {
+                th->npy = k;
+                break;
+            }
+        if (!t->cap)
+            continue;
+        for (uint64_t j = mix(code) & (t->cap - 1); t->e[j].id; j = (j + 1) & (t->cap - 1))
+            if (t->e[j].addr == code) {
+                t->e[j].fingerprint = 0;
+                break;
+            }
+    }
+    if (all) {
+        for (uint32_t j = 0; j < t->cap; j++)
+            t->e[j].fingerprint = 0;
+        th->npy = 0;
+    }
+    th->code_deaths = deaths;
+}
+
 /* ---- stacks ---------------------------------------------------------- */
 
 /* A stack deeper than MT_MAX_PY, walked up to limit frames: into t->walk
@@ -463,6 +499,9 @@ static uint32_t python_stack(struct mt_thread *t)
          * is looked for again once the stack is back under MT_MAX_PY. */
         n = python_stack_deep(t, MT_MAX_PY + 1);
     }
+    uint64_t deaths = atomic_load_explicit(&mt_py_code_deaths, memory_order_acquire);
+    if (__builtin_expect(deaths != t->code_deaths, 0))
+        codes_forget_dead(t, deaths);
     uint32_t k = 0, lim = (uint32_t)n < t->npy ? (uint32_t)n : t->npy;
     while (k < lim) {
         const struct mt_pyframe *f = &t->walk[n - 1 - k];

@@ -23,6 +23,7 @@ LD_PRELOAD logger plus line markers from sys.settrace.
 import csv
 import hashlib
 import io
+import json
 import importlib.util
 import os
 import random
@@ -939,3 +940,53 @@ def test_default_output_name(tmp_path, run_memtap):
     last = proc.stderr.decode().splitlines()[-1]
     assert last.startswith("memtap:") and new[0] in last, last
     assert re.search(r"\bmemtap (stats|summary|tree|table|flamegraph)\b", last), last
+
+
+REBORN_CODE = """\
+import gc, marshal, types
+keep = []
+# each code object dies before the next is made: the next may take its
+# address, and must not take its names and lines too
+blobs = [marshal.dumps(compile("\\n" * i + "keep.append(bytearray(%d))\\n" % (1000000 * (i + 1)),
+                               "task_%d.py" % i, "exec")) for i in range(3)]
+for b in blobs:
+    exec(marshal.loads(b))
+del blobs, b
+for i in range(4):  # one file, the allocation 3 lines further down each time
+    src = "a = 1\\nb = 2\\nc = 3\\nd = 4\\n" + "\\n" * (3 * i) + \\
+        "keep.append(bytearray(%d))\\n" % (100000 * (i + 1))
+    exec(compile(src, "generated.py", "exec"))
+def template(n):
+    keep.append(bytearray(n))  # @template
+for i in range(3):  # the same code under another name each time
+    code = template.__code__.replace(co_name="name%d" % i)
+    if hasattr(code, "co_qualname"):
+        code = code.replace(co_qualname="name%d" % i)
+    types.FunctionType(code, globals())(10000 * (i + 1))
+    del code
+    gc.collect()
+"""
+
+
+@pytest.mark.parametrize("mode", [[], ["--native"], ["--aggregate"]],
+                         ids=["default", "native", "aggregate"])
+@pytest.mark.parametrize("python", interpreter_params(min_version=(3, 9)))
+def test_a_code_object_born_where_another_died(tmp_path, run_memtap, python, mode):
+    """A code object made at a dead one's address (exec of generated code in
+    a loop, code.replace) is told apart from it, whatever the fields the
+    two share: every allocation keeps its own file, function and line."""
+    if mode and python != DEFAULT_PYTHON:
+        pytest.skip("the modes on one interpreter")
+    proc, _ = run_memtap(tmp_path, REBORN_CODE, python=python, extra=mode, stats=False)
+    out = subprocess.run([str(MEMTAP), "summary", "--leaks", "--json", str(proc.capture)],
+                         capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    rows = json.loads(out)["rows"]
+    line = line_of(REBORN_CODE, "template")
+    got = sorted((os.path.basename(r["file"]), r["line"], r["function"], r["own_bytes"])
+                 for r in rows
+                 if r["file"] == "generated.py" or r["file"].startswith("task_") or
+                 (r["file"] == str(proc.script) and r["line"] == line))
+    assert got == sorted(
+        [("task_%d.py" % i, i + 1, "<module>", 1000000 * (i + 1) + 1) for i in range(3)] +
+        [("generated.py", 5 + 3 * i, "<module>", 100000 * (i + 1) + 1) for i in range(4)] +
+        [("prog.py", line, "name%d" % i, 10000 * (i + 1) + 1) for i in range(3)]), got
