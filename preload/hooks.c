@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../src/format.h"
+#include "environ.h"
 #include "real.h"
 #include "tracker.h"
 
@@ -54,7 +55,7 @@ void mt_real_resolve(void)
     R(malloc); R(calloc); R(realloc); R(reallocarray); R(posix_memalign);
     R(aligned_alloc); R(memalign); R(valloc); R(pvalloc);
     R(mmap); R(mmap64); R(munmap); R(mremap); R(prctl); R(pthread_setname_np);
-    R(pthread_create); R(_exit); R(dlclose);
+    R(pthread_create); R(_exit); R(dlclose); R(execve); R(execvpe); R(fexecve);
 #undef R
     __atomic_store_n(&mt_real.free, (void (*)(void *))dlsym(RTLD_NEXT, "free"),
                      __ATOMIC_RELEASE);
@@ -322,4 +323,84 @@ EXPORT void _exit(int status)
 EXPORT void _Exit(int status)
 {
     end_now(status);
+}
+
+/* ---- exec ------------------------------------------------------------ */
+
+/* Each exec passes the environment mt_environ_for_exec gives for its own:
+ * memtap's variables come back only for the process memtap run started. */
+
+extern char **environ;
+
+EXPORT int execve(const char *path, char *const argv[], char *const envp[])
+{
+    mt_real_resolve();
+    return mt_real.execve(path, argv, mt_environ_for_exec(envp));
+}
+
+EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    mt_real_resolve();
+    return mt_real.execvpe(file, argv, mt_environ_for_exec(envp));
+}
+
+EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
+{
+    mt_real_resolve();
+    return mt_real.fexecve(fd, argv, mt_environ_for_exec(envp));
+}
+
+EXPORT int execv(const char *path, char *const argv[])
+{
+    return execve(path, argv, environ);
+}
+
+EXPORT int execvp(const char *file, char *const argv[])
+{
+    return execvpe(file, argv, environ);
+}
+
+/* The execl family's arguments as an argv, up to its NULL; then *rest
+ * holds what follows it (execle's envp). */
+#define LIST_ARGV(first, argv, rest_type, rest) \
+    do { \
+        va_list ap; \
+        size_t n = 1; \
+        va_start(ap, first); \
+        while (va_arg(ap, const char *)) \
+            n++; \
+        va_end(ap); \
+        argv = __builtin_alloca((n + 1) * sizeof *argv); \
+        argv[0] = (char *)(first); \
+        va_start(ap, first); \
+        for (size_t i = 1; i <= n; i++) \
+            argv[i] = va_arg(ap, char *); \
+        rest = va_arg(ap, rest_type); \
+        va_end(ap); \
+    } while (0)
+
+EXPORT int execl(const char *path, const char *arg, ...)
+{
+    char **argv;
+    char *const *unused;
+    LIST_ARGV(arg, argv, char *const *, unused);
+    (void)unused;
+    return execve(path, argv, environ);
+}
+
+EXPORT int execlp(const char *file, const char *arg, ...)
+{
+    char **argv;
+    char *const *unused;
+    LIST_ARGV(arg, argv, char *const *, unused);
+    (void)unused;
+    return execvpe(file, argv, environ);
+}
+
+EXPORT int execle(const char *path, const char *arg, ...)
+{
+    char **argv;
+    char *const *envp;
+    LIST_ARGV(arg, argv, char *const *, envp);
+    return execve(path, argv, envp);
 }

@@ -29,6 +29,9 @@ struct mt_real {
                           void *(*)(void *), void *);
     int (*dlclose)(void *);
     void (*_exit)(int);
+    int (*execve)(const char *, char *const[], char *const[]);
+    int (*execvpe)(const char *, char *const[], char *const[]);
+    int (*fexecve)(int, char *const[], char *const[]);
 };
 
 extern struct mt_real mt_real;

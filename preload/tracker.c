@@ -29,6 +29,7 @@
 #include "pystack.h"
 #include "pythread.h"
 #include "real.h"
+#include "environ.h"
 #include "tracker.h"
 
 #define MT_MAX_PY 2048
@@ -1521,6 +1522,11 @@ static void start_once(void)
 __attribute__((constructor)) static void mt_setup(void)
 {
     start_once();
+    /* Children that are not followed start as they would without memtap. */
+    Dl_info me;
+    if (active && shm && !(shm->flags & MT_SHMF_FOLLOW_FORK) &&
+        dladdr((void *)mt_setup, &me) && me.dli_fname)
+        mt_environ_hide(MT_ENV_SHM, me.dli_fname);
 }
 
 /* The Python API (memtap.Tracker) loads the shim at run time: these start

@@ -143,18 +143,31 @@ def test_a_program_without_the_shim_is_said(tmp_path):
         "recorded"], \
         proc.stderr
 
+    # the program execs a static one (that lives long enough to be seen):
+    # said, and nothing after recorded
+    src.write_text("#include <stdlib.h>\n#include <unistd.h>\n"
+                   "int main(void) { usleep(300000); return malloc(100) ? 5 : 6; }\n")
+    subprocess.run(["cc", "-static", "-o", str(exe), str(src)], check=True)
+    launcher = write_exec(tmp_path / "launch-static", "#!/bin/sh\nexec %s\n" % exe)
+    proc = subprocess.run([str(MEMTAP), "run", "-q", "-o", str(out), "-f", str(launcher)],
+                          cwd=tmp_path, capture_output=True, env=clean_env(), timeout=120)
+    assert proc.returncode == 5
+    assert memtap_lines(proc) == [
+        "memtap: the program exec'd '%s', which runs without memtap's shim (LD_PRELOAD "
+        "replaced, a statically linked or setuid program): not recorded from there on"
+        % exe], proc.stderr
+
+    # a launcher that empties LD_PRELOAD before it execs: the shim comes
+    # back with the exec (memtap's variables are the process's, not the
+    # environment's its program builds), and the capture goes on
     script = tmp_path / "big.py"
     script.write_text("import time\n" + BIG + "time.sleep(0.3)\n")
     launcher = write_exec(tmp_path / "launch", "#!/bin/sh\nexport LD_PRELOAD=\n"
                           "exec %s %s\n" % (DEFAULT_PYTHON, script))
     proc, stats = run(tmp_path, [launcher])
     assert proc.stdout == b"done %d\n" % (30 * 2**20)
-    real = os.path.realpath(DEFAULT_PYTHON)
-    assert memtap_lines(proc) == [
-        "memtap: the program exec'd '%s', which runs without memtap's shim (LD_PRELOAD "
-        "replaced, a statically linked or setuid program): not recorded from there on"
-        % real], proc.stderr
-    assert stats["peak_memory_bytes"] < 30 * 2**20
+    assert memtap_lines(proc) == [], proc.stderr  # -q: the exec is not news
+    assert_location(stats, script.name, line_of(BIG, "big") + 1, 30 * 2**20 + 1)
     # the usual case says nothing of the kind
     proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, script])
     assert memtap_lines(proc) == [], proc.stderr
@@ -406,3 +419,39 @@ def test_the_capture_names_the_program_the_process_became(tmp_path):
         proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, *mode, script])
         assert stats["command"].endswith(" -c b = bytearray(3 * 2**20) x y"), stats["command"]
         assert not stats["command"].endswith("prog.py")
+
+
+ENVIRONMENT = """\
+import os, subprocess, sys
+print(sorted(k for k in os.environ if "PRELOAD" in k or "MEMTAP" in k))
+# a child through fork and exec, one through posix_spawn (os.system), and
+# a bash, which has setenv and getenv of its own
+subprocess.run(["env"], check=True)
+os.system("env | sort | grep -c . >/dev/null; echo system $?")
+subprocess.run(["bash", "-c", 'echo "bash [$LD_PRELOAD]"; env | grep -c MEMTAP_SHM'])
+sys.stdout.flush()
+keep = bytearray(3 * 2**20)  # @keep
+if len(sys.argv) == 1:  # the program itself execs: recorded on, and clean
+    os.execv(sys.executable, [sys.executable, __file__, "again"])
+"""
+
+
+@pytest.mark.parametrize("preload", ["", "/lib/x86_64-linux-gnu/libz.so.1"],
+                         ids=["no-preload", "user-preload"])
+def test_children_and_the_program_see_the_environment_they_would(tmp_path, preload):
+    # Without --follow-fork nothing of memtap's reaches a child (an ASan
+    # program refuses a library preloaded before its runtime; `env` prints
+    # what it would), nor the program's own environment; a user's own
+    # LD_PRELOAD stays; the program's exec of another program is recorded.
+    script = tmp_path / "prog.py"
+    script.write_text(ENVIRONMENT)
+    env = clean_env({"LD_PRELOAD": preload} if preload else None)
+    plain = subprocess.run([DEFAULT_PYTHON, str(script)], cwd=tmp_path, env=env,
+                           capture_output=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, script], env=env)
+    assert proc.stdout == plain.stdout
+    assert b"MEMTAP_SHM" not in proc.stdout and b"libmemtap" not in proc.stdout
+    # the capture is the program the exec made, which the shim recorded
+    assert stats["command"].endswith("prog.py again"), stats["command"]
+    assert_location(stats, "prog.py", line_of(ENVIRONMENT, "keep"), 3 * 2**20 + 1)

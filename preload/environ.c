@@ -1,0 +1,139 @@
+/* The two environment variables memtap run gives the program (LD_PRELOAD
+ * naming the shim, MEMTAP_SHM naming the transport), kept out of the
+ * program's sight when its children are not followed: a child must start
+ * as it would without memtap (an ASan program refuses a preloaded library
+ * before its runtime; `env` must print what it would). The program itself
+ * gets them back when it execs another program: the capture goes on there. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "environ.h"
+#include "real.h"
+
+extern char **environ;
+
+static int hidden;
+static pid_t owner;            /* the process whose exec keeps them */
+static char shm_entry[256];    /* "MEMTAP_SHM=..." */
+static char self_path[4096];   /* the shim, as LD_PRELOAD named it */
+
+/* The LD_PRELOAD entries of list (':' or ' ' apart) but self_path, into
+ * out (cap bytes). @return 1 when self_path was among them. */
+static int without_self(const char *list, char *out, size_t cap)
+{
+    size_t self = strlen(self_path), n = 0;
+    int found = 0;
+    out[0] = 0;
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ": ");
+        if (len == self && !memcmp(p, self_path, len) && !found) {
+            found = 1;
+        } else if (len && n + len + 2 < cap) {
+            if (n)
+                out[n++] = ':';
+            memcpy(out + n, p, len);
+            n += len;
+            out[n] = 0;
+        }
+        p += len;
+        p += *p != 0;
+    }
+    return found;
+}
+
+/* environ's entry for name, or NULL. The program's own getenv and
+ * setenv may be its own (bash has them, working on its variables once it
+ * runs): environ is read and replaced directly. */
+static char **entry(const char *name)
+{
+    size_t len = strlen(name);
+    for (char **e = environ; e && *e; e++)
+        if (!strncmp(*e, name, len) && (*e)[len] == '=')
+            return e;
+    return NULL;
+}
+
+void mt_environ_hide(const char *shm_name, const char *shim_path)
+{
+    char **shm = entry(shm_name), **pre = entry("LD_PRELOAD");
+    char rest[4096];
+    if (!shm || !pre || strlen(*shm) >= sizeof shm_entry ||
+        strlen(shim_path) >= sizeof self_path || strlen(*pre) >= sizeof rest)
+        return;
+    strcpy(self_path, shim_path);
+    if (!without_self(*pre + 11, rest, sizeof rest))
+        return;  /* not preloaded by name: leave the environment alone */
+    strcpy(shm_entry, *shm);
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    /* A new array (the old one may be the kernel's, on the stack); the
+     * program may free or replace it as it likes. */
+    size_t bytes = (n + 1) * sizeof(char *) + 11 + strlen(rest) + 1;
+    char **env = mt_raw_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (env == MAP_FAILED)
+        return;
+    char *line = (char *)(env + n + 1);
+    strcpy(line, "LD_PRELOAD=");
+    strcat(line, rest);
+    size_t k = 0;
+    for (char **e = environ; *e; e++) {
+        if (e == shm)
+            continue;
+        if (e == pre) {
+            if (rest[0])
+                env[k++] = line;
+            continue;
+        }
+        env[k++] = *e;
+    }
+    env[k] = NULL;
+    environ = env;
+    owner = getpid();
+    hidden = 1;
+}
+
+char *const *mt_environ_for_exec(char *const envp[])
+{
+    if (!hidden || getpid() != owner)
+        return envp;
+    size_t n = 0, pre = (size_t)-1;
+    size_t shm_name = (size_t)(strchr(shm_entry, '=') - shm_entry) + 1;
+    for (; envp && envp[n]; n++)
+        if (!strncmp(envp[n], "LD_PRELOAD=", 11))
+            pre = n;
+    /* Mapped, not allocated: nothing here may call the hooks, and the
+     * exec replaces this memory anyway (a failed one leaks a little). */
+    size_t old = pre != (size_t)-1 ? strlen(envp[pre]) : 0;
+    size_t bytes = (n + 3) * sizeof(char *) + 11 + strlen(self_path) + 1 + old + 1;
+    char **out = mt_raw_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (out == MAP_FAILED)
+        return envp;
+    char *line = (char *)(out + n + 3);
+    strcpy(line, "LD_PRELOAD=");
+    strcat(line, self_path);
+    if (old > 11) {
+        strcat(line, ":");
+        strcat(line, envp[pre] + 11);
+    }
+    /* LD_PRELOAD where it was, the rest after, as setenv puts them: the
+     * next program's environment, once it has hidden them again, is in
+     * the order the program gave. */
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == pre)
+            out[k++] = line;
+        else if (strncmp(envp[i], shm_entry, shm_name))
+            out[k++] = envp[i];
+    if (pre == (size_t)-1)
+        out[k++] = line;
+    out[k++] = shm_entry;
+    out[k] = NULL;
+    return out;
+}
