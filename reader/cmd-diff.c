@@ -102,6 +102,19 @@ static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
     mt_rows_release(&rows);
     if (*n > 1)
         qsort(out, *n, sizeof *out, cmp_side);
+    /* One row per key: an inline function of one header compiled into two
+     * libraries is two locations of the report but one (function, file,
+     * line), which is all a row of the other capture can be paired by. */
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < *n; i++) {
+        if (m && !cmp_side(&out[m - 1], &out[i])) {
+            out[m - 1].bytes += out[i].bytes;
+            out[m - 1].count += out[i].count;
+        } else {
+            out[m++] = out[i];
+        }
+    }
+    *n = m;
     return out;
 }
 

@@ -143,3 +143,33 @@ def test_diff_takes_files_after_a_double_dash(captures, tmp_path):
     assert proc.returncode == 0, proc.stderr
     extra = rows_of(script, json.loads(proc.stdout))[line_of(PROG, "extra")]
     assert extra["change_bytes"] == 10 * 2**20 + 1, extra
+
+
+def test_one_location_in_two_libraries(tmp_path):
+    """An inline function of one header, compiled into two libraries, is one
+    location (function, file, line) to diff: its rows are summed on each
+    side, not paired across the libraries in whatever order they came."""
+    (tmp_path / "hdr.h").write_text(
+        "#include <stdlib.h>\nstatic inline void *grab(size_t n) { return malloc(n); }\n")
+    for lib in "ab":
+        (tmp_path / ("%s.c" % lib)).write_text(
+            '#include "hdr.h"\nvoid *volatile s%s;\n'
+            "void %s_f(size_t n) { s%s = grab(n); }\n" % (lib, lib, lib))
+        subprocess.run(["cc", "-g", "-O0", "-shared", "-fPIC", "-o",
+                        str(tmp_path / ("lib%s.so" % lib)), str(tmp_path / ("%s.c" % lib))],
+                       check=True)
+    (tmp_path / "m.c").write_text(
+        "#include <stdlib.h>\nvoid a_f(size_t); void b_f(size_t);\n"
+        "int main(int c, char **v) { a_f(atoi(v[1])); b_f(atoi(v[2])); return 0; }\n")
+    subprocess.run(["cc", "-g", "-O0", "-o", str(tmp_path / "m"), str(tmp_path / "m.c"),
+                    "-L" + str(tmp_path), "-la", "-lb", "-Wl,-rpath," + str(tmp_path)],
+                   check=True)
+    caps = []
+    for name, args in (("before.bin", ["100", "50"]), ("after.bin", ["10", "160"])):
+        proc = memtap_run(["-q", "-o", tmp_path / name, "./m", *args], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        caps.append(tmp_path / name)
+    doc = json.loads(diff(*caps, "--leaks", "--json").stdout)
+    rows = [r for r in doc["rows"] if r["file"] == str(tmp_path / "hdr.h")]
+    assert [(r["line"], r["before_bytes"], r["after_bytes"], r["change_bytes"])
+            for r in rows] == [(2, 150, 170, 20)], rows
