@@ -77,9 +77,8 @@ static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
     struct mt_rows rows = {0};
     uint32_t ng;
     const uint32_t *order = mt_report_sorted_groups(r, &ng);
-    const struct mt_analysis *a = mt_report_analysis(r);
     for (uint32_t i = 0; i < ng; i++) {
-        const struct mt_group *g = &a->groups[order[i]];
+        const struct mt_group *g = mt_report_group(r, order[i]);
         const uint32_t *stack;
         int depth = mt_report_stack(r, g, &stack);
         if (mt_rows_add(&rows, stack, depth, mt_report_bytes(r, g), mt_report_count(r, g)))

@@ -74,7 +74,7 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
         putc('\n', f);
     }
     for (uint32_t i = 0; i < ng; i++) {
-        const struct mt_group *g = &a->groups[order[i]];
+        const struct mt_group *g = mt_report_group(r, order[i]);
         uint64_t bytes = mt_report_bytes(r, g);
         if (!bytes) continue;
         const uint32_t *stack;
@@ -116,7 +116,8 @@ static void write_speedscope(struct mt_report *r, FILE *f)
     /* thread indices in groups: 0 .. nthr-1 (all 0 when not split) */
     uint32_t nthr = 1;
     for (uint32_t i = 0; o->split_threads && i < ng; i++)
-        if (a->groups[order[i]].thread + 1 > nthr) nthr = a->groups[order[i]].thread + 1;
+        if (mt_report_group(r, order[i])->thread + 1 > nthr)
+            nthr = mt_report_group(r, order[i])->thread + 1;
     char name[256];
 
     /* resolve every stack first so that every location has an id */
@@ -124,7 +125,7 @@ static void write_speedscope(struct mt_report *r, FILE *f)
     if (!st) { fputs("memtap: out of memory\n", stderr); exit(1); }
     for (uint32_t i = 0; i < ng; i++) {
         const uint32_t *stack;
-        int depth = mt_report_stack(r, &a->groups[order[i]], &stack);
+        int depth = mt_report_stack(r, mt_report_group(r, order[i]), &stack);
         st[i].ids = malloc(sizeof *st[i].ids * (size_t)depth);
         if (!st[i].ids) { fputs("memtap: out of memory\n", stderr); exit(1); }
         memcpy(st[i].ids, stack, sizeof *stack * (size_t)depth);
@@ -159,7 +160,7 @@ static void write_speedscope(struct mt_report *r, FILE *f)
         uint64_t sum = 0;
         int any = 0;
         for (uint32_t i = 0; i < ng; i++) {
-            const struct mt_group *g = &a->groups[order[i]];
+            const struct mt_group *g = mt_report_group(r, order[i]);
             if (o->split_threads && g->thread != t) continue;
             sum += mt_report_bytes(r, g);
             any = 1;
@@ -185,7 +186,7 @@ static void write_speedscope(struct mt_report *r, FILE *f)
                 (unsigned long long)profs[p].sum);
         int first = 1;
         for (uint32_t i = 0; i < ng; i++) {
-            const struct mt_group *g = &a->groups[order[i]];
+            const struct mt_group *g = mt_report_group(r, order[i]);
             if (o->split_threads && g->thread != tindex) continue;
             fputs(first ? "[" : ",\n[", f);
             first = 0;
@@ -196,7 +197,7 @@ static void write_speedscope(struct mt_report *r, FILE *f)
         fputs("],\n\"weights\": [", f);
         first = 1;
         for (uint32_t i = 0; i < ng; i++) {
-            const struct mt_group *g = &a->groups[order[i]];
+            const struct mt_group *g = mt_report_group(r, order[i]);
             if (o->split_threads && g->thread != tindex) continue;
             fprintf(f, "%s%llu", first ? "" : ",", (unsigned long long)mt_report_bytes(r, g));
             first = 0;
@@ -211,14 +212,13 @@ static void write_speedscope(struct mt_report *r, FILE *f)
 
 static void write_csv(struct mt_report *r, FILE *f)
 {
-    const struct mt_analysis *a = mt_report_analysis(r);
     uint32_t ng;
     const uint32_t *order = mt_report_sorted_groups(r, &ng);
     char buf[4096], al[256];
 
     fputs("thread,bytes,count,allocators,function,file,line,stack\n", f);
     for (uint32_t i = 0; i < ng; i++) {
-        const struct mt_group *g = &a->groups[order[i]];
+        const struct mt_group *g = mt_report_group(r, order[i]);
         const uint32_t *stack;
         int depth = mt_report_stack(r, g, &stack);
         const struct mt_loc *leaf = mt_report_loc(r, stack[0]);

@@ -160,14 +160,15 @@ int cmd_summary(int argc, char **argv)
     /* one set of rows per thread when split (a single one otherwise) */
     uint32_t ng;
     const uint32_t *order = mt_report_sorted_groups(r, &ng);
-    const struct mt_analysis *a = mt_report_analysis(r);
     uint32_t nsets = 1;
-    for (uint32_t i = 0; i < ng; i++)
-        if (a->groups[order[i]].thread + 1 > nsets) nsets = a->groups[order[i]].thread + 1;
+    for (uint32_t i = 0; i < ng; i++) {
+        const struct mt_group *g = mt_report_group(r, order[i]);
+        if (g->thread + 1 > nsets) nsets = g->thread + 1;
+    }
     struct mt_rows *sets = calloc(nsets, sizeof *sets);
     if (!sets) { fputs("memtap: out of memory\n", stderr); exit(1); }
     for (uint32_t i = 0; i < ng; i++) {
-        const struct mt_group *g = &a->groups[order[i]];
+        const struct mt_group *g = mt_report_group(r, order[i]);
         const uint32_t *stack;
         int depth = mt_report_stack(r, g, &stack);
         if (mt_rows_add(&sets[g->thread], stack, depth, mt_report_bytes(r, g),

@@ -34,7 +34,6 @@ static int fill(FILE *f, const char *name, void *arg)
 {
     struct tbl *t = arg;
     struct mt_report *r = t->r;
-    const struct mt_analysis *a = mt_report_analysis(r);
     char buf[64];
 
     if (!strcmp(name, "TITLE")) {
@@ -55,7 +54,8 @@ static int fill(FILE *f, const char *name, void *arg)
     }
     uint32_t maxthread = 0;
     for (uint32_t i = 0; i < ng; i++)
-        if (a->groups[order[i]].thread > maxthread) maxthread = a->groups[order[i]].thread;
+        if (mt_report_group(r, order[i])->thread > maxthread)
+            maxthread = mt_report_group(r, order[i])->thread;
     fputs("],\n\"threads\": [", f);
     for (uint32_t k = 0; k <= maxthread; k++) {
         if (k) putc(',', f);
@@ -64,14 +64,14 @@ static int fill(FILE *f, const char *name, void *arg)
     fputs("],\n\"stacks\": [", f);
     for (uint32_t i = 0; i < ng; i++) {
         const uint32_t *stack;
-        int depth = mt_report_stack(r, &a->groups[order[i]], &stack);
+        int depth = mt_report_stack(r, mt_report_group(r, order[i]), &stack);
         fputs(i ? ",[" : "[", f);
         for (int d = 0; d < depth; d++) fprintf(f, "%s%u", d ? "," : "", stack[d]);
         putc(']', f);
     }
     fputs("],\n\"rows\": [", f);
     for (uint32_t i = 0; i < ng; i++) {
-        const struct mt_group *g = &a->groups[order[i]];
+        const struct mt_group *g = mt_report_group(r, order[i]);
         fprintf(f, "%s%u,%llu,%llu,%u", i ? "," : "", g->thread,
                 (unsigned long long)mt_report_bytes(r, g),
                 (unsigned long long)mt_report_count(r, g), g->allocators);

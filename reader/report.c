@@ -281,6 +281,7 @@ struct mt_report {
     struct mt_rframe *ipframes; uint32_t nipframes, ipframecap;
 
     uint32_t *sorted; uint32_t nsorted; int sorted_done;
+    struct mt_group *shown;     /* mt_report_sorted_groups' groups */
     uint64_t total_bytes; int total_done;
 
     const char *python_object;  /* object name used for the main program */
@@ -371,7 +372,7 @@ void mt_report_free(struct mt_report *r)
     mt_analysis_free(r->a);
     strtab_release(&r->strings);
     free(r->locs); free(r->lochash); free(r->ipc); free(r->ipframes);
-    free(r->sorted); free(r->nat); free(r->merged); free(r->stack);
+    free(r->sorted); free(r->shown); free(r->nat); free(r->merged); free(r->stack);
     free(r);
 }
 
@@ -408,8 +409,8 @@ uint64_t mt_report_total_bytes(const struct mt_report *r)
 static const struct mt_report *sort_ctx;
 static int cmp_groups(const void *x, const void *y)
 {
-    const struct mt_group *g = &sort_ctx->a->groups[*(const uint32_t *)x];
-    const struct mt_group *h = &sort_ctx->a->groups[*(const uint32_t *)y];
+    const struct mt_group *g = &sort_ctx->shown[*(const uint32_t *)x];
+    const struct mt_group *h = &sort_ctx->shown[*(const uint32_t *)y];
     uint64_t a = mt_report_bytes(sort_ctx, g), b = mt_report_bytes(sort_ctx, h);
     if (a != b) return a > b ? -1 : 1;
     a = mt_report_count(sort_ctx, g); b = mt_report_count(sort_ctx, h);
@@ -417,14 +418,70 @@ static int cmp_groups(const void *x, const void *y)
     return *(const uint32_t *)x < *(const uint32_t *)y ? -1 : 1;
 }
 
+static void group_add(struct mt_group *to, const struct mt_group *g)
+{
+    to->allocators |= g->allocators;
+    to->total_bytes += g->total_bytes; to->total_count += g->total_count;
+    to->peak_bytes += g->peak_bytes; to->peak_count += g->peak_count;
+    to->end_bytes += g->end_bytes; to->end_count += g->end_count;
+    to->temp_bytes += g->temp_bytes; to->temp_count += g->temp_count;
+}
+
+/* The analysis's groups with a non-zero metric into r->shown, those whose
+ * stacks print alike (and are of one thread) as one: return addresses
+ * that resolve to the same frames (64 calls of malloc from one macro, a
+ * code object announced again) are one stack to every report.
+ * @return how many. */
+static uint32_t groups_merge(struct mt_report *r)
+{
+    uint32_t ng = r->a->ngroups, n = 0, cap = 16;
+    while (cap < 2 * ng + 2) cap *= 2;
+    struct slot { uint64_t hash; uint32_t group, at, depth; } *tab = calloc(cap, sizeof *tab);
+    uint32_t *pool = NULL;
+    size_t used = 0, pcap = 0;
+    r->shown = xrealloc(NULL, (ng + 1) * sizeof *r->shown);
+    if (!tab) die("out of memory");
+    for (uint32_t i = 0; i < ng; i++) {
+        const struct mt_group *g = &r->a->groups[i];
+        if (!mt_report_bytes(r, g) && !mt_report_count(r, g))
+            continue;
+        const uint32_t *stack;
+        uint32_t depth = (uint32_t)mt_report_stack(r, g, &stack);
+        uint64_t h = mix64(g->thread + 1);
+        for (uint32_t d = 0; d < depth; d++)
+            h = mix64(h ^ stack[d]);
+        uint32_t j = (uint32_t)h & (cap - 1);
+        for (; tab[j].depth; j = (j + 1) & (cap - 1)) {
+            const struct mt_group *s = &r->shown[tab[j].group];
+            if (tab[j].hash == h && tab[j].depth == depth && s->thread == g->thread &&
+                !memcmp(pool + tab[j].at, stack, depth * sizeof *stack))
+                break;
+        }
+        if (tab[j].depth) {
+            group_add(&r->shown[tab[j].group], g);
+            continue;
+        }
+        if (used + depth > pcap) {
+            pcap = (used + depth) * 2;
+            pool = xrealloc(pool, pcap * sizeof *pool);
+        }
+        memcpy(pool + used, stack, depth * sizeof *stack);
+        tab[j] = (struct slot){h, n, (uint32_t)used, depth};
+        used += depth;
+        r->shown[n++] = *g;
+    }
+    free(tab);
+    free(pool);
+    return n;
+}
+
 const uint32_t *mt_report_sorted_groups(struct mt_report *r, uint32_t *n)
 {
     if (!r->sorted_done) {
-        r->sorted = xrealloc(NULL, (r->a->ngroups + 1) * sizeof *r->sorted);
-        r->nsorted = 0;
-        for (uint32_t i = 0; i < r->a->ngroups; i++)
-            if (mt_report_bytes(r, &r->a->groups[i]) || mt_report_count(r, &r->a->groups[i]))
-                r->sorted[r->nsorted++] = i;
+        r->nsorted = groups_merge(r);
+        r->sorted = xrealloc(NULL, (r->nsorted + 1) * sizeof *r->sorted);
+        for (uint32_t i = 0; i < r->nsorted; i++)
+            r->sorted[i] = i;
         sort_ctx = r;
         if (r->nsorted > 1)
             qsort(r->sorted, r->nsorted, sizeof *r->sorted, cmp_groups);
@@ -432,6 +489,11 @@ const uint32_t *mt_report_sorted_groups(struct mt_report *r, uint32_t *n)
     }
     *n = r->nsorted;
     return r->sorted;
+}
+
+const struct mt_group *mt_report_group(const struct mt_report *r, uint32_t id)
+{
+    return &r->shown[id];
 }
 
 /* ---- locations ------------------------------------------------------------------ */
@@ -1297,7 +1359,7 @@ int mt_report_build_tree(struct mt_report *r, struct mt_tree *t,
     if (!order) order = mt_report_sorted_groups(r, &n);
     if (mt_tree_init(t)) return -1;
     for (uint32_t i = 0; i < n; i++) {
-        const struct mt_group *g = &r->a->groups[order[i]];
+        const struct mt_group *g = mt_report_group(r, order[i]);
         const uint32_t *stack;
         int depth = mt_report_stack(r, g, &stack);
         if ((uint32_t)depth + 1 > cap) {

@@ -86,9 +86,13 @@ uint64_t mt_report_count(const struct mt_report *r, const struct mt_group *g);
 /* Sum of mt_report_bytes over all groups. */
 uint64_t mt_report_total_bytes(const struct mt_report *r);
 
-/* Group indices with a non-zero metric, sorted by bytes, biggest first.
- * *n gets how many. The array belongs to r. */
+/* The stacks a report shows, as group ids for mt_report_group, biggest
+ * (bytes, then count) first: the analysis's groups with a non-zero metric,
+ * those whose stacks print alike (and, split, of one thread) summed into
+ * one. *n gets how many. The array belongs to r. */
 const uint32_t *mt_report_sorted_groups(struct mt_report *r, uint32_t *n);
+/* The group of id (from mt_report_sorted_groups), valid as long as r. */
+const struct mt_group *mt_report_group(const struct mt_report *r, uint32_t id);
 
 /* ---- locations and stacks ---------------------------------------------------- */
 

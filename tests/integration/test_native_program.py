@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -514,3 +515,44 @@ def test_mapping_cut_in_pieces_keeps_its_count(memtap, tmp_path):
     native_run(memtap, tmp_path, out, exe)
     mine = leaks_in(memtap, out, "pieces.c")
     assert mine == [(line_of(PIECES_C, "map"), 4 * 4096, 1)], mine
+
+
+ONE_LINE_MANY_CALLS = """\
+#include <pthread.h>
+#include <stdlib.h>
+#define NI __attribute__((noinline))
+void *volatile sink[64];
+#define A8(x) x x x x x x x x
+NI void many_sites(void) { int i = 0; A8(A8(sink[i++] = malloc(16);)) }  /* @many */
+NI void one_site(void) { sink[0] = malloc(600); }
+NI void *worker(void *a) { sink[1] = malloc(400); return a; }
+int main(void) {
+    many_sites();
+    one_site();
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) pthread_create(&t[i], 0, worker, 0);
+    for (int i = 0; i < 3; i++) pthread_join(t[i], 0);
+    return 0;
+}
+"""
+
+
+def test_return_addresses_that_print_alike_are_one_stack(tmp_path, memtap):
+    # 64 calls of malloc on one line (a macro) have 64 return addresses and
+    # one printed stack: tree, the exports and the table show and count it
+    # once, with its 64 allocations, and rank it by its 1 KiB (it used to
+    # be 64 stacks of 16 B, left out of `tree -n 2`)
+    exe = compile_c(tmp_path, "many", ONE_LINE_MANY_CALLS, "-pthread")
+    cap = tmp_path / "c.bin"
+    native_run(memtap, tmp_path, cap, exe)
+    line = line_of(ONE_LINE_MANY_CALLS, "many")
+    assert [r for r in leaks_in(memtap, cap, "many.c") if r[0] == line] == [(line, 1024, 64)]
+    tree = subprocess.run([str(memtap), "tree", "--leaks", "-n", "2", str(cap)],
+                          capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    assert "many_sites" in tree and "1.00 KiB (" in tree and "64 allocations" in tree, tree
+    stacks = int(re.search(r" in (\d+) stacks", tree).group(1))
+    collapsed = subprocess.run([str(memtap), "export", "--leaks", "--format", "collapsed",
+                                str(cap)], capture_output=True, text=True, timeout=TIMEOUT,
+                               check=True).stdout.splitlines()
+    names = [l.rsplit(" ", 1)[0] for l in collapsed]
+    assert len(names) == len(set(names)) == stacks, collapsed
