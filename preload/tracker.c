@@ -684,7 +684,10 @@ static void thread_end(void *arg)
     if (++t->end_rounds < PTHREAD_DESTRUCTOR_ITERATIONS &&
         pthread_setspecific(thread_key, t) == 0)
         return;
-    mt_self = MT_GONE;
+    /* What the thread does after the last round (a main thread that left
+     * by pthread_exit runs the program's atexit handlers when the last
+     * thread ends) goes through the shared state. */
+    mt_self = MT_SHARED;
     atomic_store_explicit(&shm->slots[t->slot].state, MT_SLOT_CLOSED,
                           memory_order_release);
     thread_free(t);

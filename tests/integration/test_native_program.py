@@ -556,3 +556,30 @@ def test_return_addresses_that_print_alike_are_one_stack(tmp_path, memtap):
                                check=True).stdout.splitlines()
     names = [l.rsplit(" ", 1)[0] for l in collapsed]
     assert len(names) == len(set(names)) == stacks, collapsed
+
+
+MAIN_LEAVES_FIRST = """\
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void *worker(void *a) { void *w = malloc(1000); usleep(100000); return w; }  /* @worker */
+static void at_end(void) { volatile char *p = malloc(1234567); p[0] = 1; }  /* @at_end */
+int main(void) {
+    atexit(at_end);
+    pthread_t t;
+    pthread_create(&t, 0, worker, 0);
+    pthread_exit(0);  /* the process ends when worker returns: exit(0) on its thread */
+}
+"""
+
+
+def test_atexit_on_a_thread_that_has_ended(tmp_path, memtap):
+    # main leaves by pthread_exit: the last thread's end runs exit(), and
+    # the atexit handlers, after that thread's own teardown; what they
+    # allocate is recorded (it was dropped)
+    exe = compile_c(tmp_path, "pexit", MAIN_LEAVES_FIRST, "-pthread")
+    cap = tmp_path / "c.bin"
+    native_run(memtap, tmp_path, cap, exe)
+    got = leaks_in(memtap, cap, "pexit.c")
+    assert got == sorted([(line_of(MAIN_LEAVES_FIRST, "worker"), 1000, 1),
+                          (line_of(MAIN_LEAVES_FIRST, "at_end"), 1234567, 1)]), got
