@@ -1160,6 +1160,16 @@ void mt_thread_create_failed(mt_start_routine fn, void *arg)
 
 /* ---- set-up ---------------------------------------------------------- */
 
+/* Maps a transport. Left out of core dumps: a crashing program's core
+ * would be 256 MiB of rings bigger. */
+static void *transport_map(int fd)
+{
+    void *p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED)
+        syscall(SYS_madvise, p, MT_SHM_BYTES, MADV_DONTDUMP);
+    return p;
+}
+
 /* Sends note and the transport's memfd to the collector's socket. A full
  * queue is waited for (up to ~1 s: a collector that stopped reading must not
  * hold the child up); a collector that is gone refuses at once.
@@ -1240,8 +1250,7 @@ static struct mt_shm *transport_own(const struct mt_shm *from, int own_program)
     if (fd >= 0) {
         void *p = MAP_FAILED;
         if (ftruncate(fd, (off_t)MT_SHM_BYTES) == 0)
-            p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED,
-                            fd, 0);
+            p = transport_map(fd);
         if (p != MAP_FAILED) {
             s = p;
             mt_shm_init(s, from->flags, from->collector_pid);
@@ -1377,8 +1386,7 @@ static struct mt_shm *attach(int *exec_of, int *spawned)
         close(shm_fd);
         return NULL;
     }
-    void *p = mt_raw_mmap(NULL, MT_SHM_BYTES, PROT_READ | PROT_WRITE,
-                          MAP_SHARED, shm_fd, 0);
+    void *p = transport_map(shm_fd);
     close(shm_fd);
     if (p == MAP_FAILED) {  /* ours, but no room: a ulimit -v */
         say("memtap: cannot map memtap's rings into this program; it is not recorded\n");

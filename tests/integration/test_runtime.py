@@ -990,3 +990,21 @@ def test_a_code_object_born_where_another_died(tmp_path, run_memtap, python, mod
         [("task_%d.py" % i, i + 1, "<module>", 1000000 * (i + 1) + 1) for i in range(3)] +
         [("generated.py", 5 + 3 * i, "<module>", 100000 * (i + 1) + 1) for i in range(4)] +
         [("prog.py", line, "name%d" % i, 10000 * (i + 1) + 1) for i in range(3)]), got
+
+
+RINGS_IN_A_CORE = """\
+import re
+flags, cur = [], None
+for line in open("/proc/self/smaps"):
+    if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+        cur = line
+    elif line.startswith("VmFlags:") and cur and "memfd:memtap" in cur:
+        flags.append("dd" in line.split())
+print(flags)
+"""
+
+
+def test_the_rings_stay_out_of_a_core_dump(tmp_path, run_memtap):
+    # a crashing program's core would otherwise be 256 MiB of rings bigger
+    proc, _ = run_memtap(tmp_path, RINGS_IN_A_CORE, stats=False)
+    assert proc.stdout == b"[True]\n", proc.stdout
