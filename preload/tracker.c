@@ -1237,12 +1237,12 @@ static size_t command_line(char *buf, size_t cap)
     return n;
 }
 
-/* A transport of this process's own, with the options and collector of
- * from, announced to the collector (with our command line when we run
+/* A transport of this process's own, with the options (flags) and
+ * collector of the one it came from, announced to the collector (with our command line when we run
  * another program than the process that made from); the caller sets it
  * ready. @return it, or NULL: said on stderr, unless the collector has
  * finished (the session is over: nothing to follow). */
-static struct mt_shm *transport_own(const struct mt_shm *from, int own_program)
+static struct mt_shm *transport_own(uint32_t flags, int32_t collector_pid, int own_program)
 {
     struct mt_shm *s = NULL;
     int rc = -1;
@@ -1253,7 +1253,7 @@ static struct mt_shm *transport_own(const struct mt_shm *from, int own_program)
             p = transport_map(fd);
         if (p != MAP_FAILED) {
             s = p;
-            mt_shm_init(s, from->flags, from->collector_pid);
+            mt_shm_init(s, flags, collector_pid);
             s->producer_pid = getpid();
             struct mt_fork_note note = {getpid(), getppid()};
             char command[MT_FORK_COMMAND_MAX];
@@ -1288,12 +1288,11 @@ static void fork_child(void)
         shared_thread = NULL;  /* left mapped: not ours to free here */
         return;  /* a fork after memtap_stop or a failure: not followed */
     }
-    struct mt_shm *s = transport_own(shm, 0);
-    if (!s)
-        return;
-    memcpy(s->python_version, shm->python_version, sizeof s->python_version);
-    memcpy(s->program_exe, shm->program_exe, sizeof s->program_exe);
-    atomic_store(&s->ready, 1);
+    uint32_t flags = shm->flags;
+    int32_t collector = shm->collector_pid;
+    char version[sizeof shm->python_version], exe[sizeof shm->program_exe];
+    memcpy(version, shm->python_version, sizeof version);
+    memcpy(exe, shm->program_exe, sizeof exe);
     struct mt_thread *t = mt_self;
     if ((uintptr_t)t > (uintptr_t)MT_SHARED) {
         pthread_setspecific(thread_key, NULL);
@@ -1304,8 +1303,17 @@ static void fork_child(void)
     if (shared_thread)  /* the parent's; its other threads are not here */
         thread_free(shared_thread);
     shared_thread = NULL;
+    /* First: two transports at once need room a ulimit -v may not leave. */
     mt_raw_munmap(shm, MT_SHM_BYTES);
+    struct mt_shm *s = transport_own(flags, collector, 0);
+    if (s) {
+        memcpy(s->python_version, version, sizeof s->python_version);
+        memcpy(s->program_exe, exe, sizeof s->program_exe);
+        atomic_store(&s->ready, 1);
+    }
     shm = s;
+    if (!s)
+        return;
     ended = 0;
     if (native)
         mt_native_objects_forget();  /* the child's capture lists them too */
@@ -1477,11 +1485,12 @@ static int start(void)
     if (spawned) {
         /* A program a child exec'd: recorded into a capture of its own, as
          * forked children are. */
-        struct mt_shm *own = transport_own(s, 1);
-        mt_raw_munmap(s, MT_SHM_BYTES);
-        if (!own)
+        uint32_t flags = s->flags;
+        int32_t collector = s->collector_pid;
+        mt_raw_munmap(s, MT_SHM_BYTES);  /* first: room for one under a ulimit -v */
+        s = transport_own(flags, collector, 1);
+        if (!s)
             return -1;
-        s = own;
     }
     if (exec_of) {
         /* The old program's description of itself no longer holds. */

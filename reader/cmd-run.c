@@ -330,6 +330,18 @@ static int rlimit_make_room(void)
     return 0;
 }
 
+/* memtap's own address space is not the program's, which the limit is
+ * for: each child --follow-fork follows maps a transport of its own here.
+ * As far as the hard limit lets, after the program has its limit. */
+static void rlimit_own_room(void)
+{
+    struct rlimit as;
+    if (rlimit_raised && getrlimit(RLIMIT_AS, &as) == 0) {
+        as.rlim_cur = as.rlim_max;
+        setrlimit(RLIMIT_AS, &as);
+    }
+}
+
 /* A program run untracked has the limit it was given. */
 static void rlimit_restore(void)
 {
@@ -574,6 +586,7 @@ int cmd_run(int argc, char **argv)
     }
     close(go[0]);
     close(failed[1]);
+    rlimit_own_room();
     forward_pid = pid;
     signal(SIGTERM, forward);
     signal(SIGHUP, forward);

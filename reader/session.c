@@ -512,6 +512,12 @@ static void follow_accept(struct session *f)
         } else if (rc == MT_OK && (rc = session_capture_open(&cap, f->force)) != MT_OK) {
             mt_collector_free(cap.c);
         }
+        if (rc != MT_OK && !cap.path[0]) {
+            error("cannot record child %d: %s", (int)note.pid,
+                  rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
+            free(cap.command);
+            continue;
+        }
         if (rc != MT_OK) {
             error("cannot record child %d into '%s': %s", (int)note.pid,
                   cap.path, rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));

@@ -720,3 +720,34 @@ def test_a_reader_that_goes_away_early(tmp_path):
     assert traced == plain == (b"one\n", 1), (plain, traced)
     stats = memtap_stats(cap)
     assert stats["complete"] is True and stats["exit"] == {"code": 1}, stats
+
+
+FORKS_UNDER_A_LIMIT = """\
+import os, subprocess, sys
+pid = os.fork()
+if pid == 0:
+    keep = bytearray(3 * 2**20)  # @forked
+    os._exit(0)
+os.waitpid(pid, 0)
+subprocess.run([sys.executable, "-c", "keep = bytearray(5 * 2**20)"], check=True)
+"""
+
+
+def test_children_followed_under_a_soft_address_space_limit(tmp_path):
+    """Under `ulimit -S -v` each followed child maps a transport of its own
+    (no room for its parent's as well) and memtap one per child: both are
+    recorded, exactly (neither was, with 'cannot follow this child')."""
+    script = write_script(tmp_path, FORKS_UNDER_A_LIMIT)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (200 * 2**20, resource.RLIM_INFINITY))
+
+    proc = subprocess.run([str(MEMTAP), "run", "-q", "--follow-fork", "-o",
+                           str(tmp_path / "c.bin"), "--python", DEFAULT_PYTHON, str(script)],
+                          cwd=str(tmp_path), env=clean_env(), capture_output=True,
+                          timeout=TIMEOUT, preexec_fn=limit)
+    assert proc.returncode == 0 and said(proc) == [], describe(proc)
+    children = sorted(tmp_path.glob("c.*.bin"))
+    assert len(children) == 2, describe(proc)
+    found = sorted(max(r["bytes"] for r in memtap_stats(c)["top_locations"]) for c in children)
+    assert found == [3 * 2**20 + 1, 5 * 2**20 + 1], found
