@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <unistd.h>
@@ -56,6 +57,7 @@ void mt_real_resolve(void)
     R(aligned_alloc); R(memalign); R(valloc); R(pvalloc);
     R(mmap); R(mmap64); R(munmap); R(mremap); R(prctl); R(pthread_setname_np);
     R(pthread_create); R(_exit); R(dlclose); R(execve); R(execvpe); R(fexecve);
+    R(setrlimit); R(getrlimit); R(prlimit);
 #undef R
     __atomic_store_n(&mt_real.free, (void (*)(void *))dlsym(RTLD_NEXT, "free"),
                      __ATOMIC_RELEASE);
@@ -403,4 +405,85 @@ EXPORT int execle(const char *path, const char *arg, ...)
     char *const *envp;
     LIST_ARGV(arg, argv, char *const *, envp);
     return execve(path, argv, envp);
+}
+
+/* ---- the address space limit ----------------------------------------- */
+
+/* RLIMIT_AS as the program sets it, plus the shim's own mappings (which
+ * are there whatever the program asked for); as it reads it, without.
+ * memtap run set the limit the program starts with the same way. */
+static const struct rlimit *limit_in(int resource, const struct rlimit *rl,
+                                     struct rlimit *buf)
+{
+    uint64_t own = mt_own_address_space();
+    if (resource != RLIMIT_AS || !rl || !own)
+        return rl;
+    *buf = *rl;
+    if (buf->rlim_cur != RLIM_INFINITY)
+        buf->rlim_cur = buf->rlim_cur < RLIM_INFINITY - own ? buf->rlim_cur + own
+                                                            : RLIM_INFINITY;
+    if (buf->rlim_max != RLIM_INFINITY)
+        buf->rlim_max = buf->rlim_max < RLIM_INFINITY - own ? buf->rlim_max + own
+                                                            : RLIM_INFINITY;
+    return buf;
+}
+
+static void limit_out(int resource, struct rlimit *rl)
+{
+    uint64_t own = mt_own_address_space();
+    if (resource != RLIMIT_AS || !rl || !own)
+        return;
+    if (rl->rlim_cur != RLIM_INFINITY && rl->rlim_cur >= own)
+        rl->rlim_cur -= own;
+    if (rl->rlim_max != RLIM_INFINITY && rl->rlim_max >= own)
+        rl->rlim_max -= own;
+}
+
+EXPORT int setrlimit(__rlimit_resource_t resource, const struct rlimit *rl)
+{
+    struct rlimit buf;
+    mt_real_resolve();
+    return mt_real.setrlimit((int)resource, limit_in((int)resource, rl, &buf));
+}
+
+EXPORT int getrlimit(__rlimit_resource_t resource, struct rlimit *rl)
+{
+    mt_real_resolve();
+    int rc = mt_real.getrlimit((int)resource, rl);
+    if (rc == 0)
+        limit_out((int)resource, rl);
+    return rc;
+}
+
+EXPORT int prlimit(pid_t pid, __rlimit_resource_t resource, const struct rlimit *new,
+                   struct rlimit *old)
+{
+    struct rlimit buf;
+    mt_real_resolve();
+    int self = pid == 0 || pid == getpid();
+    int rc = mt_real.prlimit(pid, (int)resource,
+                             self ? limit_in((int)resource, new, &buf) : new, old);
+    if (rc == 0 && self)
+        limit_out((int)resource, old);
+    return rc;
+}
+
+/* The same functions under their 64-bit names: one layout on 64-bit
+ * systems, where glibc exports both. */
+_Static_assert(sizeof(struct rlimit) == sizeof(struct rlimit64), "rlimit64");
+
+EXPORT int setrlimit64(__rlimit_resource_t resource, const struct rlimit64 *rl)
+{
+    return setrlimit(resource, (const struct rlimit *)rl);
+}
+
+EXPORT int getrlimit64(__rlimit_resource_t resource, struct rlimit64 *rl)
+{
+    return getrlimit(resource, (struct rlimit *)rl);
+}
+
+EXPORT int prlimit64(pid_t pid, __rlimit_resource_t resource, const struct rlimit64 *new,
+                     struct rlimit64 *old)
+{
+    return prlimit(pid, resource, (const struct rlimit *)new, (struct rlimit *)old);
 }

@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stddef.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -32,6 +33,9 @@ struct mt_real {
     int (*execve)(const char *, char *const[], char *const[]);
     int (*execvpe)(const char *, char *const[], char *const[]);
     int (*fexecve)(int, char *const[], char *const[]);
+    int (*setrlimit)(int, const struct rlimit *);
+    int (*getrlimit)(int, struct rlimit *);
+    int (*prlimit)(pid_t, int, const struct rlimit *, struct rlimit *);
 };
 
 extern struct mt_real mt_real;

@@ -1107,6 +1107,11 @@ void mt_record_thread_name(struct mt_thread *t, const char *name)
     record_done(t);
 }
 
+uint64_t mt_own_address_space(void)
+{
+    return __atomic_load_n(&shm, __ATOMIC_RELAXED) ? MT_SHM_BYTES : 0;
+}
+
 void mt_record_exit(int status)
 {
     /* A vfork child runs in our memory until it execs or _exits: its end

@@ -74,6 +74,11 @@ void mt_record_thread_name(struct mt_thread *t, const char *name);
  * it, not memtap. */
 void mt_record_exit(int status);
 
+/* The address space the shim's own mappings take in this process (its
+ * transport), which an RLIMIT_AS the program sets or reads leaves out:
+ * the limit it asks for is for its own memory. 0 when none. */
+uint64_t mt_own_address_space(void);
+
 /* A thread start routine, as pthread_create takes it. */
 typedef void *(*mt_start_routine)(void *);
 

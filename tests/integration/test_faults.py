@@ -557,11 +557,7 @@ def test_killed_at_random_moments(tmp_path, seed):
 def test_out_of_memory_is_passed_through(tmp_path):
     compare(tmp_path, """
 import resource
-def vm_bytes():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-limit = vm_bytes() + (256 << 20)
+limit = 200 << 20  # the program's own memory (memtap's rings are not counted in)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 for size in (1 << 40, 1 << 33, 300 << 20):
     try:
@@ -751,3 +747,38 @@ def test_children_followed_under_a_soft_address_space_limit(tmp_path):
     assert len(children) == 2, describe(proc)
     found = sorted(max(r["bytes"] for r in memtap_stats(c)["top_locations"]) for c in children)
     assert found == [3 * 2**20 + 1, 5 * 2**20 + 1], found
+
+
+OWN_LIMIT = """\
+import resource
+print(resource.getrlimit(resource.RLIMIT_AS))
+resource.setrlimit(resource.RLIMIT_AS, (150 * 2**20, resource.RLIM_INFINITY))
+print(resource.getrlimit(resource.RLIMIT_AS), resource.prlimit(0, resource.RLIMIT_AS))
+keep = [bytearray(2**20) for _ in range(20)]  # @keep
+print("allocated 20 MiB")
+try:
+    more = bytearray(200 * 2**20)
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+def test_a_program_that_limits_its_own_address_space(tmp_path):
+    """The program sets RLIMIT_AS for its own memory: the shim's 256 MiB of
+    rings are not taken out of it (20 MiB raised MemoryError), and the
+    program reads back what it set, as it does any limit it was given."""
+    plain, traced, _ = compare(tmp_path, OWN_LIMIT)
+    assert traced.stdout.splitlines()[-2:] == [b"allocated 20 MiB", b"MemoryError"]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (400 * 2**20, resource.RLIM_INFINITY))
+
+    for p in (plain, traced):
+        assert p.stdout.splitlines()[0] == b"(-1, -1)", p.stdout
+    script = tmp_path / "prog.py"
+    given = [subprocess.run(cmd, cwd=str(tmp_path), env=clean_env(), capture_output=True,
+                            timeout=TIMEOUT, preexec_fn=limit).stdout.splitlines()[0]
+             for cmd in ([DEFAULT_PYTHON, str(script)],
+                         [str(MEMTAP), "run", "-q", "-f", "-o", str(tmp_path / "l.bin"),
+                          "--python", DEFAULT_PYTHON, str(script)])]
+    assert given == [b"(%d, -1)" % (400 * 2**20)] * 2, given
