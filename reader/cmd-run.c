@@ -431,9 +431,17 @@ static void exec_check(const struct target *t, int failed, pid_t pid,
 
 static volatile sig_atomic_t forward_pid;
 
-static void forward(int sig)
+/* The signals memtap passes on to the program: what a supervisor sends
+ * the process it started (to stop it, reopen its logs...), which would
+ * otherwise end memtap and leave the program running unrecorded. */
+static const int forwarded[] = {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM};
+
+static void forward(int sig, siginfo_t *info, void *ctx)
 {
-    if (forward_pid > 0)
+    (void)ctx;
+    /* The kernel's (a terminal's hangup) went to the program's process
+     * group already, as Ctrl-C does. */
+    if (forward_pid > 0 && info->si_code != SI_KERNEL)
         kill((pid_t)forward_pid, sig);
 }
 
@@ -588,8 +596,10 @@ int cmd_run(int argc, char **argv)
     close(failed[1]);
     rlimit_own_room();
     forward_pid = pid;
-    signal(SIGTERM, forward);
-    signal(SIGHUP, forward);
+    for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
+        sigaction(forwarded[i], &(struct sigaction){.sa_sigaction = forward,
+                                                    .sa_flags = SA_SIGINFO | SA_RESTART},
+                  NULL);
 
     char output[PATH_MAX];
     if (o.output)

@@ -782,3 +782,42 @@ def test_a_program_that_limits_its_own_address_space(tmp_path):
                          [str(MEMTAP), "run", "-q", "-f", "-o", str(tmp_path / "l.bin"),
                           "--python", DEFAULT_PYTHON, str(script)])]
     assert given == [b"(%d, -1)" % (400 * 2**20)] * 2, given
+
+
+SIGNALLED = """\
+import os, signal, sys, time
+got = []
+def note(sig, frame):
+    got.append(signal.Signals(sig).name)
+for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGTERM):
+    signal.signal(s, note)
+open(sys.argv[1], "w").close()
+deadline = time.time() + 20
+while "SIGTERM" not in got and time.time() < deadline:
+    time.sleep(0.01)
+keep = bytearray(2**20)
+print(" ".join(got))
+"""
+
+
+def test_signals_sent_to_memtap_reach_the_program_once(tmp_path):
+    """What a supervisor sends the process it started (USR1 to reopen logs,
+    TERM to stop) reaches the program, once each; memtap is not killed by
+    it with the program left running unrecorded."""
+    script = write_script(tmp_path, SIGNALLED)
+    ready = tmp_path / "ready"
+    cap = tmp_path / "c.bin"
+    p = subprocess.Popen([str(MEMTAP), "run", "-q", "-o", str(cap), "--python",
+                          DEFAULT_PYTHON, str(script), str(ready)], cwd=str(tmp_path),
+                         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + TIMEOUT
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGTERM):
+        p.send_signal(sig)
+        time.sleep(0.2)
+    out, err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 0, err
+    assert out == b"SIGUSR1 SIGUSR2 SIGALRM SIGTERM\n", (out, err)
+    stats = memtap_stats(cap)
+    assert stats["complete"] is True and stats["exit"] == {"code": 0}, stats
