@@ -26,6 +26,19 @@ from . import _paths
 
 _lock = threading.Lock()
 _active = None          # the Tracker recording, if any
+
+
+def _forked():
+    """In a child forked inside a Tracker's block, the block is the parent's:
+    the child may start a Tracker of its own, and leaving the block there
+    leaves the parent's recording alone."""
+    global _lock, _active
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    _active = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 _shim = None            # ctypes.PyDLL of libmemtap.so
 
 
@@ -151,6 +164,7 @@ class Tracker:
         self._proc = None
         self._hook = _ExtensionLoaderHook()
         self._scope = None      # under memtap run: (memtap, run's capture, start, time)
+        self._pid = None        # the process that started recording
 
     def __enter__(self):
         global _active
@@ -169,6 +183,7 @@ class Tracker:
                     "memtap: a Tracker is already recording into '%s'; trackers "
                     "cannot be nested or run concurrently" % _active.path)
             _active = self
+        self._pid = os.getpid()
         try:
             lib = _load_shim()
             flags = lib.memtap_run_flags()
@@ -285,6 +300,10 @@ class Tracker:
     def stop(self):
         """Stops recording and waits until the capture is complete."""
         global _active
+        if self._pid is not None and self._pid != os.getpid():
+            # a child forked in the block: the recording is the parent's
+            self._proc = self._scope = None
+            return
         if self._scope is not None:
             try:
                 self._stop_scoped()

@@ -497,3 +497,31 @@ def test_capture_reads_a_path_that_starts_with_a_dash(pkg, tmp_path):
     proc = pkg.run([pkg.python, script], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == "True [12346]", proc.stdout
+
+
+FORK_IN_THE_BLOCK = """\
+import memtap, os
+with memtap.Tracker("parent.bin"):
+    keep = bytearray(5 * 2**20)  # @parent
+    pid = os.fork()
+    if pid == 0:  # the child records a block of its own
+        with memtap.Tracker("child.bin"):
+            mine = bytearray(3 * 2**20)  # @child
+        print("child", memtap.Capture("child.bin").peak_memory_bytes >= 3 * 2**20, flush=True)
+    # and leaves the parent's block: the parent's recording is not its own
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+c = memtap.Capture("parent.bin")
+print("parent", c.complete, [l.own_bytes for l in c.locations(leaks=True) if l.line == 3])
+"""
+
+
+def test_a_child_forked_in_a_block(pkg, tmp_path):
+    # was: TrackerError "a Tracker is already recording" in the child
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_IN_THE_BLOCK)
+    proc = pkg.run([pkg.python, script], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["child True", "parent True [5242881]"], \
+        (proc.stdout, proc.stderr)
