@@ -28,13 +28,18 @@ _lock = threading.Lock()
 _active = None          # the Tracker recording, if any
 
 
+_forks = 0              # forks this process is down from the first: a
+                        # small int, which comparing allocates nothing
+
+
 def _forked():
     """In a child forked inside a Tracker's block, the block is the parent's:
     the child may start a Tracker of its own, and leaving the block there
     leaves the parent's recording alone."""
-    global _lock, _active
+    global _lock, _active, _forks
     _lock = threading.Lock()  # another thread may have held it at the fork
     _active = None
+    _forks += 1
 
 
 if hasattr(os, "register_at_fork"):
@@ -164,7 +169,7 @@ class Tracker:
         self._proc = None
         self._hook = _ExtensionLoaderHook()
         self._scope = None      # under memtap run: (memtap, run's capture, start, time)
-        self._pid = None        # the process that started recording
+        self._forks = None      # _forks in the process that started recording
 
     def __enter__(self):
         global _active
@@ -183,7 +188,7 @@ class Tracker:
                     "memtap: a Tracker is already recording into '%s'; trackers "
                     "cannot be nested or run concurrently" % _active.path)
             _active = self
-        self._pid = os.getpid()
+        self._forks = _forks
         try:
             lib = _load_shim()
             flags = lib.memtap_run_flags()
@@ -300,7 +305,7 @@ class Tracker:
     def stop(self):
         """Stops recording and waits until the capture is complete."""
         global _active
-        if self._pid is not None and self._pid != os.getpid():
+        if self._forks is not None and self._forks != _forks:
             # a child forked in the block: the recording is the parent's
             self._proc = self._scope = None
             return
