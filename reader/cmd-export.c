@@ -40,15 +40,16 @@ static void put_csv(FILE *f, const char *s)
     putc('"', f);
 }
 
-/* The thread id of thread index `index`; for merged reports (index 0, no
- * such thread) the main thread's: the first thread recorded, else the pid. */
-static uint32_t thread_tid(const struct mt_analysis *a, uint32_t index)
+/* The thread id Austin is given for thread index `index`: the pid (the
+ * main thread's id) when threads are not split; else the thread's, 0 for
+ * the shared state's, which is no one thread (no real thread has id 0). */
+static uint32_t thread_tid(const struct mt_analysis *a, uint32_t index, int split)
 {
+    if (!split)
+        return (uint32_t)a->header.pid;
     for (uint32_t i = 0; i < a->nthreads; i++)
-        if (a->threads[i].index == index && a->threads[i].tid) return a->threads[i].tid;
-    for (uint32_t i = 0; i < a->nthreads; i++)
-        if (a->threads[i].tid) return a->threads[i].tid;
-    return (uint32_t)a->header.pid;
+        if (a->threads[i].index == index) return a->threads[i].tid;
+    return 0;
 }
 
 static void write_collapsed(struct mt_report *r, FILE *f, int austin)
@@ -82,7 +83,7 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
         if (austin) {
             /* iid 0: one interpreter; the thread id in hex, as Austin writes it */
             fprintf(f, "P%d;T0:%x", (int)a->header.pid,
-                    thread_tid(a, o->split_threads ? g->thread : 0));
+                    thread_tid(a, g->thread, o->split_threads));
             for (int d = depth - 1; d >= 0; d--) {
                 const struct mt_loc *l = mt_report_loc(r, stack[d]);
                 putc(';', f);

@@ -583,3 +583,15 @@ def test_atexit_on_a_thread_that_has_ended(tmp_path, memtap):
     got = leaks_in(memtap, cap, "pexit.c")
     assert got == sorted([(line_of(MAIN_LEAVES_FIRST, "worker"), 1000, 1),
                           (line_of(MAIN_LEAVES_FIRST, "at_end"), 1234567, 1)]), got
+
+
+def test_austin_names_the_main_thread_by_the_pid(tmp_path, memtap):
+    # not by the first thread the capture happens to record (a worker)
+    exe = compile_c(tmp_path, "many", ONE_LINE_MANY_CALLS, "-pthread")
+    cap = tmp_path / "c.bin"
+    native_run(memtap, tmp_path, cap, exe)
+    pid = memtap_stats(cap)["pid"]
+    out = subprocess.run([str(memtap), "export", "--format", "austin", "--leaks", str(cap)],
+                         capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    samples = [l for l in out.splitlines() if l.startswith("P")]
+    assert samples and {l.split(";")[1] for l in samples} == {"T0:%x" % pid}, samples[:3]
