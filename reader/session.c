@@ -90,12 +90,29 @@ static int read_proc(pid_t pid, const char *file, char *buf, size_t cap)
     return read_text(path, buf, cap);
 }
 
+/* The kernel's PF_EXITING task flag (/proc/PID/stat's ninth field). */
+#define TASK_EXITING 0x4u
+
+/* Whether process pid has begun to exit (its memory is being torn down). */
+static int exiting(pid_t pid)
+{
+    char buf[1024];
+    unsigned flags;
+    if (read_proc(pid, "stat", buf, sizeof buf) < 0)
+        return 1;
+    const char *p = strrchr(buf, ')');  /* the name may hold anything */
+    return !p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %u", &flags) != 1 ||
+           (flags & TASK_EXITING);
+}
+
+/* Process pid's resident memory, 0 when it is gone or going: a process
+ * that exits reads less and less (12 KiB, then 0) as its memory goes. */
 static uint64_t read_rss(pid_t pid)
 {
     char buf[128];
     unsigned long long size, resident;
     if (read_proc(pid, "statm", buf, sizeof buf) < 0 ||
-        sscanf(buf, "%llu %llu", &size, &resident) != 2)
+        sscanf(buf, "%llu %llu", &size, &resident) != 2 || exiting(pid))
         return 0;
     return resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
@@ -233,8 +250,8 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
 {
     long moved = mt_collector_drain(cap->c);
     if (now - cap->last_sample >= 10000) {
-        /* 0: the program has exited (its statm reads 0 until it is
-         * reaped); a sample then would draw its RSS falling to nothing. */
+        /* 0: the program is exiting or has exited; a sample then would
+         * draw its RSS falling to nothing. */
         uint64_t rss = read_rss(cap->pid);
         /* now was read before a child announced this pass set its start */
         if (rss)
