@@ -94,7 +94,7 @@ static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
         if (!sorted[i].own_count && !sorted[i].own_bytes) continue;
         const struct mt_loc *l = mt_report_loc(r, sorted[i].loc);
         out[(*n)++] = (struct side_row){
-            l->function, l->file[0] ? l->file : l->object, l->line,
+            l->function, mt_loc_where(l), l->line,
             sorted[i].own_bytes, sorted[i].own_count };
     }
     free(sorted);

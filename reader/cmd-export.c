@@ -87,7 +87,7 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
             for (int d = depth - 1; d >= 0; d--) {
                 const struct mt_loc *l = mt_report_loc(r, stack[d]);
                 putc(';', f);
-                put_clean(f, l->file[0] ? l->file : l->object[0] ? l->object : "?");
+                put_clean(f, mt_loc_where(l)[0] ? mt_loc_where(l) : "?");
                 putc(':', f);
                 put_clean(f, l->function);
                 fprintf(f, ":%d", (int)l->line);
@@ -147,7 +147,7 @@ static void write_speedscope(struct mt_report *r, FILE *f)
         mt_json_string(f, l->function);
         if (l->file[0] || (!l->is_python && l->object[0])) {
             fputs(", \"file\": ", f);
-            mt_json_string(f, l->file[0] ? l->file : l->object);
+            mt_json_string(f, mt_loc_where(l));
         }
         if (l->line > 0) fprintf(f, ", \"line\": %d", (int)l->line);
         putc('}', f);

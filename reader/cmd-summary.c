@@ -55,7 +55,7 @@ static void print_json(struct mt_report *r, const struct srow *rows, uint32_t n)
         printf("\"function\": ");
         mt_json_string(stdout, l->function);
         printf(", \"file\": ");
-        mt_json_string(stdout, l->file[0] ? l->file : l->object);
+        mt_json_string(stdout, mt_loc_where(l));
         printf(", \"line\": %d, \"own_bytes\": %llu, \"own_count\": %llu, "
                "\"total_bytes\": %llu, \"total_count\": %llu}",
                (int)l->line, (unsigned long long)rows[i].row.own_bytes,

@@ -106,6 +106,13 @@ struct mt_loc {
     const char *object;    /* native: object basename ("" unknown); Python: "" */
 };
 
+/* Where location l is, as one string: its source file, or for native code
+ * without line information its object's name. */
+static inline const char *mt_loc_where(const struct mt_loc *l)
+{
+    return l->file[0] ? l->file : l->object;
+}
+
 /* The location with id `id` (ids start at 1; id 0 is "[no stack recorded]"). */
 const struct mt_loc *mt_report_loc(const struct mt_report *r, uint32_t id);
 /* s as reports show names (control characters, U+2028 and U+2029 as '?'),

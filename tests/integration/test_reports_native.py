@@ -25,6 +25,7 @@ def build():
     KEEP.append(np.ones(10_000_000))  # @ones
 
 build()  # @call
+KEEP.append(bytearray(3 * 2**20))  # @buf
 """
 ONES_BYTES = 10_000_000 * 8
 
@@ -179,3 +180,15 @@ def test_cxx_tree_order(cxx_capture):
     assert "std::vector<char, std::allocator<char> >::resize(unsigned long)" in funcs, out
     assert out[1].rstrip().endswith("cxx_alloc.cpp:%d" % line_of(text, "main_make")), out
     assert out[2].rstrip().endswith("cxx_alloc.cpp:%d" % line_of(text, "resize")), out
+
+
+def test_numpy_stats_top_locations(numpy_capture):
+    # with --native, a location is a Python line or an extension's function,
+    # not the interpreter's own frames (PyByteArray_Resize for a bytearray)
+    cap, script = numpy_capture
+    top = json.loads(memtap("stats", "--json", cap))["top_locations"]
+    buf = [t for t in top if t["bytes"] == 3 * 2**20 + 1]
+    assert [(t["function"], t["file"], t["line"]) for t in buf] == [
+        ("<module>", str(script), line_of(NUMPY_PROG, "buf"))], top[:5]
+    ones = [t for t in top if t["bytes"] >= ONES_BYTES]
+    assert len(ones) == 1 and "_multiarray_umath" in ones[0]["file"], top[:5]
