@@ -35,7 +35,8 @@ def parse_size(size):
 
 
 def _run(*args):
-    proc = subprocess.run([_paths.binary(), *args], capture_output=True)
+    proc = subprocess.run([_paths.binary(), *args], capture_output=True,
+                          env=_paths.helper_env())
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.decode(errors="replace").strip() or
                            "memtap %s failed (%d)" % (args[0], proc.returncode))

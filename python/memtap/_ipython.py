@@ -82,7 +82,8 @@ def _run_cell(ipython, cell, native):
 
 
 def _memtap(*args):
-    proc = subprocess.run([_paths.binary(), *args], capture_output=True, text=True)
+    proc = subprocess.run([_paths.binary(), *args], capture_output=True, text=True,
+                          env=_paths.helper_env())
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip() or "memtap %s failed" % args[0])
     return proc.stdout

@@ -39,3 +39,18 @@ def shim():
             return os.path.abspath(p)
     raise RuntimeError("memtap: cannot find libmemtap.so "
                        "(install the package with pip, or set MEMTAP_BUILD)")
+
+
+def helper_env():
+    """The environment for a memtap this package starts (the collector, a
+    report): without what `memtap run` gives the program, so that under
+    --follow-fork memtap is not recorded as one of the program's children."""
+    env = dict(os.environ)
+    env.pop("MEMTAP_SHM", None)
+    pre = [p for p in env.get("LD_PRELOAD", "").replace(" ", ":").split(":")
+           if p and os.path.basename(p) != "libmemtap.so"]
+    if pre:
+        env["LD_PRELOAD"] = ":".join(pre)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env

@@ -241,6 +241,7 @@ class Tracker:
         if self.overwrite:
             cmd.append("-f")
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              env=_paths.helper_env(),
                               stderr=subprocess.PIPE)
         if proc.returncode != 0:
             raise TrackerError(proc.stderr.decode(errors="replace").strip() or
@@ -262,7 +263,7 @@ class Tracker:
             cmd.append("--addresses")
         if self.follow_fork:
             cmd.append("--follow-fork")
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=_paths.helper_env(),
                                       stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
         line = self._proc.stdout.readline().split()

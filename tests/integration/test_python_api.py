@@ -525,3 +525,23 @@ def test_a_child_forked_in_a_block(pkg, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["child True", "parent True [5242881]"], \
         (proc.stdout, proc.stderr)
+
+
+HELPERS_UNDER_FOLLOW_FORK = """\
+import memtap, sys
+with memtap.Tracker("block.bin", follow_fork=True):
+    keep = bytearray(2 * 2**20)
+print(memtap.Capture("block.bin").peak_memory_bytes >= 2 * 2**20)
+"""
+
+
+def test_memtaps_own_helpers_are_not_followed_children(pkg, tmp_path):
+    # memtap run --follow-fork of a program whose Tracker starts `memtap
+    # extract` and whose Capture starts `memtap stats`: those are memtap's,
+    # not the program's children, and get no captures of their own
+    script = tmp_path / "helpers.py"
+    script.write_text(HELPERS_UNDER_FOLLOW_FORK)
+    proc = pkg.run([pkg.memtap, "run", "-q", "--follow-fork", "-o", tmp_path / "run.bin",
+                    pkg.python, script], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == "True\n", (proc.stdout, proc.stderr)
+    assert sorted(p.name for p in tmp_path.glob("run*.bin")) == ["run.bin"]
