@@ -27,6 +27,7 @@
 #define _GNU_SOURCE
 #include "pystack.h"
 #include "pyoffsets.h"
+#include "../src/linetable.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -441,7 +442,7 @@ static uint32_t clamp_instr(int64_t bytes)
 {
     if (bytes < 0)
         return 0;
-    return bytes > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
+    return bytes >= (int64_t)MT_INSTR_UNSTARTED ? MT_INSTR_UNSTARTED - 1 : (uint32_t)bytes;
 }
 
 /* The walkers record the innermost frames into out[0..max); with keep > 0
@@ -462,7 +463,9 @@ walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max,
         if (is_code(code)) {
             struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ & (keep - 1)];
             to->code = (const void *)code;
-            to->instr = clamp_instr((int64_t)ld_i32(f, L.fr_lasti) * L.lasti_mul);
+            int32_t lasti = ld_i32(f, L.fr_lasti);
+            to->instr = lasti < 0 ? MT_INSTR_UNSTARTED
+                                  : clamp_instr((int64_t)lasti * L.lasti_mul);
             to->flags = MT_PYF_ENTRY;  /* each frame has its own C eval call */
         }
         f = ld_ptr(f, L.fr_back);

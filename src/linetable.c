@@ -224,6 +224,8 @@ static int find_range(void *arg, uint64_t start, uint64_t end, int32_t line)
 int32_t mt_linetable_line(uint8_t format, const uint8_t *table, size_t len,
                           int32_t firstlineno, uint32_t instr)
 {
+    if (instr == MT_INSTR_UNSTARTED)
+        return firstlineno;
     struct find f = {instr, firstlineno, 0};
     struct walk_end e = walk(format, table, len, firstlineno, find_range, &f);
     if (f.found)
@@ -277,6 +279,8 @@ int mt_lineindex_build(struct mt_lineindex *ix, uint8_t format, const uint8_t *t
 
 int32_t mt_lineindex_line(const struct mt_lineindex *ix, uint32_t instr)
 {
+    if (instr == MT_INSTR_UNSTARTED)
+        return ix->first;
     if (instr >= ix->end)
         return ix->after;
     uint32_t lo = 0, hi = ix->n;  /* the last range starting at or before instr */

@@ -12,6 +12,12 @@
  * place of a table too big to copy (mt_linetable_ranges). */
 #define MT_LINETABLE_RANGES 4
 
+/* The offset of a frame that has not run an instruction yet (3.9/3.10:
+ * f_lasti -1, as a profile or trace "call" event, or CPython's own
+ * allocations before the first instruction, see it): its line is the
+ * code's first line, as CPython's f_lineno says. */
+#define MT_INSTR_UNSTARTED UINT32_MAX
+
 /* The line of the instruction at byte offset `instr`, decoding `table`
  * (`len` bytes) in `format` (enum mt_linetable_format in preload/pystack.h,
  * or MT_LINETABLE_RANGES). @return the line, or firstlineno when the table

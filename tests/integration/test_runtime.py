@@ -1009,3 +1009,37 @@ def test_the_rings_stay_out_of_a_core_dump(tmp_path, run_memtap):
     # a crashing program's core would otherwise be 256 MiB of rings bigger
     proc, _ = run_memtap(tmp_path, RINGS_IN_A_CORE, stats=False)
     assert proc.stdout == b"[True]\n", proc.stdout
+
+
+NOT_STARTED = """\
+import sys
+keep = []
+def prof(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "target":
+        keep.append(bytearray(2001000))  # @alloc
+def target(  # @def
+        a=1):
+    "doc"
+    x = 1
+    return x
+sys.setprofile(prof)
+target()  # @call
+sys.setprofile(None)
+"""
+
+
+@pytest.mark.parametrize("python", interpreter_params(min_version=(3, 9)))
+def test_a_frame_that_has_not_started(tmp_path, run_memtap, python):
+    """A frame seen before its first instruction (a profile function's
+    "call" event) is at its def line, as CPython's f_lineno says (3.9 and
+    3.10 gave its first body line)."""
+    proc, _ = run_memtap(tmp_path, NOT_STARTED, python=python, stats=False)
+    out = subprocess.run([str(MEMTAP), "export", "--leaks", "--format", "collapsed",
+                          str(proc.capture)], capture_output=True, text=True,
+                         timeout=TIMEOUT, check=True).stdout
+    mine = [l for l in out.splitlines() if l.endswith(" 2001001")]
+    script = proc.script
+    assert len(mine) == 1 and mine[0].rsplit(" ", 1)[0].split(";")[-3:] == [
+        "<module> (%s:%d)" % (script, line_of(NOT_STARTED, "call")),
+        "target (%s:%d)" % (script, line_of(NOT_STARTED, "def")),
+        "prof (%s:%d)" % (script, line_of(NOT_STARTED, "alloc"))], mine
