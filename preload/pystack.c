@@ -646,8 +646,11 @@ static int read_str(uintptr_t s, const char **ptr, size_t *len,
     if (kind != 1 && kind != 2 && kind != 4)
         return 0;
     const uint8_t *data = (const uint8_t *)(s + (uintptr_t)L.st_compact_size);
+    /* Each string its own share: a long name must not leave no room for
+     * the file name (reports keep 4,096 bytes of a name). */
     char *start = scratch ? scratch + *used : NULL;
-    char *p = start, *end = scratch ? scratch + cap : NULL;
+    char *p = start, *end = scratch ? scratch + (cap - *used < MT_PY_STR_MAX
+                                                 ? cap : *used + MT_PY_STR_MAX) : NULL;
     for (int64_t i = 0; p && i < length; i++) {
         uint32_t c;
         if (kind == 1) {

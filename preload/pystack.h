@@ -86,6 +86,10 @@ uintptr_t mt_py_code_death(uint64_t n);
  * Never 0. */
 uint64_t mt_py_code_fingerprint(const void *code);
 
+/* The most of a name, qualified name or file name mt_py_code_view
+ * encodes into scratch (each of the three; reports keep 4,096 bytes). */
+#define MT_PY_STR_MAX 4096
+
 /* Describes a code object seen by mt_py_walk in this hook invocation.
  * scratch/cap: buffer for strings that are not stored as UTF-8 (>= 1 KiB
  * recommended); strings that do not fit are cut.

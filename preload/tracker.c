@@ -92,7 +92,7 @@ struct mt_thread {
     struct mt_pyframe walk[MT_MAX_PY];
     /* + MT_SELF_FRAMES: the shim's own, left out; + 1: is it deeper? */
     uintptr_t ips[MT_SELF_FRAMES + MT_MAX_NATIVE + 1];
-    char scratch[4096];
+    char scratch[3 * MT_PY_STR_MAX];  /* a code object's three names */
 };
 
 static __thread struct mt_thread *mt_self

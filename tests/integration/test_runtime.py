@@ -1043,3 +1043,25 @@ def test_a_frame_that_has_not_started(tmp_path, run_memtap, python):
         "<module> (%s:%d)" % (script, line_of(NOT_STARTED, "call")),
         "target (%s:%d)" % (script, line_of(NOT_STARTED, "def")),
         "prof (%s:%d)" % (script, line_of(NOT_STARTED, "alloc"))], mine
+
+
+@pytest.mark.parametrize("python", interpreter_params(min_version=(3, 9)))
+def test_long_names_leave_room_for_the_file(tmp_path, run_memtap, python):
+    """A class and method named with 1,500 two-byte characters each (a
+    qualified name of 6,001 bytes) in a file whose name is not ASCII:
+    the allocation keeps its file and line (the file was lost, "/")."""
+    name = "\u00e9" * 1500
+    text = ("keep = []\nclass %s:\n    def %s(self):\n"
+            "        keep.append(bytearray(2001000))  # @alloc\n%s().%s()\n"
+            % (name, name, name, name))
+    d = tmp_path / "dir with space"
+    d.mkdir()
+    script = d / "sc\u00efpt \u00fc.py"
+    script.write_text(text)
+    proc, _ = run_memtap(tmp_path, [script], python=python, stats=False)
+    rows = json.loads(subprocess.run(
+        [str(MEMTAP), "summary", "--leaks", "--json", str(proc.capture)],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout)["rows"]
+    mine = [r for r in rows if r["own_bytes"] == 2001001]
+    assert [(r["file"], r["line"]) for r in mine] == [(str(script), line_of(text, "alloc"))], \
+        mine
