@@ -168,6 +168,8 @@ static void write_speedscope(struct mt_report *r, FILE *f)
         }
         if (any || !o->split_threads) profs[nprof++] = (struct prof){ t, sum };
     }
+    if (!nprof)  /* split, nothing allocated: a file needs one profile */
+        profs[nprof++] = (struct prof){ 0, 0 };
     for (uint32_t i = 1; i < nprof; i++)   /* insertion sort: few threads */
         for (uint32_t j = i; j > 0 && profs[j].sum > profs[j - 1].sum; j--) {
             struct prof tmp = profs[j]; profs[j] = profs[j - 1]; profs[j - 1] = tmp;

@@ -498,6 +498,9 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
     }
     if (optind >= argc)
         die_usage("nothing to run\n%s", run_usage);
+    if (o->output && !strcmp(o->output, "-"))
+        die_usage("-o -: standard output is the program's; name a file (./- for one "
+                  "called '-')\n%s", run_usage);
     const char *conflict = session_modes_conflict(&o->modes);
     if (conflict)
         die_usage("%s\n%s", conflict, run_usage);

@@ -595,3 +595,17 @@ def test_austin_names_the_main_thread_by_the_pid(tmp_path, memtap):
                          capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
     samples = [l for l in out.splitlines() if l.startswith("P")]
     assert samples and {l.split(";")[1] for l in samples} == {"T0:%x" % pid}, samples[:3]
+
+
+def test_speedscope_of_nothing_split_by_thread(tmp_path, memtap):
+    # a speedscope file holds at least one profile, which its
+    # activeProfileIndex names (there were none)
+    exe = compile_c(tmp_path, "nothing", "int main(void) { return 0; }\n")
+    cap = tmp_path / "c.bin"
+    native_run(memtap, tmp_path, cap, exe)
+    out = subprocess.run([str(memtap), "export", "--format", "speedscope", "--split-threads",
+                          "--leaks", str(cap)], capture_output=True, text=True,
+                         timeout=TIMEOUT, check=True).stdout
+    doc = json.loads(out)
+    assert len(doc["profiles"]) == 1 and doc["activeProfileIndex"] == 0, doc["profiles"]
+    assert doc["profiles"][0]["samples"] == [] and doc["profiles"][0]["endValue"] == 0

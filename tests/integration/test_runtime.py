@@ -1065,3 +1065,12 @@ def test_long_names_leave_room_for_the_file(tmp_path, run_memtap, python):
     mine = [r for r in rows if r["own_bytes"] == 2001001]
     assert [(r["file"], r["line"]) for r in mine] == [(str(script), line_of(text, "alloc"))], \
         mine
+
+
+def test_run_will_not_write_its_capture_to_standard_output(tmp_path):
+    # the program's output is there; '-' is no file either
+    proc = memtap_run(["-o", "-", "-c", "pass"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines()[0] == (
+        "memtap: -o -: standard output is the program's; name a file (./- for one called '-')")
+    assert not (tmp_path / "-").exists()
