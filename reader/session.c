@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -364,6 +365,12 @@ int session_capture_open(struct session_capture *cap, int force)
  * -1 when it would be longer than PATH_MAX. */
 static int child_path(char *out, const char *parent, pid_t pid)
 {
+    struct stat st;
+    if (stat(parent, &st) == 0 && S_ISCHR(st.st_mode)) {
+        /* /dev/null takes every capture: no file beside it in /dev */
+        int k = snprintf(out, PATH_MAX, "%s", parent);
+        return k < 0 || k >= PATH_MAX ? -1 : 0;
+    }
     size_t n = strlen(parent);
     int stem = (int)(n > 4 && !strcmp(parent + n - 4, ".bin") ? n - 4 : n);
     int k = snprintf(out, PATH_MAX, "%.*s.%d.bin", stem, parent, (int)pid);

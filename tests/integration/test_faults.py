@@ -821,3 +821,15 @@ def test_signals_sent_to_memtap_reach_the_program_once(tmp_path):
     assert out == b"SIGUSR1 SIGUSR2 SIGALRM SIGTERM\n", (out, err)
     stats = memtap_stats(cap)
     assert stats["complete"] is True and stats["exit"] == {"code": 0}, stats
+
+
+def test_followed_children_into_dev_null(tmp_path):
+    """-o /dev/null --follow-fork: the children's captures go there too, not
+    into files beside it in /dev."""
+    before = set(Path("/dev").glob("null.*"))
+    _, traced, _ = compare(tmp_path, FORKS_UNDER_A_LIMIT, memtap_opts=("-q", "--follow-fork"),
+                           out="/dev/null", expect_capture=False)
+    made = set(Path("/dev").glob("null.*")) - before
+    for p in made:
+        p.unlink()
+    assert not made and said(traced) == [], (made, describe(traced))
