@@ -527,7 +527,9 @@ static void follow_accept(struct session *f)
         cap.h = *f->h;
         cap.h.pid = note.pid;
         cap.h.start_time_us = session_wall_us();
-        cap.command = command ? command : xstrdup(parent->h.command);
+        /* the parent's command as it is now: it may have exec'd since */
+        cap.command = command ? command
+                              : xstrdup(mt_collector_header(parent->c, &parent->h).command);
         cap.h.command = cap.command;
         if (rc == MT_OK && child_path(cap.path, parent->path, note.pid) < 0) {
             mt_collector_free(c);

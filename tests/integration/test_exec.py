@@ -455,3 +455,25 @@ def test_children_and_the_program_see_the_environment_they_would(tmp_path, prelo
     # the capture is the program the exec made, which the shim recorded
     assert stats["command"].endswith("prog.py again"), stats["command"]
     assert_location(stats, "prog.py", line_of(ENVIRONMENT, "keep"), 3 * 2**20 + 1)
+
+
+EXEC_THEN_FORK = """\
+import os, sys
+if len(sys.argv) == 1:
+    os.execv(sys.executable, [sys.executable, __file__, "again"])
+pid = os.fork()
+if pid == 0:
+    keep = bytearray(4 * 2**20)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_child_forked_after_an_exec_has_the_new_command(tmp_path):
+    # its capture names the program its parent is now, not the one before
+    script = tmp_path / "prog.py"
+    script.write_text(EXEC_THEN_FORK)
+    proc, stats = run(tmp_path, ["--python", DEFAULT_PYTHON, script], "--follow-fork")
+    assert stats["command"].endswith("prog.py again"), stats["command"]
+    [child] = [p for p in tmp_path.glob("capture.*.bin")]
+    assert memtap_stats(child)["command"] == stats["command"]
