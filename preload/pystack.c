@@ -438,6 +438,15 @@ static int is_code(uintptr_t obj)
     return plausible(obj) && ld_ptr(obj, L.ob_type) == L.code_type;
 }
 
+/* Whether walks keep the innermost frame that has not started (with
+ * native stacks: mt_py_keep_unstarted). */
+static int keep_unstarted;
+
+void mt_py_keep_unstarted(int keep)
+{
+    keep_unstarted = keep;
+}
+
 static uint32_t clamp_instr(int64_t bytes)
 {
     if (bytes < 0)
@@ -518,15 +527,18 @@ walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max,
         uintptr_t start = code + (uintptr_t)o_adaptive;
         uintptr_t instr = ld_ptr(frame, o_instr);
         /* Incomplete frames (pushed, first instruction not run yet) can only
-         * be the innermost Python frame: a frame runs before it calls. */
-        if (n == 0 && o_first >= 0 && owner != gen &&
-            instr < start + 2 * (uintptr_t)ld_i32(code, o_first)) {
+         * be the innermost Python frame: a frame runs before it calls.
+         * Python's own stacks leave them out; a native stack has their
+         * evaluation, which the merge pairs with a Python frame. */
+        int unstarted = n == 0 && o_first >= 0 && owner != gen &&
+                        instr < start + 2 * (uintptr_t)ld_i32(code, o_first);
+        if (unstarted && !keep_unstarted) {
             frame = prev;
             continue;
         }
         struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ & (keep - 1)];
         to->code = (const void *)code;
-        to->instr = clamp_instr((int64_t)(instr - start));
+        to->instr = unstarted ? MT_INSTR_UNSTARTED : clamp_instr((int64_t)(instr - start));
         to->flags = (o_entry >= 0 && ld_u8(frame, o_entry)) ? MT_PYF_ENTRY : 0;
         frame = prev;
     }

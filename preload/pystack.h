@@ -62,6 +62,12 @@ const char *mt_py_version(void);
  * Thread-safe; reads only this thread's state. Never allocates. */
 int mt_py_walk(struct mt_pyframe *out, int max);
 
+/* Whether walks keep an innermost frame that has not run an instruction
+ * yet (3.11+: a generator or closure made when C code calls a function),
+ * at its def line: with native stacks, whose evaluation of it the merge
+ * must pair with a Python frame. Python's own stacks leave it out. */
+void mt_py_keep_unstarted(int keep);
+
 /* mt_py_walk that goes on past max: the frames after the innermost max go
  * round ring[0..keep) (keep a power of two; frame max + k in slot
  * k % keep), so that it ends

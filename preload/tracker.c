@@ -1510,6 +1510,7 @@ static int start(void)
             "Python allocators are not traced\n");
     python_threads = python && mt_pythread_setup() == 0;
     native = (shm->flags & MT_SHMF_NATIVE) || !python;
+    mt_py_keep_unstarted(native);
     if (native && mt_native_setup() < 0)
         native = 0;
     ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);

@@ -719,16 +719,21 @@ int mt_hybrid_merge(const struct mt_rframe *nat, int nn,
         i = j;
     }
 
-    int evalno = 0, leading = 1;
+    /* A native stack cut at its outer end lacks the evaluations of the
+     * outer segments: those go past the cut's marker, at the outer end. */
+    int native_cut = nat[nn - 1].ip == MT_NATIVE_CUT;
+    int evalno = 0, leading = 1, emitted = 0;
 #define EMIT(f) do { if (n < max) out[n++] = (f); } while (0)
     for (int i = 0; i < nn;) {
         int j = i, ev = 0;
         while (j < nn && nat[j].ip == nat[i].ip) ev |= nat[j].kind == MT_K_EVAL, j++;
         if (ev) {
-            if (evalno < nseg) {
-                int last = (evalno == neval - 1) ? nseg - 1 : evalno;
-                for (int k = evalno; k <= last; k++)
+            int seg = evalno;
+            if (seg < nseg) {
+                int last = evalno == neval - 1 && !native_cut ? nseg - 1 : seg;
+                for (int k = seg; k <= last; k++)
                     for (int p = seg_lo[k]; p < seg_hi[k]; p++) EMIT(py[p]);
+                emitted = last + 1;
                 leading = 0;
             }
             if (show_internals)
@@ -743,9 +748,8 @@ int mt_hybrid_merge(const struct mt_rframe *nat, int nn,
         }
         i = j;
     }
-    if (neval == 0)
-        for (int k = 0; k < nseg; k++)
-            for (int p = seg_lo[k]; p < seg_hi[k]; p++) EMIT(py[p]);
+    for (int k = emitted; k < nseg; k++)  /* no evaluation found, or cut off */
+        for (int p = seg_lo[k]; p < seg_hi[k]; p++) EMIT(py[p]);
 #undef EMIT
     return n;
 }

@@ -186,7 +186,8 @@ enum mt_frame_kind mt_classify_native(const char *function, const char *object);
  * segments; the k-th eval frame (same ip group, counted from the innermost)
  * is replaced by the k-th segment. Segments left over when there are fewer
  * eval frames go where the outermost eval frame was (or at the outer end
- * when there is none); eval frames left over are dropped. Shim frames are
+ * when there is none, or past the marker when the native stack was cut
+ * there); eval frames left over are dropped. Shim frames are
  * dropped, allocator frames at the innermost end are dropped, internal
  * frames are dropped unless show_internals. With nn == 0 the result is py.
  * @return frames written to out[0..max). Pure. */

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (DEFAULT_PYTHON, MEMTAP, PROGRAMS, TIMEOUT, clean_env, line_of,
+                      interpreter_params,
                       memtap_run)
 
 NUMPY_PROG = """\
@@ -192,3 +193,70 @@ def test_numpy_stats_top_locations(numpy_capture):
         ("<module>", str(script), line_of(NUMPY_PROG, "buf"))], top[:5]
     ones = [t for t in top if t["bytes"] >= ONES_BYTES]
     assert len(ones) == 1 and "_multiarray_umath" in ones[0]["file"], top[:5]
+
+
+UNSTARTED_FROM_C = """\
+keep = []
+def big_gen(x):  # @def
+%s
+    yield x
+def main():
+    keep.extend(map(big_gen, range(3)))  # @extend
+main()  # @main
+""" % "\n".join("    v%d = %d" % (i, i) for i in range(100))
+
+
+# Debian's python3 is stripped: its evaluator frames are not recognised,
+# and Python frames then go to the outer end (see test-report.c)
+@pytest.mark.parametrize("python", [p for p in interpreter_params(min_version=(3, 11))
+                                    if p.id != "debian-python3"])
+def test_a_frame_not_started_called_from_c(tmp_path, python):
+    # 3.11+: map() calls a generator function, whose frame makes the
+    # generator (100 locals: malloc'ed) before its first instruction; its
+    # evaluation is on the native stack, so the merge needs it as a Python
+    # frame (at its def line): without it every Python frame slid one
+    # evaluation inwards, and map_next became <module>'s caller
+    script = tmp_path / "gen.py"
+    script.write_text(UNSTARTED_FROM_C)
+    cap = tmp_path / "c.bin"
+    proc = memtap_run(["-o", cap, "--native", "--python", python, script], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stacks = [s for s in collapsed(cap, "--leaks") if any(f.startswith("big_gen (") for f in s)]
+    assert stacks, collapsed(cap, "--leaks")
+    for s in stacks:
+        names = [f.split(" (")[0] for f in s]
+        assert s[0] == "<module> (%s:%d)" % (script, line_of(UNSTARTED_FROM_C, "main")), s
+        assert s[1] == "main (%s:%d)" % (script, line_of(UNSTARTED_FROM_C, "extend")), s
+        gen = names.index("big_gen")
+        assert "map_next" in names[2:gen], s
+        assert s[gen] == "big_gen (%s:%d)" % (script, line_of(UNSTARTED_FROM_C, "def")), s
+
+
+DEEPER_THAN_THE_NATIVE_STACK = """\
+keep = []
+def rec(n):
+    if n == 0:
+        keep.append(bytearray(3000000))  # @alloc
+        return 0
+    return sorted([n], key=lambda x: rec(n - 1))[0]  # @rec
+rec(80)  # @call
+"""
+
+
+def test_python_frames_beyond_a_cut_native_stack(tmp_path):
+    # a native stack cut at 512 frames: the Python frames whose evaluations
+    # were cut off are the root, then the marker, then what was recorded
+    # (the marker and C frames used to sit above <module>)
+    script = tmp_path / "deep.py"
+    script.write_text(DEEPER_THAN_THE_NATIVE_STACK)
+    cap = tmp_path / "c.bin"
+    proc = memtap_run(["-o", cap, "--native", "--python", DEFAULT_PYTHON, script], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [s] = [s for s, n in collapsed(cap, "--leaks").items() if n == 3000001]
+    assert s[0] == "<module> (%s:%d)" % (script, line_of(DEEPER_THAN_THE_NATIVE_STACK, "call"))
+    cut = s.index("[deeper frames not recorded]")
+    # only Python frames of this script before the marker
+    assert cut > 1 and all(str(script) in f for f in s[:cut]), s[:cut + 2]
+    assert any(f.startswith("builtin_sorted") for f in s[cut:]), s[cut:cut + 5]
+    alloc = "rec (%s:%d)" % (script, line_of(DEEPER_THAN_THE_NATIVE_STACK, "alloc"))
+    assert alloc in s[cut:], s[-5:]

@@ -152,6 +152,13 @@ static void test_merge(void)
     n = mt_hybrid_merge(n4, 4, p3, 1, 0, out, 64);
     expect_stack(out, n, "work f helper", __LINE__);
 
+    /* the native stack cut at its outer end (512 frames): the outer
+     * segments, whose evaluations were cut off, go past the marker */
+    struct mt_rframe n4c[] = { nat("work", 45), nat("_PyEval_EvalFrameDefault", 46),
+                               nat("helper", 47), nat(MT_CUT_NAME, MT_NATIVE_CUT) };
+    n = mt_hybrid_merge(n4c, 4, p2, 4, 0, out, 64);
+    expect_stack(out, n, "work ones f helper [deeper frames not recorded] g <module>", __LINE__);
+
     /* no eval frame recognised (stripped interpreter): Python at the outer end */
     struct mt_rframe n5[] = { nat("work", 50), nat("0x1234", 51) };
     n = mt_hybrid_merge(n5, 2, p2, 4, 0, out, 64);
