@@ -23,6 +23,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("MEMTAP_BUILD") or REPO / "build")
 MEMTAP = BUILD / "memtap"
+
+
+def memtap_sanitized():
+    """Whether MEMTAP is built with AddressSanitizer (make sanitize), which
+    reserves terabytes of address space (no ulimit -v) and must come first
+    in the library list (no LD_PRELOAD of the user's own)."""
+    return b"__asan_init" in MEMTAP.read_bytes()
 PROGRAMS = REPO / "tests" / "programs"
 
 # Every interpreter the spec names; tests parametrized over these skip the

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from conftest import (DEFAULT_PYTHON, MEMTAP, PROGRAMS, assert_location, clean_env,
-                      find_locations, line_of, memtap_stats, python_version_of,
+                      find_locations, line_of, memtap_sanitized, memtap_stats,
+                      python_version_of,
                       strip_memtap_lines)
 
 PYVER = ".".join(map(str, python_version_of(DEFAULT_PYTHON)))
@@ -443,6 +444,8 @@ def test_children_and_the_program_see_the_environment_they_would(tmp_path, prelo
     # program refuses a library preloaded before its runtime; `env` prints
     # what it would), nor the program's own environment; a user's own
     # LD_PRELOAD stays; the program's exec of another program is recorded.
+    if preload and memtap_sanitized():
+        pytest.skip("AddressSanitizer's memtap must come first in the library list")
     script = tmp_path / "prog.py"
     script.write_text(ENVIRONMENT)
     env = clean_env({"LD_PRELOAD": preload} if preload else None)
