@@ -10,6 +10,7 @@
 #include "native.h"
 #include "unwind.h"
 
+#include <dlfcn.h>
 #include <elf.h>
 #include <fcntl.h>
 #include <link.h>
@@ -28,6 +29,35 @@
 
 /* Slots in libunwind's per-thread unwind-info cache (heaptrack uses 1024). */
 #define MT_UNWIND_CACHE 1024
+
+/* libunwind, opened with local scope rather than linked: it exports the
+ * whole _Unwind_* interface, which a C++ library loaded after the shim
+ * would bind to in place of libgcc's (its throws 40 times slower, the
+ * destructors of a thread's forced unwind not run). Names as the header's
+ * macros spell them. */
+#define MT_XSTR(x) MT_STR_(x)
+#define MT_STR_(x) #x
+static struct {
+    int (*backtrace)(void **, int);
+    int (*set_caching_policy)(unw_addr_space_t, unw_caching_policy_t);
+    int (*set_cache_size)(unw_addr_space_t, size_t, int);
+    unw_addr_space_t *local;
+} unw;
+
+/* @return 0, or -1 when libunwind is not there (no native stacks). */
+static int unwind_open(void)
+{
+    void *h = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        return -1;
+    unw.backtrace = (int (*)(void **, int))dlsym(h, MT_XSTR(unw_backtrace));
+    unw.set_caching_policy = (int (*)(unw_addr_space_t, unw_caching_policy_t))
+        dlsym(h, MT_XSTR(unw_set_caching_policy));
+    unw.set_cache_size = (int (*)(unw_addr_space_t, size_t, int))
+        dlsym(h, MT_XSTR(unw_set_cache_size));
+    unw.local = (unw_addr_space_t *)dlsym(h, MT_XSTR(unw_local_addr_space));
+    return unw.backtrace && unw.set_caching_policy && unw.local ? 0 : -1;
+}
 
 /* Loader counters seen by the last mt_native_objects_each(). */
 static unsigned long long seen_adds, seen_subs;
@@ -68,11 +98,12 @@ static int unwind_start(void)
     }
     int got = -1;
     void *warm[8];
-    if (!unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD)) {
+    if (unwind_open() == 0 && !unw.set_caching_policy(*unw.local, UNW_CACHE_PER_THREAD)) {
         /* Best effort: an older libunwind without resizable caches keeps
          * its default size, which only costs speed. */
-        (void)unw_set_cache_size(unw_local_addr_space, MT_UNWIND_CACHE, 0);
-        got = unw_backtrace(warm, 8);
+        if (unw.set_cache_size)
+            (void)unw.set_cache_size(*unw.local, MT_UNWIND_CACHE, 0);
+        got = unw.backtrace(warm, 8);
     }
     while (n > 0)
         close(held[--n]);
@@ -141,7 +172,7 @@ int mt_native_backtrace(uintptr_t *ips, int max, int skip)
     int capped = want > MT_UNWIND_MAX;
     if (capped)
         want = MT_UNWIND_MAX;
-    n = unw_backtrace(buf, want);
+    n = unw.backtrace(buf, want);
     int full = n == want;
     n -= skip + 1;
     if (n <= 0)

@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (
-    PROGRAMS, TIMEOUT, assert_location, clean_env, describe_locations, line_of,
+    DEFAULT_PYTHON, PROGRAMS, TIMEOUT, assert_location, clean_env, describe_locations, line_of,
     memtap_stats,
 )
 
@@ -609,3 +609,57 @@ def test_speedscope_of_nothing_split_by_thread(tmp_path, memtap):
     doc = json.loads(out)
     assert len(doc["profiles"]) == 1 and doc["activeProfileIndex"] == 0, doc["profiles"]
     assert doc["profiles"][0]["samples"] == [] and doc["profiles"][0]["endValue"] == 0
+
+
+CXX_UNWIND = r"""
+#include <pthread.h>
+#include <stdexcept>
+#include <string>
+static int destroyed;
+struct D { std::string s; D() : s(100, 'x') {} ~D() { destroyed++; } };
+__attribute__((noinline)) static void deeper() { D d; pthread_exit(nullptr); }
+static void *thread(void *) { D d; deeper(); return nullptr; }
+extern "C" int forced_unwind(void)
+{
+    pthread_t t;
+    destroyed = 0;
+    pthread_create(&t, nullptr, thread, nullptr);
+    pthread_join(t, nullptr);
+    return destroyed;
+}
+extern "C" int throws(int n)
+{
+    int caught = 0;
+    for (int i = 0; i < n; i++) {
+        try { D d; throw std::runtime_error(std::string(50, 'e')); }
+        catch (const std::exception &) { caught++; }
+    }
+    return caught + destroyed;
+}
+"""
+
+CXX_UNWIND_PY = """\
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+print(lib.forced_unwind(), lib.throws(1000))
+"""
+
+
+@pytest.mark.parametrize("mode", [[], ["--native"]], ids=["default", "native"])
+def test_cxx_unwinding_in_a_library_loaded_later(tmp_path, memtap, mode):
+    # the shim's own unwinder must not stand in for libgcc's _Unwind_* in a
+    # C++ library the program loads: a thread's forced unwind ran no
+    # destructors (0, not 2), and throws were 40 times slower
+    src = tmp_path / "unwinding.cpp"
+    src.write_text(CXX_UNWIND)
+    lib = tmp_path / "libunwinding.so"
+    subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-pthread", "-o", str(lib), str(src)],
+                   check=True, timeout=TIMEOUT)
+    script = tmp_path / "load.py"
+    script.write_text(CXX_UNWIND_PY)
+    plain = subprocess.run([DEFAULT_PYTHON, str(script), str(lib)], capture_output=True,
+                           text=True, timeout=TIMEOUT, env=clean_env())
+    assert plain.stdout == "2 2002\n", plain.stderr
+    proc = native_run(memtap, tmp_path, tmp_path / "c.bin", "--python", DEFAULT_PYTHON,
+                      script, lib, options=mode)
+    assert proc.stdout == plain.stdout
