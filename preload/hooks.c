@@ -19,6 +19,7 @@
 
 #include "../src/format.h"
 #include "environ.h"
+#include "limits.h"
 #include "real.h"
 #include "tracker.h"
 
@@ -409,63 +410,26 @@ EXPORT int execle(const char *path, const char *arg, ...)
 
 /* ---- the address space limit ----------------------------------------- */
 
-/* RLIMIT_AS as the program sets it, plus the shim's own mappings (which
- * are there whatever the program asked for); as it reads it, without.
- * memtap run set the limit the program starts with the same way. */
-static const struct rlimit *limit_in(int resource, const struct rlimit *rl,
-                                     struct rlimit *buf)
-{
-    uint64_t own = mt_own_address_space();
-    if (resource != RLIMIT_AS || !rl || !own)
-        return rl;
-    *buf = *rl;
-    if (buf->rlim_cur != RLIM_INFINITY)
-        buf->rlim_cur = buf->rlim_cur < RLIM_INFINITY - own ? buf->rlim_cur + own
-                                                            : RLIM_INFINITY;
-    if (buf->rlim_max != RLIM_INFINITY)
-        buf->rlim_max = buf->rlim_max < RLIM_INFINITY - own ? buf->rlim_max + own
-                                                            : RLIM_INFINITY;
-    return buf;
-}
-
-static void limit_out(int resource, struct rlimit *rl)
-{
-    uint64_t own = mt_own_address_space();
-    if (resource != RLIMIT_AS || !rl || !own)
-        return;
-    if (rl->rlim_cur != RLIM_INFINITY && rl->rlim_cur >= own)
-        rl->rlim_cur -= own;
-    if (rl->rlim_max != RLIM_INFINITY && rl->rlim_max >= own)
-        rl->rlim_max -= own;
-}
+/* RLIMIT_AS is the program's for its own memory: the shim's share of the
+ * address space is kept out of what it sets and reads (limits.h). */
 
 EXPORT int setrlimit(__rlimit_resource_t resource, const struct rlimit *rl)
 {
-    struct rlimit buf;
     mt_real_resolve();
-    return mt_real.setrlimit((int)resource, limit_in((int)resource, rl, &buf));
+    return mt_limit(0, (int)resource, rl, NULL);
 }
 
 EXPORT int getrlimit(__rlimit_resource_t resource, struct rlimit *rl)
 {
     mt_real_resolve();
-    int rc = mt_real.getrlimit((int)resource, rl);
-    if (rc == 0)
-        limit_out((int)resource, rl);
-    return rc;
+    return mt_limit(0, (int)resource, NULL, rl);
 }
 
 EXPORT int prlimit(pid_t pid, __rlimit_resource_t resource, const struct rlimit *new,
                    struct rlimit *old)
 {
-    struct rlimit buf;
     mt_real_resolve();
-    int self = pid == 0 || pid == getpid();
-    int rc = mt_real.prlimit(pid, (int)resource,
-                             self ? limit_in((int)resource, new, &buf) : new, old);
-    if (rc == 0 && self)
-        limit_out((int)resource, old);
-    return rc;
+    return mt_limit(pid, (int)resource, new, old);
 }
 
 /* The same functions under their 64-bit names: one layout on 64-bit

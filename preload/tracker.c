@@ -30,6 +30,7 @@
 #include "pythread.h"
 #include "real.h"
 #include "environ.h"
+#include "limits.h"
 #include "tracker.h"
 
 #define MT_MAX_PY 2048
@@ -1290,8 +1291,22 @@ static void fork_child(void)
     if (mt_self == MT_SHARED)
         mt_self = NULL;
     if (!recording || !fork_name[0] || !shm) {
-        shared_thread = NULL;  /* left mapped: not ours to free here */
-        return;  /* a fork after memtap_stop or a failure: not followed */
+        /* Not followed (or a fork after memtap_stop or a failure): the
+         * child lets go of the parent's transport, and of this thread's
+         * state, whose end would otherwise close the parent's slot. */
+        struct mt_thread *t = mt_self;
+        if ((uintptr_t)t > (uintptr_t)MT_SHARED) {
+            pthread_setspecific(thread_key, NULL);
+            thread_free(t);
+        }
+        mt_self = NULL;
+        shared_thread = NULL;  /* the parent's, left mapped */
+        if (shm) {
+            mt_raw_munmap(shm, MT_SHM_BYTES);
+            shm = NULL;
+            mt_limit_share_dropped();  /* what it execs gets the program's limit */
+        }
+        return;
     }
     uint32_t flags = shm->flags;
     int32_t collector = shm->collector_pid;

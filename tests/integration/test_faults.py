@@ -837,3 +837,26 @@ def test_followed_children_into_dev_null(tmp_path):
     for p in made:
         p.unlink()
     assert not made and said(traced) == [], (made, describe(traced))
+
+
+def test_a_limit_the_program_sets_for_its_children(tmp_path):
+    """A shell sets ulimit -v for a child it forks: the child, which runs
+    without memtap, gets that limit (it got 256 MiB more, for rings it does
+    not have), and a hard limit and a legal soft one read and set as they
+    would without memtap."""
+    exe = tmp_path / "alloc"
+    src = tmp_path / "alloc.c"
+    src.write_text('#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n'
+                   'int main(int c, char **v) { size_t n = (size_t)atoi(v[1]) << 20;\n'
+                   '  char *p = malloc(n); if (!p) { puts("failed"); return 1; }\n'
+                   '  memset(p, 1, n); puts("ok"); return 0; }\n')
+    subprocess.run(["cc", "-o", str(exe), str(src)], check=True, timeout=TIMEOUT)
+    for shell, out in (("ulimit -v 300000; ./alloc 400; ulimit -Sv; ulimit -Hv",
+                        b"failed\n300000\n300000\n"),
+                       ("ulimit -Sv 300000; ulimit -Hv 1000000; ulimit -Sv; ulimit -Hv; "
+                        "ulimit -Sv 1000000 && ulimit -Sv", b"300000\n1000000\n1000000\n")):
+        plain = run(["bash", "-c", shell], tmp_path)
+        assert plain.stdout == out, describe(plain)
+        traced = run([MEMTAP, "run", "-q", "-f", "-o", tmp_path / "c.bin", "bash", "-c", shell],
+                     tmp_path)
+        assert (traced.stdout, traced.returncode) == (out, plain.returncode), describe(traced)
