@@ -439,10 +439,14 @@ static const int forwarded[] = {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM};
 static void forward(int sig, siginfo_t *info, void *ctx)
 {
     (void)ctx;
-    /* The kernel's (a terminal's hangup) went to the program's process
-     * group already, as Ctrl-C does. */
-    if (forward_pid > 0 && info->si_code != SI_KERNEL)
-        kill((pid_t)forward_pid, sig);
+    /* Not back to the program, which signals its parent ("ready"); not a
+     * terminal's hangup, which went to the program's process group already,
+     * as Ctrl-C does. An alarm from the kernel is ours to pass on (one set
+     * before memtap was exec'd: it was meant for what runs now). */
+    if (forward_pid <= 0 || info->si_pid == forward_pid ||
+        (sig == SIGHUP && info->si_code == SI_KERNEL))
+        return;
+    kill((pid_t)forward_pid, sig);
 }
 
 /* Ends this process the way the program ended. */

@@ -860,3 +860,35 @@ def test_a_limit_the_program_sets_for_its_children(tmp_path):
         traced = run([MEMTAP, "run", "-q", "-f", "-o", tmp_path / "c.bin", "bash", "-c", shell],
                      tmp_path)
         assert (traced.stdout, traced.returncode) == (out, plain.returncode), describe(traced)
+
+
+SIGNALS_ITS_PARENT = """\
+import os, signal, time
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+os.kill(os.getppid(), signal.SIGUSR1)  # "ready", to whoever started it
+time.sleep(0.3)
+print(len(got))
+"""
+
+ALARM_BEFORE_EXEC = """\
+import os, signal, sys
+signal.alarm(1)  # set by the process that becomes memtap
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_signals_from_the_program_and_an_inherited_alarm(tmp_path):
+    """The program's own signal to its parent (memtap) does not come back to
+    it; an alarm set before memtap was exec'd reaches the program, as it
+    would have without memtap (it was swallowed)."""
+    script = write_script(tmp_path, SIGNALS_ITS_PARENT)
+    traced = run([MEMTAP, "run", "-q", "-o", tmp_path / "c.bin", "--python", DEFAULT_PYTHON,
+                  script], tmp_path)
+    assert (traced.returncode, traced.stdout) == (0, b"0\n"), describe(traced)
+    wrapper = tmp_path / "wrap.py"
+    wrapper.write_text(ALARM_BEFORE_EXEC)
+    start = time.time()
+    traced = run([DEFAULT_PYTHON, wrapper, MEMTAP, "run", "-q", "-f", "-o", tmp_path / "c.bin",
+                  "sleep", "20"], tmp_path)
+    assert traced.returncode == -signal.SIGALRM and time.time() - start < 15, describe(traced)
