@@ -30,8 +30,8 @@ static int without_self(const char *list, char *out, size_t cap)
     out[0] = 0;
     for (const char *p = list; *p;) {
         size_t len = strcspn(p, ": ");
-        if (len == self && !memcmp(p, self_path, len) && !found) {
-            found = 1;
+        if (len == self && !memcmp(p, self_path, len)) {
+            found = 1;  /* every copy: an environment saved before could hold one */
         } else if (len && n + len + 2 < cap) {
             if (n)
                 out[n++] = ':';
@@ -98,6 +98,10 @@ void mt_environ_hide(const char *shm_name, const char *shim_path)
     hidden = 1;
 }
 
+/* The arrays mt_environ_for_exec maps start this far after their mapping,
+ * which begins with its size. */
+#define ENV_HEADER 16
+
 char *const *mt_environ_for_exec(char *const envp[])
 {
     if (!hidden || getpid() != owner)
@@ -107,20 +111,25 @@ char *const *mt_environ_for_exec(char *const envp[])
     for (; envp && envp[n]; n++)
         if (!strncmp(envp[n], "LD_PRELOAD=", 11))
             pre = n;
-    /* Mapped, not allocated: nothing here may call the hooks, and the
-     * exec replaces this memory anyway (a failed one leaks a little). */
+    /* Mapped, not allocated: nothing here may call the hooks. */
     size_t old = pre != (size_t)-1 ? strlen(envp[pre]) : 0;
-    size_t bytes = (n + 3) * sizeof(char *) + 11 + strlen(self_path) + 1 + old + 1;
-    char **out = mt_raw_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (out == MAP_FAILED)
+    size_t bytes = ENV_HEADER + (n + 3) * sizeof(char *) + 11 + strlen(self_path) + 1 + old + 1;
+    char *map = mt_raw_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
         return envp;
+    memcpy(map, &bytes, sizeof bytes);
+    char **out = (char **)(map + ENV_HEADER);
     char *line = (char *)(out + n + 3);
     strcpy(line, "LD_PRELOAD=");
     strcat(line, self_path);
     if (old > 11) {
-        strcat(line, ":");
-        strcat(line, envp[pre] + 11);
+        /* the shim once, first: a list saved before the constructor hid
+         * it (/proc/self/environ) holds it already */
+        size_t at = strlen(line);
+        (void)without_self(envp[pre] + 11, line + at + 1, old + 1);
+        if (line[at + 1])
+            line[at] = ':';
     }
     /* LD_PRELOAD where it was, the rest after, as setenv puts them: the
      * next program's environment, once it has hidden them again, is in
@@ -136,4 +145,14 @@ char *const *mt_environ_for_exec(char *const envp[])
     out[k++] = shm_entry;
     out[k] = NULL;
     return out;
+}
+
+void mt_environ_exec_failed(char *const env[], char *const given[])
+{
+    if (env == given || !env)
+        return;
+    char *map = (char *)env - ENV_HEADER;
+    size_t bytes;
+    memcpy(&bytes, map, sizeof bytes);
+    mt_raw_munmap(map, bytes);
 }

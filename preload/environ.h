@@ -16,4 +16,7 @@ void mt_environ_hide(const char *shm_name, const char *shim_path);
  * allocates; safe in a vfork child. */
 char *const *mt_environ_for_exec(char *const envp[]);
 
+/* The exec given env (from mt_environ_for_exec(given)) returned: frees it. */
+void mt_environ_exec_failed(char *const env[], char *const given[]);
+
 #endif

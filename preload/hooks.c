@@ -57,7 +57,7 @@ void mt_real_resolve(void)
     R(malloc); R(calloc); R(realloc); R(reallocarray); R(posix_memalign);
     R(aligned_alloc); R(memalign); R(valloc); R(pvalloc);
     R(mmap); R(mmap64); R(munmap); R(mremap); R(prctl); R(pthread_setname_np);
-    R(pthread_create); R(_exit); R(dlclose); R(execve); R(execvpe); R(fexecve);
+    R(pthread_create); R(_exit); R(dlclose); R(execve); R(execvpe); R(fexecve); R(execveat);
     R(setrlimit); R(getrlimit); R(prlimit);
 #undef R
     __atomic_store_n(&mt_real.free, (void (*)(void *))dlsym(RTLD_NEXT, "free"),
@@ -335,22 +335,46 @@ EXPORT void _Exit(int status)
 
 extern char **environ;
 
+/* rc from an exec that came back: the environment made for it goes. */
+static int exec_failed(int rc, char *const env[], char *const envp[])
+{
+    int e = errno;
+    mt_environ_exec_failed(env, envp);
+    errno = e;
+    return rc;
+}
+
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
     mt_real_resolve();
-    return mt_real.execve(path, argv, mt_environ_for_exec(envp));
+    char *const *env = mt_environ_for_exec(envp);
+    return exec_failed(mt_real.execve(path, argv, env), env, envp);
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
     mt_real_resolve();
-    return mt_real.execvpe(file, argv, mt_environ_for_exec(envp));
+    char *const *env = mt_environ_for_exec(envp);
+    return exec_failed(mt_real.execvpe(file, argv, env), env, envp);
 }
 
 EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
     mt_real_resolve();
-    return mt_real.fexecve(fd, argv, mt_environ_for_exec(envp));
+    char *const *env = mt_environ_for_exec(envp);
+    return exec_failed(mt_real.fexecve(fd, argv, env), env, envp);
+}
+
+EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const envp[],
+                    int flags)
+{
+    mt_real_resolve();
+    if (!mt_real.execveat) {  /* a C library without it */
+        errno = ENOSYS;
+        return -1;
+    }
+    char *const *env = mt_environ_for_exec(envp);
+    return exec_failed(mt_real.execveat(dirfd, path, argv, env, flags), env, envp);
 }
 
 EXPORT int execv(const char *path, char *const argv[])

@@ -33,6 +33,7 @@ struct mt_real {
     int (*execve)(const char *, char *const[], char *const[]);
     int (*execvpe)(const char *, char *const[], char *const[]);
     int (*fexecve)(int, char *const[], char *const[]);
+    int (*execveat)(int, const char *, char *const[], char *const[], int);
     int (*setrlimit)(int, const struct rlimit *);
     int (*getrlimit)(int, struct rlimit *);
     int (*prlimit)(pid_t, int, const struct rlimit *, struct rlimit *);
