@@ -305,9 +305,13 @@ _Atomic uint64_t mt_py_code_deaths;
 static struct { _Atomic uint64_t seq; _Atomic uintptr_t code; } graveyard[MT_GRAVEYARD];
 static void (*code_dealloc)(void *);
 
+/* A slot is written as a sequence lock: its seq is 0 while the address
+ * changes, then the death's number + 1. */
 static void code_dealloc_seen(void *code)
 {
     uint64_t n = atomic_fetch_add_explicit(&mt_py_code_deaths, 1, memory_order_relaxed);
+    atomic_store_explicit(&graveyard[n % MT_GRAVEYARD].seq, 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&graveyard[n % MT_GRAVEYARD].code, (uintptr_t)code,
                           memory_order_relaxed);
     atomic_store_explicit(&graveyard[n % MT_GRAVEYARD].seq, n + 1, memory_order_release);
@@ -316,12 +320,15 @@ static void code_dealloc_seen(void *code)
 
 uintptr_t mt_py_code_death(uint64_t n)
 {
+    uint64_t before = atomic_load_explicit(&graveyard[n % MT_GRAVEYARD].seq,
+                                           memory_order_acquire);
     uintptr_t code = atomic_load_explicit(&graveyard[n % MT_GRAVEYARD].code,
                                           memory_order_relaxed);
     atomic_thread_fence(memory_order_acquire);
-    /* seq read after the address: a slot rewritten meanwhile shows it */
-    return atomic_load_explicit(&graveyard[n % MT_GRAVEYARD].seq, memory_order_relaxed)
-           == n + 1 ? code : 0;
+    uint64_t after = atomic_load_explicit(&graveyard[n % MT_GRAVEYARD].seq,
+                                          memory_order_relaxed);
+    /* the address the n-th death wrote, not one being written over it */
+    return before == n + 1 && after == n + 1 ? code : 0;
 }
 
 /* Puts code_dealloc_seen in front of the code type's deallocator, once:
