@@ -795,7 +795,8 @@ static struct mt_thread *shared_enter(void)
         n->ring = mt_shm_ring(shm, MT_SHARED_SLOT);
         n->head = n->tail_seen = atomic_load(&shm->slots[MT_SHARED_SLOT].head);
         shm->slots[MT_SHARED_SLOT].tid = (uint32_t)gettid();
-        thread_announce(n, "[threads beyond " MT_STR(MT_SHARED_SLOT_COUNT) "]");
+        /* also what threads do after their state has gone (thread_end) */
+        thread_announce(n, "[threads beyond " MT_STR(MT_SHARED_SLOT_COUNT) ", or ended]");
         shared_thread = t = n;
     }
     t->busy = 1;
