@@ -212,7 +212,7 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
         return mt_raw_mmap(addr, len, prot, flags, fd, off);
     struct mt_thread *t = mt_enter();
     void *p = mt_real.mmap(addr, len, prot, flags, fd, off);
-    mt_record_mmap(t, p, len, prot, flags);
+    mt_record_mmap(t, p, len, prot, flags, fd);
     return p;
 }
 
@@ -222,7 +222,7 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
         return mt_raw_mmap(addr, len, prot, flags, fd, off);
     struct mt_thread *t = mt_enter();
     void *p = mt_real.mmap64(addr, len, prot, flags, fd, off);
-    mt_record_mmap(t, p, len, prot, flags);
+    mt_record_mmap(t, p, len, prot, flags, fd);
     return p;
 }
 

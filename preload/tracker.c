@@ -18,6 +18,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -975,9 +976,18 @@ static size_t page_round(size_t len)
     return (len + page - 1) & ~(page - 1);
 }
 
-static unsigned mapping_kind(int prot, int flags)
+/* Whether fd is /dev/zero, whose mappings the kernel makes anonymous
+ * memory (and /proc/self/maps shows as such). */
+static int is_dev_zero(int fd)
 {
-    if (!(flags & MAP_ANONYMOUS))
+    struct stat st;
+    return fd >= 0 && syscall(SYS_fstat, fd, &st) == 0 && S_ISCHR(st.st_mode) &&
+           major(st.st_rdev) == 1 && minor(st.st_rdev) == 5;
+}
+
+static unsigned mapping_kind(int prot, int flags, int fd)
+{
+    if (!(flags & MAP_ANONYMOUS) && !is_dev_zero(fd))
         return MT_A_MMAP_FILE;
     if (prot == PROT_NONE || (flags & MAP_NORESERVE))
         return MT_A_MMAP_RESERVE;
@@ -1059,12 +1069,12 @@ static unsigned mapped_kind(struct mt_thread *t, uintptr_t addr)
 }
 
 void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
-                    int flags)
+                    int flags, int fd)
 {
     if (!t)
         return;
     if (addr != MAP_FAILED)
-        alloc_write(t, mapping_kind(prot, flags), addr, page_round(len));
+        alloc_write(t, mapping_kind(prot, flags, fd), addr, page_round(len));
     record_done(t);
 }
 

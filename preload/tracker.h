@@ -48,9 +48,9 @@ void mt_record_free(struct mt_thread *t, uint64_t seq, void *ptr);
 void mt_record_realloc(struct mt_thread *t, uint64_t seq, unsigned allocator,
                        void *old, void *new_ptr, size_t size);
 
-/* mmap result (MAP_FAILED records nothing). Leaves the guard. */
+/* mmap result (MAP_FAILED records nothing) of fd (-1: none). Leaves the guard. */
 void mt_record_mmap(struct mt_thread *t, void *addr, size_t len, int prot,
-                    int flags);
+                    int flags, int fd);
 
 /* munmap of [addr, addr+len) returned ok (0) or failed. Leaves the guard. */
 void mt_record_munmap(struct mt_thread *t, uint64_t seq, void *addr,

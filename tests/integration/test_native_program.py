@@ -663,3 +663,37 @@ def test_cxx_unwinding_in_a_library_loaded_later(tmp_path, memtap, mode):
     proc = native_run(memtap, tmp_path, tmp_path / "c.bin", "--python", DEFAULT_PYTHON,
                       script, lib, options=mode)
     assert proc.stdout == plain.stdout
+
+
+DEV_ZERO = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+int main(void)
+{
+    int fd = open("/dev/zero", O_RDWR);
+    size_t page = 4096;
+    char *a = mmap(0, 100 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    char *b = mmap(0, 100 * page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    memset(a, 1, 100 * page);
+    memset(b, 1, 100 * page);
+    a = mremap(a, 100 * page, 200 * page, MREMAP_MAYMOVE);
+    b = mremap(b, 100 * page, 50 * page, MREMAP_MAYMOVE);
+    return a == MAP_FAILED || b == MAP_FAILED;
+}
+"""
+
+
+def test_dev_zero_mappings_are_memory_before_and_after_mremap(tmp_path, memtap):
+    # the kernel makes a mapping of /dev/zero anonymous memory: counted as
+    # such from the mmap on, not as a file's pages that mremap then turned
+    # into 1 MiB of heap from nowhere
+    exe = compile_c(tmp_path, "devzero", DEV_ZERO)
+    cap = tmp_path / "c.bin"
+    native_run(memtap, tmp_path, cap, exe)
+    stats = memtap_stats(cap)
+    assert "mmap_file" not in stats["allocators"], stats["allocators"]
+    assert stats["allocators"]["mmap"]["count"] >= 2, stats["allocators"]
+    leaks = leaks_in(memtap, cap, "devzero.c")
+    assert sorted(b for _, b, _ in leaks) == [50 * 4096, 200 * 4096], leaks
