@@ -30,31 +30,18 @@ static int outside_libc(const struct mt_loc *l)
             strncmp(l->object, "libc-", 5));
 }
 
-/* In a Python program the interpreter's own frames (libpython, or the
- * python executable, recorded as the main program "") are no location
- * either: the Python line that ran them is, or an extension's function. */
-static int outside_libc_and_python(const struct mt_loc *l)
-{
-    if (l->is_python)
-        return 1;
-    const char *o = l->object ? l->object : "";
-    return outside_libc(l) && o[0] && strncmp(o, "libpython", 9) && strncmp(o, "python", 6);
-}
-
 /* Everything ever allocated, per innermost location, biggest first.
  * @return the array (free it) with *n entries. */
 static struct location_total *top_locations(struct mt_report *r, uint32_t *n)
 {
     const struct mt_analysis *a = mt_report_analysis(r);
-    int python = a->python_version && a->python_version[0];
     uint32_t nlocs = 0;
     struct location_total *t = NULL;
     for (uint32_t i = 0; i < a->ngroups; i++) {
         const struct mt_group *g = &a->groups[i];
         if (!g->total_count)
             continue;
-        uint32_t loc = mt_report_innermost(r, g, python ? outside_libc_and_python
-                                                        : outside_libc);
+        uint32_t loc = mt_report_innermost(r, g, outside_libc);
         if (loc >= nlocs) {
             uint32_t cap = mt_report_nlocs(r) + 1 > loc + 1 ? mt_report_nlocs(r) + 1 : loc + 1;
             t = realloc(t, cap * sizeof *t);
