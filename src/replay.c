@@ -417,12 +417,39 @@ HOT void heap_free(struct mt_replay *s, uint64_t key, uint32_t thread)
 }
 
 /* Index of the first mapping ending after addr. */
+/* The mappings, by address, are kept back to front in s->maps: mmap hands
+ * out addresses downwards, so the lowest, where a new mapping goes, is the
+ * array's end, and a program with 100,000 of them does not move them all
+ * at every mmap. Mapping i (0 = the lowest) is map_at(s, i). */
+static struct mapping *map_at(const struct mt_replay *s, size_t i)
+{
+    return &s->maps[s->nmaps - 1 - i];
+}
+
+/* Room for a mapping at i (the ones from i on move up one). */
+static struct mapping *map_insert(struct mt_replay *s, size_t i)
+{
+    s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
+    size_t at = s->nmaps - i;
+    memmove(&s->maps[at + 1], &s->maps[at], i * sizeof *s->maps);
+    s->nmaps++;
+    return &s->maps[at];
+}
+
+static void map_delete(struct mt_replay *s, size_t i)
+{
+    size_t at = s->nmaps - 1 - i;
+    memmove(&s->maps[at], &s->maps[at + 1], i * sizeof *s->maps);
+    s->nmaps--;
+}
+
+/* The first mapping that ends after addr. */
 static size_t map_find(const struct mt_replay *s, uint64_t addr)
 {
     size_t lo = 0, hi = s->nmaps;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (s->maps[mid].end <= addr)
+        if (map_at(s, mid)->end <= addr)
             lo = mid + 1;
         else
             hi = mid;
@@ -435,8 +462,8 @@ static void map_remove(struct mt_replay *s, uint64_t start, uint64_t end,
                        uint32_t thread)
 {
     size_t i = map_find(s, start);
-    while (i < s->nmaps && s->maps[i].start < end) {
-        struct mapping *m = &s->maps[i];
+    while (i < s->nmaps && map_at(s, i)->start < end) {
+        struct mapping *m = map_at(s, i);
         uint64_t cut_lo = m->start > start ? m->start : start;
         uint64_t cut_hi = m->end < end ? m->end : end;
         uint64_t cut = cut_hi - cut_lo;
@@ -447,8 +474,8 @@ static void map_remove(struct mt_replay *s, uint64_t start, uint64_t end,
              * piece still mapped carries it on. */
             struct mapping *heir = NULL;
             for (size_t k = 0; m->counted && m->split && k < s->nmaps && !heir; k++)
-                if (k != i && s->maps[k].mapped == m->mapped)
-                    heir = &s->maps[k];
+                if (k != i && map_at(s, k)->mapped == m->mapped)
+                    heir = map_at(s, k);
             if (m->counted && !heir) {
                 block_end(s, &b, thread);
             } else {
@@ -456,23 +483,20 @@ static void map_remove(struct mt_replay *s, uint64_t start, uint64_t end,
                 if (heir)
                     heir->counted = 1;
             }
-            memmove(m, m + 1, (s->nmaps - i - 1) * sizeof *m);
-            s->nmaps--;
+            map_delete(s, i);
             continue;
         }
         heap_sub(s, &m->b, cut, 0);
         if (cut_lo > m->start && cut_hi < m->end) {  /* a hole: split */
-            s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
-            m = &s->maps[i];
-            memmove(m + 1, m, (s->nmaps - i) * sizeof *m);
-            s->nmaps++;
-            m[0].split = 1;
-            m[1] = m[0];
-            m[0].end = cut_lo;
-            m[1].start = cut_hi;
-            m[1].counted = 0;
-            m[0].b.size = m[0].end - m[0].start;
-            m[1].b.size = m[1].end - m[1].start;
+            struct mapping *upper = map_insert(s, i + 1);
+            m = map_at(s, i);  /* moved */
+            m->split = 1;
+            *upper = *m;
+            m->end = cut_lo;
+            upper->start = cut_hi;
+            upper->counted = 0;
+            m->b.size = m->end - m->start;
+            upper->b.size = upper->end - upper->start;
             i += 2;
             continue;
         }
@@ -494,11 +518,8 @@ static void map_add(struct mt_replay *s, const struct mt_record *r, uint64_t add
     struct block b;
     new_block(s, r->thread, r->u.ev.allocator, r->u.ev.py_stack, r->u.ev.native_stack,
               size, &b);
-    size_t i = map_find(s, addr);
-    s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
-    memmove(&s->maps[i + 1], &s->maps[i], (s->nmaps - i) * sizeof *s->maps);
-    s->nmaps++;
-    s->maps[i] = (struct mapping){addr, addr + size, b, 1, 0, ++s->nmapped};
+    *map_insert(s, map_find(s, addr)) =
+        (struct mapping){addr, addr + size, b, 1, 0, ++s->nmapped};
     heap_add(s, &b);
 }
 

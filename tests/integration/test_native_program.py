@@ -697,3 +697,32 @@ def test_dev_zero_mappings_are_memory_before_and_after_mremap(tmp_path, memtap):
     assert stats["allocators"]["mmap"]["count"] >= 2, stats["allocators"]
     leaks = leaks_in(memtap, cap, "devzero.c")
     assert sorted(b for _, b, _ in leaks) == [50 * 4096, 200 * 4096], leaks
+
+
+MANY_MAPPINGS = r"""
+#include <stdlib.h>
+#include <sys/mman.h>
+int main(void)
+{
+    enum { N = 3000 };
+    static char *p[N];
+    for (int i = 0; i < N; i++)  /* 1 to 3 pages each, PROT_READ: never merged */
+        p[i] = mmap(0, 4096 * (1 + i % 3), i % 2 ? PROT_READ : PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (int i = N - 1; i >= 0; i -= 2)  /* newest first: every other one */
+        munmap(p[i], 4096 * (1 + i % 3));
+    for (int i = 0; i < N; i += 4)  /* oldest first: the first page of some */
+        munmap(p[i], 4096);
+    return 0;
+}
+"""
+
+
+def test_many_mappings_unmapped_in_any_order(tmp_path, memtap):
+    # the replay's mappings, kept lowest last: exact totals however they go
+    exe = compile_c(tmp_path, "maps", MANY_MAPPINGS)
+    cap = tmp_path / "c.bin"
+    native_run(memtap, tmp_path, cap, exe)
+    left = sum(4096 * (1 + i % 3) - (4096 if i % 4 == 0 else 0)
+               for i in range(3000) if i % 2 == 0)
+    assert sum(b for _, b, _ in leaks_in(memtap, cap, "maps.c")) == left
