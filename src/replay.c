@@ -73,7 +73,7 @@ struct mt_replay {
     uint32_t *free_blocks;
     size_t nblocks, cap_blocks, nfree, cap_free;
     struct mapping *maps;
-    size_t nmaps, cap_maps;
+    size_t nmaps, cap_maps, maps_base;  /* maps_base: unused slots first */
     uint64_t nmapped;           /* mmaps seen: each mapping's `mapped` */
     uint64_t *thread_allocs;    /* by thread index */
     uint32_t cap_threads;
@@ -417,29 +417,40 @@ HOT void heap_free(struct mt_replay *s, uint64_t key, uint32_t thread)
 }
 
 /* Index of the first mapping ending after addr. */
-/* The mappings, by address, are kept back to front in s->maps: mmap hands
- * out addresses downwards, so the lowest, where a new mapping goes, is the
- * array's end, and a program with 100,000 of them does not move them all
- * at every mmap. Mapping i (0 = the lowest) is map_at(s, i). */
+/* The mappings, by address, are kept back to front in s->maps from
+ * maps_base on: mmap hands out addresses downwards, so the lowest, where a
+ * new mapping goes, is the array's end, and the oldest, which a program
+ * often unmaps first, its start, where a removal moves nothing either
+ * (maps_base steps over it). Mapping i (0 = the lowest) is map_at(s, i). */
 static struct mapping *map_at(const struct mt_replay *s, size_t i)
 {
-    return &s->maps[s->nmaps - 1 - i];
+    return &s->maps[s->maps_base + s->nmaps - 1 - i];
 }
 
 /* Room for a mapping at i (the ones from i on move up one). */
 static struct mapping *map_insert(struct mt_replay *s, size_t i)
 {
-    s->maps = grow(s->maps, &s->cap_maps, s->nmaps + 1, sizeof *s->maps);
-    size_t at = s->nmaps - i;
+    if (s->maps_base && s->maps_base + s->nmaps == s->cap_maps) {
+        memmove(s->maps, s->maps + s->maps_base, s->nmaps * sizeof *s->maps);
+        s->maps_base = 0;
+    }
+    s->maps = grow(s->maps, &s->cap_maps, s->maps_base + s->nmaps + 1, sizeof *s->maps);
+    size_t at = s->maps_base + s->nmaps - i;
     memmove(&s->maps[at + 1], &s->maps[at], i * sizeof *s->maps);
     s->nmaps++;
     return &s->maps[at];
 }
 
+/* Takes mapping i out, moving the fewer of those on either side. */
 static void map_delete(struct mt_replay *s, size_t i)
 {
-    size_t at = s->nmaps - 1 - i;
-    memmove(&s->maps[at], &s->maps[at + 1], i * sizeof *s->maps);
+    size_t at = s->maps_base + s->nmaps - 1 - i, above = s->nmaps - 1 - i;
+    if (i <= above) {
+        memmove(&s->maps[at], &s->maps[at + 1], i * sizeof *s->maps);
+    } else {
+        memmove(&s->maps[s->maps_base + 1], &s->maps[s->maps_base], above * sizeof *s->maps);
+        s->maps_base++;
+    }
     s->nmaps--;
 }
 
