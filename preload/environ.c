@@ -102,6 +102,11 @@ void mt_environ_hide(const char *shm_name, const char *shim_path)
  * which begins with its size. */
 #define ENV_HEADER 16
 
+int mt_environ_exec_untraced(void)
+{
+    return hidden && getpid() != owner;
+}
+
 char *const *mt_environ_for_exec(char *const envp[])
 {
     if (!hidden || getpid() != owner)

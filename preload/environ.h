@@ -16,6 +16,11 @@ void mt_environ_hide(const char *shm_name, const char *shim_path);
  * allocates; safe in a vfork child. */
 char *const *mt_environ_for_exec(char *const envp[]);
 
+/* Whether an exec here starts a program without the shim: a child (not
+ * the process that hid the variables) of a program whose children are not
+ * followed. Reads only; safe in a vfork child. */
+int mt_environ_exec_untraced(void);
+
 /* The exec given env (from mt_environ_for_exec(given)) returned: frees it. */
 void mt_environ_exec_failed(char *const env[], char *const given[]);
 

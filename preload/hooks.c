@@ -335,11 +335,27 @@ EXPORT void _Exit(int status)
 
 extern char **environ;
 
-/* rc from an exec that came back: the environment made for it goes. */
-static int exec_failed(int rc, char *const env[], char *const envp[])
+/* An exec about to be made: the environment to give it, and, for a
+ * program a child starts without the shim, the limit without the shim's
+ * share. exec_done puts both back when the exec returns. */
+struct exec_prep {
+    char *const *env;
+    struct rlimit limit;
+    int limited;
+};
+
+static void exec_prepare(struct exec_prep *x, char *const envp[])
+{
+    x->limited = mt_environ_exec_untraced() && mt_limit_exec_untraced(&x->limit);
+    x->env = mt_environ_for_exec(envp);
+}
+
+static int exec_done(int rc, const struct exec_prep *x, char *const envp[])
 {
     int e = errno;
-    mt_environ_exec_failed(env, envp);
+    mt_environ_exec_failed(x->env, envp);
+    if (x->limited)
+        mt_limit_exec_failed(&x->limit);
     errno = e;
     return rc;
 }
@@ -347,22 +363,25 @@ static int exec_failed(int rc, char *const env[], char *const envp[])
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
     mt_real_resolve();
-    char *const *env = mt_environ_for_exec(envp);
-    return exec_failed(mt_real.execve(path, argv, env), env, envp);
+    struct exec_prep x;
+    exec_prepare(&x, envp);
+    return exec_done(mt_real.execve(path, argv, x.env), &x, envp);
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
     mt_real_resolve();
-    char *const *env = mt_environ_for_exec(envp);
-    return exec_failed(mt_real.execvpe(file, argv, env), env, envp);
+    struct exec_prep x;
+    exec_prepare(&x, envp);
+    return exec_done(mt_real.execvpe(file, argv, x.env), &x, envp);
 }
 
 EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
     mt_real_resolve();
-    char *const *env = mt_environ_for_exec(envp);
-    return exec_failed(mt_real.fexecve(fd, argv, env), env, envp);
+    struct exec_prep x;
+    exec_prepare(&x, envp);
+    return exec_done(mt_real.fexecve(fd, argv, x.env), &x, envp);
 }
 
 EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const envp[],
@@ -373,8 +392,9 @@ EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const
         errno = ENOSYS;
         return -1;
     }
-    char *const *env = mt_environ_for_exec(envp);
-    return exec_failed(mt_real.execveat(dirfd, path, argv, env, flags), env, envp);
+    struct exec_prep x;
+    exec_prepare(&x, envp);
+    return exec_done(mt_real.execveat(dirfd, path, argv, x.env, flags), &x, envp);
 }
 
 EXPORT int execv(const char *path, char *const argv[])

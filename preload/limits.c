@@ -51,7 +51,7 @@ int mt_limit(pid_t pid, int resource, const struct rlimit *new, struct rlimit *o
         /* a request the kernel refuses (soft over hard) stays refused */
         max = new->rlim_cur <= new->rlim_max && want.rlim_max < want.rlim_cur;
         if (max)
-            want.rlim_max = want.rlim_cur;
+            want.rlim_max = plus(new->rlim_max, own);
         rc = mt_real.prlimit(0, resource, &want, NULL);
         if (rc != 0 && errno == EPERM && max) {
             /* no raising the hard limit here: as asked, without the share */
@@ -70,16 +70,53 @@ int mt_limit(pid_t pid, int resource, const struct rlimit *new, struct rlimit *o
     return rc;
 }
 
-void mt_limit_share_dropped(void)
+/* Lowers the limit to what the program sees; @return whether it did. No
+ * write to memory the process may share with its parent. */
+static int share_give_back(void)
 {
     struct rlimit now;
-    uint64_t own = MT_SHM_BYTES;
     if (mt_real.prlimit(0, RLIMIT_AS, NULL, &now) != 0)
-        return;
-    share_infer(&now);
+        return 0;
+    int cur = share_in_cur, max = share_in_max;
+    if (cur < 0) {  /* as share_infer would say */
+        cur = now.rlim_cur != RLIM_INFINITY;
+        max = now.rlim_max != RLIM_INFINITY && now.rlim_max == now.rlim_cur;
+    }
     struct rlimit seen = now;
-    as_seen(&seen, own);
-    if ((seen.rlim_cur != now.rlim_cur || seen.rlim_max != now.rlim_max) &&
-        mt_real.prlimit(0, RLIMIT_AS, &seen, NULL) == 0)
+    if (cur && seen.rlim_cur != RLIM_INFINITY && seen.rlim_cur >= MT_SHM_BYTES)
+        seen.rlim_cur -= MT_SHM_BYTES;
+    if (max && seen.rlim_max != RLIM_INFINITY && seen.rlim_max >= MT_SHM_BYTES)
+        seen.rlim_max -= MT_SHM_BYTES;
+    return (seen.rlim_cur != now.rlim_cur || seen.rlim_max != now.rlim_max) &&
+           mt_real.prlimit(0, RLIMIT_AS, &seen, NULL) == 0;
+}
+
+void mt_limit_share_dropped(void)
+{
+    if (share_give_back())
+        share_in_cur = share_in_max = 0;
+}
+
+int mt_limit_exec_untraced(struct rlimit *before)
+{
+    /* The soft limit only, which the exec's failure can put back (an
+     * exec along PATH fails and comes again). */
+    if (mt_real.prlimit(0, RLIMIT_AS, NULL, before) != 0)
+        return 0;
+    int cur = share_in_cur < 0 ? before->rlim_cur != RLIM_INFINITY : share_in_cur;
+    if (!cur || before->rlim_cur == RLIM_INFINITY || before->rlim_cur < MT_SHM_BYTES)
+        return 0;
+    struct rlimit less = {before->rlim_cur - MT_SHM_BYTES, before->rlim_max};
+    return mt_real.prlimit(0, RLIMIT_AS, &less, NULL) == 0;
+}
+
+void mt_limit_exec_failed(const struct rlimit *before)
+{
+    mt_real.prlimit(0, RLIMIT_AS, before, NULL);
+}
+
+void mt_limit_not_raised(void)
+{
+    if (share_in_cur < 0)
         share_in_cur = share_in_max = 0;
 }

@@ -16,4 +16,16 @@ int mt_limit(pid_t pid, int resource, const struct rlimit *new, struct rlimit *o
  * the share back: what it execs has the limit the program had. */
 void mt_limit_share_dropped(void);
 
+/* An untraced program is about to be exec'd by a child that still holds
+ * the share (a vfork child, which must not write the parent's memory):
+ * the soft limit goes back to the program's, by system calls alone.
+ * @return 1 when it changed, *before holding what to put back with
+ * mt_limit_exec_failed if the exec returns. */
+int mt_limit_exec_untraced(struct rlimit *before);
+void mt_limit_exec_failed(const struct rlimit *before);
+
+/* The process was not started by memtap run (a Tracker's): no limit it
+ * has holds the share. */
+void mt_limit_not_raised(void);
+
 #endif

@@ -1536,9 +1536,12 @@ static int start(void)
             "Python allocators are not traced\n");
     python_threads = python && mt_pythread_setup() == 0;
     native = (shm->flags & MT_SHMF_NATIVE) || !python;
-    mt_py_keep_unstarted(native);
-    if (native && mt_native_setup() < 0)
+    if (native && mt_native_setup() < 0) {
+        say("memtap: cannot start libunwind (libunwind.so.8); native stacks are not "
+            "recorded\n");
         native = 0;
+    }
+    mt_py_keep_unstarted(native);
     ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);
     exe_path_len = n > 0 ? (size_t)n : 0;
     memcpy(shm->program_exe, exe_path, exe_path_len);
@@ -1588,6 +1591,7 @@ __attribute__((visibility("default"))) int memtap_start(void)
 {
     if (active)
         return -1;
+    mt_limit_not_raised();  /* no memtap run gave this process room */
     return start();
 }
 

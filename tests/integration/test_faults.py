@@ -892,3 +892,37 @@ def test_signals_from_the_program_and_an_inherited_alarm(tmp_path):
     traced = run([DEFAULT_PYTHON, wrapper, MEMTAP, "run", "-q", "-f", "-o", tmp_path / "c.bin",
                   "sleep", "20"], tmp_path)
     assert traced.returncode == -signal.SIGALRM and time.time() - start < 15, describe(traced)
+
+
+CHILDREN_LIMITS = """\
+import os, resource, subprocess, sys
+print("self", resource.getrlimit(resource.RLIMIT_AS)[0], flush=True)
+# a child by vfork (subprocess without preexec_fn), one by fork and exec
+subprocess.run([sys.executable, "-c", "import re; print('spawned', [l.split()[3] for l in open('/proc/self/limits') if l.startswith('Max address space')][0])"])
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-c", "print('forked', [l.split()[3] for l in open('/proc/self/limits') if l.startswith('Max address space')][0])"])
+os.waitpid(pid, 0)
+"""
+
+
+def test_children_get_the_limit_the_program_has(tmp_path):
+    """Under a soft ulimit -v memtap raised for the rings, a child that runs
+    without the shim gets the limit as the program was given it, whether
+    started by vfork (subprocess) or fork: 256 MiB more before."""
+    if memtap_sanitized():
+        pytest.skip("AddressSanitizer reserves terabytes of address space")
+    script = write_script(tmp_path, CHILDREN_LIMITS)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4000000 * 1024, resource.RLIM_INFINITY))
+
+    out = []
+    for cmd in ([DEFAULT_PYTHON, str(script)],
+                [str(MEMTAP), "run", "-q", "-o", str(tmp_path / "c.bin"), "--python",
+                 DEFAULT_PYTHON, str(script)]):
+        p = subprocess.run(cmd, cwd=str(tmp_path), env=clean_env(), capture_output=True,
+                           timeout=TIMEOUT, preexec_fn=limit)
+        assert p.returncode == 0, describe(p)
+        out.append(p.stdout)
+    assert out[0] == out[1] == b"self 4096000000\nspawned 4096000000\nforked 4096000000\n", out

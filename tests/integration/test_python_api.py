@@ -545,3 +545,37 @@ def test_memtaps_own_helpers_are_not_followed_children(pkg, tmp_path):
                     pkg.python, script], cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout == "True\n", (proc.stdout, proc.stderr)
     assert sorted(p.name for p in tmp_path.glob("run*.bin")) == ["run.bin"]
+
+
+TRACKER_CHILD_LIMIT = """\
+import memtap, os
+def limit():
+    for line in open("/proc/self/limits"):
+        if line.startswith("Max address space"):
+            return line.split()[3:5]
+print("parent", limit(), flush=True)
+with memtap.Tracker("t.bin"):
+    pid = os.fork()
+    if pid == 0:
+        print("child", limit(), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_a_trackers_children_keep_their_limit(pkg, tmp_path):
+    # no memtap run gave a Tracker's process room for the rings: a child
+    # forked there must not give back room it never had (it lost 256 MiB,
+    # hard limit included)
+    import resource
+    script = tmp_path / "limit.py"
+    script.write_text(TRACKER_CHILD_LIMIT)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4000000 * 1024, 4000000 * 1024))
+
+    proc = pkg.run([pkg.python, script], cwd=tmp_path, preexec_fn=limit)
+    assert proc.returncode == 0, proc.stderr
+    parent, child = proc.stdout.splitlines()
+    assert parent.split(" ", 1)[1] == child.split(" ", 1)[1] == \
+        "['4096000000', '4096000000']", proc.stdout
