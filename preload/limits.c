@@ -14,12 +14,17 @@
  * first looked at, when they are inferred from how memtap run sets them. */
 static int share_in_cur = -1, share_in_max = -1;
 
-static void share_infer(const struct rlimit *now)
+struct share { int cur, max; };
+
+/* What holds the share in the limit now is: what is known, else what
+ * memtap run would have made it. Writes nothing (a vfork child shares the
+ * parent's memory). */
+static struct share share_of(const struct rlimit *now)
 {
     if (share_in_cur >= 0)
-        return;
-    share_in_cur = now->rlim_cur != RLIM_INFINITY;
-    share_in_max = now->rlim_max != RLIM_INFINITY && now->rlim_max == now->rlim_cur;
+        return (struct share){share_in_cur, share_in_max};
+    return (struct share){now->rlim_cur != RLIM_INFINITY,
+                          now->rlim_max != RLIM_INFINITY && now->rlim_max == now->rlim_cur};
 }
 
 static rlim_t plus(rlim_t v, uint64_t own)
@@ -27,12 +32,15 @@ static rlim_t plus(rlim_t v, uint64_t own)
     return v == RLIM_INFINITY ? v : v < RLIM_INFINITY - own ? v + own : RLIM_INFINITY;
 }
 
-static void as_seen(struct rlimit *rl, uint64_t own)
+static rlim_t minus(rlim_t v, uint64_t own, int holds)
 {
-    if (share_in_cur && rl->rlim_cur != RLIM_INFINITY && rl->rlim_cur >= own)
-        rl->rlim_cur -= own;
-    if (share_in_max && rl->rlim_max != RLIM_INFINITY && rl->rlim_max >= own)
-        rl->rlim_max -= own;
+    return holds && v != RLIM_INFINITY && v >= own ? v - own : v;
+}
+
+/* rl as the program sees it: without the share where it holds it. */
+static struct rlimit as_seen(struct rlimit rl, struct share sh, uint64_t own)
+{
+    return (struct rlimit){minus(rl.rlim_cur, own, sh.cur), minus(rl.rlim_max, own, sh.max)};
 }
 
 int mt_limit(pid_t pid, int resource, const struct rlimit *new, struct rlimit *old)
@@ -43,57 +51,38 @@ int mt_limit(pid_t pid, int resource, const struct rlimit *new, struct rlimit *o
     struct rlimit now;
     if (mt_real.prlimit(0, resource, NULL, &now) != 0)
         return -1;
-    share_infer(&now);
-    int rc = 0, cur = share_in_cur, max = share_in_max;
+    struct share had = share_of(&now), has = had;
+    int rc = 0;
     if (new) {
         struct rlimit want = {plus(new->rlim_cur, own), new->rlim_max};
-        cur = want.rlim_cur != new->rlim_cur;
+        has.cur = want.rlim_cur != new->rlim_cur;
         /* a request the kernel refuses (soft over hard) stays refused */
-        max = new->rlim_cur <= new->rlim_max && want.rlim_max < want.rlim_cur;
-        if (max)
+        has.max = new->rlim_cur <= new->rlim_max && want.rlim_max < want.rlim_cur;
+        if (has.max)
             want.rlim_max = plus(new->rlim_max, own);
         rc = mt_real.prlimit(0, resource, &want, NULL);
-        if (rc != 0 && errno == EPERM && max) {
+        if (rc != 0 && errno == EPERM && has.max) {
             /* no raising the hard limit here: as asked, without the share */
             rc = mt_real.prlimit(0, resource, new, NULL);
-            cur = max = 0;
+            has = (struct share){0, 0};
         }
     }
-    if (rc == 0 && old) {
-        *old = now;
-        as_seen(old, own);
-    }
-    if (rc == 0 && new) {
-        share_in_cur = cur;
-        share_in_max = max;
+    if (rc == 0 && old)
+        *old = as_seen(now, had, own);
+    if (rc == 0) {
+        share_in_cur = has.cur;
+        share_in_max = has.max;
     }
     return rc;
 }
 
-/* Lowers the limit to what the program sees; @return whether it did. No
- * write to memory the process may share with its parent. */
-static int share_give_back(void)
+void mt_limit_share_dropped(void)
 {
     struct rlimit now;
     if (mt_real.prlimit(0, RLIMIT_AS, NULL, &now) != 0)
-        return 0;
-    int cur = share_in_cur, max = share_in_max;
-    if (cur < 0) {  /* as share_infer would say */
-        cur = now.rlim_cur != RLIM_INFINITY;
-        max = now.rlim_max != RLIM_INFINITY && now.rlim_max == now.rlim_cur;
-    }
-    struct rlimit seen = now;
-    if (cur && seen.rlim_cur != RLIM_INFINITY && seen.rlim_cur >= MT_SHM_BYTES)
-        seen.rlim_cur -= MT_SHM_BYTES;
-    if (max && seen.rlim_max != RLIM_INFINITY && seen.rlim_max >= MT_SHM_BYTES)
-        seen.rlim_max -= MT_SHM_BYTES;
-    return (seen.rlim_cur != now.rlim_cur || seen.rlim_max != now.rlim_max) &&
-           mt_real.prlimit(0, RLIMIT_AS, &seen, NULL) == 0;
-}
-
-void mt_limit_share_dropped(void)
-{
-    if (share_give_back())
+        return;
+    struct rlimit seen = as_seen(now, share_of(&now), MT_SHM_BYTES);
+    if (mt_real.prlimit(0, RLIMIT_AS, &seen, NULL) == 0)
         share_in_cur = share_in_max = 0;
 }
 
@@ -103,11 +92,10 @@ int mt_limit_exec_untraced(struct rlimit *before)
      * exec along PATH fails and comes again). */
     if (mt_real.prlimit(0, RLIMIT_AS, NULL, before) != 0)
         return 0;
-    int cur = share_in_cur < 0 ? before->rlim_cur != RLIM_INFINITY : share_in_cur;
-    if (!cur || before->rlim_cur == RLIM_INFINITY || before->rlim_cur < MT_SHM_BYTES)
-        return 0;
-    struct rlimit less = {before->rlim_cur - MT_SHM_BYTES, before->rlim_max};
-    return mt_real.prlimit(0, RLIMIT_AS, &less, NULL) == 0;
+    struct rlimit less = {as_seen(*before, share_of(before), MT_SHM_BYTES).rlim_cur,
+                          before->rlim_max};
+    return less.rlim_cur != before->rlim_cur &&
+           mt_real.prlimit(0, RLIMIT_AS, &less, NULL) == 0;
 }
 
 void mt_limit_exec_failed(const struct rlimit *before)
