@@ -430,6 +430,7 @@ static void exec_check(const struct target *t, int failed, pid_t pid,
 }
 
 static volatile sig_atomic_t forward_pid;
+static volatile sig_atomic_t session_leader;  /* memtap leads its session */
 
 /* The signals memtap passes on to the program: what a supervisor sends
  * the process it started (to stop it, reopen its logs...), which would
@@ -441,10 +442,11 @@ static void forward(int sig, siginfo_t *info, void *ctx)
     (void)ctx;
     /* Not back to the program, which signals its parent ("ready"); not a
      * terminal's hangup, which went to the program's process group already,
-     * as Ctrl-C does. An alarm from the kernel is ours to pass on (one set
-     * before memtap was exec'd: it was meant for what runs now). */
+     * as Ctrl-C does, unless memtap leads the session (then the kernel
+     * tells the leader alone). An alarm from the kernel is ours to pass on
+     * (one set before memtap was exec'd: it was meant for what runs now). */
     if (forward_pid <= 0 || info->si_pid == forward_pid ||
-        (sig == SIGHUP && info->si_code == SI_KERNEL))
+        (sig == SIGHUP && info->si_code == SI_KERNEL && !session_leader))
         return;
     kill((pid_t)forward_pid, sig);
 }
@@ -603,6 +605,7 @@ int cmd_run(int argc, char **argv)
     close(failed[1]);
     rlimit_own_room();
     forward_pid = pid;
+    session_leader = getsid(0) == getpid();
     for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
         sigaction(forwarded[i], &(struct sigaction){.sa_sigaction = forward,
                                                     .sa_flags = SA_SIGINFO | SA_RESTART},

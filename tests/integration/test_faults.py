@@ -926,3 +926,41 @@ def test_children_get_the_limit_the_program_has(tmp_path):
         assert p.returncode == 0, describe(p)
         out.append(p.stdout)
     assert out[0] == out[1] == b"self 4096000000\nspawned 4096000000\nforked 4096000000\n", out
+
+
+HANGUP = """\
+import signal, sys, time
+def hup(sig, frame):
+    open(sys.argv[1], "w").write("hangup")
+    sys.exit(0)
+signal.signal(signal.SIGHUP, hup)
+print("ready", flush=True)
+time.sleep(20)
+"""
+
+
+def test_a_terminal_hangup_when_memtap_leads_the_session(tmp_path):
+    """memtap run as the session's leader (a terminal or ssh runs it
+    directly): the kernel tells the leader alone of the hangup, and memtap
+    passes it on (it kept it, and the program ran on)."""
+    import pty
+    script = write_script(tmp_path, HANGUP)
+    mark = tmp_path / "got"
+    pid, master = pty.fork()
+    if pid == 0:  # a new session, the pty its terminal: memtap leads it
+        os.chdir(str(tmp_path))
+        os.execve(str(MEMTAP), [str(MEMTAP), "run", "-q", "-o", str(tmp_path / "c.bin"),
+                                "--python", DEFAULT_PYTHON, str(script), str(mark)],
+                  clean_env())
+    seen = b""
+    deadline = time.time() + TIMEOUT
+    while b"ready" not in seen and time.time() < deadline:
+        try:
+            seen += os.read(master, 1024)
+        except OSError:
+            break
+    os.close(master)  # the hangup
+    while time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        time.sleep(0.05)
+    assert mark.exists() and mark.read_text() == "hangup", seen
+    assert time.time() < deadline
