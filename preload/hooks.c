@@ -407,9 +407,10 @@ EXPORT int execvp(const char *file, char *const argv[])
     return execvpe(file, argv, environ);
 }
 
-/* The execl family's arguments as an argv, up to its NULL; then *rest
- * holds what follows it (execle's envp). */
-#define LIST_ARGV(first, argv, rest_type, rest) \
+/* The execl family's arguments as an argv, up to its NULL; then, where
+ * envp is not NULL, *envp gets the argument after it (execle's; execl and
+ * execlp have none to read). */
+#define LIST_ARGV(first, argv, envp) \
     do { \
         va_list ap; \
         size_t n = 1; \
@@ -422,25 +423,23 @@ EXPORT int execvp(const char *file, char *const argv[])
         va_start(ap, first); \
         for (size_t i = 1; i <= n; i++) \
             argv[i] = va_arg(ap, char *); \
-        rest = va_arg(ap, rest_type); \
+        char *const **to = (envp); \
+        if (to) \
+            *to = va_arg(ap, char *const *); \
         va_end(ap); \
     } while (0)
 
 EXPORT int execl(const char *path, const char *arg, ...)
 {
     char **argv;
-    char *const *unused;
-    LIST_ARGV(arg, argv, char *const *, unused);
-    (void)unused;
+    LIST_ARGV(arg, argv, (char *const **)NULL);
     return execve(path, argv, environ);
 }
 
 EXPORT int execlp(const char *file, const char *arg, ...)
 {
     char **argv;
-    char *const *unused;
-    LIST_ARGV(arg, argv, char *const *, unused);
-    (void)unused;
+    LIST_ARGV(arg, argv, (char *const **)NULL);
     return execvpe(file, argv, environ);
 }
 
@@ -448,7 +447,7 @@ EXPORT int execle(const char *path, const char *arg, ...)
 {
     char **argv;
     char *const *envp;
-    LIST_ARGV(arg, argv, char *const *, envp);
+    LIST_ARGV(arg, argv, &envp);
     return execve(path, argv, envp);
 }
 
