@@ -5,8 +5,6 @@
  * before its runtime; `env` must print what it would). The program itself
  * gets them back when it execs another program: the capture goes on there. */
 #define _GNU_SOURCE
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
