@@ -49,50 +49,103 @@ def _forget():
         shutil.rmtree(_state["dir"], ignore_errors=True)
 
 
+# The recording starts on the cell's first line, so that IPython's own work
+# before it (transforming, parsing and compiling the cell) is not the
+# cell's; the line stands where the magic's line is, so the cell's line
+# numbers are the ones the user sees.
+_BEGIN = "__import__('memtap._ipython')._ipython._begin()  # %%memtap\n"
+
+
+def _begin():
+    tracker = _state.pop("pending", None)
+    if tracker is not None:
+        tracker.__enter__()
+        _state["recording"] = tracker
+
+
+def _dedent(cell):
+    """The cell as IPython would take it: a first line's indentation comes
+    off every line (our first line would otherwise make it an error)."""
+    lines = cell.splitlines(True)
+    first = next((line for line in lines if line.strip()), "")
+    indent = first[:len(first) - len(first.lstrip())]
+    if not indent:
+        return cell
+    return "".join(line[len(indent):] if line.startswith(indent) else line
+                   for line in lines)
+
+
 def _run_cell(ipython, cell, native):
+    """Runs the cell under a Tracker. @return (the capture's path or None
+    when the cell did not start, the exception the cell raised or None)."""
     if _state["dir"] is None:
         _state["dir"] = tempfile.mkdtemp(prefix="memtap-ipython-")
         atexit.register(_forget)  # the captures live as long as the kernel
     _state["count"] += 1
     path = os.path.join(_state["dir"], "cell-%d.bin" % _state["count"])
-    # A cell that raises: IPython renders its traceback inside run_cell,
-    # which is IPython's work, not the cell's; it is shown after the block.
+    # The cell's error is raised again from the magic, after the report,
+    # for IPython to show once and count (the cell fails, as it would
+    # without the magic); other tracebacks (an event callback's) are shown
+    # after the block, outside it.
     shown = []
-    own = "showtraceback" in vars(ipython)
-    show = ipython.showtraceback
+    saved = {name: (name in vars(ipython), getattr(ipython, name))
+             for name in ("showtraceback", "showsyntaxerror")}
 
-    def later(*args, **kwargs):
-        if not args and "exc_tuple" not in kwargs:
-            kwargs["exc_tuple"] = sys.exc_info()
-        shown.append((args, kwargs))
+    def later(name):
+        def show(*args, **kwargs):
+            shown.append((name, sys.exc_info()[1], args, kwargs))
+        return show
 
-    ipython.showtraceback = later
+    # The cell is named after the cell the user ran (IPython counted it
+    # already: the nested run would take the next cell's number).
+    outer = getattr(getattr(ipython, "displayhook", None), "exec_result", None)
+    count = ipython.execution_count
+    _state["pending"] = Tracker(path, native=native, overwrite=True)
     try:
-        with Tracker(path, native=native, overwrite=True):
-            result = ipython.run_cell(cell)
+        for name in saved:
+            setattr(ipython, name, later(name))
+        if outer is not None and outer.execution_count is not None:
+            ipython.execution_count = outer.execution_count
+        result = ipython.run_cell(_BEGIN + _dedent(cell))
     finally:
-        if own:
-            ipython.showtraceback = show
-        else:
-            del ipython.showtraceback
-    for args, kwargs in shown:
-        show(*args, **kwargs)
+        ipython.execution_count = count
+        for name, (own, method) in saved.items():
+            if own:
+                setattr(ipython, name, method)
+            else:
+                delattr(ipython, name)
+        _state.pop("pending", None)
+        tracker = _state.pop("recording", None)
+        if tracker is not None:
+            tracker.stop()
+    error = result.error_before_exec or result.error_in_exec
+    for name, value, args, kwargs in shown:
+        if value is None or value is not error:
+            getattr(ipython, name)(*args, **kwargs)
+    if tracker is None:
+        return None, error
     _state["last"] = path
-    return path, result
+    return path, error
 
 
 def _memtap(*args):
     proc = subprocess.run([_paths.binary(), *args], capture_output=True, text=True,
                           env=_paths.helper_env())
     if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip() or "memtap %s failed" % args[0])
+        # memtap's own one-line error (a missing or damaged file), shown as
+        # IPython shows a magic's misuse: the line, no traceback.
+        from IPython.core.error import UsageError
+        raise UsageError(proc.stderr.strip() or "memtap %s failed" % args[0])
     return proc.stdout
 
 
 def flamegraph(ipython, line, cell):
     from IPython.display import HTML, display
+    __tracebackhide__ = True
     opts = _parser("memtap_flamegraph", True, False).parse_args(shlex.split(line))
-    path, _ = _run_cell(ipython, cell, opts.native)
+    path, error = _run_cell(ipython, cell, opts.native)
+    if path is None:
+        raise error
     out = path[:-4] + ".html"
     _memtap("flamegraph", path, "-o", out, *(["--leaks"] if opts.leaks else []))
     with open(out, encoding="utf-8") as f:
@@ -101,12 +154,18 @@ def flamegraph(ipython, line, cell):
     # in a div, which IPython's HTML takes without a warning about iframes.
     display(HTML('<div><iframe srcdoc="%s" style="width: 100%%; height: 640px; border: 0" '
                  'class="memtap-flamegraph"></iframe></div>' % html.escape(page, quote=True)))
+    if error is not None:
+        raise error
 
 
 def summary(ipython, line, cell=None):
+    __tracebackhide__ = True
     opts = _parser("memtap_summary", cell is not None, True).parse_args(shlex.split(line))
+    error = None
     if cell is not None:
-        path, _ = _run_cell(ipython, cell, opts.native)
+        path, error = _run_cell(ipython, cell, opts.native)
+        if path is None:
+            raise error
     else:
         path = opts.file or _state["last"]
         if not path:
@@ -119,12 +178,20 @@ def summary(ipython, line, cell=None):
     if opts.n is not None:
         args += ["-n", str(opts.n)]
     print(_memtap(*args), end="")
+    if error is not None:
+        raise error
 
 
 def load(ipython):
-    ipython.register_magic_function(
-        lambda line, cell: flamegraph(ipython, line, cell),
-        magic_kind="cell", magic_name="memtap_flamegraph")
-    ipython.register_magic_function(
-        lambda line, cell=None: summary(ipython, line, cell),
-        magic_kind="line_cell", magic_name="memtap_summary")
+    # __tracebackhide__: a cell's error, raised again from the magic, is
+    # shown from the cell's own frames, as IPython shows it without one.
+    def memtap_flamegraph(line, cell):
+        __tracebackhide__ = True
+        return flamegraph(ipython, line, cell)
+
+    def memtap_summary(line, cell=None):
+        __tracebackhide__ = True
+        return summary(ipython, line, cell)
+
+    ipython.register_magic_function(memtap_flamegraph, magic_kind="cell")
+    ipython.register_magic_function(memtap_summary, magic_kind="line_cell")

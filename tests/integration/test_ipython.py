@@ -37,10 +37,32 @@ DRIVER = textwrap.dedent("""\
         out["bad"] = "accepted"
     except BaseException as e:
         out["bad"] = "%s: %s" % (type(e).__name__, e)
-    # a cell that raises: its own peak, not IPython's rendering of the error
+    # a cell that raises: its own peak, not IPython's rendering of the
+    # error; the error is the cell's, as without the magic
     with capture_output() as cap:
-        ip.run_cell_magic("memtap_summary", "-n 2", "v = bytearray(2 * 2**20)\\nraise ValueError('boom')\\n")
+        r = ip.run_cell("%%memtap_summary -n 2\\nv = bytearray(2 * 2**20)\\nraise ValueError('boom')\\n")
     out["raising"] = cap.stdout
+    out["raising_error"] = repr(r.error_in_exec)
+    with capture_output() as cap:
+        r = ip.run_cell("%%memtap_flamegraph\\nraise KeyError('flame')\\n")
+    out["flame_error"] = [repr(r.error_in_exec), len(cap.outputs)]
+    with capture_output() as cap:
+        r = ip.run_cell("%%memtap_summary\\nx = (\\n")
+    out["syntax_error"] = type(r.error_in_exec).__name__
+    # a function defined in cell N is named after cell N; the cell's lines
+    # are numbered as the user sees them (the magic's line is line 1)
+    ip.run_cell("pass", store_history=True)
+    with capture_output() as cap:
+        r = ip.run_cell("%%memtap_summary -n 1\\ndef grow():\\n    return bytearray(3 * 10**6)\\nkept = grow()\\n",
+                        store_history=True)
+    out["named"] = [r.execution_count, ip.user_ns["grow"].__code__.co_filename, cap.stdout]
+    # an indented cell, as IPython takes it
+    with capture_output() as cap:
+        r = ip.run_cell("%%memtap_summary -n 1\\n    ind = bytearray(10**5)\\n    ind2 = 7\\n")
+    out["indented"] = [r.success, ip.user_ns.get("ind2")]
+    with capture_output() as cap:
+        r = ip.run_cell("%memtap_summary /nonexistent/cell.bin")
+    out["missing"] = type(r.error_in_exec).__name__ + ": " + str(r.error_in_exec)
     out["dir"] = __import__("memtap._ipython", fromlist=["_state"])._state["dir"]
     print(json.dumps(out))
     """)
@@ -73,10 +95,32 @@ def test_magics(pkg, tmp_path):
     assert "12.0 MiB" in out["summary"] or "3.00 MiB" in out["summary"]
     assert "Leaks:" in out["cell_summary"] and "5.00 MiB" in out["cell_summary"]
     assert out["bad"].startswith("UsageError: %memtap_summary: unrecognized arguments: --bogus")
-    # the peak is the cell's 2 MiB; the traceback is still shown, after
-    shown, summary = out["raising"].split("Peak memory: ")
-    assert "ValueError" in shown and "boom" in shown
+    # the peak is the cell's 2 MiB; the error is the cell's (IPython shows
+    # it once, after the summary: the magic raises it again)
+    assert out["raising"].startswith("Peak memory: "), out["raising"]
+    summary = out["raising"][len("Peak memory: "):]
     assert summary.startswith("2.0") and " MiB" in summary.splitlines()[0], summary
     assert "posixpath" not in summary and "ultratb" not in summary, summary
+    assert out["raising_error"] == "ValueError('boom')"
+    assert out["flame_error"] == ["KeyError('flame')", 1]   # the graph, then the error
+    assert out["syntax_error"] == "SyntaxError"
+    count, filename, named = out["named"]
+    assert filename.startswith("<ipython-input-%d-" % count), (count, filename)
+    assert " grow  %s:3\n" % filename in named, named       # cell line 3: the bytearray
+    assert out["indented"] == [True, 7]
+    assert out["missing"] == ("UsageError: memtap: cannot read '/nonexistent/cell.bin': "
+                              "No such file or directory")
     # the kernel's captures go with it
     assert out["dir"] and not os.path.exists(out["dir"])
+
+
+def test_failing_cell_fails(pkg, tmp_path):
+    """`ipython -c` (and a notebook run) stops at a cell that raises under
+    the magic, as it does without it."""
+    ipython = os.path.join(os.path.dirname(pkg.python), "ipython")
+    for magic in ("memtap_summary", "memtap_flamegraph"):
+        proc = pkg.run([ipython, "--no-banner", "--ext", "memtap", "-c",
+                        "%%%%%s\nraise ValueError('cell %s')\n" % (magic, magic)],
+                       cwd=tmp_path, env={"HOME": str(tmp_path)})
+        assert proc.returncode == 1, (magic, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert proc.stdout.count("ValueError") >= 1 and "cell " + magic in proc.stdout
