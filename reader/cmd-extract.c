@@ -152,7 +152,7 @@ int cmd_extract(int argc, char **argv)
             events++;
     }
     mt_reader_close(r);
-    struct mt_trailer tr = {.duration_us = duration, .events = events};
+    struct mt_trailer tr = {{0, MT_EXIT_STOPPED}, duration, events, 0};
     if (mt_writer_close(w, &tr) != MT_OK)
         die("cannot write '%s': %s", output, strerror(errno));
     return 0;

@@ -150,6 +150,9 @@ static void print_text(struct mt_report *r)
     if (!a->complete)
         printf("  INCOMPLETE: the capture stops at byte %llu (%s)\n",
                (unsigned long long)a->stop_offset, mt_strerror(a->stop_error));
+    else if (a->trailer.exit.signal == MT_EXIT_STOPPED)
+        printf("  recorded for %.3f s (a Tracker's block; the process ran on)\n",
+               (double)a->trailer.duration_us / 1e6);
     else if (a->trailer.exit.signal < 0)
         printf("  ended after %.3f s (memtap did not see how: a followed child, or a "
                "process memtap did not start)\n", (double)a->trailer.duration_us / 1e6);

@@ -629,7 +629,7 @@ void session_collect(struct session *f, int *status, struct mt_exit *exit)
                 return;
             }
         } else if (mt_collector_stopped(f->caps[0].c)) {
-            *exit = (struct mt_exit){0, 0};   /* recording stopped; it runs on */
+            *exit = (struct mt_exit){0, MT_EXIT_STOPPED};   /* it runs on */
             return;
         } else if (session_process_ended(f->caps[0].pid, exit)) {
             return;

@@ -24,8 +24,11 @@ struct mt_header {
 struct mt_exit {
     int code;                  /* valid when signal == 0 */
     int signal;                /* killed by this signal, 0 when it exited,
-                                  -1 when not known (a followed child) */
+                                  or one of the two below */
 };
+#define MT_EXIT_UNKNOWN (-1)   /* how it ended is not known (a followed child) */
+#define MT_EXIT_STOPPED (-2)   /* recording stopped, the process ran on (a
+                                  Tracker's block ended) */
 
 struct mt_trailer {
     struct mt_exit exit;

@@ -620,7 +620,7 @@ static int decode(struct mt_reader *r, struct cursor *c, struct mt_record *rec)
     case MT_T_TRAILER:
         rec->u.trailer.exit.code = (int)mt_unzigzag(get_varint(c));
         rec->u.trailer.exit.signal = (int)mt_unzigzag(get_varint(c));
-        if (rec->u.trailer.exit.signal < -1 || rec->u.trailer.exit.signal > 64)
+        if (rec->u.trailer.exit.signal < MT_EXIT_STOPPED || rec->u.trailer.exit.signal > 64)
             c->bad = 1;  /* no signal has that number */
         rec->u.trailer.duration_us = get_varint(c);
         rec->u.trailer.events = get_varint(c);

@@ -4,6 +4,7 @@ Python objects, read with the memtap program (`stats --json`,
 
 import collections
 import json
+import os
 import re
 import subprocess
 
@@ -54,7 +55,7 @@ class Capture:
     """
 
     def __init__(self, path):
-        self.path = str(path)
+        self.path = os.fsdecode(os.fspath(path))  # str, bytes or a path object
         self.stats = _run("stats", "--json", "--", self.path)
         self._rows = {}
 

@@ -76,7 +76,10 @@ class _Plugin:
         self.keep = config.getoption("memtap_dir")
         if self.keep:
             self.keep = os.path.abspath(self.keep)  # a test may change directory
-            os.makedirs(self.keep, exist_ok=True)
+            try:
+                os.makedirs(self.keep, exist_ok=True)
+            except OSError as e:
+                raise pytest.UsageError("--memtap-dir %s: %s" % (self.keep, e.strerror or e))
             self.dir = self.keep
         else:
             self.dir = tempfile.mkdtemp(prefix="memtap-pytest-")
@@ -112,16 +115,26 @@ class _Plugin:
                 tracker.stop()
 
         item.runtest = traced
+        failed = None
         try:
             result = yield
+        except BaseException as e:  # the test's own failure: measured all the same
+            failed = e
         finally:
             if own:
                 item.runtest = runtest
             else:
                 del item.runtest
-        if not ran:
+        if not ran or isinstance(failed, KeyboardInterrupt):
+            if failed is not None:
+                raise failed
             return result
-        cap = Capture(path)
+        try:
+            cap = Capture(path)
+        except Exception:
+            if failed is not None:  # the test's failure says more than ours
+                raise failed
+            raise
         peak, leaked = cap.peak_memory_bytes, cap.leaked_bytes
         item.user_properties.append((_PEAK, peak))
         item.user_properties.append((_LEAKED, leaked))
@@ -146,6 +159,8 @@ class _Plugin:
                 os.unlink(path)
             except OSError:
                 pass
+        if failed is not None:  # its own failure comes first; the limits are secondary
+            raise failed
         if problems:
             pytest.fail("\n\n".join(problems), pytrace=False)
         return result
@@ -162,7 +177,9 @@ class _Plugin:
         if not self.results or top <= 0:
             return
         tr = terminalreporter
-        tr.write_sep("=", "memtap: the %d tests that allocated most" % min(top, len(self.results)))
+        shown = min(top, len(self.results))
+        tr.write_sep("=", "memtap: the test that allocated most" if shown == 1 else
+                     "memtap: the %d tests that allocated most" % shown)
         rows = sorted(self.results.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
         tr.write_line("%12s %12s  %s" % ("PEAK", "LEAKED", "TEST"))
         for nodeid, (peak, leaked) in rows:

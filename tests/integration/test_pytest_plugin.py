@@ -151,3 +151,47 @@ def test_bad_markers_stop_the_run_first(pkg, tmp_path):
     proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
                     "test_marks.py"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 1 and "over its limit of 1 MB (limit_memory)" in proc.stdout
+
+
+FAILING = textwrap.dedent("""\
+    import pytest
+
+    @pytest.mark.limit_memory("1 KB")
+    def test_fails_and_big():
+        b = bytearray(5 * 10**6)
+        raise ValueError("the test's own failure")
+
+    def test_small():
+        c = bytearray(10**3)
+    """)
+
+
+def test_failing_tests_are_measured(pkg, tmp_path):
+    """A test that fails on its own is measured all the same: it is in the
+    summary, and its own failure is what pytest reports (not the limit)."""
+    (tmp_path / "test_failing.py").write_text(FAILING)
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "test_failing.py"], cwd=tmp_path, timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 1 and "1 failed, 1 passed" in out, out + proc.stderr
+    assert "the test's own failure" in out and "over its limit" not in out, out
+    rows = out.split("memtap: the 2 tests that allocated most")[1].splitlines()[2:4]
+    assert rows[0].split()[:2] == ["4.8", "MiB"] and rows[0].endswith("::test_fails_and_big"), rows
+    assert rows[1].endswith("::test_small"), rows
+    # one test: the heading says so
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "test_failing.py::test_small"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and "memtap: the test that allocated most" in proc.stdout, (
+        proc.stdout)
+
+
+def test_unusable_capture_directory_is_a_usage_error(pkg, tmp_path):
+    (tmp_path / "test_failing.py").write_text(FAILING)
+    (tmp_path / "file").write_text("")
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "--memtap-dir", tmp_path / "file" / "sub", "test_failing.py"],
+                   cwd=tmp_path, timeout=300)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "INTERNALERROR" not in proc.stdout + proc.stderr
+    assert "--memtap-dir %s: Not a directory" % (tmp_path / "file" / "sub") in proc.stderr, (
+        proc.stdout + proc.stderr)

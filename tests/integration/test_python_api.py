@@ -499,6 +499,39 @@ def test_capture_reads_a_path_that_starts_with_a_dash(pkg, tmp_path):
     assert proc.stdout.split("\n")[0] == "True [12346]", proc.stdout
 
 
+BLOCK_END = """\
+import memtap, sys
+try:
+    with memtap.Tracker(b"end.bin", overwrite=True):
+        x = bytearray(54321)
+        sys.exit(6)
+finally:
+    c = memtap.Capture(b"end.bin")
+    print(c.stats["exit"], c.stats["complete"], c.peak_memory_bytes)
+"""
+
+
+def test_a_trackers_capture_says_its_block_ended(pkg, tmp_path):
+    """A block's capture ends where the block did, not with the process:
+    it has no exit status (the process goes on, here to exit 6), alone
+    and under memtap run. Capture takes a bytes path, as Tracker does."""
+    script = tmp_path / "end.py"
+    script.write_text(BLOCK_END)
+    for under_run in (False, True):
+        cmd = [pkg.python, script]
+        if under_run:
+            cmd = [pkg.memtap, "run", "-q", "-f", "-o", tmp_path / "run.bin",
+                   "--python", pkg.python, script]
+        proc = pkg.run(cmd, cwd=tmp_path)
+        assert proc.returncode == 6, (under_run, proc.stderr)
+        assert proc.stdout == "None True 54322\n", (under_run, proc.stdout, proc.stderr)
+        text = pkg.run([pkg.memtap, "stats", tmp_path / "end.bin"], cwd=tmp_path).stdout
+        assert "(a Tracker's block; the process ran on)" in text.splitlines()[2], text
+        assert "exited" not in text
+    assert json.loads(pkg.run([pkg.memtap, "stats", "--json", tmp_path / "run.bin"],
+                              cwd=tmp_path).stdout)["exit"] == {"code": 6}
+
+
 FORK_IN_THE_BLOCK = """\
 import memtap, os
 with memtap.Tracker("parent.bin"):
