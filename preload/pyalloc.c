@@ -3,8 +3,10 @@
  * tracker; the re-entry guard set around the real call keeps pymalloc's
  * own malloc (for blocks over 512 bytes) and arena mmaps from being
  * counted twice. Installed before Py_Initialize, so every block of these
- * domains passes through them; PYTHONMALLOC, when set, replaces them
- * during start-up and is respected. */
+ * domains passes through them. PYTHONMALLOC and -X dev replace them when
+ * the interpreter pre-initializes (before it allocates in these domains):
+ * the tracker then sees a domain that is no longer ours and wraps it
+ * anew, on top of the allocator (and debug hooks) the user chose. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stddef.h>
@@ -31,6 +33,8 @@ static int installed[3];
 /* This recording asked for Python's allocators: a wrapper left in a chain
  * after an earlier one forwards without recording. */
 static int on;
+
+int mt_pyalloc_watch;
 
 static void *wrap_malloc(void *ctx, size_t size)
 {
@@ -91,24 +95,52 @@ static int allocator_api(allocator_fn *get, allocator_fn *set)
     return *get && *set ? 0 : -1;
 }
 
+static void wrap_domain(allocator_fn get, allocator_fn set, int d)
+{
+    struct py_allocator cur;
+    get(d, &cur);
+    orig[d] = cur;
+    struct py_allocator w = {&orig[d], wrap_malloc, wrap_calloc, wrap_realloc, wrap_free};
+    set(d, &w);
+    installed[d] = 1;
+}
+
+void mt_pyalloc_recheck(void)
+{
+    allocator_fn get, set;
+    if (allocator_api(&get, &set) < 0) {
+        mt_pyalloc_watch = 0;
+        return;
+    }
+    for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
+        struct py_allocator cur;
+        get(d, &cur);
+        if (cur.malloc != wrap_malloc)  /* replaced, not wrapped: nothing else runs yet */
+            wrap_domain(get, set, d);
+    }
+}
+
+void mt_pyalloc_settled(void)
+{
+    mt_pyalloc_watch = 0;
+}
+
 int mt_pyalloc_setup(void)
 {
     allocator_fn get, set;
     if (allocator_api(&get, &set) < 0)
         return -1;
+    int (*initialized)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
     for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
         /* Ours already in the chain (a start after a start): wrapping it
          * again would call itself; it records again once recording is on. */
         if (installed[d])
             continue;
-        struct py_allocator cur;
-        get(d, &cur);
-        orig[d] = cur;
-        struct py_allocator w = {&orig[d], wrap_malloc, wrap_calloc,
-                                 wrap_realloc, wrap_free};
-        set(d, &w);
-        installed[d] = 1;
+        wrap_domain(get, set, d);
     }
+    /* Before the interpreter starts: its pre-initialization may put other
+     * allocators in (watched until it runs Python code). */
+    mt_pyalloc_watch = initialized && !initialized();
     __atomic_store_n(&on, 1, __ATOMIC_RELAXED);
     return 0;
 }

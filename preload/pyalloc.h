@@ -14,4 +14,14 @@ int mt_pyalloc_setup(void);
  * nor the program pay for the wrappers). Call with the GIL held. */
 void mt_pyalloc_teardown(void);
 
+/* Set by mt_pyalloc_setup before the interpreter has initialized: its
+ * pre-initialization (PYTHONMALLOC, -X dev) may replace the wrappers. */
+extern int mt_pyalloc_watch;
+/* While watching, after an allocation (the tracker's guard held, the
+ * process still starting: one thread): wraps anew a domain whose
+ * allocator is no longer ours. */
+void mt_pyalloc_recheck(void);
+/* The interpreter runs Python code: start-up can no longer replace them. */
+void mt_pyalloc_settled(void);
+
 #endif

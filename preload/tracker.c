@@ -401,6 +401,8 @@ static uint32_t code_intern(struct mt_thread *th, const void *code)
     if (e->id && e->fingerprint == fp)
         return e->id;
     uint32_t id = ++t->next_id;
+    if (__builtin_expect(mt_pyalloc_watch, 0))
+        mt_pyalloc_settled();
     if (code_announce(th, id, code) < 0)
         return 0;
     if (!e->id)
@@ -942,6 +944,8 @@ void mt_record_alloc(struct mt_thread *t, unsigned allocator, void *ptr,
         return;
     if (ptr)
         alloc_write(t, allocator, ptr, size);
+    if (__builtin_expect(mt_pyalloc_watch, 0))
+        mt_pyalloc_recheck();
     record_done(t);
 }
 

@@ -396,6 +396,40 @@ def test_trace_python_allocators_counts_small_objects(tmp_path, run_memtap):
     assert sum(l["count"] for l in find_locations(plain, "prog.py", line_of(TUPLES, "tuples"))) < 1000
 
 
+KEPT_OBJECTS = """\
+def small(n):
+    return [object() for _ in range(n)]  # @objects
+a = small(1000)
+b = small(2000)
+"""
+
+
+def test_trace_python_allocators_with_pythonmalloc_and_dev_mode(tmp_path, run_memtap):
+    """PYTHONMALLOC and -X dev put their allocators in while the interpreter
+    pre-initializes, over the wrappers the shim installed before it: the
+    objects are recorded all the same, exactly as with the default (the
+    debug hooks' padding is not the program's)."""
+    line = line_of(KEPT_OBJECTS, "objects")
+    seen = {}
+    for var, value in ((None, None), ("PYTHONMALLOC", "pymalloc"),
+                       ("PYTHONMALLOC", "pymalloc_debug"), ("PYTHONMALLOC", "malloc"),
+                       ("PYTHONMALLOC", "debug"), ("PYTHONDEVMODE", "1")):
+        env = clean_env()
+        if var:
+            env[var] = value
+        out = tmp_path / ("%s-%s.bin" % (var, value))
+        run_memtap(tmp_path, KEPT_OBJECTS, extra=["--trace-python-allocators"], out=out,
+                   env=env, stats=False)
+        doc = json.loads(subprocess.run([str(MEMTAP), "summary", "--leaks", "--json", "-n",
+                                         "100000", str(out)], capture_output=True, check=True,
+                                        env=clean_env()).stdout)
+        seen[value] = [(r["own_count"], r["own_bytes"]) for r in doc["rows"]
+                       if r["file"].endswith("prog.py") and r["line"] == line]
+    # 3000 objects, 2 lists, their growth
+    assert seen[None][0][0] >= 3000, seen
+    assert all(v == seen[None] for v in seen.values()), seen
+
+
 ADDRESSES = """\
 import ctypes
 keep = bytearray(3_000_001)  # @keep
