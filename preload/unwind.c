@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* DWARF register numbers, x86-64 psABI */
@@ -37,6 +38,7 @@ enum { L_STEP = 1, L_END = 2, L_GIVE_UP = 3 };
 #define L_CFA_RBP(l) ((unsigned)((l) >> 50) & 1u)
 #define L_CFA_OFF(l) ((int64_t)(int32_t)(uint32_t)(l))
 #define L_RBP_OFF(l) ((int64_t)(int16_t)(uint16_t)((l) >> 32)) /* 0: unchanged */
+#define L_HIDDEN(l) ((unsigned)((l) >> 51) & 1u)  /* a frame left out of the stack */
 
 static uint64_t layout_pack(unsigned kind, int cfa_rbp, int32_t cfa_off, int16_t rbp_off)
 {
@@ -433,6 +435,30 @@ static int find_object(struct dl_phdr_info *info, size_t size, void *arg)
     return 1;
 }
 
+/* CPython's perf trampolines (3.12+, `-X perf`): copies, back to back in
+ * anonymous memory no unwind table covers, of a function that calls the
+ * evaluator through rcx: `sub $8,%rsp` (or, built with frame pointers,
+ * `push %rbp; mov %rsp,%rbp`), then `call *%rcx`. A return address just
+ * past that call steps over it by its known layout, and the frame, which
+ * is not the program's, is left out of the stack. The bytes are read with
+ * a system call, which fails rather than faults on memory not there. */
+static uint64_t trampoline_layout(uint64_t ip)
+{
+    static const uint8_t plain[6] = {0x48, 0x83, 0xec, 0x08, 0xff, 0xd1},
+                         framed[6] = {0x55, 0x48, 0x89, 0xe5, 0xff, 0xd1};
+    uint8_t code[6];
+    struct iovec local = {code, sizeof code}, remote = {(void *)(uintptr_t)(ip - 6), sizeof code};
+    if (syscall(SYS_process_vm_readv, (long)getpid(), &local, 1L, &remote, 1L, 0L) !=
+        (long)sizeof code)
+        return LAYOUT_GIVE_UP;
+    uint64_t hidden = (uint64_t)1 << 51;
+    if (!memcmp(code, plain, sizeof code))
+        return layout_pack(L_STEP, 0, 16, 0) | hidden;
+    if (!memcmp(code, framed, sizeof code))
+        return layout_pack(L_STEP, 1, 16, -16) | hidden;
+    return LAYOUT_GIVE_UP;
+}
+
 /* The layout for return address ip, from its object's unwind tables.
  * *subs: the loader's unload counter, read on the way. */
 static uint64_t layout_read(uint64_t ip, unsigned long long *subs)
@@ -440,7 +466,9 @@ static uint64_t layout_read(uint64_t ip, unsigned long long *subs)
     struct find_ctx f = {ip - 1, NULL, 0, 0};
     dl_iterate_phdr(find_object, &f);
     *subs = f.subs;
-    if (!f.found || !f.hdr)
+    if (!f.found)
+        return trampoline_layout(ip);
+    if (!f.hdr)
         return LAYOUT_GIVE_UP;
     /* .eh_frame_hdr: version, three encodings, the .eh_frame pointer, the
      * FDE count and a sorted table of (start, FDE) pairs, 4-byte offsets
@@ -656,12 +684,15 @@ int walk(const uint64_t regs[3], uintptr_t *ips, int max, int skip, uintptr_t to
     uint64_t ip = regs[0], sp = regs[1], rbp = regs[2];
     /* ip is in the public function's own frame: stepped over, not written. */
     for (int n = -1 - (skip > 0 ? skip : 0);; n++) {
+        uint64_t l = layout_get(ip);
         if (n >= 0) {
             if (n == max)
                 return n;
-            ips[n] = ip;
+            if (L_HIDDEN(l))
+                n--;
+            else
+                ips[n] = ip;
         }
-        uint64_t l = layout_get(ip);
         unsigned kind = L_KIND(l);
         if (kind == L_END)
             return n + 1 > 0 ? n + 1 : 0;

@@ -645,7 +645,7 @@ enum mt_frame_kind mt_classify_native(const char *function, const char *object)
         "object_vacall", "call_function", "do_call_core", "function_code_fastcall",
         "partial_call", "partial_vectorcall", "wrapper_call", "wrapperdescr_call",
         "method_vectorcall_", "builtin___build_class__", "bounded_lru_cache_wrapper",
-        "lru_cache_call", NULL,
+        "lru_cache_call", "py_trampoline_evaluator", NULL,
     };
     if (!function) function = "";
     const char *obj = base_name(object);

@@ -259,3 +259,35 @@ def test_python_frames_beyond_a_cut_native_stack(tmp_path):
     assert any(f.startswith("builtin_sorted") for f in s[cut:]), s[cut:cut + 5]
     alloc = "rec (%s:%d)" % (script, line_of(DEEPER_THAN_THE_NATIVE_STACK, "alloc"))
     assert alloc in s[cut:], s[-5:]
+
+
+PERF_PROG = """\
+def leaf(n):
+    return bytearray(n)  # @leaf
+def mid(n):
+    return list(map(leaf, [n]))  # @map
+def top():
+    return mid(162_000_000)  # @mid
+x = top()  # @top
+"""
+
+
+@pytest.mark.parametrize("python", interpreter_params(min_version=(3, 12)))
+def test_perf_trampolines_do_not_cut_native_stacks(tmp_path, python):
+    """-X perf runs each Python call through a trampoline copied into
+    anonymous memory, which no unwind table covers: the stack goes on past
+    it (and leaves it out), the same stack as without -X perf."""
+    script = tmp_path / "perf_prog.py"
+    script.write_text(PERF_PROG)
+    stacks = {}
+    for opts in ((), ("-X", "perf")):
+        cap = tmp_path / ("perf%d.bin" % len(opts))
+        proc = memtap_run(["-o", cap, "--native", python, *opts, script], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        hits = [s for s, n in collapsed(cap).items() if n == 162_000_001]
+        assert len(hits) == 1, hits
+        stacks[opts] = hits[0]
+    plain, perf = stacks[()], stacks[("-X", "perf")]
+    assert perf == plain, (perf, plain)
+    assert plain[0] == "<module> (%s:%d)" % (script, line_of(PERF_PROG, "top"))
+    assert "map_next" in " ".join(plain) and not any(f.startswith("0x") for f in plain), plain
