@@ -199,6 +199,8 @@ int cmd_parse(int argc, char **argv)
     if (err != MT_OK) die_capture(file, err, found);
     print_header(mt_reader_header(rd));
     int addresses = mt_header_has_addresses(mt_reader_header(rd));
+    if (!addresses)  /* frees name their blocks by number: no map of live blocks */
+        mt_reader_numbers_only(rd);
 
     struct mt_record rec;
     uint64_t n = 0;

@@ -138,8 +138,8 @@ static void name_from(struct target *t, const char *path)
     char *dot = strrchr(t->name, '.');
     if (dot && !strcmp(dot, ".py"))
         *dot = 0;
-    for (char *c = t->name; *c; c++)
-        if (*c == '/' || *c == ' ')
+    for (char *c = t->name; *c; c++)  /* control bytes: the name is printed */
+        if (*c == '/' || *c == ' ' || (unsigned char)*c < 0x20 || *c == 0x7f)
             *c = '_';
 }
 
@@ -515,6 +515,31 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
 
 /* path as a shell word: quoted where a shell would split or expand it, and
  * not taken for an option. */
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return 1;
+    return 0;
+}
+
+/* A path with control characters, as bash's $'...' spells it: printed
+ * raw, they would move the terminal's cursor or break the line. */
+static void put_escaped_word(FILE *f, const char *path)
+{
+    fputs("$'", f);
+    for (; *path; path++) {
+        unsigned char c = (unsigned char)*path;
+        if (c == '\'' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\x%02x", c);
+        else
+            putc(c, f);
+    }
+    putc('\'', f);
+}
+
 static void put_shell_word(FILE *f, const char *path)
 {
     if (path[0] == '-')
@@ -522,6 +547,10 @@ static void put_shell_word(FILE *f, const char *path)
     if (path[0] && strspn(path, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                 "0123456789_./+,:@%=-") == strlen(path)) {
         fputs(path, f);
+        return;
+    }
+    if (has_control(path)) {
+        put_escaped_word(f, path);
         return;
     }
     putc('\'', f);
@@ -539,7 +568,11 @@ static void put_shell_word(FILE *f, const char *path)
 static void say_written(const char *output, uint64_t events)
 {
     struct stat st;
-    fprintf(stderr, "memtap: wrote %llu events to '%s'", (unsigned long long)events, output);
+    fprintf(stderr, "memtap: wrote %llu events to ", (unsigned long long)events);
+    if (has_control(output))
+        put_escaped_word(stderr, output);
+    else
+        fprintf(stderr, "'%s'", output);
     if (stat(output, &st) == 0 && S_ISREG(st.st_mode)) {
         fputs("; next: memtap stats ", stderr);
         put_shell_word(stderr, output);

@@ -188,7 +188,7 @@ static void print_text(struct mt_report *r)
         if (!a->histogram[i])
             continue;
         char lo[32];
-        mt_format_size(1ull << i, lo, sizeof lo);
+        mt_format_size(i ? 1ull << i : 0, lo, sizeof lo);  /* the first holds size 0 too */
         int bar = (int)(40.0 * (double)a->histogram[i] / (double)most);
         printf("  >= %-10s %10llu  %.*s\n", lo, (unsigned long long)a->histogram[i],
                bar > 0 ? bar : 1,

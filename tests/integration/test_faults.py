@@ -175,6 +175,29 @@ def test_closing_line_names_the_capture_as_a_shell_word(tmp_path):
     assert shell.stdout == "./" + name and (tmp_path / shell.stdout).exists(), shell
 
 
+
+def test_closing_line_keeps_control_characters_off_the_terminal(tmp_path):
+    """A program or capture named with control characters: the default
+    capture name has them as '_', a given one is spelled as bash's $'...',
+    which pastes back into the shell; the terminal gets no escape."""
+    evil = "ex\x1b[2Je\nname"
+    script = write_script(tmp_path, ALLOCATE, name=evil + ".py")
+    traced = run([MEMTAP, "run", "--python", DEFAULT_PYTHON, script], tmp_path)
+    assert traced.returncode == 0, describe(traced)
+    assert b"\x1b" not in traced.stderr and traced.stderr.count(b"\n") == len(said(traced))
+    line = said(traced)[-1]
+    assert line.startswith("memtap: wrote ") and "'memtap-ex_[2Je_name." in line, line
+    given = "o\x1bx 'q'.bin"
+    traced = run([MEMTAP, "run", "-o", given, "--python", DEFAULT_PYTHON, script], tmp_path)
+    assert traced.returncode == 0 and b"\x1b" not in traced.stderr, describe(traced)
+    line = said(traced)[-1]
+    word = "$'o\\x1bx \\'q\\'.bin'"
+    assert line.endswith(" events to %s; next: memtap stats %s" % (word, word)), line
+    shell = subprocess.run(["bash", "-c", "printf %s " + word], cwd=str(tmp_path),
+                           capture_output=True, text=True)
+    assert shell.stdout == given and (tmp_path / given).exists(), shell
+
+
 ROOMY = """\
 import sys
 try:
