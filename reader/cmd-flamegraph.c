@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "report.h"
+#include "util.h"
 
 extern const char mt_flamegraph_html[];
 
@@ -214,7 +215,11 @@ int cmd_flamegraph(int argc, char **argv)
     }
     mt_write_template(f, mt_flamegraph_html, fill, &g);
     rc = mt_output_close(f, out) ? 1 : 0;
-    if (!rc && f != stdout) fprintf(stderr, "wrote %s\n", out);
+    if (!rc && f != stdout) {
+        fputs("wrote ", stderr);
+        mt_put_printable(stderr, out, 0);
+        putc('\n', stderr);
+    }
     free(g.leaf), free(g.index);
     mt_tree_release(&g.t);
     mt_report_free(r);

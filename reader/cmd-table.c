@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "report.h"
+#include "util.h"
 
 extern const char mt_table_html[];
 
@@ -104,7 +105,11 @@ int cmd_table(int argc, char **argv)
     }
     mt_write_template(f, mt_table_html, fill, &t);
     rc = mt_output_close(f, out) ? 1 : 0;
-    if (!rc && f != stdout) fprintf(stderr, "wrote %s\n", out);
+    if (!rc && f != stdout) {
+        fputs("wrote ", stderr);
+        mt_put_printable(stderr, out, 0);
+        putc('\n', stderr);
+    }
     mt_report_free(r);
     return rc;
 }

@@ -9,19 +9,39 @@
 #include "../src/capture.h"
 #include "util.h"
 
-static void vsay(const char *fmt, va_list ap)
+void mt_put_printable(FILE *f, const char *s, int lines)
 {
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        putc((c < 0x20 && !(lines && c == '\n')) || c == 0x7f ? '?' : c, f);
+    }
+}
+
+/* Messages name files and programs, which may hold control characters
+ * (an escape would reach the terminal): those become '?', and line
+ * breaks too but in a usage text (lines). */
+static void vsay(int lines, const char *fmt, va_list ap)
+{
+    char small[1024], *msg = small;
+    va_list again;
+    va_copy(again, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n >= (int)sizeof small && (msg = malloc((size_t)n + 1)) != NULL)
+        vsnprintf(msg, (size_t)n + 1, fmt, again);
+    va_end(again);
     fflush(stdout);
     fputs("memtap: ", stderr);
-    vfprintf(stderr, fmt, ap);
+    mt_put_printable(stderr, msg ? msg : small, lines);
     fputc('\n', stderr);
+    if (msg != small)
+        free(msg);
 }
 
 void die(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsay(fmt, ap);
+    vsay(0, fmt, ap);
     va_end(ap);
     exit(MT_EXIT_FAIL);
 }
@@ -30,7 +50,7 @@ void die_usage(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsay(fmt, ap);
+    vsay(1, fmt, ap);
     va_end(ap);
     exit(MT_EXIT_USAGE);
 }
@@ -39,7 +59,7 @@ int error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsay(fmt, ap);
+    vsay(0, fmt, ap);
     va_end(ap);
     return -1;
 }

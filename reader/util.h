@@ -29,6 +29,10 @@ char *fmt_size(char *buf, uint64_t bytes);
  * no further than the first byte that does not fit (a NUL ends). */
 int mt_utf8_len(const unsigned char *p);
 
+/* s to f with control characters as '?' (line breaks kept when lines):
+ * a name in a message must not move the terminal's cursor. */
+void mt_put_printable(FILE *f, const char *s, int lines);
+
 /* Directory holding the running memtap binary (static buffer). */
 const char *self_dir(void);
 

@@ -494,3 +494,22 @@ def test_stop_offset_many_blocks_record_refused(tmp_path, memtap):
     assert stats["complete"] is False
     assert stats["truncated_at"] == offsets[6], (stats["truncated_at"], offsets[6])
     assert stats["total_allocations"] == 6 * 9000 + 4500
+
+
+def test_messages_keep_control_characters_off_the_terminal(tmp_path, real_captures):
+    """A file named with an escape and a line break: the error about it is
+    one line, with '?' where they were; so is the line that names a report
+    written there."""
+    evil = "no\x1b[2Jsuch\nfile"
+    proc = subprocess.run([str(MEMTAP), "stats", str(tmp_path / evil)], capture_output=True,
+                          env=clean_env(), timeout=TIMEOUT)
+    assert proc.returncode == 1, describe(proc)
+    assert proc.stderr == ("memtap: cannot read '%s/no?[2Jsuch?file': No such file or "
+                           "directory\n" % tmp_path).encode(), proc.stderr
+    cap = write(tmp_path, "native.bin", real_captures["native"])
+    for cmd in ("flamegraph", "table"):
+        out = tmp_path / (cmd + "\x1bx\n.html")
+        proc = subprocess.run([str(MEMTAP), cmd, str(cap), "-o", str(out)], capture_output=True,
+                              env=clean_env(), timeout=TIMEOUT)
+        assert proc.returncode == 0 and out.exists(), describe(proc)
+        assert proc.stderr == ("wrote %s/%s?x?.html\n" % (tmp_path, cmd)).encode(), proc.stderr
