@@ -26,7 +26,12 @@ struct py_allocator {
 
 enum { PY_DOMAIN_RAW = 0, PY_DOMAIN_MEM = 1, PY_DOMAIN_OBJ = 2 };
 
-static struct py_allocator orig[3];
+/* What each wrapper forwards to: a fresh slot for every wrapper put in a
+ * domain, so that one already in a chain (under a hook another tool put
+ * on top of it) never has its target changed under it. */
+#define MAX_WRAPS 4
+static struct py_allocator slots[3][MAX_WRAPS];
+static int nwraps[3];
 /* Our wrapper is in the domain's chain: put there, and not taken out (a
  * hook another tool set on top of it, tracemalloc's, keeps it inside). */
 static int installed[3];
@@ -35,6 +40,10 @@ static int installed[3];
 static int on;
 
 int mt_pyalloc_watch;
+
+typedef void (*allocator_fn)(int, struct py_allocator *);
+static allocator_fn get_allocator, set_allocator;
+static int (*is_initialized)(void);
 
 static void *wrap_malloc(void *ctx, size_t size)
 {
@@ -86,37 +95,42 @@ static void wrap_free(void *ctx, void *ptr)
     mt_record_free(t, seq, ptr);
 }
 
-typedef void (*allocator_fn)(int, struct py_allocator *);
-
-static int allocator_api(allocator_fn *get, allocator_fn *set)
+static int allocator_api(void)
 {
-    *get = (allocator_fn)dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
-    *set = (allocator_fn)dlsym(RTLD_DEFAULT, "PyMem_SetAllocator");
-    return *get && *set ? 0 : -1;
+    if (!get_allocator) {
+        get_allocator = (allocator_fn)dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
+        set_allocator = (allocator_fn)dlsym(RTLD_DEFAULT, "PyMem_SetAllocator");
+        is_initialized = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
+    }
+    return get_allocator && set_allocator ? 0 : -1;
 }
 
-static void wrap_domain(allocator_fn get, allocator_fn set, int d)
+/* Puts a wrapper of domain d's allocator on top of it. -1: no slot left. */
+static int wrap_domain(int d)
 {
-    struct py_allocator cur;
-    get(d, &cur);
-    orig[d] = cur;
-    struct py_allocator w = {&orig[d], wrap_malloc, wrap_calloc, wrap_realloc, wrap_free};
-    set(d, &w);
+    if (nwraps[d] == MAX_WRAPS)
+        return -1;
+    struct py_allocator *to = &slots[d][nwraps[d]++];
+    get_allocator(d, to);
+    struct py_allocator w = {to, wrap_malloc, wrap_calloc, wrap_realloc, wrap_free};
+    set_allocator(d, &w);
     installed[d] = 1;
+    return 0;
 }
 
 void mt_pyalloc_recheck(void)
 {
-    allocator_fn get, set;
-    if (allocator_api(&get, &set) < 0) {
+    /* Initialized: the pre-initialization is long past (this is the last
+     * look; the first code object usually ends the watch sooner). */
+    if (is_initialized && is_initialized())
         mt_pyalloc_watch = 0;
-        return;
-    }
     for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
         struct py_allocator cur;
-        get(d, &cur);
-        if (cur.malloc != wrap_malloc)  /* replaced, not wrapped: nothing else runs yet */
-            wrap_domain(get, set, d);
+        get_allocator(d, &cur);
+        /* Replaced, or wrapped by a hook: a wrapper on top either way (one
+         * under a hook forwards, its thread being inside ours already). */
+        if (cur.malloc != wrap_malloc && wrap_domain(d) < 0)
+            mt_pyalloc_watch = 0;
     }
 }
 
@@ -127,38 +141,41 @@ void mt_pyalloc_settled(void)
 
 int mt_pyalloc_setup(void)
 {
-    allocator_fn get, set;
-    if (allocator_api(&get, &set) < 0)
+    if (allocator_api() < 0)
         return -1;
-    int (*initialized)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
     for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
         /* Ours already in the chain (a start after a start): wrapping it
          * again would call itself; it records again once recording is on. */
         if (installed[d])
             continue;
-        wrap_domain(get, set, d);
+        wrap_domain(d);
     }
     /* Before the interpreter starts: its pre-initialization may put other
      * allocators in (watched until it runs Python code). */
-    mt_pyalloc_watch = initialized && !initialized();
+    mt_pyalloc_watch = is_initialized && !is_initialized();
     __atomic_store_n(&on, 1, __ATOMIC_RELAXED);
     return 0;
 }
 
 void mt_pyalloc_teardown(void)
 {
-    allocator_fn get, set;
     __atomic_store_n(&on, 0, __ATOMIC_RELAXED);
-    if (allocator_api(&get, &set) < 0)
+    mt_pyalloc_watch = 0;
+    if (allocator_api() < 0)
         return;
     for (int d = PY_DOMAIN_MEM; d <= PY_DOMAIN_OBJ; d++) {
         struct py_allocator cur;
-        get(d, &cur);
+        get_allocator(d, &cur);
         /* Blocks the wrapper handed out are the replaced allocator's:
          * freeing them there is right. One that replaced ours stays. */
-        if (installed[d] && cur.malloc == wrap_malloc && cur.ctx == &orig[d]) {
-            set(d, &orig[d]);
-            installed[d] = 0;
+        if (installed[d] && cur.malloc == wrap_malloc) {
+            for (int k = 0; k < nwraps[d]; k++)
+                if (cur.ctx == &slots[d][k]) {
+                    set_allocator(d, &slots[d][k]);
+                    installed[d] = 0;
+                    nwraps[d] = k;  /* its slot and those above are free again */
+                    break;
+                }
         }
     }
 }
