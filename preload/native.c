@@ -119,6 +119,8 @@ int mt_native_setup(void)
 
     mt_native_objects_forget();
     vdso_ehdr = (uintptr_t)getauxval(AT_SYSINFO_EHDR);
+    mt_unwind_know_trampolines(dlsym(RTLD_DEFAULT, "_Py_trampoline_func_start"),
+                               dlsym(RTLD_DEFAULT, "_Py_trampoline_func_end"));
     if (!started && unwind_start() <= 0)
         return -1;
     started = 1;

@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include "unwind.h"
 
+#include <errno.h>
 #include <link.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -436,27 +437,55 @@ static int find_object(struct dl_phdr_info *info, size_t size, void *arg)
 }
 
 /* CPython's perf trampolines (3.12+, `-X perf`): copies, back to back in
- * anonymous memory no unwind table covers, of a function that calls the
- * evaluator through rcx: `sub $8,%rsp` (or, built with frame pointers,
- * `push %rbp; mov %rsp,%rbp`), then `call *%rcx`. A return address just
- * past that call steps over it by its known layout, and the frame, which
- * is not the program's, is left out of the stack. The bytes are read with
- * a system call, which fails rather than faults on memory not there. */
+ * anonymous memory no unwind table covers, of a small function in
+ * libpython that calls the evaluator (`call *%rcx`). A return address no
+ * object covers is one of them when the bytes around it are the template's
+ * exactly: it steps by the template's prologue, and the frame, which is not
+ * the program's, is left out of the stack. The template and its layout are
+ * read at setup; the copy is read with a system call, which fails rather
+ * than faults on memory that is not there. */
+static const uint8_t *tramp;       /* the template, NULL: this process has none */
+static size_t tramp_len, tramp_ret; /* its length; the return address's offset */
+static uint64_t tramp_layout;
+
+void mt_unwind_know_trampolines(const void *start, const void *end)
+{
+    static const uint8_t plain[4] = {0x48, 0x83, 0xec, 0x08},  /* sub $8,%rsp */
+                         framed[4] = {0x55, 0x48, 0x89, 0xe5}; /* push %rbp; mov %rsp,%rbp */
+    const uint8_t *s = start, *e = end;
+    tramp = NULL;
+    if (!s || !e || e <= s || e - s > 64)
+        return;
+    for (size_t i = 4; i + 2 <= (size_t)(e - s); i++) {
+        if (s[i] != 0xff || s[i + 1] != 0xd1)  /* call *%rcx */
+            continue;
+        if (!memcmp(s + i - 4, plain, 4))
+            tramp_layout = layout_pack(L_STEP, 0, 16, 0);
+        else if (!memcmp(s + i - 4, framed, 4))
+            tramp_layout = layout_pack(L_STEP, 1, 16, -16);
+        else
+            return;
+        tramp_layout |= (uint64_t)1 << 51;  /* hidden */
+        tramp_len = (size_t)(e - s);
+        tramp_ret = i + 2;
+        tramp = s;
+        return;
+    }
+}
+
 static uint64_t trampoline_layout(uint64_t ip)
 {
-    static const uint8_t plain[6] = {0x48, 0x83, 0xec, 0x08, 0xff, 0xd1},
-                         framed[6] = {0x55, 0x48, 0x89, 0xe5, 0xff, 0xd1};
-    uint8_t code[6];
-    struct iovec local = {code, sizeof code}, remote = {(void *)(uintptr_t)(ip - 6), sizeof code};
-    if (syscall(SYS_process_vm_readv, (long)getpid(), &local, 1L, &remote, 1L, 0L) !=
-        (long)sizeof code)
+    uint8_t copy[64];
+    if (!tramp || ip < tramp_ret)
         return LAYOUT_GIVE_UP;
-    uint64_t hidden = (uint64_t)1 << 51;
-    if (!memcmp(code, plain, sizeof code))
-        return layout_pack(L_STEP, 0, 16, 0) | hidden;
-    if (!memcmp(code, framed, sizeof code))
-        return layout_pack(L_STEP, 1, 16, -16) | hidden;
-    return LAYOUT_GIVE_UP;
+    struct iovec local = {copy, tramp_len},
+                 remote = {(void *)(uintptr_t)(ip - tramp_ret), tramp_len};
+    int saved = errno;
+    long got = syscall(SYS_process_vm_readv, (long)getpid(), &local, 1L, &remote, 1L, 0L);
+    errno = saved;
+    if (got != (long)tramp_len || memcmp(copy, tramp, tramp_len))
+        return LAYOUT_GIVE_UP;
+    return tramp_layout;
 }
 
 /* The layout for return address ip, from its object's unwind tables.

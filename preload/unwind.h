@@ -26,4 +26,9 @@ int mt_unwind_backtrace(uintptr_t *ips, int max, int skip);
  * stack itself: a frame that would be read there ends the stack. */
 int mt_unwind_backtrace_below(uintptr_t *ips, int max, int skip, uintptr_t top);
 
+/* CPython's perf trampoline template (libpython's _Py_trampoline_func_start
+ * and _end, 3.12+; NULLs: none): return addresses in copies of it step over
+ * them, leaving them out. Call at setup, not from a hook. */
+void mt_unwind_know_trampolines(const void *start, const void *end);
+
 #endif
