@@ -8,6 +8,7 @@
 """
 
 import argparse
+import ast
 import atexit
 import html
 import os
@@ -49,23 +50,37 @@ def _forget():
         shutil.rmtree(_state["dir"], ignore_errors=True)
 
 
-# The recording starts on the cell's first line, so that IPython's own work
-# before it (transforming, parsing and compiling the cell) is not the
-# cell's; the line stands where the magic's line is, so the cell's line
-# numbers are the ones the user sees.
-_BEGIN = "__import__('memtap._ipython')._ipython._begin()  # %%memtap\n"
-
-
 def _begin():
+    """The recording's start, run as the cell's first statement."""
     tracker = _state.pop("pending", None)
     if tracker is not None:
+        _state["recording"] = tracker  # first: stopped even when entering fails
         tracker.__enter__()
-        _state["recording"] = tracker
+        _state["entered"] = True
+
+
+class _StartHere(ast.NodeTransformer):
+    """Puts the recording's start before the cell's first statement, once:
+    IPython's reading, transforming and parsing of the cell come before it.
+    (An AST node, not a line of text: a cell magic on the cell's first line
+    stays there, and the cell's text is the user's.)"""
+
+    def __init__(self):
+        self.done = False
+
+    def visit_Module(self, node):
+        if not self.done:
+            self.done = True
+            start = ast.parse("__import__('memtap._ipython')._ipython._begin()").body[0]
+            if node.body:
+                ast.copy_location(start, node.body[0])
+            node.body.insert(0, ast.fix_missing_locations(start))
+        return node
 
 
 def _dedent(cell):
     """The cell as IPython would take it: a first line's indentation comes
-    off every line (our first line would otherwise make it an error)."""
+    off every line (IPython does this itself for a cell it runs directly)."""
     lines = cell.splitlines(True)
     first = next((line for line in lines if line.strip()), "")
     indent = first[:len(first) - len(first.lstrip())]
@@ -76,8 +91,12 @@ def _dedent(cell):
 
 
 def _run_cell(ipython, cell, native):
-    """Runs the cell under a Tracker. @return (the capture's path or None
+    """Runs the cell under a Tracker. @return (the capture's path, or None
     when the cell did not start, the exception the cell raised or None)."""
+    from IPython.core.error import UsageError
+    if "pending" in _state or "recording" in _state:
+        raise UsageError("the memtap magics cannot be used inside a cell that runs "
+                         "under one")
     if _state["dir"] is None:
         _state["dir"] = tempfile.mkdtemp(prefix="memtap-ipython-")
         atexit.register(_forget)  # the captures live as long as the kernel
@@ -85,44 +104,58 @@ def _run_cell(ipython, cell, native):
     path = os.path.join(_state["dir"], "cell-%d.bin" % _state["count"])
     # The cell's error is raised again from the magic, after the report,
     # for IPython to show once and count (the cell fails, as it would
-    # without the magic); other tracebacks (an event callback's) are shown
-    # after the block, outside it.
+    # without the magic); other tracebacks (an event callback's, %run's)
+    # are shown after the block, outside it.
+    # (A syntax error is shown at once: nothing records before the cell runs.)
     shown = []
-    saved = {name: (name in vars(ipython), getattr(ipython, name))
-             for name in ("showtraceback", "showsyntaxerror")}
+    own_show = "showtraceback" in vars(ipython)
+    show = ipython.showtraceback
 
-    def later(name):
-        def show(*args, **kwargs):
-            shown.append((name, sys.exc_info()[1], args, kwargs))
-        return show
+    def later(*args, **kwargs):
+        if not args and "exc_tuple" not in kwargs:
+            kwargs["exc_tuple"] = sys.exc_info()
+        shown.append((sys.exc_info()[1], args, kwargs))
 
-    # The cell is named after the cell the user ran (IPython counted it
-    # already: the nested run would take the next cell's number).
+    # The cell is named after the cell the user ran (IPython 9 counted it
+    # already: the nested run would take the next cell's number), its
+    # output still numbered by IPython.
     outer = getattr(getattr(ipython, "displayhook", None), "exec_result", None)
-    count = ipython.execution_count
+    number = getattr(outer, "execution_count", None)
+    compiler = ipython.compile
+    renamed = number is not None and "cache" not in vars(compiler)
+    start = _StartHere()
     _state["pending"] = Tracker(path, native=native, overwrite=True)
     try:
-        for name in saved:
-            setattr(ipython, name, later(name))
-        if outer is not None and outer.execution_count is not None:
-            ipython.execution_count = outer.execution_count
-        result = ipython.run_cell(_BEGIN + _dedent(cell))
+        ipython.showtraceback = later
+        if renamed:
+            cache = compiler.cache
+            compiler.cache = lambda code, n=0, raw_code=None: cache(code, number,
+                                                                     raw_code=raw_code)
+        ipython.ast_transformers.insert(0, start)
+        result = ipython.run_cell(_dedent(cell))
     finally:
-        ipython.execution_count = count
-        for name, (own, method) in saved.items():
-            if own:
-                setattr(ipython, name, method)
-            else:
-                delattr(ipython, name)
+        if start in ipython.ast_transformers:
+            ipython.ast_transformers.remove(start)
+        if renamed:
+            del compiler.cache
+        if own_show:
+            ipython.showtraceback = show
+        else:
+            del ipython.showtraceback
         _state.pop("pending", None)
+        entered = _state.pop("entered", False)
         tracker = _state.pop("recording", None)
         if tracker is not None:
             tracker.stop()
-    error = result.error_before_exec or result.error_in_exec
-    for name, value, args, kwargs in shown:
-        if value is None or value is not error:
-            getattr(ipython, name)(*args, **kwargs)
-    if tracker is None:
+    error = result.error_in_exec
+    for value, args, kwargs in shown:
+        if error is None or value is not error:
+            show(*args, **kwargs)
+    if result.error_before_exec is not None:
+        # Shown above, as IPython shows it; the cell fails without a second
+        # rendering through the magic's frames.
+        raise UsageError("the cell did not run (%s)" % type(result.error_before_exec).__name__)
+    if not entered:
         return None, error
     _state["last"] = path
     return path, error

@@ -49,13 +49,21 @@ DRIVER = textwrap.dedent("""\
     with capture_output() as cap:
         r = ip.run_cell("%%memtap_summary\\nx = (\\n")
     out["syntax_error"] = type(r.error_in_exec).__name__
-    # a function defined in cell N is named after cell N; the cell's lines
-    # are numbered as the user sees them (the magic's line is line 1)
+    # a function defined in cell N is named after cell N, its lines counted
+    # from the line after the magic's; the cell's value is still Out[N]
     ip.run_cell("pass", store_history=True)
     with capture_output() as cap:
-        r = ip.run_cell("%%memtap_summary -n 1\\ndef grow():\\n    return bytearray(3 * 10**6)\\nkept = grow()\\n",
+        r = ip.run_cell("%%memtap_summary -n 1\\ndef grow():\\n    return bytearray(3 * 10**6)\\nkept = grow()\\n'value'\\n",
                         store_history=True)
-    out["named"] = [r.execution_count, ip.user_ns["grow"].__code__.co_filename, cap.stdout]
+    out["named"] = [r.execution_count, ip.user_ns["grow"].__code__.co_filename, cap.stdout,
+                    sorted(ip.user_ns["Out"].items())[-1]]
+    # another cell magic on the cell's first line; the magics do not nest
+    with capture_output() as cap:
+        r = ip.run_cell("%%memtap_summary -n 1\\n%%capture captured\\ntimed = bytearray(4 * 10**6)\\n")
+    out["inner_magic"] = [r.success, len(ip.user_ns.get("timed", b"")), cap.stdout.split("\\n")[3]]
+    with capture_output() as cap:
+        r = ip.run_cell("%%memtap_summary\\nget_ipython().run_cell_magic('memtap_summary', '', 'q = 1')\\n")
+    out["nested"] = repr(r.error_in_exec)
     # an indented cell, as IPython takes it
     with capture_output() as cap:
         r = ip.run_cell("%%memtap_summary -n 1\\n    ind = bytearray(10**5)\\n    ind2 = 7\\n")
@@ -103,10 +111,14 @@ def test_magics(pkg, tmp_path):
     assert "posixpath" not in summary and "ultratb" not in summary, summary
     assert out["raising_error"] == "ValueError('boom')"
     assert out["flame_error"] == ["KeyError('flame')", 1]   # the graph, then the error
-    assert out["syntax_error"] == "SyntaxError"
-    count, filename, named = out["named"]
+    assert out["syntax_error"] == "UsageError"   # after IPython's own rendering of it
+    count, filename, named, last_out = out["named"]
     assert filename.startswith("<ipython-input-%d-" % count), (count, filename)
-    assert " grow  %s:3\n" % filename in named, named       # cell line 3: the bytearray
+    assert " grow  %s:2\n" % filename in named, named       # the bytearray's line
+    assert last_out == [count, "value"], (count, last_out)
+    ran, timed, row = out["inner_magic"]
+    assert ran and timed == 4 * 10**6 and row.startswith("  3.81 MiB "), out["inner_magic"]
+    assert out["nested"].startswith("UsageError('the memtap magics cannot be used inside"), out
     assert out["indented"] == [True, 7]
     assert out["missing"] == ("UsageError: memtap: cannot read '/nonexistent/cell.bin': "
                               "No such file or directory")
