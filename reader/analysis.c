@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "analysis.h"
+#include "util.h"
 
 static double seconds(void)
 {
@@ -238,8 +239,9 @@ static void progress_update(struct progress *p, uint64_t offset)
 {
     if (!p->show || seconds() - p->start <= 1.0)
         return;
-    fprintf(stderr, "\rmemtap: reading '%s': %3d%%", p->path,
-            (int)(100.0 * (double)offset / (double)(p->file_size + 1)));
+    fputs("\rmemtap: reading '", stderr);
+    mt_put_printable(stderr, p->path, 0);
+    fprintf(stderr, "': %3d%%", (int)(100.0 * (double)offset / (double)(p->file_size + 1)));
     p->shown = 1;
 }
 

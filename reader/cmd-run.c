@@ -692,8 +692,8 @@ int cmd_run(int argc, char **argv)
     uint64_t events = session_finish(&f, &exit);
     close(shm_fd);  /* kept open for a program that exec'd another */
     if (f.incomplete)  /* said even with -q: the file is not what it seems */
-        fprintf(stderr, "memtap: '%s' is incomplete: it holds what was written before "
-                "writing failed\n", output);
+        (void)error("'%s' is incomplete: it holds what was written before "
+                "writing failed", output);
     else if (!o.quiet)
         say_written(output, events);
     end_like(status);

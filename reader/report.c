@@ -553,17 +553,6 @@ static uint32_t loc_id(struct mt_report *r, const struct mt_rframe *f)
 /* The length of the control character at p (C0, DEL, C1, or the line and
  * paragraph separators U+2028 and U+2029, which break lines for Python's
  * str.splitlines and JavaScript), 0 when p starts none. p is NUL-ended. */
-static size_t control_at(const unsigned char *p)
-{
-    if (p[0] < 0x20 || p[0] == 0x7f)
-        return 1;
-    if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
-        return 2;
-    if (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9))
-        return 3;
-    return 0;
-}
-
 /* A name as reports show it: control characters become '?', so that no
  * name can move a terminal's cursor or break a line-based format; bytes
  * that are no UTF-8 stay (JSON escapes them). */
@@ -573,13 +562,13 @@ static const char *intern_name(struct strtab *t, const char *s)
     size_t len = strlen((const char *)p);
     int clean = 1;
     for (size_t i = 0; i < len && clean; i++)
-        clean = !control_at(p + i);
+        clean = !mt_control_at(p + i);
     if (clean)
         return intern(t, (const char *)p);
     char *c = xrealloc(NULL, len + 1);
     size_t n = 0;
     for (size_t i = 0; i < len;) {
-        size_t k = control_at(p + i);
+        size_t k = mt_control_at(p + i);
         c[n++] = k ? '?' : (char)p[i];
         i += k ? k : 1;
     }
@@ -1124,7 +1113,7 @@ FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
     output_part[0] = 0;
     if (!path || !strcmp(path, "-")) return stdout;
     if (is_the_capture(path, o->file)) {
-        fprintf(stderr, "memtap: '%s' is the capture this report reads; give another output\n",
+        (void)error("'%s' is the capture this report reads; give another output",
                 path);
         return NULL;
     }
@@ -1146,7 +1135,7 @@ FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
             part_guard(0);
         }
     }
-    if (!f) fprintf(stderr, "memtap: cannot write '%s': %s\n", path, strerror(errno));
+    if (!f) (void)error("cannot write '%s': %s", path, strerror(errno));
     return f;
 }
 
@@ -1164,7 +1153,7 @@ int mt_output_close(FILE *f, const char *path)
         part_guard(0);
     output_part[0] = 0;
     if (bad) {
-        fprintf(stderr, "memtap: cannot write '%s': %s\n",
+        (void)error("cannot write '%s': %s",
                 path && strcmp(path, "-") ? path : "<stdout>", strerror(saved));
         return -1;
     }

@@ -235,13 +235,13 @@ static void shim_report(const struct session_capture *cap, const char *who)
     char announced[PATH_MAX];
     mt_collector_program_exe(cap->c, announced, sizeof announced);
     if (!mt_collector_ready(cap->c))
-        fprintf(stderr, "memtap: %s never started memtap's shim (a statically linked "
+        (void)error("%s never started memtap's shim (a statically linked "
                 "or setuid program, its LD_PRELOAD replaced, or the shim could not set "
-                "up): nothing was recorded\n", who);
+                "up): nothing was recorded", who);
     else if (cap->exe_other[0] && strcmp(cap->exe_other, announced) != 0)
-        fprintf(stderr, "memtap: %s exec'd '%s', which runs without memtap's shim "
+        (void)error("%s exec'd '%s', which runs without memtap's shim "
                 "(LD_PRELOAD replaced, a statically linked or setuid program): "
-                "not recorded from there on\n", who, cap->exe_other);
+                "not recorded from there on", who, cap->exe_other);
 }
 
 
@@ -616,7 +616,7 @@ void session_collect(struct session *f, int *status, struct mt_exit *exit)
             if (session_process_ended(f->caps[i].pid, &child)) {
                 session_capture_close(&f->caps[i], &child);
                 if (!f->quiet)
-                    fprintf(stderr, "memtap: child %d recorded in '%s'%s\n",
+                    (void)error("child %d recorded in '%s'%s",
                             (int)f->caps[i].pid, f->caps[i].path,
                             f->caps[i].told ? " (incomplete: writing it failed)" : "");
                 f->caps[i--] = f->caps[--f->n];
@@ -656,8 +656,8 @@ uint64_t session_finish(struct session *f, const struct mt_exit *exit)
     }
     const char *exe;
     if (!f->quiet && mt_collector_execs(f->caps[0].c, &exe))
-        fprintf(stderr, "memtap: the program exec'd '%s'; the capture records it from "
-                "there on\n", exe);
+        (void)error("the program exec'd '%s'; the capture records it from "
+                "there on", exe);
     if (f->end == SESSION_WAIT)  /* a Tracker's process had the shim from the start */
         shim_report(&f->caps[0], "the program");
     uint64_t events = session_capture_close(&f->caps[0], exit);
@@ -667,7 +667,7 @@ uint64_t session_finish(struct session *f, const struct mt_exit *exit)
         int ended = session_process_ended(f->caps[i].pid, &child);
         session_capture_close(&f->caps[i], ended ? &child : NULL);
         if (!f->quiet)
-            fprintf(stderr, "memtap: child %d recorded in '%s'%s\n",
+            (void)error("child %d recorded in '%s'%s",
                     (int)f->caps[i].pid, f->caps[i].path,
                     f->caps[i].told ? " (incomplete: writing it failed)"
                     : ended ? "" : " (still running: incomplete)");

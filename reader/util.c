@@ -9,11 +9,24 @@
 #include "../src/capture.h"
 #include "util.h"
 
+size_t mt_control_at(const unsigned char *p)
+{
+    if (p[0] < 0x20 || p[0] == 0x7f)
+        return 1;
+    if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)  /* C1, as UTF-8 */
+        return 2;
+    if (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9))  /* U+2028/9 */
+        return 3;
+    return 0;
+}
+
 void mt_put_printable(FILE *f, const char *s, int lines)
 {
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        putc((c < 0x20 && !(lines && c == '\n')) || c == 0x7f ? '?' : c, f);
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t k = lines && *p == '\n' ? 0 : mt_control_at(p);
+        putc(k ? '?' : *p, f);
+        p += k ? k : 1;
     }
 }
 
@@ -126,7 +139,7 @@ const char *self_dir(void)
 
 void mt_warn_incomplete(const char *file, uint64_t offset, int err)
 {
-    fprintf(stderr, "memtap: warning: '%s' is incomplete (truncated at byte %llu: %s); "
-            "reporting what it holds\n", file, (unsigned long long)offset,
-            err ? mt_strerror(err) : "no trailer");
+    (void)error("warning: '%s' is incomplete (truncated at byte %llu: %s); "
+                "reporting what it holds", file, (unsigned long long)offset,
+                err ? mt_strerror(err) : "no trailer");
 }

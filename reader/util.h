@@ -29,6 +29,11 @@ char *fmt_size(char *buf, uint64_t bytes);
  * no further than the first byte that does not fit (a NUL ends). */
 int mt_utf8_len(const unsigned char *p);
 
+/* The length of the control character p starts with (C0, DEL, C1 as UTF-8,
+ * U+2028/2029: what can move a terminal's cursor or break a line), 0 when
+ * none. */
+size_t mt_control_at(const unsigned char *p);
+
 /* s to f with control characters as '?' (line breaks kept when lines):
  * a name in a message must not move the terminal's cursor. */
 void mt_put_printable(FILE *f, const char *s, int lines);

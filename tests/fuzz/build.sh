@@ -16,7 +16,7 @@ printf '#pragma once\n#define MT_FORMAT_VERSION %s\n#define MT_VERSION "fuzz"\n'
     "$ver" > "$OUT/version.h"
 # The capture library (every src/*.c and the embedded dictionaries, as
 # meson's libmtcapture) and the analysis.
-SRC="$(ls "$REPO"/src/*.c) $REPO/reader/analysis.c"
+SRC="$(ls "$REPO"/src/*.c) $REPO/reader/analysis.c $REPO/reader/util.c"
 for f in "$REPO"/src/dictionaries/*.bin; do
     id=$(basename "$f" | cut -d- -f1)
     python3 "$REPO/tools/embed.py" --binary "$f" "mt_dictionary_$id" "$OUT/dictionary-$id.c"
