@@ -39,7 +39,8 @@ enum { L_STEP = 1, L_END = 2, L_GIVE_UP = 3 };
 #define L_CFA_RBP(l) ((unsigned)((l) >> 50) & 1u)
 #define L_CFA_OFF(l) ((int64_t)(int32_t)(uint32_t)(l))
 #define L_RBP_OFF(l) ((int64_t)(int16_t)(uint16_t)((l) >> 32)) /* 0: unchanged */
-#define L_HIDDEN(l) ((unsigned)((l) >> 51) & 1u)  /* a frame left out of the stack */
+#define LAYOUT_HIDDEN ((uint64_t)1 << 51)  /* with L_STEP: a frame left out of the stack */
+#define L_HIDDEN(l) ((l) & LAYOUT_HIDDEN)
 
 static uint64_t layout_pack(unsigned kind, int cfa_rbp, int32_t cfa_off, int16_t rbp_off)
 {
@@ -465,7 +466,7 @@ void mt_unwind_know_trampolines(const void *start, const void *end)
             tramp_layout = layout_pack(L_STEP, 1, 16, -16);
         else
             return;
-        tramp_layout |= (uint64_t)1 << 51;  /* hidden */
+        tramp_layout |= LAYOUT_HIDDEN;
         tramp_len = (size_t)(e - s);
         tramp_ret = i + 2;
         tramp = s;
