@@ -513,12 +513,11 @@ static void parse(int argc, char **argv, struct run_opts *o, int *first)
     *first = optind;
 }
 
-/* path as a shell word: quoted where a shell would split or expand it, and
- * not taken for an option. */
+/* Whether s holds a control character (mt_control_at). */
 static int has_control(const char *s)
 {
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (mt_control_at(p))
             return 1;
     return 0;
 }
@@ -528,18 +527,21 @@ static int has_control(const char *s)
 static void put_escaped_word(FILE *f, const char *path)
 {
     fputs("$'", f);
-    for (; *path; path++) {
-        unsigned char c = (unsigned char)*path;
-        if (c == '\'' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20 || c == 0x7f)
-            fprintf(f, "\\x%02x", c);
+    for (const unsigned char *p = (const unsigned char *)path; *p;) {
+        size_t k = mt_control_at(p);
+        if (*p == '\'' || *p == '\\')
+            fprintf(f, "\\%c", *p++);
+        else if (!k)
+            putc(*p++, f);
         else
-            putc(c, f);
+            for (; k; k--)
+                fprintf(f, "\\x%02x", *p++);
     }
     putc('\'', f);
 }
 
+/* path as a shell word: quoted where a shell would split or expand it, and
+ * not taken for an option. */
 static void put_shell_word(FILE *f, const char *path)
 {
     if (path[0] == '-')

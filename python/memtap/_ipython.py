@@ -78,18 +78,6 @@ class _StartHere(ast.NodeTransformer):
         return node
 
 
-def _dedent(cell):
-    """The cell as IPython would take it: a first line's indentation comes
-    off every line (IPython does this itself for a cell it runs directly)."""
-    lines = cell.splitlines(True)
-    first = next((line for line in lines if line.strip()), "")
-    indent = first[:len(first) - len(first.lstrip())]
-    if not indent:
-        return cell
-    return "".join(line[len(indent):] if line.startswith(indent) else line
-                   for line in lines)
-
-
 def _run_cell(ipython, cell, native):
     """Runs the cell under a Tracker. @return (the capture's path, or None
     when the cell did not start, the exception the cell raised or None)."""
@@ -132,7 +120,7 @@ def _run_cell(ipython, cell, native):
             compiler.cache = lambda code, n=0, raw_code=None: cache(code, number,
                                                                      raw_code=raw_code)
         ipython.ast_transformers.insert(0, start)
-        result = ipython.run_cell(_dedent(cell))
+        result = ipython.run_cell(cell)  # its own transforms dedent an indented cell
     finally:
         if start in ipython.ast_transformers:
             ipython.ast_transformers.remove(start)
