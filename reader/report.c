@@ -276,6 +276,9 @@ struct mt_report {
     struct mt_loc *locs; uint32_t nlocs, loccap;
     uint32_t *lochash; uint32_t lochcap;        /* slots hold loc ids */
 
+    /* a name the analysis owns -> intern_name of it, by address */
+    struct owned_name { const char *from, *to; } *owned; uint32_t ownedcap, nowned;
+
     /* native ip -> symbolized frames (interned strings) */
     struct ipcache_slot *ipc; uint32_t ipccap, ipcn;
     struct mt_rframe *ipframes; uint32_t nipframes, ipframecap;
@@ -372,6 +375,7 @@ void mt_report_free(struct mt_report *r)
     mt_analysis_free(r->a);
     strtab_release(&r->strings);
     free(r->locs); free(r->lochash); free(r->ipc); free(r->ipframes);
+    free(r->owned);
     free(r->sorted); free(r->shown); free(r->nat); free(r->merged); free(r->stack);
     free(r);
 }
@@ -576,6 +580,34 @@ static const char *intern_name(struct strtab *t, const char *s)
     const char *r = intern(t, c);
     free(c);
     return r;
+}
+
+/* intern_name of a string that outlives r (the analysis's, or a literal),
+ * found by its address: every stack a code object is on names it again. */
+static const char *intern_owned(struct mt_report *r, const char *s)
+{
+    if (r->nowned * 2 >= r->ownedcap) {
+        uint32_t ncap = r->ownedcap ? r->ownedcap * 2 : 1024;
+        struct owned_name *ns = calloc(ncap, sizeof *ns);
+        if (!ns) { fputs("memtap: out of memory\n", stderr); exit(1); }
+        for (uint32_t i = 0; i < r->ownedcap; i++) {
+            if (!r->owned[i].from) continue;
+            uint32_t j = (uint32_t)mix64((uintptr_t)r->owned[i].from) & (ncap - 1);
+            while (ns[j].from) j = (j + 1) & (ncap - 1);
+            ns[j] = r->owned[i];
+        }
+        free(r->owned);
+        r->owned = ns;
+        r->ownedcap = ncap;
+    }
+    uint32_t j = (uint32_t)mix64((uintptr_t)s) & (r->ownedcap - 1);
+    while (r->owned[j].from) {
+        if (r->owned[j].from == s) return r->owned[j].to;
+        j = (j + 1) & (r->ownedcap - 1);
+    }
+    r->owned[j] = (struct owned_name){ s, intern_name(&r->strings, s) };
+    r->nowned++;
+    return r->owned[j].to;
 }
 
 const char *mt_report_clean(struct mt_report *r, const char *s)
@@ -848,8 +880,8 @@ static int py_frames(struct mt_report *r, const struct mt_group *g)
     for (int i = 0; i < np; i++) {
         const struct mt_frame *f = &r->pyraw[i];
         r->py[i] = (struct mt_rframe){
-            intern_name(&r->strings, f->function), intern_name(&r->strings, f->file),
-            intern(&r->strings, ""), f->line, 1, (uint8_t)(f->is_entry != 0),
+            intern_owned(r, f->function), intern_owned(r, f->file),
+            intern_owned(r, ""), f->line, 1, (uint8_t)(f->is_entry != 0),
             MT_K_NORMAL, 0 };
     }
     return np;

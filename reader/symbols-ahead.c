@@ -10,25 +10,19 @@
 #include <unistd.h>
 
 /* One thing for the thread to do, in the capture's order: declare an
- * object (object set; the thread frees it), or resolve a return address:
- * the first one the stacks name in each object, which loads the object's
- * symbol table and debug information. The report resolves the rest, which
- * costs little once that is done, and only those it shows. */
+ * object (object set; the thread frees it), or resolve a return address.
+ * Every address a stack names is queued, not only the first of each
+ * object: the first address in a compile unit decodes the unit's line
+ * table and lists its functions, which costs a hundred times what the
+ * next address in it does, and summary and flamegraph show every stack. */
 struct item {
     struct mt_object_info *object;
     uint64_t ip;
     uint32_t objects;  /* OBJECT records before ip's node */
 };
 
-/* Where an object lies, for the reading thread to ask the symbolizer for
- * one address in each object the stacks use. */
-struct span { uint64_t lo, hi; uint32_t object; };
-
 struct mt_ahead {
     /* the reading thread's alone */
-    struct span *spans;
-    size_t nspans, capspans;
-    uint8_t *warmed;           /* by object number: an address was queued */
     uint32_t objects;          /* OBJECT records seen */
 
     pthread_mutex_t lock;
@@ -86,6 +80,8 @@ static void *run(void *arg)
         if (w->taken == w->n)
             break;
         struct item it = w->items[w->taken++];
+        if (w->taken == w->n)
+            w->taken = w->n = 0;  /* caught up: the queue starts again */
         if (w->stop && !it.object)
             continue;  /* the report resolves what it shows itself */
         pthread_mutex_unlock(&w->lock);
@@ -123,58 +119,13 @@ static void start(struct mt_ahead *w)
         w->running = 1;
 }
 
-/* Notes where the object of r lies. @return 0, or -1 out of memory. */
-static int spans_add(struct mt_ahead *w, const struct mt_record *r)
-{
-    uint32_t k = w->objects++;
-    uint8_t *warmed = realloc(w->warmed, w->objects);
-    if (!warmed)
-        return -1;
-    w->warmed = warmed;
-    warmed[k] = 0;
-    for (uint32_t i = 0; i < r->u.object.nseg; i++) {
-        if (w->nspans == w->capspans) {
-            size_t cap = w->capspans ? 2 * w->capspans : 64;
-            struct span *spans = realloc(w->spans, cap * sizeof *spans);
-            if (!spans)
-                return -1;
-            w->spans = spans;
-            w->capspans = cap;
-        }
-        uint64_t lo = r->u.object.base + r->u.object.seg[2 * i];
-        w->spans[w->nspans++] = (struct span){lo, lo + r->u.object.seg[2 * i + 1], k};
-    }
-    return 0;
-}
-
-/* 1 when ip is the first address seen in its object. Objects loaded at the
- * same place later (dlclose, dlopen) are found first: the latest wins, as
- * in the symbolizer. */
-static int first_in_object(struct mt_ahead *w, uint64_t ip)
-{
-    for (size_t i = w->nspans; i-- > 0;) {
-        if (ip >= w->spans[i].lo && ip < w->spans[i].hi) {
-            uint32_t k = w->spans[i].object;
-            if (w->warmed[k])
-                return 0;
-            w->warmed[k] = 1;
-            return 1;
-        }
-    }
-    return 0;
-}
-
 void mt_ahead_record(const struct mt_record *r, void *ahead)
 {
     struct mt_ahead *w = ahead;
     if (w->failed)
         return;
-    if (r && r->tag == MT_T_OBJECT && spans_add(w, r) < 0) {
-        w->failed = 1;
-        return;
-    }
-    if (r && r->tag == MT_T_NATIVENODE && !first_in_object(w, r->u.node.a))
-        return;
+    if (r && r->tag == MT_T_OBJECT)
+        w->objects++;
     if (!r) {
         pthread_mutex_lock(&w->lock);
         w->ended = 1;
@@ -232,8 +183,6 @@ struct mt_symbolizer *mt_ahead_finish(struct mt_ahead *w, const struct mt_analys
         for (size_t i = w->taken; i < w->n; i++)
             free(w->items[i].object);
         free(w->items);
-        free(w->spans);
-        free(w->warmed);
         pthread_cond_destroy(&w->more);
         pthread_mutex_destroy(&w->lock);
         free(w);

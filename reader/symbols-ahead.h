@@ -25,7 +25,7 @@ struct mt_ahead;
  * report then symbolizes after the analysis, as mt_ahead_finish(NULL, a)). */
 struct mt_ahead *mt_ahead_new(void);
 
-/* The analysis's on_native: queues an OBJECT for the symbolizer and a
+/* The analysis's on_native: queues an OBJECT for the symbolizer and every
  * NATIVENODE's return address for resolving; the first NATIVENODE starts
  * the thread. NULL r: reading ended. */
 void mt_ahead_record(const struct mt_record *r, void *ahead);
