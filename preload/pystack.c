@@ -44,6 +44,7 @@ enum walk_kind {
 static struct {
     int enabled;
     enum walk_kind kind;
+    int row;                    /* mt_pyoffsets_table's row the layout is, or -1 */
     unsigned minor;
     uint8_t lt_format;
     uint8_t lasti_mul;          /* 3.10: f_lasti is in code units */
@@ -63,6 +64,30 @@ static struct {
     uint32_t st_kind_mask, st_compact_mask, st_ascii_mask;
     char version[24];
 } L;
+
+/* What walk_iframes reads of a frame and a code object (3.11+). */
+struct iframe_layout {
+    int32_t prev, owner, code, instr, entry, type, adaptive, first;
+    int32_t cstack, gen;   /* owner values; -1: unknown */
+    int tstate;            /* 3.13+ (WALK_TSTATE) */
+};
+
+static inline __attribute__((always_inline)) struct iframe_layout
+layout_of_row(const struct mt_pyoffsets *t)
+{
+    return (struct iframe_layout){
+        t->iframe_previous, t->iframe_owner, t->iframe_code, t->iframe_instr,
+        t->iframe_is_entry, t->ob_type, t->code_adaptive, t->code_firsttraceable,
+        t->owned_by_cstack, t->owned_by_generator, t->minor >= 13};
+}
+
+static struct iframe_layout layout_of_L(void)
+{
+    return (struct iframe_layout){
+        L.if_previous, L.if_owner, L.if_code, L.if_instr, L.if_is_entry, L.ob_type,
+        L.co_adaptive, L.co_firsttraceable, L.owned_by_cstack, L.owned_by_gen,
+        L.kind == WALK_TSTATE};
+}
 
 /* ---- small helpers: no libc beyond write/memcpy, no allocation ---- */
 
@@ -416,6 +441,14 @@ int mt_py_setup(void)
     /* Bind lazily-resolved PLT entries inside libpython
      * (PyThread_tss_get, pthread_getspecific) now, not in a hook. */
     (void)L.this_tstate();
+    /* A specialised walk where the layout is a row's (not 3.13+'s
+     * _Py_DebugOffsets of another build). */
+    L.row = -1;
+    if (row && L.kind != WALK_FRAMEOBJ) {
+        struct iframe_layout a = layout_of_L(), b = layout_of_row(row);
+        if (!memcmp(&a, &b, sizeof a))
+            L.row = (int)(row - mt_pyoffsets_table);
+    }
     code_deaths_watch();
     L.enabled = 1;
     return 1;
@@ -492,22 +525,22 @@ walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max,
 }
 
 static inline __attribute__((always_inline)) int
-walk_iframes(uintptr_t frame, struct mt_pyframe *out, int max,
+walk_iframes(struct iframe_layout lay, uintptr_t frame, struct mt_pyframe *out, int max,
              struct mt_pyframe *ring, int keep, long limit, long *depth)
 {
     /* The layout in locals: stores into out[] may alias L's fields for the
      * compiler, which would reload them at every frame of the hot loop. */
-    const int32_t o_prev = L.if_previous, o_owner = L.if_owner,
-                  o_code = L.if_code, o_instr = L.if_instr,
-                  o_entry = L.if_is_entry, o_type = L.ob_type,
-                  o_adaptive = L.co_adaptive, o_first = L.co_firsttraceable;
-    const int cstack = L.owned_by_cstack, gen = L.owned_by_gen;
-    const int none_is_shim = cstack < 0 && L.kind == WALK_TSTATE;
+    const int32_t o_prev = lay.prev, o_owner = lay.owner,
+                  o_code = lay.code, o_instr = lay.instr,
+                  o_entry = lay.entry, o_type = lay.type,
+                  o_adaptive = lay.adaptive, o_first = lay.first;
+    const int cstack = lay.cstack, gen = lay.gen;
+    const int none_is_shim = cstack < 0 && lay.tstate;
     const uintptr_t none = L.none, code_type = L.code_type;
     /* Before 3.13 a frame's f_code is always a code object: the type is
      * checked when the code object is first described (code_intern), not
      * at every frame of every walk. */
-    const int check_type = L.kind == WALK_TSTATE;
+    const int check_type = lay.tstate;
     int n = 0;
     long past = 0, steps = 0;  /* past: frames seen beyond max */
     for (; plausible(frame) && (n < max || keep) && steps < limit; steps++) {
@@ -577,14 +610,34 @@ static uintptr_t walk_start(void)
     return 0;
 }
 
+/* The walk of every allocation, for each layout of the table: with the
+ * offsets known to the compiler the loop keeps fewer values live, and on
+ * a call of its own it does not share registers with the tracker's. */
+#define WALK_ROW(k)                                                           \
+    static __attribute__((noinline)) int walk_row##k(uintptr_t from,          \
+                                                     struct mt_pyframe *out,  \
+                                                     int max)                 \
+    {                                                                         \
+        return walk_iframes(layout_of_row(&mt_pyoffsets_table[k]), from, out, \
+                            max, NULL, 0, MAX_STEPS(max), NULL);              \
+    }
+WALK_ROW(2)
+WALK_ROW(3)
+WALK_ROW(4)
+
 int mt_py_walk(struct mt_pyframe *out, int max)
 {
     uintptr_t from = max > 0 ? walk_start() : 0;
     if (!from)
         return 0;
+    switch (L.row) {
+    case 2: return walk_row2(from, out, max);
+    case 3: return walk_row3(from, out, max);
+    case 4: return walk_row4(from, out, max);
+    }
     if (L.kind == WALK_FRAMEOBJ)
         return walk_frameobjs(from, out, max, NULL, 0, MAX_STEPS(max), NULL);
-    return walk_iframes(from, out, max, NULL, 0, MAX_STEPS(max), NULL);
+    return walk_iframes(layout_of_L(), from, out, max, NULL, 0, MAX_STEPS(max), NULL);
 }
 
 int mt_py_walk_deep(struct mt_pyframe *out, int max, struct mt_pyframe *ring,
@@ -597,7 +650,7 @@ int mt_py_walk_deep(struct mt_pyframe *out, int max, struct mt_pyframe *ring,
     /* Steps as mt_py_walk allows: shim frames (3.12+) take steps too. */
     int n = L.kind == WALK_FRAMEOBJ
                 ? walk_frameobjs(from, out, max, ring, keep, MAX_STEPS(limit), depth)
-                : walk_iframes(from, out, max, ring, keep, MAX_STEPS(limit), depth);
+                : walk_iframes(layout_of_L(), from, out, max, ring, keep, MAX_STEPS(limit), depth);
     if (*depth > limit)
         *depth = -1;  /* the outermost frames are beyond the walk */
     return n;
