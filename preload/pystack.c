@@ -621,6 +621,8 @@ static uintptr_t walk_start(void)
         return walk_iframes(layout_of_row(&mt_pyoffsets_table[k]), from, out, \
                             max, NULL, 0, MAX_STEPS(max), NULL);              \
     }
+_Static_assert(sizeof mt_pyoffsets_table / sizeof mt_pyoffsets_table[0] > 4,
+               "WALK_ROW names rows 2-4");
 WALK_ROW(2)
 WALK_ROW(3)
 WALK_ROW(4)
