@@ -48,6 +48,7 @@ struct mapping {
     int counted;            /* the piece that carries the count */
     int split;              /* munmap cut a hole in it: it has siblings */
     uint64_t mapped;        /* which mmap: its pieces share it */
+    uint64_t allocated;     /* the size it was mapped with, for all its pieces */
 };
 
 struct temporal;
@@ -244,14 +245,17 @@ HOT void new_block(struct mt_replay *s, uint32_t t, unsigned allocator, uint32_t
 
 /* A block ends: temporary when its own thread made fewer than N other
  * allocations since, before the program's end (what the interpreter's
- * teardown frees was alive at the end: a leak, not churn). */
-HOT void block_end(struct mt_replay *s, const struct block *b, uint32_t thread)
+ * teardown frees was alive at the end: a leak, not churn). b->size is what
+ * is left of it, allocated what it was made with (a mapping unmapped in
+ * pieces ends with its last one). */
+HOT void block_end(struct mt_replay *s, const struct block *b, uint64_t allocated,
+                   uint32_t thread)
 {
     s->a->total_frees++;
     heap_sub(s, b, b->size, 1);
     if (s->detail && !s->ended && thread == b->thread && mt_allocator_counts(b->allocator) &&
         s->thread_allocs[thread] - b->thread_seq < s->temporary_n) {
-        s->a->groups[b->group].temp_bytes += b->size;
+        s->a->groups[b->group].temp_bytes += allocated;
         s->a->groups[b->group].temp_count++;
     }
 }
@@ -413,7 +417,7 @@ HOT void heap_free(struct mt_replay *s, uint64_t key, uint32_t thread)
     } else if (!live_take(s, key, &b)) {
         return;  /* allocated before tracking began, or not by a hook */
     }
-    block_end(s, &b, thread);
+    block_end(s, &b, b.size, thread);
 }
 
 /* Index of the first mapping ending after addr. */
@@ -488,7 +492,7 @@ static void map_remove(struct mt_replay *s, uint64_t start, uint64_t end,
                 if (k != i && map_at(s, k)->mapped == m->mapped)
                     heir = map_at(s, k);
             if (m->counted && !heir) {
-                block_end(s, &b, thread);
+                block_end(s, &b, m->allocated, thread);
             } else {
                 heap_sub(s, &b, cut, 0);
                 if (heir)
@@ -530,7 +534,7 @@ static void map_add(struct mt_replay *s, const struct mt_record *r, uint64_t add
     new_block(s, r->thread, r->u.ev.allocator, r->u.ev.py_stack, r->u.ev.native_stack,
               size, &b);
     *map_insert(s, map_find(s, addr)) =
-        (struct mapping){addr, addr + size, b, 1, 0, ++s->nmapped};
+        (struct mapping){addr, addr + size, b, 1, 0, ++s->nmapped, size};
     heap_add(s, &b);
 }
 

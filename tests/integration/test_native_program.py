@@ -347,11 +347,12 @@ def native_run(memtap, cwd, out, *argv, options=()):
     return proc
 
 
-def leaks_in(memtap, capture, file):
-    """(line, bytes, count) of the leaks' CSV rows in a file named `file`."""
-    leaks = subprocess.run([str(memtap), "export", "--leaks", "--format", "csv", str(capture)],
-                           capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
-    return sorted((int(r[6]), int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(leaks))
+def leaks_in(memtap, capture, file, metric="--leaks"):
+    """(line, bytes, count) of the CSV rows of a metric (the leaks by
+    default) in a file named `file`."""
+    rows = subprocess.run([str(memtap), "export", metric, "--format", "csv", str(capture)],
+                          capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    return sorted((int(r[6]), int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(rows))
                   if r and r[5].endswith(file))
 
 
@@ -515,6 +516,42 @@ def test_mapping_cut_in_pieces_keeps_its_count(memtap, tmp_path):
     native_run(memtap, tmp_path, out, exe)
     mine = leaks_in(memtap, out, "pieces.c")
     assert mine == [(line_of(PIECES_C, "map"), 4 * 4096, 1)], mine
+
+
+PIECES_TEMPORARY_C = """\
+#include <stdlib.h>
+#include <sys/mman.h>
+#define P 4096
+#define MAP(n) mmap(0, (n) * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+int main(void) {
+    char *a = MAP(4);      /* @a */
+    munmap(a, P);          /* its first page, */
+    munmap(a + P, 3 * P);  /* then the rest, nothing allocated between */
+    char *b = MAP(4);      /* @b */
+    munmap(b + P, P);      /* a hole: pieces of 4 and 8 KiB */
+    munmap(b, 4 * P);      /* both */
+    char *c = MAP(4);      /* @c */
+    munmap(c + 2 * P, 2 * P);  /* trimmed to 8 KiB, and kept */
+    void *volatile d = malloc(100);
+    return !a || !b || !c || !d;
+}
+"""
+
+
+def test_mapping_unmapped_in_pieces_is_temporary_whole(memtap, tmp_path):
+    """A mapping whose pieces all go before the next allocation was a
+    short-lived allocation of its whole size, not of its last piece (it
+    counted 12 KiB and 8 KiB of these 16 KiB mappings)."""
+    if PAGE != 4096:
+        pytest.skip("written for 4 KiB pages")
+    exe = compile_c(tmp_path, "pieces_temp", PIECES_TEMPORARY_C)
+    out = tmp_path / "capture.bin"
+    native_run(memtap, tmp_path, out, exe)
+    line = lambda tag: line_of(PIECES_TEMPORARY_C, tag)
+    assert leaks_in(memtap, out, "pieces_temp.c", "--temporary") == \
+        [(line("a"), 4 * 4096, 1), (line("b"), 4 * 4096, 1)]
+    assert [r for r in leaks_in(memtap, out, "pieces_temp.c") if r[0] == line("c")] == \
+        [(line("c"), 2 * 4096, 1)]
 
 
 ONE_LINE_MANY_CALLS = """\
