@@ -232,15 +232,17 @@ HOT void new_block(struct mt_replay *s, uint32_t t, unsigned allocator, uint32_t
     };
     struct mt_group *g = &a->groups[b->group];
     g->allocators |= 1u << b->allocator;
-    a->total_allocations++;
     a->allocators[b->allocator].count++;
     a->allocators[b->allocator].bytes += size;
+    /* File mappings and reservations are listed by allocator only: the
+     * totals and the histogram are of the memory the heap counts. */
     if (mt_allocator_counts(b->allocator)) {
         g->total_bytes += size;
         g->total_count++;
+        a->total_allocations++;
         a->total_allocated_bytes += size;
+        a->histogram[size ? 63 - __builtin_clzll(size) : 0]++;
     }
-    a->histogram[size ? 63 - __builtin_clzll(size) : 0]++;
 }
 
 /* A block ends: temporary when its own thread made fewer than N other
@@ -251,7 +253,7 @@ HOT void new_block(struct mt_replay *s, uint32_t t, unsigned allocator, uint32_t
 HOT void block_end(struct mt_replay *s, const struct block *b, uint64_t allocated,
                    uint32_t thread)
 {
-    s->a->total_frees++;
+    s->a->total_frees += mt_allocator_counts(b->allocator);
     heap_sub(s, b, b->size, 1);
     if (s->detail && !s->ended && thread == b->thread && mt_allocator_counts(b->allocator) &&
         s->thread_allocs[thread] - b->thread_seq < s->temporary_n) {

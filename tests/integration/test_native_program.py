@@ -115,6 +115,14 @@ def test_every_intercepted_function_exact(memtap, prog, tmp_path, baseline):
     assert got == want, "per-allocator (count, bytes) over the baseline run"
     # nothing under any other name
     assert set(stats["allocators"]) <= set(expected_per_exercise())
+    # the totals are of the memory the heap counts: file mappings and
+    # reservations are listed by allocator only (they were in the count,
+    # not in the bytes)
+    counted = [v for k, v in expected_per_exercise().items()
+               if k not in ("mmap_file", "mmap_reserve")]
+    assert (stats["total_allocations"] - baseline["total_allocations"],
+            stats["total_allocated_bytes"] - baseline["total_allocated_bytes"]) == \
+        (2 * sum(c for c, _ in counted), 2 * sum(b for _, b in counted))
     # everything the program allocated itself was freed or unmapped
     assert stats["end_memory_bytes"] == baseline["end_memory_bytes"]
 
