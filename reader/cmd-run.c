@@ -138,9 +138,10 @@ static void name_from(struct target *t, const char *path)
     char *dot = strrchr(t->name, '.');
     if (dot && !strcmp(dot, ".py"))
         *dot = 0;
-    for (char *c = t->name; *c; c++)  /* control bytes: the name is printed */
-        if (*c == '/' || *c == ' ' || (unsigned char)*c < 0x20 || *c == 0x7f)
+    for (char *c = t->name; *c; c++)
+        if (*c == '/' || *c == ' ')
             *c = '_';
+    mt_name_without_controls(t->name);
 }
 
 static char **python_argv(const char *python, char **rest, int nrest,

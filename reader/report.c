@@ -1199,6 +1199,7 @@ char *mt_default_output(const char *kind, const char *capture,
     size_t len = strlen(b);
     if (len > 4 && !strcmp(b + len - 4, ".bin")) len -= 4;
     snprintf(buf, cap, "memtap-%s-%.*s.%s", kind, (int)len, b, ext);
+    mt_name_without_controls(buf);
     return buf;
 }
 

@@ -20,6 +20,18 @@ size_t mt_control_at(const unsigned char *p)
     return 0;
 }
 
+void mt_name_without_controls(char *s)
+{
+    const unsigned char *r = (const unsigned char *)s;
+    char *w = s;
+    while (*r) {
+        size_t k = mt_control_at(r);
+        *w++ = k ? '_' : (char)*r;
+        r += k ? k : 1;
+    }
+    *w = 0;
+}
+
 void mt_put_printable(FILE *f, const char *s, int lines)
 {
     const unsigned char *p = (const unsigned char *)s;

@@ -34,6 +34,11 @@ int mt_utf8_len(const unsigned char *p);
  * none. */
 size_t mt_control_at(const unsigned char *p);
 
+/* Replaces each control character of s (mt_control_at) with one '_', in
+ * place: a file name memtap makes up is printed, and must be the name the
+ * message shows. */
+void mt_name_without_controls(char *s);
+
 /* s to f with control characters as '?' (line breaks kept when lines):
  * a name in a message must not move the terminal's cursor. */
 void mt_put_printable(FILE *f, const char *s, int lines);

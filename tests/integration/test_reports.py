@@ -472,6 +472,19 @@ def test_flamegraph(main_capture, tmp_path):
         assert kids <= n[2], (i, n)
 
 
+def test_default_report_names_have_no_control_characters(main_capture, tmp_path):
+    # a capture named with a newline, an escape and a C1 control: the page
+    # gets '_' for each, and the message names the file really written
+    cap, _, _ = main_capture
+    odd = tmp_path / "app\nx\x1b[31m\u0085y.bin"
+    shutil.copy(cap, odd)
+    for kind in ("flamegraph", "table"):
+        proc = memtap(kind, odd, cwd=tmp_path)
+        want = "memtap-%s-app_x_[31m_y.html" % kind
+        assert (tmp_path / want).exists(), sorted(p.name for p in tmp_path.iterdir())
+        assert "wrote " + want in proc.stderr, proc.stderr
+
+
 def test_flamegraph_inverted_and_modes(main_capture, tmp_path):
     cap, script, text = main_capture
     out = tmp_path / "inv.html"
