@@ -1,6 +1,7 @@
 /* memtap diff: what changed between two captures, per location (function,
- * file, line): the bytes and allocations whose innermost frame is there in
- * BEFORE and in AFTER, and the change, biggest growth first. The question
+ * file, line): the bytes and allocations each has there (the line of Python
+ * code that asked, mt_report_python_line) in BEFORE and in AFTER, and the
+ * change, biggest growth first. The question
  * tracemalloc's compare_to answers, across two runs (CI: "what grew since
  * main?"). --fail-over SIZE makes the exit status 3 when the total grew by
  * more than SIZE. */
@@ -71,34 +72,41 @@ static int cmp_growth(const void *x, const void *y)
     return cmp_key(a->function, a->file, a->line, b->function, b->file, b->line);
 }
 
-/* The own bytes/count per location of one capture, sorted by key. */
+/* The bytes/count per location of one capture, sorted by key: each
+ * allocation at the line of Python code that asked for it (with native
+ * stacks too: the interpreter's own C frames would make every row
+ * PyByteArray_Resize), or where a program that is not Python asked. */
 static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
 {
-    struct mt_rows rows = {0};
-    uint32_t ng;
+    uint32_t ng, cap = 0;
+    uint64_t (*per_loc)[2] = NULL;  /* bytes, count by location id */
     const uint32_t *order = mt_report_sorted_groups(r, &ng);
     for (uint32_t i = 0; i < ng; i++) {
         const struct mt_group *g = mt_report_group(r, order[i]);
-        const uint32_t *stack;
-        int depth = mt_report_stack(r, g, &stack);
-        if (mt_rows_add(&rows, stack, depth, mt_report_bytes(r, g), mt_report_count(r, g)))
-            die("out of memory");
+        uint64_t bytes = mt_report_bytes(r, g), count = mt_report_count(r, g);
+        if (!bytes && !count)
+            continue;
+        uint32_t loc = mt_report_python_line(r, g);
+        if (loc >= cap) {
+            uint32_t ncap = mt_report_nlocs(r) > loc ? mt_report_nlocs(r) : loc + 1;
+            per_loc = realloc(per_loc, ncap * sizeof *per_loc);
+            if (!per_loc) die("out of memory");
+            memset(per_loc + cap, 0, (ncap - cap) * sizeof *per_loc);
+            cap = ncap;
+        }
+        per_loc[loc][0] += bytes;
+        per_loc[loc][1] += count;
     }
-    uint32_t k;
-    struct mt_row *sorted = mt_rows_sorted(&rows, MT_S_OWN, &k);
-    if (!sorted && k) die("out of memory");
-    struct side_row *out = calloc(k ? k : 1, sizeof *out);
+    struct side_row *out = calloc(cap ? cap : 1, sizeof *out);
     if (!out) die("out of memory");
     *n = 0;
-    for (uint32_t i = 0; i < k; i++) {
-        if (!sorted[i].own_count && !sorted[i].own_bytes) continue;
-        const struct mt_loc *l = mt_report_loc(r, sorted[i].loc);
+    for (uint32_t loc = 0; loc < cap; loc++) {
+        if (!per_loc[loc][0] && !per_loc[loc][1]) continue;
+        const struct mt_loc *l = mt_report_loc(r, loc);
         out[(*n)++] = (struct side_row){
-            l->function, mt_loc_where(l), l->line,
-            sorted[i].own_bytes, sorted[i].own_count };
+            l->function, mt_loc_where(l), l->line, per_loc[loc][0], per_loc[loc][1] };
     }
-    free(sorted);
-    mt_rows_release(&rows);
+    free(per_loc);
     if (*n > 1)
         qsort(out, *n, sizeof *out, cmp_side);
     /* One row per key: an inline function of one header compiled into two

@@ -21,15 +21,6 @@ static int by_bytes(const void *x, const void *y)
     return a->loc < b->loc ? -1 : a->loc > b->loc;
 }
 
-/* A native location is the innermost frame outside the C library's (and
- * the loader's) own frames: where the program asked for memory. */
-static int outside_libc(const struct mt_loc *l)
-{
-    return l->is_python || !l->object ||
-           (strncmp(l->object, "libc.so", 7) && strncmp(l->object, "ld-linux", 8) &&
-            strncmp(l->object, "libc-", 5));
-}
-
 /* Everything ever allocated, per innermost location, biggest first.
  * @return the array (free it) with *n entries. */
 static struct location_total *top_locations(struct mt_report *r, uint32_t *n)
@@ -41,7 +32,7 @@ static struct location_total *top_locations(struct mt_report *r, uint32_t *n)
         const struct mt_group *g = &a->groups[i];
         if (!g->total_count)
             continue;
-        uint32_t loc = mt_report_innermost(r, g, outside_libc);
+        uint32_t loc = mt_report_innermost(r, g, mt_loc_outside_libc);
         if (loc >= nlocs) {
             uint32_t cap = mt_report_nlocs(r) + 1 > loc + 1 ? mt_report_nlocs(r) + 1 : loc + 1;
             t = realloc(t, cap * sizeof *t);

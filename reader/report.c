@@ -955,6 +955,25 @@ uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
     return stack[k];
 }
 
+int mt_loc_outside_libc(const struct mt_loc *l)
+{
+    return l->is_python || !l->object ||
+           (strncmp(l->object, "libc.so", 7) && strncmp(l->object, "ld-linux", 8) &&
+            strncmp(l->object, "libc-", 5));
+}
+
+static int loc_is_python(const struct mt_loc *l)
+{
+    return l->is_python;
+}
+
+uint32_t mt_report_python_line(struct mt_report *r, const struct mt_group *g)
+{
+    uint32_t loc = mt_report_innermost(r, g, loc_is_python);
+    return mt_report_loc(r, loc)->is_python ? loc
+                                            : mt_report_innermost(r, g, mt_loc_outside_libc);
+}
+
 /* ---- rows --------------------------------------------------------------------------------- */
 
 int mt_rows_add(struct mt_rows *rows, const uint32_t *stack, int n,

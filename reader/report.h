@@ -134,6 +134,15 @@ int mt_report_stack(struct mt_report *r, const struct mt_group *g,
 uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
                              int (*accept)(const struct mt_loc *));
 
+/* mt_report_innermost's accept() for where a program asked for memory:
+ * Python code, or native code outside the C library (and the loader). */
+int mt_loc_outside_libc(const struct mt_loc *l);
+
+/* The same for the line of Python code that asked (a C function called
+ * from Python is counted at the line that called it): the innermost
+ * Python frame, or mt_loc_outside_libc's where the stack has none. */
+uint32_t mt_report_python_line(struct mt_report *r, const struct mt_group *g);
+
 /* A pseudo-location naming thread index `thread` ("thread-name (tid)"),
  * for the first level of --split-threads trees. */
 uint32_t mt_report_thread_loc(struct mt_report *r, uint32_t thread);

@@ -173,3 +173,34 @@ def test_one_location_in_two_libraries(tmp_path):
     rows = [r for r in doc["rows"] if r["file"] == str(tmp_path / "hdr.h")]
     assert [(r["line"], r["before_bytes"], r["after_bytes"], r["change_bytes"])
             for r in rows] == [(2, 150, 170, 20)], rows
+
+
+@pytest.fixture(scope="module")
+def native_captures(tmp_path_factory, captures):
+    script = captures[0]
+    d = tmp_path_factory.mktemp("diff-native")
+    out = []
+    for name, args in (("before.bin", []), ("after.bin", ["x"])):
+        proc = memtap_run(["-q", "--native", "-o", d / name, DEFAULT_PYTHON, script, *args],
+                          cwd=d)
+        assert proc.returncode == 0, proc.stderr
+        out.append(d / name)
+    return out
+
+
+@pytest.mark.parametrize("pair", ["native", "mixed"])
+def test_diff_of_native_captures_is_by_python_line(captures, native_captures, pair):
+    """With native stacks, an allocation's innermost frame is the
+    interpreter's (PyByteArray_Resize): diff counts it at the Python line
+    that asked, as without them, so that the growth shows at its line, and
+    a capture with native stacks pairs with one without."""
+    script = captures[0]
+    before = native_captures[0] if pair == "native" else captures[1]
+    doc = json.loads(diff(before, native_captures[1], "--json").stdout)
+    rows = rows_of(script, doc)
+    extra, base = rows[line_of(PROG, "extra")], rows[line_of(PROG, "base")]
+    assert (extra["before_bytes"], extra["after_bytes"], extra["change_count"]) == \
+        (0, 10 * MiB + 1, 1)
+    assert (base["before_bytes"], base["after_bytes"], base["change_count"]) == \
+        (3 * MiB + 1, 3 * MiB + 1, 0)
+    assert doc["rows"][0]["line"] == extra["line"] and doc["rows"][0]["file"] == str(script)
