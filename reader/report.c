@@ -623,14 +623,18 @@ const char *mt_incomplete_why(const struct mt_analysis *a)
 
 char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap)
 {
-    if (l->file && l->file[0] && l->line > 0)
-        snprintf(buf, cap, "%s (%s:%d)", l->function, l->file, (int)l->line);
-    else if (l->file && l->file[0])
-        snprintf(buf, cap, "%s (%s)", l->function, l->file);
-    else if (!l->is_python && l->object && l->object[0] && !strstr(l->function, " ("))
-        snprintf(buf, cap, "%s (%s)", l->function, l->object);
+    /* Code compiled with an empty name or file name (compile(src, "", ...))
+     * still makes a frame with a line: never an empty one. */
+    const char *fn = l->function[0] ? l->function : "[unnamed]";
+    const char *file = l->file ? l->file : "";
+    if (l->line > 0 && (file[0] || l->is_python))
+        snprintf(buf, cap, "%s (%s:%d)", fn, file, (int)l->line);
+    else if (file[0])
+        snprintf(buf, cap, "%s (%s)", fn, file);
+    else if (!l->is_python && l->object && l->object[0] && !strstr(fn, " ("))
+        snprintf(buf, cap, "%s (%s)", fn, l->object);
     else
-        snprintf(buf, cap, "%s", l->function);
+        snprintf(buf, cap, "%s", fn);
     return buf;
 }
 

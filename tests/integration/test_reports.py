@@ -550,6 +550,36 @@ def test_export_collapsed(main_capture):
     assert "spike" not in leaks and big + " %d" % BIG in leaks.splitlines()
 
 
+NAMELESS = """\
+import sys
+def mk():
+    return bytearray(300000)  # @alloc
+c = mk.__code__.replace(co_name="", co_filename="")
+if sys.version_info >= (3, 11):
+    c = c.replace(co_qualname="")
+mk.__code__ = c
+KEEP = mk()
+"""
+
+
+def test_export_frame_without_name_or_file(tmp_path):
+    """Code with an empty name and file name (compile(src, "", ...)) still
+    has its line: the collapsed and CSV stacks name it, never an empty
+    frame (it was "...;" and the line was lost)."""
+    script = tmp_path / "nameless.py"
+    script.write_text(NAMELESS)
+    cap = tmp_path / "c.bin"
+    proc = memtap_run(["-q", "-o", cap, "--python", DEFAULT_PYTHON, script], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    leaf = "[unnamed] (:%d)" % line_of(NAMELESS, "alloc")
+    stacks = [l.rsplit(" ", 1) for l in memtap("export", "--leaks", "--format", "collapsed",
+                                                cap).stdout.splitlines()]
+    assert [w for st, w in stacks if st.split(";")[-1] == leaf] == ["300001"], stacks[:5]
+    rows = list(csv.DictReader(io.StringIO(memtap("export", "--leaks", "--format", "csv",
+                                                  cap).stdout)))
+    assert [r["bytes"] for r in rows if r["stack"].split(";")[-1] == leaf] == ["300001"]
+
+
 def test_export_speedscope(main_capture, tmp_path):
     cap, script, text = main_capture
     out = tmp_path / "s.json"
