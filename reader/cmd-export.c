@@ -72,6 +72,8 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
             putc('\n', f);
         }
         if (a->python_version) fprintf(f, "# python: %s\n", a->python_version);
+        /* the file outlives the warning on stderr */
+        if (!a->complete) fprintf(f, "# incomplete: %s\n", mt_incomplete_why(a));
         putc('\n', f);
     }
     for (uint32_t i = 0; i < ng; i++) {
@@ -89,7 +91,7 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
                 putc(';', f);
                 put_clean(f, mt_loc_where(l)[0] ? mt_loc_where(l) : "?");
                 putc(':', f);
-                put_clean(f, l->function);
+                put_clean(f, l->function[0] ? l->function : "[unnamed]");
                 fprintf(f, ":%d", (int)l->line);
             }
         } else {
@@ -119,7 +121,9 @@ static void write_speedscope(struct mt_report *r, FILE *f)
     for (uint32_t i = 0; o->split_threads && i < ng; i++)
         if (mt_report_group(r, order[i])->thread + 1 > nthr)
             nthr = mt_report_group(r, order[i])->thread + 1;
-    char name[256];
+    char name[512];
+    /* The schema has no key for it: the profile's name carries it. */
+    const char *incomplete = a->complete ? "" : " (incomplete capture)";
 
     /* resolve every stack first so that every location has an id */
     struct { uint32_t *ids; int n; } *st = calloc(ng + 1, sizeof *st);
@@ -178,10 +182,11 @@ static void write_speedscope(struct mt_report *r, FILE *f)
     for (uint32_t p = 0; p < nprof; p++) {
         uint32_t tindex = profs[p].thread;
         if (o->split_threads)
-            snprintf(name, sizeof name, "%s: %s", mt_metric_name(o->metric),
-                     mt_report_loc(r, mt_report_thread_loc(r, tindex))->function);
+            snprintf(name, sizeof name, "%s: %s%s", mt_metric_name(o->metric),
+                     mt_report_loc(r, mt_report_thread_loc(r, tindex))->function,
+                     incomplete);
         else
-            snprintf(name, sizeof name, "%s", mt_metric_name(o->metric));
+            snprintf(name, sizeof name, "%s%s", mt_metric_name(o->metric), incomplete);
         fputs(p ? ",\n{" : "\n{", f);
         fputs("\"type\": \"sampled\", \"name\": ", f);
         mt_json_string(f, name);

@@ -719,6 +719,24 @@ def test_truncated_capture(cmd, main_capture, tmp_path):
         assert data["complete"] is False and data["warning"]
 
 
+def test_exports_of_an_incomplete_capture_say_so(main_capture, tmp_path):
+    # the files outlive the warning on stderr: speedscope's profile name
+    # (its schema has no other place) and Austin's metadata carry it
+    cap, _, _ = main_capture
+    data = cap.read_bytes()
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(data[:len(data) // 2])
+    doc = json.loads(memtap("export", "--format", "speedscope", cut).stdout)
+    assert doc["profiles"][0]["name"] == "peak (incomplete capture)"
+    whole = json.loads(memtap("export", "--format", "speedscope", cap).stdout)
+    assert whole["profiles"][0]["name"] == "peak"
+    meta = [l for l in memtap("export", "--format", "austin", cut).stdout.splitlines()
+            if l.startswith("# incomplete: ")]
+    assert len(meta) == 1, meta
+    assert not [l for l in memtap("export", "--format", "austin", cap).stdout.splitlines()
+                if l.startswith("# incomplete")]
+
+
 def test_summary_json_incomplete(main_capture, tmp_path):
     cap, script, text = main_capture
     data = cap.read_bytes()
