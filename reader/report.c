@@ -1182,6 +1182,10 @@ FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
             atexit(part_at_exit);
         part_guard(1);
         int fd = open(output_part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        /* A report written again keeps the mode its file was given. */
+        struct stat old;
+        if (fd >= 0 && stat(path, &old) == 0 && S_ISREG(old.st_mode))
+            (void)fchmod(fd, old.st_mode & 07777);
         f = fd >= 0 ? fdopen(fd, "w") : NULL;
         if (!f && fd >= 0) close(fd);
         if (!f) {

@@ -719,6 +719,18 @@ def test_truncated_capture(cmd, main_capture, tmp_path):
         assert data["complete"] is False and data["warning"]
 
 
+def test_report_written_again_keeps_its_files_mode(main_capture, tmp_path):
+    # written to a new name and renamed over the old file: the new file is
+    # given the old one's mode (a 0640 report came back 0644)
+    cap, _, _ = main_capture
+    out = tmp_path / "m.csv"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    memtap("export", "--format", "csv", "-o", out, cap)
+    assert out.read_text().startswith("thread,bytes,")
+    assert out.stat().st_mode & 0o7777 == 0o640
+
+
 def test_exports_of_an_incomplete_capture_say_so(main_capture, tmp_path):
     # the files outlive the warning on stderr: speedscope's profile name
     # (its schema has no other place) and Austin's metadata carry it
