@@ -508,10 +508,12 @@ static uint32_t python_stack(struct mt_thread *t)
     if (__builtin_expect(deaths != t->code_deaths, 0))
         codes_forget_dead(t, deaths);
     uint32_t k = 0, lim = (uint32_t)n < t->npy ? (uint32_t)n : t->npy;
-    const struct mt_pyframe *f = &t->walk[n - 1];
-    for (const struct cached_frame *c = t->py; k < lim; k++, c++, f--)
+    const struct mt_pyframe *f = t->walk + n;  /* walk is innermost first */
+    for (const struct cached_frame *c = t->py; k < lim; k++, c++) {
+        --f;
         if (c->a != (uintptr_t)f->code || c->b != f->instr || c->flags != f->flags)
             break;
+    }
     for (uint32_t i = k; i < (uint32_t)n; i++) {
         const struct mt_pyframe *f = &t->walk[n - 1 - i];
         uint32_t code = f->code == MT_PY_CUT ? cut_code(t) : code_intern(t, f->code);

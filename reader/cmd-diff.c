@@ -72,10 +72,20 @@ static int cmp_growth(const void *x, const void *y)
     return cmp_key(a->function, a->file, a->line, b->function, b->file, b->line);
 }
 
-/* The bytes/count per location of one capture, sorted by key: each
- * allocation at the line of Python code that asked for it (with native
- * stacks too: the interpreter's own C frames would make every row
- * PyByteArray_Resize), or where a program that is not Python asked. */
+/* Where diff counts g: at the line of Python code that asked for it
+ * (with native stacks too: the interpreter's own C frames would make every
+ * row PyByteArray_Resize), or where a program that is not Python asked;
+ * with --show-internals at the innermost frame, the interpreter's too. */
+static uint32_t at(struct mt_report *r, const struct mt_group *g)
+{
+    if (!mt_report_options(r)->show_internals)
+        return mt_report_python_line(r, g);
+    const uint32_t *stack;
+    mt_report_stack(r, g, &stack);
+    return stack[0];
+}
+
+/* The bytes/count per location of one capture (at()), sorted by key. */
 static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
 {
     uint32_t ng, cap = 0;
@@ -86,7 +96,7 @@ static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
         uint64_t bytes = mt_report_bytes(r, g), count = mt_report_count(r, g);
         if (!bytes && !count)
             continue;
-        uint32_t loc = mt_report_python_line(r, g);
+        uint32_t loc = at(r, g);
         if (loc >= cap) {
             uint32_t ncap = mt_report_nlocs(r) > loc ? mt_report_nlocs(r) : loc + 1;
             per_loc = realloc(per_loc, ncap * sizeof *per_loc);

@@ -91,7 +91,7 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
                 putc(';', f);
                 put_clean(f, mt_loc_where(l)[0] ? mt_loc_where(l) : "?");
                 putc(':', f);
-                put_clean(f, l->function[0] ? l->function : "[unnamed]");
+                put_clean(f, l->function[0] ? l->function : MT_UNNAMED);
                 fprintf(f, ":%d", (int)l->line);
             }
         } else {

@@ -625,7 +625,7 @@ char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap)
 {
     /* Code compiled with an empty name or file name (compile(src, "", ...))
      * still makes a frame with a line: never an empty one. */
-    const char *fn = l->function[0] ? l->function : "[unnamed]";
+    const char *fn = l->function[0] ? l->function : MT_UNNAMED;
     const char *file = l->file ? l->file : "";
     if (l->line > 0 && (file[0] || l->is_python))
         snprintf(buf, cap, "%s (%s:%d)", fn, file, (int)l->line);
@@ -973,7 +973,7 @@ static int loc_is_python(const struct mt_loc *l)
 
 uint32_t mt_report_python_line(struct mt_report *r, const struct mt_group *g)
 {
-    uint32_t loc = mt_report_innermost(r, g, loc_is_python);
+    uint32_t loc = g->py_stack ? mt_report_innermost(r, g, loc_is_python) : 0;
     return mt_report_loc(r, loc)->is_python ? loc
                                             : mt_report_innermost(r, g, mt_loc_outside_libc);
 }
@@ -1185,7 +1185,7 @@ FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
         /* A report written again keeps the mode its file was given. */
         struct stat old;
         if (fd >= 0 && stat(path, &old) == 0 && S_ISREG(old.st_mode))
-            (void)fchmod(fd, old.st_mode & 07777);
+            (void)fchmod(fd, old.st_mode & 0777);
         f = fd >= 0 ? fdopen(fd, "w") : NULL;
         if (!f && fd >= 0) close(fd);
         if (!f) {

@@ -134,6 +134,9 @@ int mt_report_stack(struct mt_report *r, const struct mt_group *g,
 uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
                              int (*accept)(const struct mt_loc *));
 
+/* What exports call a frame of code compiled with an empty name. */
+#define MT_UNNAMED "[unnamed]"
+
 /* mt_report_innermost's accept() for where a program asked for memory:
  * Python code, or native code outside the C library (and the loader). */
 int mt_loc_outside_libc(const struct mt_loc *l);

@@ -204,3 +204,13 @@ def test_diff_of_native_captures_is_by_python_line(captures, native_captures, pa
     assert (base["before_bytes"], base["after_bytes"], base["change_count"]) == \
         (3 * MiB + 1, 3 * MiB + 1, 0)
     assert doc["rows"][0]["line"] == extra["line"] and doc["rows"][0]["file"] == str(script)
+
+
+def test_diff_show_internals_counts_at_the_innermost_frame(captures, native_captures):
+    """--show-internals keeps the interpreter's frames: the growth is then
+    at its C function, not at the Python line."""
+    script = captures[0]
+    doc = json.loads(diff(*native_captures, "--show-internals", "--json").stdout)
+    assert line_of(PROG, "extra") not in rows_of(script, doc)
+    top = doc["rows"][0]
+    assert top["file"] != str(script) and top["change_bytes"] == 10 * MiB + 1, top

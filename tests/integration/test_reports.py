@@ -578,6 +578,9 @@ def test_export_frame_without_name_or_file(tmp_path):
     rows = list(csv.DictReader(io.StringIO(memtap("export", "--leaks", "--format", "csv",
                                                   cap).stdout)))
     assert [r["bytes"] for r in rows if r["stack"].split(";")[-1] == leaf] == ["300001"]
+    austin = memtap("export", "--leaks", "--format", "austin", cap).stdout
+    assert [l for l in austin.splitlines()
+            if l.endswith(";?:[unnamed]:%d 0,0,300001" % line_of(NAMELESS, "alloc"))], austin
 
 
 def test_export_speedscope(main_capture, tmp_path):
