@@ -24,6 +24,11 @@ struct item {
 struct mt_ahead {
     /* the reading thread's alone */
     uint32_t objects;          /* OBJECT records seen */
+    /* (address, objects) pairs queued: nodes name the same return
+     * addresses over and over (ten nodes an address in a Python program),
+     * and each is queued once */
+    uint64_t *queued;
+    size_t nqueued, capqueued;
 
     pthread_mutex_t lock;
     pthread_cond_t more;
@@ -108,6 +113,44 @@ struct mt_ahead *mt_ahead_new(void)
     return w;
 }
 
+static uint64_t queued_key(uint64_t ip, uint32_t objects)
+{
+    uint64_t k = (ip ^ ((uint64_t)objects << 48)) * 0x9e3779b97f4a7c15ull;
+    return k ? k : 1;  /* 0 marks a free slot */
+}
+
+/* 1 when (ip, objects) was queued before; notes it otherwise. -1: out of
+ * memory. */
+static int queued_before(struct mt_ahead *w, uint64_t ip, uint32_t objects)
+{
+    if (2 * (w->nqueued + 1) > w->capqueued) {
+        size_t cap = w->capqueued ? 2 * w->capqueued : 4096;
+        uint64_t *t = calloc(cap, sizeof *t);
+        if (!t)
+            return -1;
+        for (size_t i = 0; i < w->capqueued; i++) {
+            uint64_t k = w->queued[i];
+            if (!k)
+                continue;
+            size_t j = (size_t)(k >> 20) & (cap - 1);
+            while (t[j])
+                j = (j + 1) & (cap - 1);
+            t[j] = k;
+        }
+        free(w->queued);
+        w->queued = t;
+        w->capqueued = cap;
+    }
+    uint64_t k = queued_key(ip, objects);
+    size_t j = (size_t)(k >> 20) & (w->capqueued - 1);
+    for (; w->queued[j]; j = (j + 1) & (w->capqueued - 1))
+        if (w->queued[j] == k)
+            return 1;
+    w->queued[j] = k;
+    w->nqueued++;
+    return 0;
+}
+
 /* The thread and its symbolizer, at the first return address queued. */
 static void start(struct mt_ahead *w)
 {
@@ -126,6 +169,15 @@ void mt_ahead_record(const struct mt_record *r, void *ahead)
         return;
     if (r && r->tag == MT_T_OBJECT)
         w->objects++;
+    if (r && r->tag == MT_T_NATIVENODE) {
+        int before = queued_before(w, r->u.node.a, w->objects);
+        if (before < 0) {
+            w->failed = 1;
+            return;
+        }
+        if (before)
+            return;
+    }
     if (!r) {
         pthread_mutex_lock(&w->lock);
         w->ended = 1;
@@ -183,6 +235,7 @@ struct mt_symbolizer *mt_ahead_finish(struct mt_ahead *w, const struct mt_analys
         for (size_t i = w->taken; i < w->n; i++)
             free(w->items[i].object);
         free(w->items);
+        free(w->queued);
         pthread_cond_destroy(&w->more);
         pthread_mutex_destroy(&w->lock);
         free(w);
