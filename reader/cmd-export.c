@@ -14,7 +14,7 @@
 
 static const char usage[] =
     "memtap export --format collapsed|austin|speedscope|csv FILE [-o OUT] "
-    "[--leaks|--temporary [N]] [--split-threads] [--show-internals]";
+    "[--leaks|--temporary [N]] [--split-threads] [--show-internals] [--python-only]";
 
 enum fmt { F_COLLAPSED, F_AUSTIN, F_SPEEDSCOPE, F_CSV };
 

@@ -18,7 +18,7 @@ extern const char mt_flamegraph_html[];
 
 static const char usage[] =
     "memtap flamegraph FILE [-o OUT.html] [--leaks|--temporary [N]] [--inverted] "
-    "[--split-threads] [--temporal] [--show-internals]";
+    "[--split-threads] [--temporal] [--show-internals] [--python-only]";
 
 struct fg {
     struct mt_report *r;

@@ -8,7 +8,7 @@
 
 static const char usage[] =
     "memtap summary FILE [--leaks|--temporary [N]] [-n ROWS] [--sort own|total|count] "
-    "[--split-threads] [--json] [--show-internals]";
+    "[--split-threads] [--json] [--show-internals] [--python-only]";
 
 #define DEFAULT_ROWS 20
 

@@ -11,7 +11,7 @@
 extern const char mt_table_html[];
 
 static const char usage[] =
-    "memtap table FILE [-o OUT.html] [--leaks|--temporary [N]] [--show-internals]";
+    "memtap table FILE [-o OUT.html] [--leaks|--temporary [N]] [--show-internals] [--python-only]";
 
 struct tbl {
     struct mt_report *r;

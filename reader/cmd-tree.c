@@ -8,7 +8,7 @@
 
 static const char usage[] =
     "memtap tree FILE [--leaks|--temporary [N]] [-n STACKS] [--split-threads] "
-    "[--show-internals]";
+    "[--show-internals] [--python-only]";
 
 #define DEFAULT_STACKS 10
 

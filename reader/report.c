@@ -204,6 +204,9 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
         } else if (!strcmp(name, "--show-internals")) {
             NO_VALUE();
             o->show_internals = 1;
+        } else if (!strcmp(name, "--python-only")) {
+            NO_VALUE();
+            o->python_only = 1;
         } else {
             return usage_error(usage, "unknown option '%s'", name);
         }
@@ -895,7 +898,8 @@ int mt_report_stack(struct mt_report *r, const struct mt_group *g,
                     const uint32_t **out)
 {
     int np = py_frames(r, g), nn = 0, nips = 0;
-    if (g->native_stack)
+    /* --python-only: a stack with Python frames is those alone */
+    if (g->native_stack && !(r->o.python_only && np))
         nips = mt_analysis_native_ips(r->a, g->native_stack, r->ips, r->ipobjects, MAX_DEPTH);
     for (int i = 0; i < nips; i++) {
         uint32_t s, k;
@@ -928,7 +932,7 @@ int mt_report_stack(struct mt_report *r, const struct mt_group *g,
 uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
                              int (*accept)(const struct mt_loc *))
 {
-    int nips = g->native_stack
+    int nips = g->native_stack && !(r->o.python_only && g->py_stack)
         ? mt_analysis_native_ips(r->a, g->native_stack, r->ips, r->ipobjects, MAX_DEPTH) : 0;
     int leading = 1, show = r->o.show_internals;
     for (int i = 0; i < nips; i++) {

@@ -26,7 +26,7 @@ enum mt_report_opt_flags {
     MT_O_SORT = 1u << 5,      /* --sort own|total|count */
     MT_O_INVERTED = 1u << 6,  /* --inverted */
     MT_O_FORMAT = 1u << 7,    /* --format NAME */
-    MT_O_INTERNALS = 1u << 8, /* --show-internals (always accepted) */
+    MT_O_INTERNALS = 1u << 8, /* --show-internals, --python-only (always accepted) */
     MT_O_TEMPORAL = 1u << 9,  /* --temporal (not with --temporary) */
 };
 
@@ -43,6 +43,8 @@ struct mt_report_opts {
     int inverted;
     const char *format;       /* --format; NULL when not given */
     int show_internals;
+    int python_only;          /* --python-only: native frames only where a
+                                 stack has no Python frame */
     int temporal;             /* --temporal: the analysis keeps time buckets */
     int totals_only;          /* set by the command, not an option: it shows
                                  totals only (mt_analysis_opts) */

@@ -50,8 +50,12 @@ class Capture:
     stats:              the whole `memtap stats --json` object (dict)
     peak_memory_bytes:  the most memory alive at once
     leaked_bytes:       memory still alive at the end
-    locations(leaks=False, n=None):  [Location], biggest own bytes first
-    top(n=10, leaks=False):          the n biggest locations
+    locations(leaks=False, n=None, python_only=False):
+                        [Location], biggest own bytes first; python_only: a
+                        stack with Python frames is those alone (`--native`
+                        captures: the Python line that called into C, not
+                        the interpreter's C function)
+    top(n=10, leaks=False, python_only=False):  the n biggest locations
     """
 
     def __init__(self, path):
@@ -75,12 +79,14 @@ class Capture:
     def complete(self):
         return self.stats["complete"]
 
-    def locations(self, leaks=False, n=None):
-        key = bool(leaks)
+    def locations(self, leaks=False, n=None, python_only=False):
+        key = (bool(leaks), bool(python_only))
         if key not in self._rows:
             args = ["summary", "--json", "--sort", "own"]
             if leaks:
                 args.append("--leaks")
+            if python_only:
+                args.append("--python-only")
             args += ["--", self.path]  # a path may start with '-'
             doc = _run(*args)
             self._rows[key] = [
@@ -90,8 +96,8 @@ class Capture:
         rows = self._rows[key]
         return rows if n is None else rows[:n]
 
-    def top(self, n=10, leaks=False):
-        return [r for r in self.locations(leaks) if r.own_bytes][:n]
+    def top(self, n=10, leaks=False, python_only=False):
+        return [r for r in self.locations(leaks, python_only=python_only) if r.own_bytes][:n]
 
     def __repr__(self):
         return "<memtap.Capture %r peak=%d leaked=%d>" % (

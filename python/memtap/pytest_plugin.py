@@ -150,7 +150,8 @@ class _Plugin:
                          % (item.name, what, value, lim[1], marker),
                          "Top locations%s:" % (" still alive at the end" if leaks else
                                                " at the peak")]
-                for loc in cap.top(5, leaks=leaks):
+                # the test's lines, not CPython's C functions (--memtap-native)
+                for loc in cap.top(5, leaks=leaks, python_only=True):
                     where = "%s:%d" % (loc.file, loc.line) if loc.line else loc.file
                     lines.append("    %10s in %d allocation%s  %s  %s" % (
                         _fmt(loc.own_bytes), loc.own_count,

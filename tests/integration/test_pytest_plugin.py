@@ -81,6 +81,12 @@ def test_plugin(pkg, tmp_path):
     check(run_pytest(pkg, tmp_path), tmp_path)
 
 
+def test_plugin_native_names_the_tests_lines(pkg, tmp_path):
+    # with native stacks the innermost frame is CPython's
+    # (PyByteArray_Resize): the messages still name the test's lines
+    check(run_pytest(pkg, tmp_path, "--memtap-native"), tmp_path)
+
+
 def test_plugin_xdist(pkg, tmp_path):
     proc = run_pytest(pkg, tmp_path, "-n", "2")
     check(proc, tmp_path)
