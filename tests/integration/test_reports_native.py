@@ -115,6 +115,22 @@ def test_numpy_summary(numpy_capture):
     assert len(owners) == 1 and "_multiarray_umath" in owners[0]["file"], owners
 
 
+def test_numpy_python_only(numpy_capture):
+    # --python-only reads the capture as one without native stacks: the
+    # stack ends at numpy's Python function, which owns the 80 MB
+    cap, script = numpy_capture
+    stack = _ones_stack(collapsed(cap, "--python-only"))
+    assert stack[:2] == ("<module> (%s:%d)" % (script, line_of(NUMPY_PROG, "call")),
+                         "build (%s:%d)" % (script, line_of(NUMPY_PROG, "ones"))), stack
+    assert len(stack) == 3 and stack[2].startswith("ones (") and "numpy" in stack[2], stack
+    rep = json.loads(memtap("summary", "--json", "--python-only", cap))
+    # (with the few small blocks the same line of numpy makes)
+    owners = [r for r in rep["rows"] if r["own_bytes"] >= ONES_BYTES]
+    assert len(owners) == 1 and owners[0]["function"] == "ones", owners
+    assert owners[0]["file"].endswith(".py") and "numpy" in owners[0]["file"], owners
+    assert owners[0]["own_bytes"] - ONES_BYTES < 4096, owners
+
+
 # ---- C++ ----------------------------------------------------------------------
 
 CXX_SRC = PROGRAMS / "cxx_alloc.cpp"
