@@ -435,19 +435,23 @@ static volatile sig_atomic_t session_leader;  /* memtap leads its session */
 
 /* The signals memtap passes on to the program: what a supervisor sends
  * the process it started (to stop it, reopen its logs...), which would
- * otherwise end memtap and leave the program running unrecorded. */
-static const int forwarded[] = {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM};
+ * otherwise end memtap and leave the program running unrecorded. SIGINT
+ * and SIGQUIT too when a process sends them (`kill -INT`, a container's
+ * stop signal): from the terminal, they reach the program's process group
+ * themselves. */
+static const int forwarded[] = {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGINT, SIGQUIT};
 
 static void forward(int sig, siginfo_t *info, void *ctx)
 {
     (void)ctx;
     /* Not back to the program, which signals its parent ("ready"); not a
-     * terminal's hangup, which went to the program's process group already,
-     * as Ctrl-C does, unless memtap leads the session (then the kernel
-     * tells the leader alone). An alarm from the kernel is ours to pass on
-     * (one set before memtap was exec'd: it was meant for what runs now). */
-    if (forward_pid <= 0 || info->si_pid == forward_pid ||
-        (sig == SIGHUP && info->si_code == SI_KERNEL && !session_leader))
+     * terminal's Ctrl-C, Ctrl-\ or hangup, which went to the program's
+     * process group already (a hangup only to the leader when memtap leads
+     * the session). An alarm from the kernel is ours to pass on (one set
+     * before memtap was exec'd: it was meant for what runs now). */
+    int from_terminal = info->si_code == SI_KERNEL &&
+                        (sig == SIGINT || sig == SIGQUIT || (sig == SIGHUP && !session_leader));
+    if (forward_pid <= 0 || info->si_pid == forward_pid || from_terminal)
         return;
     kill((pid_t)forward_pid, sig);
 }
@@ -621,7 +625,8 @@ int cmd_run(int argc, char **argv)
     int go[2], failed[2];
     if (pipe2(go, O_CLOEXEC) != 0 || pipe2(failed, O_CLOEXEC) != 0)
         die("cannot create a pipe: %s", strerror(errno));
-    /* Ctrl-C is the program's to handle */
+    /* Ctrl-C is the program's to handle (forward() passes on a SIGINT that
+     * a process sends memtap) */
     sigaction(SIGINT, &(struct sigaction){.sa_handler = SIG_IGN}, &inherited_int);
     sigaction(SIGQUIT, &(struct sigaction){.sa_handler = SIG_IGN}, &inherited_quit);
     /* A reader of our stderr that went away (`memtap run ... 2>&1 | head`)
