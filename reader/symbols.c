@@ -1,6 +1,7 @@
 /* Native symbolization with elfutils libdw; see symbols.h. */
 #define _GNU_SOURCE
 #include "symbols.h"
+#include "rust-demangle.h"
 
 #include <dlfcn.h>
 #include <dwarf.h>
@@ -244,13 +245,15 @@ static void rust_legacy_cleanup(char *d)
 
 /* Returns a malloc'd demangled name, or NULL to keep `name` as it is.
  * C++ and Rust legacy names go through libstdc++'s __cxa_demangle, found at
- * run time so the reader does not need the C++ runtime to start.
- * NEEDSWORK: Rust v0 ("_R...") names stay mangled. */
+ * run time so the reader does not need the C++ runtime to start; Rust v0
+ * names ("_R...") through rust-demangle.c. */
 static char *demangle(struct mt_symbolizer *s, const char *name)
 {
     int status = -1;
     char *d;
 
+    if (name[0] == '_' && name[1] == 'R')
+        return mt_rust_v0_demangle(name);
     if (!s->cxa_demangle || name[0] != '_' || name[1] != 'Z')
         return NULL;
     d = s->cxa_demangle(name, NULL, NULL, &status);
