@@ -965,15 +965,14 @@ time.sleep(20)
 """
 
 
-def test_a_terminal_hangup_when_memtap_leads_the_session(tmp_path):
-    """memtap run as the session's leader (a terminal or ssh runs it
-    directly): the kernel tells the leader alone of the hangup, and memtap
-    passes it on (it kept it, and the program ran on)."""
+def memtap_on_a_terminal(tmp_path, text, mark):
+    """`memtap run` of a script (text; argv[1] = mark) in a new session
+    whose terminal is a pty, memtap leading it; once the script printed
+    "ready": (pid, the pty's master, what it printed, the deadline)."""
     import pty
-    script = write_script(tmp_path, HANGUP)
-    mark = tmp_path / "got"
+    script = write_script(tmp_path, text)
     pid, master = pty.fork()
-    if pid == 0:  # a new session, the pty its terminal: memtap leads it
+    if pid == 0:
         os.chdir(str(tmp_path))
         os.execve(str(MEMTAP), [str(MEMTAP), "run", "-q", "-o", str(tmp_path / "c.bin"),
                                 "--python", DEFAULT_PYTHON, str(script), str(mark)],
@@ -985,6 +984,15 @@ def test_a_terminal_hangup_when_memtap_leads_the_session(tmp_path):
             seen += os.read(master, 1024)
         except OSError:
             break
+    return pid, master, seen, deadline
+
+
+def test_a_terminal_hangup_when_memtap_leads_the_session(tmp_path):
+    """memtap run as the session's leader (a terminal or ssh runs it
+    directly): the kernel tells the leader alone of the hangup, and memtap
+    passes it on (it kept it, and the program ran on)."""
+    mark = tmp_path / "got"
+    pid, master, seen, deadline = memtap_on_a_terminal(tmp_path, HANGUP, mark)
     os.close(master)  # the hangup
     while time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
         time.sleep(0.05)
@@ -1011,22 +1019,8 @@ def test_ctrl_c_at_the_terminal_reaches_the_program(tmp_path):
     SIGINT to pass on one a process sends it, survives this one and
     finishes the capture. (Passing it on too would not show here: the
     kernel merges a signal sent again while it is pending.)"""
-    import pty
-    script = write_script(tmp_path, CTRL_C)
     mark = tmp_path / "got"
-    pid, master = pty.fork()
-    if pid == 0:
-        os.chdir(str(tmp_path))
-        os.execve(str(MEMTAP), [str(MEMTAP), "run", "-q", "-o", str(tmp_path / "c.bin"),
-                                "--python", DEFAULT_PYTHON, str(script), str(mark)],
-                  clean_env())
-    seen = b""
-    deadline = time.time() + TIMEOUT
-    while b"ready" not in seen and time.time() < deadline:
-        try:
-            seen += os.read(master, 1024)
-        except OSError:
-            break
+    pid, master, seen, deadline = memtap_on_a_terminal(tmp_path, CTRL_C, mark)
     os.write(master, b"\x03")  # Ctrl-C
     while time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
         try:
