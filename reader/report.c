@@ -14,6 +14,7 @@
 #include "symbols.h"
 #include "symbols-ahead.h"
 #include "util.h"
+#include "../src/map.h"
 
 #define MAX_DEPTH 4096   /* frames per side (Python, native) we resolve */
 
@@ -280,7 +281,7 @@ struct mt_report {
     uint32_t *lochash; uint32_t lochcap;        /* slots hold loc ids */
 
     /* a name the analysis owns -> intern_name of it, by address */
-    struct owned_name { const char *from, *to; } *owned; uint32_t ownedcap, nowned;
+    struct mt_amap owned;
 
     /* native ip -> symbolized frames (interned strings) */
     struct ipcache_slot *ipc; uint32_t ipccap, ipcn;
@@ -378,7 +379,7 @@ void mt_report_free(struct mt_report *r)
     mt_analysis_free(r->a);
     strtab_release(&r->strings);
     free(r->locs); free(r->lochash); free(r->ipc); free(r->ipframes);
-    free(r->owned);
+    mt_amap_release(&r->owned);
     free(r->sorted); free(r->shown); free(r->nat); free(r->merged); free(r->stack);
     free(r);
 }
@@ -589,28 +590,12 @@ static const char *intern_name(struct strtab *t, const char *s)
  * found by its address: every stack a code object is on names it again. */
 static const char *intern_owned(struct mt_report *r, const char *s)
 {
-    if (r->nowned * 2 >= r->ownedcap) {
-        uint32_t ncap = r->ownedcap ? r->ownedcap * 2 : 1024;
-        struct owned_name *ns = calloc(ncap, sizeof *ns);
-        if (!ns) { fputs("memtap: out of memory\n", stderr); exit(1); }
-        for (uint32_t i = 0; i < r->ownedcap; i++) {
-            if (!r->owned[i].from) continue;
-            uint32_t j = (uint32_t)mix64((uintptr_t)r->owned[i].from) & (ncap - 1);
-            while (ns[j].from) j = (j + 1) & (ncap - 1);
-            ns[j] = r->owned[i];
-        }
-        free(r->owned);
-        r->owned = ns;
-        r->ownedcap = ncap;
-    }
-    uint32_t j = (uint32_t)mix64((uintptr_t)s) & (r->ownedcap - 1);
-    while (r->owned[j].from) {
-        if (r->owned[j].from == s) return r->owned[j].to;
-        j = (j + 1) & (r->ownedcap - 1);
-    }
-    r->owned[j] = (struct owned_name){ s, intern_name(&r->strings, s) };
-    r->nowned++;
-    return r->owned[j].to;
+    int found;
+    uint64_t *to = mt_amap_upsert(&r->owned, (uintptr_t)s, &found);
+    if (!to) { fputs("memtap: out of memory\n", stderr); exit(1); }
+    if (!found)
+        *to = (uintptr_t)intern_name(&r->strings, s);
+    return (const char *)(uintptr_t)*to;
 }
 
 const char *mt_report_clean(struct mt_report *r, const char *s)

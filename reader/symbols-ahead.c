@@ -9,6 +9,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../src/map.h"
+
 /* One thing for the thread to do, in the capture's order: declare an
  * object (object set; the thread frees it), or resolve a return address.
  * Every address a stack names is queued, not only the first of each
@@ -24,11 +26,10 @@ struct item {
 struct mt_ahead {
     /* the reading thread's alone */
     uint32_t objects;          /* OBJECT records seen */
-    /* (address, objects) pairs queued: nodes name the same return
-     * addresses over and over (ten nodes an address in a Python program),
-     * and each is queued once */
-    uint64_t *queued;
-    size_t nqueued, capqueued;
+    /* (address, objects) pairs queued (queued_key): nodes name the same
+     * return addresses over and over (ten nodes an address in a Python
+     * program), and each is queued once */
+    struct mt_amap queued;
 
     pthread_mutex_t lock;
     pthread_cond_t more;
@@ -115,40 +116,8 @@ struct mt_ahead *mt_ahead_new(void)
 
 static uint64_t queued_key(uint64_t ip, uint32_t objects)
 {
-    uint64_t k = (ip ^ ((uint64_t)objects << 48)) * 0x9e3779b97f4a7c15ull;
-    return k ? k : 1;  /* 0 marks a free slot */
-}
-
-/* 1 when (ip, objects) was queued before; notes it otherwise. -1: out of
- * memory. */
-static int queued_before(struct mt_ahead *w, uint64_t ip, uint32_t objects)
-{
-    if (2 * (w->nqueued + 1) > w->capqueued) {
-        size_t cap = w->capqueued ? 2 * w->capqueued : 4096;
-        uint64_t *t = calloc(cap, sizeof *t);
-        if (!t)
-            return -1;
-        for (size_t i = 0; i < w->capqueued; i++) {
-            uint64_t k = w->queued[i];
-            if (!k)
-                continue;
-            size_t j = (size_t)(k >> 20) & (cap - 1);
-            while (t[j])
-                j = (j + 1) & (cap - 1);
-            t[j] = k;
-        }
-        free(w->queued);
-        w->queued = t;
-        w->capqueued = cap;
-    }
-    uint64_t k = queued_key(ip, objects);
-    size_t j = (size_t)(k >> 20) & (w->capqueued - 1);
-    for (; w->queued[j]; j = (j + 1) & (w->capqueued - 1))
-        if (w->queued[j] == k)
-            return 1;
-    w->queued[j] = k;
-    w->nqueued++;
-    return 0;
+    uint64_t k = ip ^ ((uint64_t)objects << 48);
+    return k ? k : 1;  /* the map takes no 0 */
 }
 
 /* The thread and its symbolizer, at the first return address queued. */
@@ -170,8 +139,8 @@ void mt_ahead_record(const struct mt_record *r, void *ahead)
     if (r && r->tag == MT_T_OBJECT)
         w->objects++;
     if (r && r->tag == MT_T_NATIVENODE) {
-        int before = queued_before(w, r->u.node.a, w->objects);
-        if (before < 0) {
+        int before;
+        if (!mt_amap_upsert(&w->queued, queued_key(r->u.node.a, w->objects), &before)) {
             w->failed = 1;
             return;
         }
@@ -235,7 +204,7 @@ struct mt_symbolizer *mt_ahead_finish(struct mt_ahead *w, const struct mt_analys
         for (size_t i = w->taken; i < w->n; i++)
             free(w->items[i].object);
         free(w->items);
-        free(w->queued);
+        mt_amap_release(&w->queued);
         pthread_cond_destroy(&w->more);
         pthread_mutex_destroy(&w->lock);
         free(w);
