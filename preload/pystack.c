@@ -524,6 +524,10 @@ walk_frameobjs(uintptr_t tstate, struct mt_pyframe *out, int max,
     return n;
 }
 
+/* How far from its code's start an outer frame is tested for being
+ * incomplete (bytes): 3.13's __init__ shim is at 0. */
+#define OUTER_INCOMPLETE_BYTES 16
+
 static inline __attribute__((always_inline)) int
 walk_iframes(struct iframe_layout lay, uintptr_t frame, struct mt_pyframe *out, int max,
              struct mt_pyframe *ring, int keep, long limit, long *depth)
@@ -566,13 +570,18 @@ walk_iframes(struct iframe_layout lay, uintptr_t frame, struct mt_pyframe *out, 
         }
         uintptr_t start = code + (uintptr_t)o_adaptive;
         uintptr_t instr = ld_ptr(frame, o_instr);
-        /* Incomplete frames (pushed, first instruction not run yet) can only
-         * be the innermost Python frame: a frame runs before it calls.
-         * Python's own stacks leave them out; a native stack has their
-         * evaluation, which the merge pairs with a Python frame. */
-        int unstarted = n == 0 && o_first >= 0 && owner != gen &&
+        /* Incomplete frames (pushed, first traceable instruction not run
+         * yet): Python's own stacks leave them out. The innermost Python
+         * frame can be one; a native stack has its evaluation, which the
+         * merge pairs with a Python frame. An outer one runs no code of its
+         * own before the call inside it returns: 3.13's __init__ shim
+         * (_Py_InitCleanup), which a specialized class call pushes under
+         * __init__'s frame, at its first instruction. Only frames near
+         * their start have the first-traceable index loaded. */
+        int unstarted = o_first >= 0 && owner != gen &&
+                        (n == 0 || instr - start < OUTER_INCOMPLETE_BYTES) &&
                         instr < start + 2 * (uintptr_t)ld_i32(code, o_first);
-        if (unstarted && !keep_unstarted) {
+        if (unstarted && (n > 0 || !keep_unstarted)) {
             frame = prev;
             continue;
         }

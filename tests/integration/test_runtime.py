@@ -230,6 +230,42 @@ def test_function_is_qualified_name_where_interpreter_has_one(tmp_path, run_memt
                     bytearray_request(6 * MiB + 3, version), 1, function=function)
 
 
+CLASS_CALLS = """\
+KEEP = []
+
+
+class Kept:
+    def __init__(self):
+        KEEP.append(bytearray(100000))  # @alloc
+
+
+def make():
+    for _ in range(10):
+        Kept()  # @call
+
+
+make()  # @make
+"""
+
+
+@pytest.mark.parametrize("python", interpreter_params())
+def test_class_calls_have_one_stack(tmp_path, run_memtap, python):
+    """3.13 specializes a class call once it has run a few times: it pushes
+    a frame of its own (_Py_InitCleanup, named __init__, with no lines)
+    under __init__'s, which Python's own stacks leave out. The ten calls
+    are one stack, without that frame."""
+    proc, _ = run_memtap(tmp_path, CLASS_CALLS, python=python, stats=False)
+    out = subprocess.run([str(MEMTAP), "export", "--leaks", "--format", "collapsed",
+                          str(proc.capture)], capture_output=True, text=True,
+                         timeout=TIMEOUT, check=True).stdout
+    mine = [l for l in out.splitlines() if "prog.py:%d" % line_of(CLASS_CALLS, "alloc") in l]
+    init = "Kept.__init__" if python_version_of(python) >= (3, 11) else "__init__"
+    assert mine == ["<module> (%s:%d);make (%s:%d);%s (%s:%d) %d" % (
+        proc.script, line_of(CLASS_CALLS, "make"), proc.script, line_of(CLASS_CALLS, "call"),
+        init, proc.script, line_of(CLASS_CALLS, "alloc"),
+        10 * bytearray_request(100000, python_version_of(python)))], out
+
+
 # ---------------------------------------------------------------------------
 # Known answers (default interpreter)
 
