@@ -578,16 +578,17 @@ walk_iframes(struct iframe_layout lay, uintptr_t frame, struct mt_pyframe *out, 
          * (_Py_InitCleanup), which a specialized class call pushes under
          * __init__'s frame, at its first instruction. Only frames near
          * their start have the first-traceable index loaded. */
-        int unstarted = o_first >= 0 && owner != gen &&
-                        (n == 0 || instr - start < OUTER_INCOMPLETE_BYTES) &&
-                        instr < start + 2 * (uintptr_t)ld_i32(code, o_first);
+        int64_t at = (int64_t)(instr - start);
+        int unstarted = (n == 0 || (uint64_t)at < OUTER_INCOMPLETE_BYTES) &&
+                        o_first >= 0 && owner != gen &&
+                        at < 2 * (int64_t)ld_i32(code, o_first);
         if (unstarted && (n > 0 || !keep_unstarted)) {
             frame = prev;
             continue;
         }
         struct mt_pyframe *to = n < max ? &out[n++] : &ring[past++ & (keep - 1)];
         to->code = (const void *)code;
-        to->instr = unstarted ? MT_INSTR_UNSTARTED : clamp_instr((int64_t)(instr - start));
+        to->instr = unstarted ? MT_INSTR_UNSTARTED : clamp_instr(at);
         to->flags = (o_entry >= 0 && ld_u8(frame, o_entry)) ? MT_PYF_ENTRY : 0;
         frame = prev;
     }
