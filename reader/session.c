@@ -149,12 +149,31 @@ static double usable_cpus(void)
     return n > 0 ? (double)n : 1;
 }
 
+/* Below this rate of capture growth (bytes a second; records and
+ * compressed blocks alike) high compression costs the program little even
+ * on busy cores: at LZ4 HC's slowest (~40 MB/s on native events) under 5 %
+ * of one core. A program's start-up and its imports (numpy's: ~160 KiB of
+ * stack nodes in 0.2 s, while OpenBLAS's threads keep the cores busy) come
+ * at such rates, and there HC makes blocks ~15 % smaller than the fast
+ * mode. */
+#define PACE_HC_ALWAYS_RATE (2u << 20)
+
+/* Whether the capture grew faster than PACE_HC_ALWAYS_RATE since it was
+ * bytes_then long, at time at (a capture started over is shorter). */
+static int streaming(const struct session_capture *cap, uint64_t bytes_then, uint64_t at,
+                     uint64_t now)
+{
+    uint64_t bytes = mt_writer_bytes(cap->w);
+    return bytes > bytes_then &&
+           (bytes - bytes_then) * 1000000 > (uint64_t)PACE_HC_ALWAYS_RATE * (now - at);
+}
+
 /* The collector shares the cores with the program. While the two keep
- * them all busy, or a thread of the program waited for ring space, the
- * CPU spent on high compression is taken from the program: blocks are
- * then compressed with LZ4's fast mode. Otherwise high compression runs on
- * a core that would idle, for files ~25-40 % smaller. Decided every
- * 200 ms, with hysteresis. */
+ * them all busy and the capture streams in, or a thread of the program
+ * waited for ring space, the CPU spent on high compression is taken from
+ * the program: blocks are then compressed with LZ4's fast mode. Otherwise
+ * high compression runs on a core that would idle, for files ~25-40 %
+ * smaller. Decided every 200 ms, with hysteresis. */
 static void pace(struct session_capture *cap, uint64_t now)
 {
     if (!cap->w || now - cap->pace_at < 200000)
@@ -166,14 +185,16 @@ static void pace(struct session_capture *cap, uint64_t now)
         if (!cpus)
             cpus = usable_cpus();
         double busy = (double)(cpu - cap->pace_cpu) / (double)(now - cap->pace_at);
-        if (waits != cap->pace_waits || busy > cpus - 0.1)
+        int fast_pays = streaming(cap, cap->pace_bytes, cap->pace_at, now);
+        if (waits != cap->pace_waits || (busy > cpus - 0.1 && fast_pays))
             mt_writer_set_fast(cap->w, 1);
-        else if (busy < cpus - 0.35)
+        else if (busy < cpus - 0.35 || !fast_pays)
             mt_writer_set_fast(cap->w, 0);
     }
     cap->pace_at = now;
     cap->pace_cpu = cpu;
     cap->pace_waits = waits;
+    cap->pace_bytes = mt_writer_bytes(cap->w);
 }
 
 /* Microseconds, since boot, during which some runnable thread on this
@@ -191,8 +212,9 @@ static uint64_t cpu_stall_us(void)
 
 /* pace() decides only every 200 ms, and a busy program would pay for high
  * compression all that time: every 20 ms, when threads waited for a core
- * more than a tenth of the time, twice in a row (once is a blip), blocks
- * switch to fast mode at once; pace() alone switches back. */
+ * more than a tenth of the time while the capture streamed in, twice in a
+ * row (once is a blip), blocks switch to fast mode at once; pace() alone
+ * switches back. */
 static void pace_contention(struct session_capture *cap, uint64_t now)
 {
     if (!cap->w || now - cap->contend_at < 20000)
@@ -201,12 +223,14 @@ static void pace_contention(struct session_capture *cap, uint64_t now)
     if (!stall)
         return;
     int waited = cap->contend_at &&
-                 stall - cap->contend_stall > (now - cap->contend_at) / 10;
+                 stall - cap->contend_stall > (now - cap->contend_at) / 10 &&
+                 streaming(cap, cap->contend_bytes, cap->contend_at, now);
     if (waited && cap->contended)
         mt_writer_set_fast(cap->w, 1);
     cap->contended = waited;
     cap->contend_at = now;
     cap->contend_stall = stall;
+    cap->contend_bytes = mt_writer_bytes(cap->w);
 }
 
 /* Notes which executable the process runs (at each sample), when it is

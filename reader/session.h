@@ -53,6 +53,7 @@ struct session_capture {
     uint64_t pace_at, pace_cpu;  /* the last pacing decision's clock */
     uint32_t pace_waits;
     uint64_t contend_at, contend_stall;  /* pace_contention()'s last look */
+    uint64_t pace_bytes, contend_bytes;  /* the capture's size at each of those looks */
     int contended;
     int told;                    /* writing failed (said once): incomplete */
     char exe_other[PATH_MAX];    /* the process seen running another
