@@ -570,6 +570,19 @@ static void put_shell_word(FILE *f, const char *path)
     putc('\'', f);
 }
 
+/* Exits when output is the program's executable, its script or another
+ * file it is given: the capture would replace it (`-f`) before the
+ * program runs, or while it reads it. */
+static void refuse_program_file(const char *output, const struct target *t)
+{
+    for (char **a = t->argv; *a; a++)
+        if (mt_same_file(output, *a))
+            die("'%s' is %s; give another output", output,
+                a == t->argv ? "the program memtap runs"
+                : a == t->argv + 1 && t->is_python ? "the script memtap runs"
+                : "a file the program is given");
+}
+
 /* The closing line, with the command to read the capture when it is a
  * file (a FIFO or a device has streamed it away). */
 static void say_written(const char *output, uint64_t events)
@@ -615,6 +628,8 @@ int cmd_run(int argc, char **argv)
     close(shm_fd);
     shm_fd = high;
 
+    if (o.output)
+        refuse_program_file(o.output, &t);
     if (o.output && !o.force && mt_output_exists(o.output))
         die("'%s' exists; use -f to overwrite it", o.output);
 

@@ -1142,21 +1142,13 @@ static int output_in_place(const char *path)
     return lstat(path, &st) == 0 ? !S_ISREG(st.st_mode) : errno != ENOENT;
 }
 
-/* Whether path names the file the report reads (itself, or through a
- * link): writing there would destroy the capture. */
-static int is_the_capture(const char *path, const char *capture)
-{
-    struct stat out, in;
-    return capture && stat(path, &out) == 0 && stat(capture, &in) == 0 &&
-           S_ISREG(out.st_mode) && out.st_dev == in.st_dev && out.st_ino == in.st_ino;
-}
-
 FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
 {
     const char *path = o->output ? o->output : fallback;
     output_part[0] = 0;
     if (!path || !strcmp(path, "-")) return stdout;
-    if (is_the_capture(path, o->file)) {
+    /* writing there would destroy the capture */
+    if (mt_same_file(path, o->file)) {
         (void)error("'%s' is the capture this report reads; give another output",
                 path);
         return NULL;

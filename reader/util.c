@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -134,6 +135,13 @@ int mt_utf8_len(const unsigned char *p)
     for (int i = 2; i < n; i++)
         if (p[i] < 0x80 || p[i] > 0xbf) return 0;
     return n;
+}
+
+int mt_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && S_ISREG(sa.st_mode) &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 const char *self_dir(void)

@@ -43,6 +43,10 @@ void mt_name_without_controls(char *s);
  * a name in a message must not move the terminal's cursor. */
 void mt_put_printable(FILE *f, const char *s, int lines);
 
+/* Whether a and b name the same regular file (themselves, or through
+ * links); 0 when either does not exist. */
+int mt_same_file(const char *a, const char *b);
+
 /* Directory holding the running memtap binary (static buffer). */
 const char *self_dir(void);
 

@@ -28,6 +28,7 @@ import importlib.util
 import os
 import random
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -728,6 +729,7 @@ sys.exit(7)
 
 
 DISPOSITIONS = """\
+import shutil
 import signal
 print(*(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGQUIT)))
 """
@@ -888,6 +890,33 @@ def test_refuses_to_overwrite_without_force(tmp_path, memtap, run_memtap):
         assert marker.exists()
         marker.unlink()
         assert stats["complete"] is True
+
+
+def test_refuses_an_output_that_is_the_program_or_its_file(tmp_path):
+    """-f replaces the output before the program starts: were it the
+    script, the executable or a file the program is given, that file would
+    be lost. memtap refuses, with one line, and leaves it as it was."""
+    script = write_script(tmp_path, "print('ran')\n")
+    data = tmp_path / "input.txt"
+    data.write_text("input\n")
+    exe = tmp_path / "python-copy"
+    shutil.copy(os.path.realpath(DEFAULT_PYTHON), exe)
+    link = tmp_path / "link.py"
+    link.symlink_to(script)
+    cases = [
+        (script, [script], "the script memtap runs"),
+        (link, ["--python", DEFAULT_PYTHON, script], "the script memtap runs"),
+        (exe, [exe, "-c", "print('ran')"], "the program memtap runs"),
+        (data, ["--python", DEFAULT_PYTHON, script, data], "a file the program is given"),
+    ]
+    for out, args, what in cases:
+        before = {p: p.read_bytes() for p in (script, data, exe)}
+        proc = memtap_run(["-f", "-o", out] + args, cwd=tmp_path)
+        assert proc.returncode == 1, (out, proc)
+        assert proc.stdout == b"", "the program must not run"
+        assert proc.stderr.decode() == "memtap: '%s' is %s; give another output\n" % (
+            out, what), proc.stderr
+        assert {p: p.read_bytes() for p in before} == before
 
 
 def test_a_program_that_cannot_be_run(tmp_path):
