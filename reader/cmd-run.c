@@ -402,9 +402,15 @@ static void child_exec(struct target *t, int go, int failed, int shm_fd,
 
 /* memtap cannot record (its own memory or descriptors are short: a tight
  * ulimit): the program runs all the same, as this process. */
-static __attribute__((noreturn)) void run_untracked(const struct target *t, const char *why)
+/* Runs the program without memtap, after one line saying why (and err's
+ * text, when not 0). */
+static __attribute__((noreturn)) void run_untracked(const struct target *t, const char *why,
+                                                    int err)
 {
-    error("%s: %s; running the program untracked", why, strerror(errno));
+    if (err)
+        error("%s: %s; running the program untracked", why, strerror(err));
+    else
+        error("%s; running the program untracked", why);
     rlimit_restore();
     fflush(NULL);
     execvp(t->argv[0], t->argv);
@@ -570,6 +576,31 @@ static void put_shell_word(FILE *f, const char *path)
     putc('\'', f);
 }
 
+/* A copy of fd high up, where the program is unlikely to have a
+ * descriptor of its own (the number is the program's too: see
+ * child_exec): from 500, or the highest the descriptor limit allows when
+ * it is lower (ulimit -n 256). @return it, or -1. */
+static int high_descriptor(int fd)
+{
+    int from = 500;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur <= (rlim_t)from)
+        from = (int)rl.rlim_cur - 1;  /* at least MIN_DESCRIPTORS - 1 */
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, from);
+    return high >= 0 ? high : fcntl(fd, F_DUPFD_CLOEXEC, 3);
+}
+
+/* memtap's own descriptors (pipes, the capture, children's captures and
+ * their sockets with --follow-fork) need some room under the limit. */
+#define MIN_DESCRIPTORS 64
+
+/* Whether the descriptor limit leaves memtap that room. */
+static int descriptors_enough(void)
+{
+    struct rlimit rl;
+    return getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= MIN_DESCRIPTORS;
+}
+
 /* Exits when output is the program's executable, its script or another
  * file it is given: the capture would replace it (`-f`) before the
  * program runs, or while it reads it. */
@@ -615,16 +646,17 @@ int cmd_run(int argc, char **argv)
 
     if (rlimit_make_room() < 0)
         run_untracked(&t, "a hard ulimit -v leaves no room for memtap's rings beside "
-                          "the program's own memory (a soft limit, ulimit -S -v, does)");
+                          "the program's own memory (a soft limit, ulimit -S -v, does)", errno);
+    if (!descriptors_enough())
+        run_untracked(&t, "the limit on open files (ulimit -n) is under 64, which leaves "
+                          "memtap no room for its own", 0);
     struct mt_collector *c;
     int shm_fd;
     if (mt_collector_new(session_shm_flags(&o.modes), (int)getpid(), &c, &shm_fd) != MT_OK)
-        run_untracked(&t, "cannot set up shared memory");
-    /* High, where the program is unlikely to have a descriptor of its own
-     * (the number is the program's too: see child_exec). */
-    int high = fcntl(shm_fd, F_DUPFD_CLOEXEC, 500);
+        run_untracked(&t, "cannot set up shared memory", errno);
+    int high = high_descriptor(shm_fd);
     if (high < 0)
-        run_untracked(&t, "cannot set up shared memory");
+        run_untracked(&t, "cannot set up shared memory", errno);
     close(shm_fd);
     shm_fd = high;
 

@@ -255,6 +255,38 @@ def test_hard_ulimit_v_runs_the_program_untracked(tmp_path):
     assert not (tmp_path / "c.bin").exists()
 
 
+OPEN_FILES = """\
+import os
+keep = bytearray(3 * 2**20)
+print(sorted(os.listdir("/proc/self/fd"))[:3], len(keep))
+"""
+
+
+@pytest.mark.parametrize("limit", [16, 63, 64, 256, 500])
+def test_a_low_limit_on_open_files(tmp_path, limit):
+    """memtap's copy of the rings' descriptor goes high (500), or to the top
+    of a lower limit; under 64 there is no room for memtap's own files and
+    the program runs untracked, as it would alone."""
+    script = tmp_path / "prog.py"
+    script.write_text(OPEN_FILES)
+    cmd = ["prlimit", "--nofile=%d" % limit, "--"]
+    plain = subprocess.run(cmd + [DEFAULT_PYTHON, str(script)], capture_output=True,
+                           timeout=TIMEOUT, cwd=tmp_path, env=clean_env())
+    traced = subprocess.run(cmd + [str(MEMTAP), "run", "-q", "-o", "c.bin", "--python",
+                                   DEFAULT_PYTHON, str(script)], capture_output=True,
+                            timeout=TIMEOUT, cwd=tmp_path, env=clean_env())
+    assert (traced.returncode, traced.stdout) == (0, plain.stdout), describe(traced)
+    if limit < 64:
+        assert traced.stderr.decode() == (
+            "memtap: the limit on open files (ulimit -n) is under 64, which leaves memtap no "
+            "room for its own; running the program untracked\n"), describe(traced)
+        assert not (tmp_path / "c.bin").exists()
+        return
+    assert traced.stderr == b"", describe(traced)
+    stats = memtap_stats(tmp_path / "c.bin")
+    assert any(r["bytes"] == 3 * 2**20 + 1 and r["line"] == 2 for r in stats["top_locations"])
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     mnt = tmp_path / "tiny"
