@@ -48,7 +48,7 @@ static const char run_usage[] =
     "usage: memtap run [-o FILE] [-f|--force] [--native] [--python PY] [-q|--quiet]\n"
     "                  [--trace-python-allocators] [--follow-fork] [--aggregate]\n"
     "                  [--addresses]\n"
-    "                  (SCRIPT | -m MODULE | -c CODE | EXECUTABLE) [ARGS...]";
+    "                  (SCRIPT | -m MODULE | -c CODE | - | EXECUTABLE) [ARGS...]";
 
 /* The file on PATH (or the path itself when it has a slash), or NULL. */
 static char *find_on_path(const char *cmd)
@@ -231,6 +231,12 @@ static void target_resolve(struct target *t, const struct run_opts *o,
             die_usage("'%s' needs an argument\n%s", first, run_usage);
         t->argv = python_argv(python_binary(default_python(o)), argv + 1, argc - 1, first);
         name_from(t, first[1] == 'm' ? argv[1] : "python");
+        t->is_python = 1;
+        return;
+    }
+    if (!strcmp(first, "-")) {  /* the script on standard input, as `python -` */
+        t->argv = python_argv(python_binary(default_python(o)), argv, argc, NULL);
+        name_from(t, "stdin");
         t->is_python = 1;
         return;
     }
@@ -662,6 +668,9 @@ int cmd_run(int argc, char **argv)
 
     if (o.output)
         refuse_program_file(o.output, &t);
+    struct stat ost;
+    if (o.output && stat(o.output, &ost) == 0 && S_ISDIR(ost.st_mode))
+        die("'%s' is a directory; give a file to write the capture to", o.output);
     if (o.output && !o.force && mt_output_exists(o.output))
         die("'%s' exists; use -f to overwrite it", o.output);
 

@@ -832,6 +832,29 @@ def test_code_form(tmp_path, run_memtap):
     assert_location(stats, "<string>", 3, bytearray_request(9 * MiB + 1, PY_VERSION), 1)
 
 
+def test_script_on_standard_input(tmp_path, run_memtap):
+    # `memtap run -` is `python -`: the script is read from standard input
+    code = ("import sys\n"
+            "print(__name__, repr(sys.argv))\n"
+            "KEEP = bytearray(7 * 2**20 + 3)\n").encode()
+    plain = untracked_run(DEFAULT_PYTHON, ["-", "x", "-y"], cwd=tmp_path, stdin_data=code)
+    proc, stats = run_memtap(tmp_path, ["-", "x", "-y"], stdin_data=code)
+    assert proc.stdout == plain.stdout == b"__main__ ['-', 'x', '-y']\n"
+    assert_location(stats, "<stdin>", 3, bytearray_request(7 * MiB + 3, PY_VERSION), 1)
+
+
+def test_an_output_that_is_a_directory(tmp_path):
+    d = tmp_path / "captures"
+    d.mkdir()
+    script = write_script(tmp_path, "print('ran')\n")
+    for force in ([], ["-f"]):
+        proc = memtap_run(force + ["-o", d, "--python", DEFAULT_PYTHON, script], cwd=tmp_path)
+        assert (proc.returncode, proc.stdout) == (1, b""), proc
+        assert proc.stderr.decode() == (
+            "memtap: '%s' is a directory; give a file to write the capture to\n" % d)
+    assert list(d.iterdir()) == []
+
+
 def test_python_script_on_path_is_traced_in_its_interpreter(tmp_path, run_memtap):
     # `memtap run pytest -x`: a command on PATH whose first line names a Python
     bindir = tmp_path / "bin"
