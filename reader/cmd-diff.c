@@ -284,6 +284,8 @@ int cmd_diff(int argc, char **argv)
                 fprintf(stderr, "memtap: bad row count '%s' (1 or more)\nusage: %s\n", val, usage);
                 return MT_EXIT_USAGE;
             }
+            if (o.rows > MT_ROWS_MAX)
+                o.rows = MT_ROWS_MAX;  /* more than any diff has */
         } else if (!strcmp(arg, "--fail-over") || !strncmp(arg, "--fail-over=", 12)) {
             if (arg[11] == '=') val = arg + 12;
             else if (i + 1 < argc) val = argv[++i];

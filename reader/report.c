@@ -110,7 +110,8 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
         if (only_files || arg[0] != '-' || !strcmp(arg, "-")) {
             /* `--temporary abc FILE`: abc was taken for the file */
             if (o->file && o->file_at > 1 && !strcmp(argv[o->file_at - 1], "--temporary"))
-                return usage_error(usage, "bad --temporary value '%s'", o->file);
+                return usage_error(usage, "bad --temporary value '%s' (1 to 1000000000)",
+                                   o->file);
             if (o->file)
                 return usage_error(usage, "unexpected argument '%s'", arg);
             o->file = arg;
@@ -157,11 +158,13 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
                 return usage_error(usage, "--leaks and --temporary exclude each other");
             o->metric = MT_M_TEMPORARY;
             /* the optional N: --temporary=N, or a bare number after it */
-            if (!val && i + 1 < argc && parse_ulong(argv[i + 1], &n) == 0)
+            if (!val && i + 1 < argc && argv[i + 1][0] &&
+                strspn(argv[i + 1], "0123456789") == strlen(argv[i + 1]))
                 val = argv[++i];
             if (val) {
                 if (parse_ulong(val, &n) || n == 0 || n > 1000000000ul)
-                    return usage_error(usage, "bad --temporary value '%s'", val);
+                    return usage_error(usage, "bad --temporary value '%s' (1 to 1000000000)",
+                                       val);
                 o->temporary_n = (unsigned)n;
             }
         } else if (!strcmp(name, "--split-threads")) {
@@ -172,9 +175,11 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             unsigned long n;
             NEEDS(MT_O_ROWS);
             TAKE_VALUE();
-            if (parse_ulong(val, &n) || n == 0 || n > 100000000ul)
+            if (parse_ulong(val, &n) && val[0] && strspn(val, "0123456789") == strlen(val))
+                n = ULONG_MAX;  /* all digits, too many for a number: as many as there are */
+            else if (parse_ulong(val, &n) || n == 0)
                 return usage_error(usage, "bad row count '%s' (1 or more)", val);
-            o->rows = (long)n;
+            o->rows = n > MT_ROWS_MAX ? MT_ROWS_MAX : (long)n;  /* more than any report has */
         } else if (!strcmp(name, "-o") || !strcmp(name, "--output")) {
             NEEDS(MT_O_OUTPUT);
             TAKE_VALUE();

@@ -32,11 +32,14 @@ enum mt_report_opt_flags {
 
 enum mt_sort { MT_S_OWN = 0, MT_S_TOTAL = 1, MT_S_COUNT = 2 };
 
+/* A row count above every report's number of rows (-n asks for up to it). */
+#define MT_ROWS_MAX 100000000L
+
 struct mt_report_opts {
     enum mt_metric metric;
     unsigned temporary_n;     /* --temporary N; 1 by default */
     int split_threads;
-    long rows;                /* -n; -1 when not given */
+    long rows;                /* -n (at most MT_ROWS_MAX); -1 when not given */
     const char *output;       /* -o; NULL when not given */
     int json;
     enum mt_sort sort;

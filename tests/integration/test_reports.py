@@ -781,6 +781,24 @@ def test_usage_errors(main_capture):
             args, proc.stderr)
 
 
+def test_numbers_out_of_range(main_capture):
+    """A row count beyond any report's rows asks for all of them; a
+    --temporary count out of range says its range, a number too big for
+    any integer included."""
+    cap, _, _ = main_capture
+    every = memtap("summary", "--json", cap).stdout
+    for n in ("100000001", "2147483647", "99999999999999999999"):
+        assert memtap("summary", "--json", "-n", n, cap).stdout == every
+        assert memtap("tree", "-n", n, cap).stdout == memtap("tree", "-n", "100000000", cap).stdout
+    assert (memtap("diff", cap, cap, "-n", "200000000").stdout ==
+            memtap("diff", cap, cap, "-n", "100000000").stdout)
+    for n in ("0", "1000000001", "99999999999999999999"):
+        proc = memtap("summary", "--temporary", n, cap, ok=False)
+        assert proc.returncode == 2
+        assert proc.stderr.splitlines()[0] == (
+            "memtap: bad --temporary value '%s' (1 to 1000000000)" % n), proc.stderr
+
+
 def test_collect_usage_errors(tmp_path):
     """memtap collect (the Tracker's collector) says what is wrong in its
     own words, and starts no collection."""
