@@ -65,6 +65,15 @@ void mt_environ_hide(const char *shm_name, const char *shim_path)
     strcpy(self_path, shim_path);
     if (!without_self(*pre + 11, rest, sizeof rest))
         return;  /* not preloaded by name: leave the environment alone */
+    /* memtap run put the shim before the program's own list: that list
+     * goes back as it was written (spaces, empty entries), unless it
+     * named the shim too. */
+    const char *own = *pre + 11 + strlen(self_path);
+    char again[4096];
+    int verbatim = !strncmp(*pre + 11, self_path, strlen(self_path)) && *own == ':' &&
+                   !without_self(own + 1, again, sizeof again);
+    if (verbatim)
+        strcpy(rest, own + 1);  /* even empty: the program had it set */
     strcpy(shm_entry, *shm);
     size_t n = 0;
     while (environ[n])
@@ -84,7 +93,7 @@ void mt_environ_hide(const char *shm_name, const char *shim_path)
         if (e == shm)
             continue;
         if (e == pre) {
-            if (rest[0])
+            if (rest[0] || verbatim)
                 env[k++] = line;
             continue;
         }
@@ -126,13 +135,18 @@ char *const *mt_environ_for_exec(char *const envp[])
     char *line = (char *)(out + n + 3);
     strcpy(line, "LD_PRELOAD=");
     strcat(line, self_path);
-    if (old > 11) {
-        /* the shim once, first: a list saved before the constructor hid
-         * it (/proc/self/environ) holds it already */
+    if (pre != (size_t)-1) {
+        /* the shim once, first, then the program's list as it wrote it
+         * (mt_environ_hide gives it back so); a list saved before the
+         * constructor hid the shim (/proc/self/environ) holds it already,
+         * and goes without it */
         size_t at = strlen(line);
-        (void)without_self(envp[pre] + 11, line + at + 1, old + 1);
-        if (line[at + 1])
+        if (!without_self(envp[pre] + 11, line + at + 1, old + 1)) {
             line[at] = ':';
+            strcpy(line + at + 1, envp[pre] + 11);
+        } else if (line[at + 1]) {
+            line[at] = ':';
+        }
     }
     /* LD_PRELOAD where it was, the rest after, as setenv puts them: the
      * next program's environment, once it has hidden them again, is in

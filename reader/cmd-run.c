@@ -388,8 +388,9 @@ static void child_exec(struct target *t, int go, int failed, int shm_fd,
             char *pre = malloc(len);
             if (!pre)
                 _exit(127);
-            snprintf(pre, len, "%s%s%s", shim_path(), old && *old ? ":" : "",
-                     old ? old : "");
+            /* the program's own list after the shim's, as it was (the shim
+             * gives it back so) */
+            snprintf(pre, len, "%s%s%s", shim_path(), old ? ":" : "", old ? old : "");
             setenv("LD_PRELOAD", pre, 1);
         }
     } else if (n != 1) {

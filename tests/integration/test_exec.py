@@ -437,8 +437,11 @@ if len(sys.argv) == 1:  # the program itself execs: recorded on, and clean
 """
 
 
-@pytest.mark.parametrize("preload", ["", "/lib/x86_64-linux-gnu/libz.so.1"],
-                         ids=["no-preload", "user-preload"])
+@pytest.mark.parametrize("preload", ["", "/lib/x86_64-linux-gnu/libz.so.1",
+                                     # as written, spaces and empty entries kept
+                                     " /lib/x86_64-linux-gnu/libz.so.1  "
+                                     "/lib/x86_64-linux-gnu/libm.so.6::"],
+                         ids=["no-preload", "user-preload", "user-preload-list"])
 def test_children_and_the_program_see_the_environment_they_would(tmp_path, preload):
     # Without --follow-fork nothing of memtap's reaches a child (an ASan
     # program refuses a library preloaded before its runtime; `env` prints
