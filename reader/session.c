@@ -638,6 +638,13 @@ void session_collect(struct session *f, int *status, struct mt_exit *exit)
         for (size_t i = 1; i < f->n; i++) {
             struct mt_exit child;
             if (session_process_ended(f->caps[i].pid, &child)) {
+                /* A child that exec'd sent its note before it ended, maybe
+                 * since the look above: the capture starts over with the
+                 * program it ran, and takes its records, before it closes. */
+                if (f->sock >= 0) {
+                    follow_accept(f);
+                    session_capture_step(&f->caps[i], now);
+                }
                 session_capture_close(&f->caps[i], &child);
                 if (!f->quiet)
                     (void)error("child %d recorded in '%s'%s",

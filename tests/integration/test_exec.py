@@ -360,6 +360,53 @@ def test_follow_fork_records_the_programs_children_exec(tmp_path):
         assert sorted(sizes) == [11 * 2**20 + 1, 13 * 2**20 + 1], flags
 
 
+QUICK_EXECS = """\
+import os, threading
+keep = []
+def churn():  # keeps memtap busy while the children come and go
+    for _ in range(20000):
+        keep.append(bytearray(700))
+threads = [threading.Thread(target=churn) for _ in range(3)]
+for t in threads:
+    t.start()
+codes = []
+for i in range(100):
+    pid = os.fork()
+    if pid == 0:
+        x = [bytearray(900) for _ in range(100)]
+        os.execv("/bin/sh", ["sh", "-c", "exit %d" % (i % 7)])
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+for t in threads:
+    t.join()
+print(codes)
+"""
+
+
+def test_follow_fork_children_that_exec_and_end_at_once(tmp_path):
+    """A child that execs a program that ends at once (`sh -c 'exit 3'`):
+    its note of the exec could reach memtap after it saw the child end and
+    closed its capture, which then held the Python part with sh's exit code,
+    and the note a second capture at the same name ("file exists")."""
+    script = tmp_path / "prog.py"
+    script.write_text(QUICK_EXECS)
+    # without -f: a second capture at a child's name is refused, and said
+    proc = subprocess.run([str(MEMTAP), "run", "-q", "-o", "capture.bin", "--follow-fork",
+                           "--python", DEFAULT_PYTHON, str(script)], cwd=tmp_path,
+                          capture_output=True, env=clean_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == "%s\n" % [i % 7 for i in range(100)]
+    assert proc.stderr == b"", proc.stderr
+    children = list(tmp_path.glob("capture.*.bin"))
+    assert len(children) == 100
+    seen = []
+    for child in children:
+        cs = memtap_stats(child)
+        assert cs["complete"] and cs["python_version"] is None, cs
+        assert cs["command"] == "sh -c exit %d" % cs["exit"]["code"], cs
+        seen.append(cs["exit"]["code"])
+    assert sorted(seen) == sorted(i % 7 for i in range(100))
+
+
 POOL_SPAWN = """\
 import multiprocessing as mp
 
