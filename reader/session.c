@@ -274,6 +274,7 @@ static void shim_report(const struct session_capture *cap, const char *who)
 long session_capture_step(struct session_capture *cap, uint64_t now)
 {
     long moved = mt_collector_drain(cap->c);
+    int drain_errno = errno;  /* what follows may set it: a socket's EAGAIN */
     if (now - cap->last_sample >= 10000) {
         /* 0: the program is exiting or has exited; a sample then would
          * draw its RSS falling to nothing. */
@@ -301,7 +302,7 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
     }
     if (moved < 0 && !cap->told) {
         error("cannot write '%s': %s; the program continues untracked",
-              cap->path, strerror(errno));
+              cap->path, strerror(drain_errno));
         cap->told = 1;
     }
     return moved > 0 ? moved : 0;
@@ -562,15 +563,14 @@ static void follow_accept(struct session *f)
         } else if (rc == MT_OK && (rc = session_capture_open(&cap, f->force)) != MT_OK) {
             mt_collector_free(cap.c);
         }
-        if (rc != MT_OK && !cap.path[0]) {
-            error("cannot record child %d: %s", (int)note.pid,
-                  rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
-            free(cap.command);
-            continue;
-        }
         if (rc != MT_OK) {
-            error("cannot record child %d into '%s': %s", (int)note.pid,
-                  cap.path, rc == MT_E_IO ? strerror(errno) : mt_strerror(rc));
+            /* once: a full disk fails every child alike (session_finish
+             * counts the others) */
+            const char *why = rc == MT_E_IO ? strerror(errno) : mt_strerror(rc);
+            if (!f->unrecorded++ && !cap.path[0])
+                error("cannot record child %d: %s", (int)note.pid, why);
+            else if (f->unrecorded == 1)
+                error("cannot record child %d into '%s': %s", (int)note.pid, cap.path, why);
             free(cap.command);
             continue;
         }
@@ -685,6 +685,8 @@ uint64_t session_finish(struct session *f, const struct mt_exit *exit)
         close(f->sock);  /* later children are told at once: not followed */
         f->sock = -1;
     }
+    if (f->unrecorded > 1)
+        (void)error("%u more children were not recorded", f->unrecorded - 1);
     const char *exe;
     if (!f->quiet && mt_collector_execs(f->caps[0].c, &exe))
         (void)error("the program exec'd '%s'; the capture records it from "

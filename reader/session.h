@@ -96,6 +96,8 @@ struct session {
     enum session_end end;
     int incomplete;                 /* set by session_finish: caps[0]'s
                                        writing failed */
+    unsigned unrecorded;            /* children not recorded after the first
+                                       one said why (a full disk: one line) */
 };
 
 /* --follow-fork: a datagram socket bound to a fresh abstract name (written

@@ -18,7 +18,7 @@
 
 struct mt_writer {
     int fd;
-    int failed;
+    int failed;          /* the errno writing failed with (EIO if none); 0: not */
     uint64_t bytes;
     uint8_t *raw;        /* MT_BLOCK_MAX_RAW */
     size_t used;
@@ -43,6 +43,14 @@ struct dict_states {
     LZ4_streamHC_t hc, hc_work;
 };
 
+/* Every call after writing failed: the error again, with its errno (a
+ * caller that reports it may have overwritten errno since). */
+static int stuck(const struct mt_writer *w)
+{
+    errno = w->failed;
+    return MT_E_IO;
+}
+
 /* Writes one whole unit (the header, a block). One that fails part way
  * (a full disk) is cut off again: the file ends with the last whole
  * block, and the space it took is the program's again. */
@@ -56,7 +64,7 @@ static int write_all(struct mt_writer *w, const void *buf, size_t n)
             continue;
         if (k <= 0) {
             int e = k == 0 ? ENOSPC : errno;
-            w->failed = 1;
+            w->failed = e;
             if (w->bytes != start && ftruncate(w->fd, (off_t)start) == 0 &&
                 lseek(w->fd, (off_t)start, SEEK_SET) >= 0)
                 w->bytes = start;
@@ -185,17 +193,17 @@ static void block_reset(struct mt_writer *w)
 int mt_writer_restart(struct mt_writer *w, const struct mt_header *h)
 {
     if (w->failed)
-        return MT_E_IO;
+        return stuck(w);
     uint64_t keep = h ? 0 : w->header_bytes;
     if (ftruncate(w->fd, (off_t)keep) != 0 || lseek(w->fd, (off_t)keep, SEEK_SET) < 0) {
-        w->failed = 1;
+        w->failed = errno ? errno : EIO;
         return MT_E_IO;
     }
     w->bytes = keep;
     if (h) {
         int rc = header_write(w, h);
         if (rc != MT_OK) {
-            w->failed = 1;
+            w->failed = errno ? errno : EIO;
             return rc;
         }
     }
@@ -273,13 +281,13 @@ static int compress_block(struct mt_writer *w, char *out, unsigned *dict_id)
 int mt_writer_flush(struct mt_writer *w)
 {
     if (w->failed)
-        return MT_E_IO;
+        return stuck(w);
     if (!w->used)
         return MT_OK;
     unsigned dict_id;
     int n = compress_block(w, (char *)w->comp + MT_BLOCK_HEADER, &dict_id);
     if (n <= 0) {
-        w->failed = 1;
+        w->failed = errno ? errno : EIO;
         return MT_E_IO;
     }
     mt_put_u32le(w->comp, MT_BLOCK_MAGIC);
@@ -382,7 +390,7 @@ static int block_new(struct mt_writer *w, unsigned allocator, uint64_t addr,
     }
     if (addr && !mt_allocator_is_mapping(allocator) &&
         mt_amap_put(&w->live, addr, number) < 0) {
-        w->failed = 1;
+        w->failed = errno ? errno : EIO;
         return MT_E_NOMEM;
     }
     return MT_OK;
@@ -443,7 +451,7 @@ static uint8_t *put_thread(struct mt_writer *w, uint8_t *p, uint32_t thread)
 static int make_room(struct mt_writer *w, size_t n)
 {
     if (w->failed)
-        return MT_E_IO;
+        return stuck(w);
     if (w->used + n * EVENT_MAX > MT_BLOCK_MAX_RAW && mt_writer_flush(w) != MT_OK)
         return MT_E_IO;
     return MT_OK;
@@ -478,7 +486,7 @@ int mt_writer_alloc(struct mt_writer *w, uint32_t thread, unsigned allocator,
         /* The hot path: one probe takes the address's slot. */
         int found;
         if (!(slot = mt_amap_upsert(&w->live, addr, &found))) {
-            w->failed = 1;
+            w->failed = errno ? errno : EIO;
             return MT_E_NOMEM;
         }
         if (found) {
@@ -525,7 +533,7 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
     if (r->tag == MT_T_FREE)
         return mt_writer_free(w, r->thread, r->u.ev.addr);
     if (w->failed)
-        return MT_E_IO;
+        return stuck(w);
     size_t need = FIXED_MAX + var_size(r);
     if (need > MT_BLOCK_MAX_RAW ||
         (r->tag == MT_T_OBJECT && r->u.object.nseg > 32) ||
@@ -594,7 +602,7 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         const char *qual = r->u.code.qualname ? r->u.code.qualname : "";
         uint32_t file;
         if (file_ref(w, r->u.code.filename, &file) != MT_OK) {
-            w->failed = 1;
+            w->failed = errno ? errno : EIO;
             return MT_E_NOMEM;
         }
         p = mt_put_varint(p, r->u.code.id);

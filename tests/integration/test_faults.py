@@ -324,6 +324,39 @@ def test_disk_full_while_writing(tmp_path, tiny_tmpfs, modes):
             assert b"incomplete" in proc.stderr, describe(proc)
 
 
+FORKS_ON_A_FULL_DISK = """
+import os
+keep = []
+for i in range(60000):
+    keep.append(bytearray(600 + i * 7919 % 5000))
+    if len(keep) > 1000:
+        keep.pop(0)
+    if i % 1000 == 0:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+print("done")
+"""
+
+
+def test_disk_full_with_children(tmp_path, tiny_tmpfs):
+    """--follow-fork on a disk that fills: why writing failed is said once
+    for the program (the errno of the write, not of what memtap did since)
+    and once for the children, which are then counted, not listed."""
+    _, traced, cap = compare(tmp_path, FORKS_ON_A_FULL_DISK,
+                             memtap_opts=("-q", "--follow-fork"),
+                             out=tiny_tmpfs / "c.bin", expect_capture=False)
+    lines = said(traced)
+    assert ("memtap: cannot write '%s': No space left on device; the program continues "
+            "untracked" % cap) in lines, lines
+    children = [l for l in lines if l.startswith("memtap: cannot record child")]
+    assert len(children) == 1 and children[0].endswith(": No space left on device"), lines
+    more = [l for l in lines if l.endswith("more children were not recorded")]
+    assert len(more) == 1 and lines[-1].endswith("writing failed"), lines
+    assert len(lines) == 4, lines
+
+
 @pytest.mark.parametrize("modes", [[], ["--aggregate"]])
 def test_disk_full_from_the_start(tmp_path, tiny_tmpfs, modes):
     """Not even the capture's header fits: the program runs untracked and
