@@ -99,6 +99,8 @@ int cmd_extract(int argc, char **argv)
         optind + 1 != argc)
         die_usage("%s", extract_usage);
     const char *path = argv[optind];
+    if (mt_same_file(output, path))
+        die("'%s' is the capture this cuts; give another output", output);
 
     struct mt_reader *r;
     uint32_t version;

@@ -1060,6 +1060,16 @@ def test_a_report_never_writes_over_its_capture(tmp_path, main_capture):
             assert proc.stderr == ("memtap: '%s' is the capture this report reads; give "
                                    "another output\n" % out), proc.stderr
             assert mine.read_bytes() == cap.read_bytes() and link.is_symlink()
+    # nor does extract (the Tracker's cut of a capture), with -f: it replaced
+    # the capture, then removed it when the cut failed
+    for out in (mine, link):
+        proc = subprocess.run([str(MEMTAP), "extract", str(mine), "--from", "0", "--to",
+                               str(mine.stat().st_size), "-o", str(out), "-f"],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 1, (out, proc.stderr)
+        assert proc.stderr == ("memtap: '%s' is the capture this cuts; give another output\n"
+                               % out), proc.stderr
+        assert mine.read_bytes() == cap.read_bytes() and link.is_symlink()
 
 
 def test_a_capture_read_from_a_pipe(main_capture):
