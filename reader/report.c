@@ -1147,6 +1147,40 @@ static int output_in_place(const char *path)
     return lstat(path, &st) == 0 ? !S_ISREG(st.st_mode) : errno != ENOENT;
 }
 
+/* The temporary file path is written to first, beside it (output_part
+ * set): PATH.PID.part, or .memtap.PID.part in its directory when that
+ * name would be too long. NULL when neither can be made. */
+static FILE *part_open(const char *path)
+{
+    static int registered;
+    if (!registered++)
+        atexit(part_at_exit);
+    part_guard(1);
+    snprintf(output_part, sizeof output_part, "%s.%ld.part", path, (long)getpid());
+    int fd = open(output_part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno == ENAMETOOLONG) {
+        const char *slash = strrchr(path, '/');
+        int dir = slash ? (int)(slash - path) + 1 : 0;
+        snprintf(output_part, sizeof output_part, "%.*s.memtap.%ld.part", dir, path,
+                 (long)getpid());
+        fd = open(output_part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    }
+    /* A report written again keeps the mode its file was given. */
+    struct stat old;
+    if (fd >= 0 && stat(path, &old) == 0 && S_ISREG(old.st_mode))
+        (void)fchmod(fd, old.st_mode & 0777);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f && fd >= 0) {
+        close(fd);
+        unlink(output_part);
+    }
+    if (!f) {
+        output_part[0] = 0;
+        part_guard(0);
+    }
+    return f;
+}
+
 FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
 {
     const char *path = o->output ? o->output : fallback;
@@ -1159,27 +1193,12 @@ FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
         return NULL;
     }
     FILE *f = NULL;
-    if (output_in_place(path)) {
+    if (!output_in_place(path))
+        f = part_open(path);
+    /* A directory that takes no new file (the user may write the file, not
+     * its directory; /proc) is written in place, and says why not. */
+    if (!f)
         f = fopen(path, "w");
-    } else {
-        snprintf(output_part, sizeof output_part, "%s.%ld.part", path, (long)getpid());
-        static int registered;
-        if (!registered++)
-            atexit(part_at_exit);
-        part_guard(1);
-        int fd = open(output_part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        /* A report written again keeps the mode its file was given. */
-        struct stat old;
-        if (fd >= 0 && stat(path, &old) == 0 && S_ISREG(old.st_mode))
-            (void)fchmod(fd, old.st_mode & 0777);
-        f = fd >= 0 ? fdopen(fd, "w") : NULL;
-        if (!f && fd >= 0) close(fd);
-        if (!f) {
-            if (fd >= 0) unlink(output_part);
-            output_part[0] = 0;
-            part_guard(0);
-        }
-    }
     if (!f) (void)error("cannot write '%s': %s", path, strerror(errno));
     return f;
 }
@@ -1211,6 +1230,14 @@ char *mt_default_output(const char *kind, const char *capture,
     const char *b = base_name(capture);
     size_t len = strlen(b);
     if (len > 4 && !strcmp(b + len - 4, ".bin")) len -= 4;
+    /* a name the file system takes: the capture's part cut to fit, at a
+     * character's start */
+    size_t fixed = strlen("memtap--.") + strlen(kind) + strlen(ext);
+    if (len + fixed > NAME_MAX) {
+        len = NAME_MAX > fixed ? NAME_MAX - fixed : 0;
+        while (len && ((unsigned char)b[len] & 0xC0) == 0x80)
+            len--;
+    }
     snprintf(buf, cap, "memtap-%s-%.*s.%s", kind, (int)len, b, ext);
     mt_name_without_controls(buf);
     return buf;

@@ -290,7 +290,8 @@ void mt_json_html_string(FILE *f, const char *s);
 FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback);
 int mt_output_close(FILE *f, const char *path);
 
-/* "memtap-<kind>-<capture basename without .bin>.html" into buf. */
+/* "memtap-<kind>-<capture basename without .bin>.html" into buf, the
+ * basename cut to keep the name within NAME_MAX. */
 char *mt_default_output(const char *kind, const char *capture,
                         const char *ext, char *buf, size_t cap);
 

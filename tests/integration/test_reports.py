@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -1070,6 +1071,64 @@ def test_a_report_never_writes_over_its_capture(tmp_path, main_capture):
         assert proc.stderr == ("memtap: '%s' is the capture this cuts; give another output\n"
                                % out), proc.stderr
         assert mine.read_bytes() == cap.read_bytes() and link.is_symlink()
+
+
+def test_outputs_with_long_names(tmp_path, main_capture):
+    """A 255-byte output name is a file name like any other: the temporary
+    file the report is written to first gets a short name then; a default
+    name made from a long capture name is cut to fit, at a character."""
+    cap, _, _ = main_capture
+    long_out = tmp_path / ("a" * 250 + ".html")
+    proc = subprocess.run([str(MEMTAP), "table", str(cap), "-o", str(long_out)],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode == 0 and long_out.stat().st_size > 1000, proc.stderr
+    for stem in ("b" * 251, "é" * 125):
+        named = tmp_path / (stem + ".bin")
+        named.write_bytes(cap.read_bytes())
+        proc = subprocess.run([str(MEMTAP), "flamegraph", str(named)], capture_output=True,
+                              text=True, timeout=TIMEOUT, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        made = [p for p in tmp_path.iterdir() if p.name.startswith("memtap-flamegraph-")]
+        assert len(made) == 1 and len(made[0].name.encode()) in (254, 255), made
+        assert stem.startswith(made[0].name[len("memtap-flamegraph-"):-len(".html")])
+        made[0].unlink()
+    assert sorted(p.name for p in tmp_path.iterdir() if ".part" in p.name) == []
+
+
+def test_an_output_whose_directory_takes_no_new_file(tmp_path, main_capture):
+    """Written in place when no temporary file can be made beside it (a
+    file the user may write in a directory they may not): the error, if
+    any, is the file's own."""
+    cap, _, _ = main_capture
+    proc = subprocess.run([str(MEMTAP), "table", str(cap), "-o", "/proc/version"],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1
+    assert proc.stderr in ("memtap: cannot write '/proc/version': Input/output error\n",
+                           "memtap: cannot write '/proc/version': Permission denied\n"), \
+        proc.stderr
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return
+    # as nobody, in a directory of its own under /tmp (pytest's are root's)
+    base = Path(tempfile.mkdtemp(prefix="memtap-ro-"))
+    try:
+        os.chmod(base, 0o755)
+        mine = base / "c.bin"
+        mine.write_bytes(cap.read_bytes())
+        os.chmod(mine, 0o644)
+        d = base / "ro"
+        d.mkdir()
+        out = d / "report.csv"
+        out.write_text("old\n")
+        os.chmod(out, 0o666)
+        os.chmod(d, 0o555)
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               str(MEMTAP), "export", "--format", "csv", str(mine), "-o",
+                               str(out)], capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_text() == memtap("export", "--format", "csv", mine).stdout
+        assert sorted(p.name for p in d.iterdir()) == ["report.csv"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_capture_read_from_a_pipe(main_capture):
