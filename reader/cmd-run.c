@@ -626,16 +626,24 @@ static void refuse_program_file(const char *output, const struct target *t)
 static void say_written(const char *output, uint64_t events)
 {
     struct stat st;
-    fprintf(stderr, "memtap: wrote %llu events to ", (unsigned long long)events);
+    char *line = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&line, &len);
+    if (!f)
+        return;
+    fprintf(f, "memtap: wrote %llu events to ", (unsigned long long)events);
     if (has_control(output))
-        put_escaped_word(stderr, output);
+        put_escaped_word(f, output);
     else
-        fprintf(stderr, "'%s'", output);
+        fprintf(f, "'%s'", output);
     if (stat(output, &st) == 0 && S_ISREG(st.st_mode)) {
-        fputs("; next: memtap stats ", stderr);
-        put_shell_word(stderr, output);
+        fputs("; next: memtap stats ", f);
+        put_shell_word(f, output);
     }
-    putc('\n', stderr);
+    putc('\n', f);
+    if (fclose(f) == 0)
+        mt_write_stderr(line, len);  /* one write (see vsay) */
+    free(line);
 }
 
 int cmd_run(int argc, char **argv)

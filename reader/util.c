@@ -56,11 +56,39 @@ static void vsay(int lines, const char *fmt, va_list ap)
         vsnprintf(msg, (size_t)n + 1, fmt, again);
     va_end(again);
     fflush(stdout);
-    fputs("memtap: ", stderr);
-    mt_put_printable(stderr, msg ? msg : small, lines);
-    fputc('\n', stderr);
+    /* One write: the program may write to the same stderr meanwhile, and
+     * its lines must not take memtap's characters in. */
+    char *line = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&line, &len);
+    if (f) {
+        fputs("memtap: ", f);
+        mt_put_printable(f, msg ? msg : small, lines);
+        fputc('\n', f);
+    }
+    if (f && fclose(f) == 0) {
+        mt_write_stderr(line, len);
+    } else {
+        fputs("memtap: ", stderr);
+        mt_put_printable(stderr, msg ? msg : small, lines);
+        fputc('\n', stderr);
+    }
+    free(line);
     if (msg != small)
         free(msg);
+}
+
+void mt_write_stderr(const char *s, size_t n)
+{
+    while (n) {
+        ssize_t k = write(2, s, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return;
+        s += k;
+        n -= (size_t)k;
+    }
 }
 
 void die(const char *fmt, ...)

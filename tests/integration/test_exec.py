@@ -5,6 +5,7 @@ unrecorded, unless --follow-fork gives it a capture of its own. Real programs
 under the real shim; numbers exact."""
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -405,6 +406,44 @@ def test_follow_fork_children_that_exec_and_end_at_once(tmp_path):
         assert cs["command"] == "sh -c exit %d" % cs["exit"]["code"], cs
         seen.append(cs["exit"]["code"])
     assert sorted(seen) == sorted(i % 7 for i in range(100))
+
+
+STDERR_BESIDE_CHILDREN = """\
+import subprocess, sys, threading
+done = False
+def talk():
+    n = 0
+    while not done:
+        sys.stderr.write("program line %d\\n" % n)
+        n += 1
+t = threading.Thread(target=talk)
+t.start()
+for _ in range(20):
+    subprocess.run(["true"])
+done = True
+t.join()
+"""
+
+
+def test_memtaps_lines_stay_whole_beside_the_programs(tmp_path):
+    """memtap's lines while the program runs (a child recorded) go in one
+    write each: written a character at a time, the program's own lines,
+    on the same stderr, came out with memtap's characters in them."""
+    script = tmp_path / "prog.py"
+    script.write_text(STDERR_BESIDE_CHILDREN)
+    for _ in range(3):
+        for old in tmp_path.glob("*.bin"):
+            old.unlink()
+        proc = subprocess.run([str(MEMTAP), "run", "-o", "capture.bin", "--follow-fork",
+                               "--python", DEFAULT_PYTHON, str(script)], cwd=tmp_path,
+                              capture_output=True, env=clean_env(), timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = proc.stderr.decode().splitlines()
+        ours = [l for l in lines if l.startswith("memtap: ")]
+        assert len([l for l in ours if re.fullmatch(
+            r"memtap: child \d+ recorded in 'capture\.\d+\.bin'", l)]) == 20, ours
+        assert all(re.fullmatch(r"program line \d+", l) for l in lines if l not in ours), [
+            l for l in lines if l not in ours and not re.fullmatch(r"program line \d+", l)][:5]
 
 
 POOL_SPAWN = """\
