@@ -472,7 +472,9 @@ static int fork_note_fd(struct msghdr *msg, const struct mt_fork_note *note)
         } else if (cm->cmsg_type == SCM_CREDENTIALS) {
             struct ucred cred;
             memcpy(&cred, CMSG_DATA(cm), sizeof cred);
-            trusted = (cred.uid == getuid() || cred.uid == geteuid()) &&
+            /* root's: also a program that gave up root before it forks
+             * (a server's workers) */
+            trusted = (cred.uid == getuid() || cred.uid == geteuid() || geteuid() == 0) &&
                       cred.pid == note->pid;
         }
     }

@@ -446,6 +446,35 @@ def test_memtaps_lines_stay_whole_beside_the_programs(tmp_path):
             l for l in lines if l not in ours and not re.fullmatch(r"program line \d+", l)][:5]
 
 
+GIVES_UP_ROOT = """\
+import os
+os.setgid(65534)
+os.setuid(65534)
+pid = os.fork()
+if pid == 0:
+    keep = bytearray(5 * 2**20 + 7)  # @child
+    os._exit(0)
+os.waitpid(pid, 0)
+print("done")
+"""
+
+
+def test_follow_fork_after_the_program_gave_up_root(tmp_path):
+    """A server started as root forks its workers once it runs as another
+    user: memtap, root too, takes their announcements."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    script = tmp_path / "prog.py"
+    script.write_text(GIVES_UP_ROOT)
+    os.chmod(tmp_path, 0o755)
+    proc, _ = run(tmp_path, ["--follow-fork", "--python", DEFAULT_PYTHON, script])
+    assert proc.stdout == b"done\n" and proc.stderr == b"", proc.stderr
+    children = list(tmp_path.glob("capture.*.bin"))
+    assert len(children) == 1, children
+    assert_location(memtap_stats(children[0]), "prog.py", line_of(GIVES_UP_ROOT, "child"),
+                    5 * 2**20 + 7 + 1)
+
+
 POOL_SPAWN = """\
 import multiprocessing as mp
 
