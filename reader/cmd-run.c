@@ -259,6 +259,9 @@ static void target_resolve(struct target *t, const struct run_opts *o,
     }
     if (!file)
         cannot_run(first, "no such file or command", ENOENT);
+    struct stat st;
+    if (stat(file, &st) == 0 && S_ISDIR(st.st_mode))
+        cannot_run(first, "a directory, with no __main__.py to run", EISDIR);
     name_from(t, file);
     if (is_python_name(file) && !is_elf(file)) {
         /* "python3" that is a launcher (pyenv's shim): run what it would

@@ -93,6 +93,14 @@ static int parse_ulong(const char *s, unsigned long *out)
     return 0;
 }
 
+/* Whether s is written as a number, signed or not (a count after
+ * --temporary, however wrong, is its value, not an option or a file). */
+static int looks_numeric(const char *s)
+{
+    s += *s == '-' || *s == '+';
+    return *s && strspn(s, "0123456789") == strlen(s);
+}
+
 int mt_report_parse_args(int argc, char **argv, unsigned allowed,
                          const char *usage, struct mt_report_opts *o)
 {
@@ -158,8 +166,7 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
                 return usage_error(usage, "--leaks and --temporary exclude each other");
             o->metric = MT_M_TEMPORARY;
             /* the optional N: --temporary=N, or a bare number after it */
-            if (!val && i + 1 < argc && argv[i + 1][0] &&
-                strspn(argv[i + 1], "0123456789") == strlen(argv[i + 1]))
+            if (!val && i + 1 < argc && looks_numeric(argv[i + 1]))
                 val = argv[++i];
             if (val) {
                 if (parse_ulong(val, &n) || n == 0 || n > 1000000000ul)

@@ -793,7 +793,7 @@ def test_numbers_out_of_range(main_capture):
         assert memtap("tree", "-n", n, cap).stdout == memtap("tree", "-n", "100000000", cap).stdout
     assert (memtap("diff", cap, cap, "-n", "200000000").stdout ==
             memtap("diff", cap, cap, "-n", "100000000").stdout)
-    for n in ("0", "1000000001", "99999999999999999999"):
+    for n in ("0", "1000000001", "99999999999999999999", "-1"):
         proc = memtap("summary", "--temporary", n, cap, ok=False)
         assert proc.returncode == 2
         assert proc.stderr.splitlines()[0] == (

@@ -959,7 +959,7 @@ def test_a_program_that_cannot_be_run(tmp_path):
                             ("", 127, "no such file or command"),
                             (bad_interp, 127, "No such file or directory"),
                             (not_exec, 126, "Permission denied"),
-                            (no_main, 126, "Permission denied")):
+                            (no_main, 126, "a directory, with no __main__.py to run")):
         for mode in ([], ["--aggregate"]):
             out = tmp_path / "c.bin"
             proc = memtap_run(["-o", out, *mode, target], cwd=tmp_path)
