@@ -152,10 +152,9 @@ static double usable_cpus(void)
 /* Below this rate of capture growth (bytes a second; records and
  * compressed blocks alike) high compression costs the program little even
  * on busy cores: at LZ4 HC's slowest (~40 MB/s on native events) under 5 %
- * of one core. A program's start-up and its imports (numpy's: ~160 KiB of
- * stack nodes in 0.2 s, while OpenBLAS's threads keep the cores busy) come
- * at such rates, and there HC makes blocks ~15 % smaller than the fast
- * mode. */
+ * of one core. A program's start-up and its imports come at such rates
+ * (numpy's, while OpenBLAS's threads keep the cores busy a moment), and
+ * there HC makes blocks 15-20 % smaller than the fast mode. */
 #define PACE_HC_ALWAYS_RATE (2u << 20)
 
 /* Whether the capture grew faster than PACE_HC_ALWAYS_RATE since it was
@@ -569,10 +568,10 @@ static void follow_accept(struct session *f)
             /* once: a full disk fails every child alike (session_finish
              * counts the others) */
             const char *why = rc == MT_E_IO ? strerror(errno) : mt_strerror(rc);
-            if (!f->unrecorded++ && !cap.path[0])
-                error("cannot record child %d: %s", (int)note.pid, why);
-            else if (f->unrecorded == 1)
+            if (f->unrecorded++ == 0 && cap.path[0])
                 error("cannot record child %d into '%s': %s", (int)note.pid, cap.path, why);
+            else if (f->unrecorded == 1)
+                error("cannot record child %d: %s", (int)note.pid, why);
             free(cap.command);
             continue;
         }
