@@ -631,9 +631,8 @@ static void say_written(const char *output, uint64_t events)
     struct stat st;
     char *line = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&line, &len);
-    if (!f)
-        return;
+    FILE *mem = open_memstream(&line, &len);  /* for one write (see vsay) */
+    FILE *f = mem ? mem : stderr;
     fprintf(f, "memtap: wrote %llu events to ", (unsigned long long)events);
     if (has_control(output))
         put_escaped_word(f, output);
@@ -644,8 +643,8 @@ static void say_written(const char *output, uint64_t events)
         put_shell_word(f, output);
     }
     putc('\n', f);
-    if (fclose(f) == 0)
-        mt_write_stderr(line, len);  /* one write (see vsay) */
+    if (mem && fclose(mem) == 0)
+        mt_write_stderr(line, len);
     free(line);
 }
 

@@ -93,12 +93,16 @@ static int parse_ulong(const char *s, unsigned long *out)
     return 0;
 }
 
+static int all_digits(const char *s)
+{
+    return *s && strspn(s, "0123456789") == strlen(s);
+}
+
 /* Whether s is written as a number, signed or not (a count after
  * --temporary, however wrong, is its value, not an option or a file). */
 static int looks_numeric(const char *s)
 {
-    s += *s == '-' || *s == '+';
-    return *s && strspn(s, "0123456789") == strlen(s);
+    return all_digits(s + (*s == '-' || *s == '+'));
 }
 
 int mt_report_parse_args(int argc, char **argv, unsigned allowed,
@@ -182,7 +186,7 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             unsigned long n;
             NEEDS(MT_O_ROWS);
             TAKE_VALUE();
-            if (parse_ulong(val, &n) && val[0] && strspn(val, "0123456789") == strlen(val))
+            if (parse_ulong(val, &n) && all_digits(val))
                 n = ULONG_MAX;  /* all digits, too many for a number: as many as there are */
             else if (parse_ulong(val, &n) || n == 0)
                 return usage_error(usage, "bad row count '%s' (1 or more)", val);
