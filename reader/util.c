@@ -60,19 +60,13 @@ static void vsay(int lines, const char *fmt, va_list ap)
      * its lines must not take memtap's characters in. */
     char *line = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&line, &len);
-    if (f) {
-        fputs("memtap: ", f);
-        mt_put_printable(f, msg ? msg : small, lines);
-        fputc('\n', f);
-    }
-    if (f && fclose(f) == 0) {
+    FILE *mem = open_memstream(&line, &len);
+    FILE *f = mem ? mem : stderr;
+    fputs("memtap: ", f);
+    mt_put_printable(f, msg ? msg : small, lines);
+    fputc('\n', f);
+    if (mem && fclose(mem) == 0)
         mt_write_stderr(line, len);
-    } else {
-        fputs("memtap: ", stderr);
-        mt_put_printable(stderr, msg ? msg : small, lines);
-        fputc('\n', stderr);
-    }
     free(line);
     if (msg != small)
         free(msg);

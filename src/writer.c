@@ -43,6 +43,14 @@ struct dict_states {
     LZ4_streamHC_t hc, hc_work;
 };
 
+/* Writing fails for good with err (an errno value): @return rc. */
+static int fail(struct mt_writer *w, int err, int rc)
+{
+    w->failed = err;
+    errno = err;
+    return rc;
+}
+
 /* Every call after writing failed: the error again, with its errno (a
  * caller that reports it may have overwritten errno since). */
 static int stuck(const struct mt_writer *w)
@@ -64,12 +72,10 @@ static int write_all(struct mt_writer *w, const void *buf, size_t n)
             continue;
         if (k <= 0) {
             int e = k == 0 ? ENOSPC : errno;
-            w->failed = e;
             if (w->bytes != start && ftruncate(w->fd, (off_t)start) == 0 &&
                 lseek(w->fd, (off_t)start, SEEK_SET) >= 0)
                 w->bytes = start;
-            errno = e;
-            return MT_E_IO;
+            return fail(w, e, MT_E_IO);
         }
         p += k;
         n -= (size_t)k;
@@ -195,17 +201,13 @@ int mt_writer_restart(struct mt_writer *w, const struct mt_header *h)
     if (w->failed)
         return stuck(w);
     uint64_t keep = h ? 0 : w->header_bytes;
-    if (ftruncate(w->fd, (off_t)keep) != 0 || lseek(w->fd, (off_t)keep, SEEK_SET) < 0) {
-        w->failed = errno ? errno : EIO;
-        return MT_E_IO;
-    }
+    if (ftruncate(w->fd, (off_t)keep) != 0 || lseek(w->fd, (off_t)keep, SEEK_SET) < 0)
+        return fail(w, errno, MT_E_IO);
     w->bytes = keep;
     if (h) {
         int rc = header_write(w, h);
-        if (rc != MT_OK) {
-            w->failed = errno ? errno : EIO;
-            return rc;
-        }
+        if (rc != MT_OK)
+            return fail(w, errno ? errno : EIO, rc);
     }
     block_reset(w);
     w->nallocs = 0;
@@ -286,10 +288,8 @@ int mt_writer_flush(struct mt_writer *w)
         return MT_OK;
     unsigned dict_id;
     int n = compress_block(w, (char *)w->comp + MT_BLOCK_HEADER, &dict_id);
-    if (n <= 0) {
-        w->failed = errno ? errno : EIO;
-        return MT_E_IO;
-    }
+    if (n <= 0)
+        return fail(w, EIO, MT_E_IO);  /* LZ4 said no: no errno of its own */
     mt_put_u32le(w->comp, MT_BLOCK_MAGIC);
     mt_put_u32le(w->comp + 4, (uint32_t)w->used | dict_id << MT_BLOCK_DICTIONARY_SHIFT);
     mt_put_u32le(w->comp + 8, (uint32_t)n);
@@ -389,10 +389,8 @@ static int block_new(struct mt_writer *w, unsigned allocator, uint64_t addr,
         return MT_OK;
     }
     if (addr && !mt_allocator_is_mapping(allocator) &&
-        mt_amap_put(&w->live, addr, number) < 0) {
-        w->failed = errno ? errno : EIO;
-        return MT_E_NOMEM;
-    }
+        mt_amap_put(&w->live, addr, number) < 0)
+        return fail(w, ENOMEM, MT_E_NOMEM);
     return MT_OK;
 }
 
@@ -485,10 +483,8 @@ int mt_writer_alloc(struct mt_writer *w, uint32_t thread, unsigned allocator,
     if (addr && !mapping) {
         /* The hot path: one probe takes the address's slot. */
         int found;
-        if (!(slot = mt_amap_upsert(&w->live, addr, &found))) {
-            w->failed = errno ? errno : EIO;
-            return MT_E_NOMEM;
-        }
+        if (!(slot = mt_amap_upsert(&w->live, addr, &found)))
+            return fail(w, ENOMEM, MT_E_NOMEM);
         if (found) {
             /* The address is handed out again but its free was never seen
              * (an untracked thread freed it): the capture ends the old
@@ -601,10 +597,8 @@ int mt_writer_add(struct mt_writer *w, const struct mt_record *r)
         const char *name = r->u.code.name ? r->u.code.name : "";
         const char *qual = r->u.code.qualname ? r->u.code.qualname : "";
         uint32_t file;
-        if (file_ref(w, r->u.code.filename, &file) != MT_OK) {
-            w->failed = errno ? errno : EIO;
-            return MT_E_NOMEM;
-        }
+        if (file_ref(w, r->u.code.filename, &file) != MT_OK)
+            return fail(w, ENOMEM, MT_E_NOMEM);
         p = mt_put_varint(p, r->u.code.id);
         p = mt_put_varint(p, mt_zigzag(r->u.code.firstlineno));
         p = put_str(p, name);
