@@ -274,7 +274,9 @@ long session_capture_step(struct session_capture *cap, uint64_t now)
 {
     long moved = mt_collector_drain(cap->c);
     int drain_errno = errno;  /* what follows may set it: a socket's EAGAIN */
-    if (now - cap->last_sample >= 10000) {
+    /* The first sample 10 ms after the start, as for the rest: one taken at
+     * once reads the exec'd image before the loader has mapped anything. */
+    if (now - (cap->last_sample ? cap->last_sample : cap->start) >= 10000) {
         /* 0: the program is exiting or has exited; a sample then would
          * draw its RSS falling to nothing. */
         uint64_t rss = read_rss(cap->pid);
