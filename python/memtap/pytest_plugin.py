@@ -12,6 +12,7 @@ messages show the top locations. Works under pytest-xdist: each worker
 tracks its own tests, results travel in the reports.
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -92,7 +93,12 @@ class _Plugin:
                 _limit(item, name)
 
     def _path(self, item):
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)[-150:]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)
+        if name != item.nodeid or len(name) > 150:
+            # Tests whose ids differ only where the name was changed or cut
+            # ("[a b]", "[a/b]", "[a_b]") must not share one file.
+            digest = hashlib.sha1(item.nodeid.encode("utf-8", "surrogatepass")).hexdigest()
+            name = "%s-%s" % (name[-140:], digest[:10])
         return os.path.join(self.dir, "%s.%d.bin" % (name, os.getpid()))
 
     @pytest.hookimpl(wrapper=True)

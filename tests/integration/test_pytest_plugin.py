@@ -127,6 +127,23 @@ def test_relative_capture_directory(pkg, tmp_path):
     assert len(list((tmp_path / "keep").glob("*.bin"))) == 3
 
 
+
+def test_kept_captures_one_per_test(pkg, tmp_path):
+    """--memtap-dir: parameters that differ only in characters a file name
+    cannot keep still get a capture each."""
+    (tmp_path / "test_ids.py").write_text(textwrap.dedent("""\
+        import pytest
+
+        @pytest.mark.parametrize("p", ["a b", "a/b", "a_b", "a:b"])
+        def test_coll(p):
+            x = bytearray(10**5)
+        """))
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "--memtap-dir", "keep", "test_ids.py"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 passed" in proc.stdout, proc.stdout
+    assert len(list((tmp_path / "keep").glob("*.bin"))) == 4
+
 def test_bad_markers_stop_the_run_first(pkg, tmp_path):
     """A marker whose size cannot be read is a usage error before any test
     runs, not a failure after the test; size= works as the argument."""
