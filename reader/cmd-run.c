@@ -616,12 +616,15 @@ static int descriptors_enough(void)
  * program runs, or while it reads it. */
 static void refuse_program_file(const char *output, const struct target *t)
 {
-    for (char **a = t->argv; *a; a++)
-        if (mt_same_file(output, *a))
+    for (char **a = t->argv; *a; a++) {
+        /* `--input=FILE` names a file as much as `FILE` does */
+        const char *eq = **a == '-' ? strchr(*a, '=') : NULL;
+        if (mt_same_file(output, *a) || (eq && mt_same_file(output, eq + 1)))
             die("'%s' is %s; give another output", output,
                 a == t->argv ? "the program memtap runs"
                 : a == t->argv + 1 && t->is_python ? "the script memtap runs"
                 : "a file the program is given");
+    }
 }
 
 /* The closing line, with the command to read the capture when it is a

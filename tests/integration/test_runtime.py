@@ -931,6 +931,8 @@ def test_refuses_an_output_that_is_the_program_or_its_file(tmp_path):
         (link, ["--python", DEFAULT_PYTHON, script], "the script memtap runs"),
         (exe, [exe, "-c", "print('ran')"], "the program memtap runs"),
         (data, ["--python", DEFAULT_PYTHON, script, data], "a file the program is given"),
+        (data, ["--python", DEFAULT_PYTHON, script, "--input=%s" % data],
+         "a file the program is given"),
     ]
     for out, args, what in cases:
         before = {p: p.read_bytes() for p in (script, data, exe)}
