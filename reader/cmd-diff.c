@@ -26,12 +26,14 @@ struct side_row {
     const char *function, *file;
     int32_t line;
     uint64_t bytes, count;
+    const struct mt_loc *loc;  /* as shown */
 };
 
 struct drow {
     const char *function, *file;
     int32_t line;
     uint64_t bytes[2], count[2];
+    const struct mt_loc *loc;
 };
 
 static int cmp_key(const char *f1, const char *p1, int32_t l1,
@@ -114,7 +116,7 @@ static struct side_row *side_rows(struct mt_report *r, uint32_t *n)
         if (!per_loc[loc][0] && !per_loc[loc][1]) continue;
         const struct mt_loc *l = mt_report_loc(r, loc);
         out[(*n)++] = (struct side_row){
-            l->function, mt_loc_where(l), l->line, per_loc[loc][0], per_loc[loc][1] };
+            l->function, mt_loc_where(l), l->line, per_loc[loc][0], per_loc[loc][1], l };
     }
     free(per_loc);
     if (*n > 1)
@@ -235,13 +237,9 @@ static void print_table(struct mt_report *r[2], const struct drow *d, uint32_t n
         mt_format_size(d[i].bytes[0], s0, sizeof s0);
         mt_format_size(d[i].bytes[1], s1, sizeof s1);
         printf("%10s %10s %s%11s%s %+9lld  %s%s%s", s0, s1, c > 0 ? red : c < 0 ? green : "",
-               fmt_change(sc, sizeof sc, c), off, dc, cyan, d[i].function, off);
-        if (d[i].file[0] && d[i].line > 0)
-            printf("  %s%s:%d%s\n", dim, d[i].file, (int)d[i].line, off);
-        else if (d[i].file[0])
-            printf("  %s%s%s\n", dim, d[i].file, off);
-        else
-            putchar('\n');
+               fmt_change(sc, sizeof sc, c), off, dc, cyan, mt_loc_name(d[i].loc), off);
+        mt_loc_put_place(stdout, d[i].loc, dim, off);
+        putchar('\n');
     }
     if (n < all)
         printf("%s... %u more location%s (use -n)%s\n", dim, all - n,
@@ -321,7 +319,7 @@ int cmd_diff(int argc, char **argv)
               : cmp_side(&side[0][i], &side[1][j]);
         const struct side_row *k = c <= 0 ? &side[0][i] : &side[1][j];
         struct drow *x = &d[n++];
-        x->function = k->function; x->file = k->file; x->line = k->line;
+        x->function = k->function; x->file = k->file; x->line = k->line; x->loc = k->loc;
         if (c <= 0) { x->bytes[0] = side[0][i].bytes; x->count[0] = side[0][i].count; i++; }
         if (c >= 0) { x->bytes[1] = side[1][j].bytes; x->count[1] = side[1][j].count; j++; }
     }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "report.h"
+#include "util.h"
 
 static const char usage[] =
     "memtap export --format collapsed|austin|speedscope|csv FILE [-o OUT] "
@@ -18,26 +19,57 @@ static const char usage[] =
 
 enum fmt { F_COLLAPSED, F_AUSTIN, F_SPEEDSCOPE, F_CSV };
 
-/* Writes s with the characters that would break a line-oriented format
- * (';' separates frames, newlines separate samples) replaced. */
-static void put_clean(FILE *f, const char *s)
+/* Writes s as UTF-8: a byte of a name in another encoding becomes U+FFFD,
+ * as the tools that read these files (Austin's, inferno, spreadsheets)
+ * take nothing else. With `semicolons`, ';' becomes ',' (it separates
+ * frames); `quotes` doubles '"' (CSV). */
+static void put_text(FILE *f, const char *s, int semicolons, int quotes)
 {
-    for (; *s; s++) {
-        char c = *s;
-        if (c == ';') c = ',';
-        else if (c == '\n' || c == '\r' || c == '\t') c = ' ';
-        putc(c, f);
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = mt_utf8_len(p);
+        if (!n) {
+            fputs("\xef\xbf\xbd", f);
+            p++;
+            continue;
+        }
+        if (n == 1) {
+            char c = (char)*p;
+            if (c == ';' && semicolons) c = ',';
+            else if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+            else if (c == '"' && quotes) putc('"', f);
+            putc(c, f);
+        } else {
+            fwrite(p, 1, (size_t)n, f);
+        }
+        p += n;
     }
 }
+
+/* Writes s with the characters that would break a line-oriented format
+ * (';' separates frames, newlines separate samples) replaced. */
+static void put_clean(FILE *f, const char *s) { put_text(f, s, 1, 0); }
 
 static void put_csv(FILE *f, const char *s)
 {
     putc('"', f);
-    for (; *s; s++) {
-        if (*s == '"') putc('"', f);
-        putc(*s, f);
-    }
+    put_text(f, s, 0, 1);
     putc('"', f);
+}
+
+/* A growing buffer for locations as text: exports write them whole. */
+struct text { char *s; size_t cap; };
+
+static const char *loc_text(struct text *t, const struct mt_loc *l)
+{
+    size_t n = mt_loc_format(l, t->s, t->cap);
+    if (n >= t->cap) {
+        t->cap = n + 1;
+        t->s = realloc(t->s, t->cap);
+        if (!t->s) { fputs("memtap: out of memory\n", stderr); exit(1); }
+        mt_loc_format(l, t->s, t->cap);
+    }
+    return t->s;
 }
 
 /* The thread id Austin is given for thread index `index`: the pid (the
@@ -58,7 +90,8 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
     const struct mt_report_opts *o = mt_report_options(r);
     uint32_t ng;
     const uint32_t *order = mt_report_sorted_groups(r, &ng);
-    char buf[4096];
+    struct text buf = { malloc(256), 256 };
+    if (!buf.s) { fputs("memtap: out of memory\n", stderr); exit(1); }
 
     if (austin) {
         /* "full" mode (time,idle,memory per sample) rather than "memory":
@@ -91,7 +124,7 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
                 putc(';', f);
                 put_clean(f, mt_loc_where(l)[0] ? mt_loc_where(l) : "?");
                 putc(':', f);
-                put_clean(f, l->function[0] ? l->function : MT_UNNAMED);
+                put_clean(f, mt_loc_name(l));
                 fprintf(f, ":%d", (int)l->line);
             }
         } else {
@@ -103,11 +136,12 @@ static void write_collapsed(struct mt_report *r, FILE *f, int austin)
             for (int d = depth - 1; d >= 0; d--) {
                 if (!first) putc(';', f);
                 first = 0;
-                put_clean(f, mt_loc_format(mt_report_loc(r, stack[d]), buf, sizeof buf));
+                put_clean(f, loc_text(&buf, mt_report_loc(r, stack[d])));
             }
         }
         fprintf(f, austin ? " 0,0,%llu\n" : " %llu\n", (unsigned long long)bytes);
     }
+    free(buf.s);
 }
 
 static void write_speedscope(struct mt_report *r, FILE *f)
@@ -222,7 +256,9 @@ static void write_csv(struct mt_report *r, FILE *f)
 {
     uint32_t ng;
     const uint32_t *order = mt_report_sorted_groups(r, &ng);
-    char buf[4096], al[256];
+    char al[256];
+    struct text buf = { malloc(256), 256 };
+    if (!buf.s) { fputs("memtap: out of memory\n", stderr); exit(1); }
 
     fputs("thread,bytes,count,allocators,function,file,line,stack\n", f);
     for (uint32_t i = 0; i < ng; i++) {
@@ -243,15 +279,12 @@ static void write_csv(struct mt_report *r, FILE *f)
         put_csv(f, leaf->file[0] ? leaf->file : leaf->object);
         fprintf(f, ",%d,\"", (int)leaf->line);
         for (int d = depth - 1; d >= 0; d--) {
-            mt_loc_format(mt_report_loc(r, stack[d]), buf, sizeof buf);
-            for (const char *s = buf; *s; s++) {
-                if (*s == '"') putc('"', f);
-                putc(*s == ';' ? ',' : *s, f);
-            }
+            put_text(f, loc_text(&buf, mt_report_loc(r, stack[d])), 1, 1);
             if (d) putc(';', f);
         }
         fputs("\"\n", f);
     }
+    free(buf.s);
 }
 
 int cmd_export(int argc, char **argv)

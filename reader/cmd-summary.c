@@ -132,15 +132,9 @@ static void print_table(struct mt_report *r, const struct srow *srows, uint32_t 
                (unsigned long long)row->total_count);
         if (split)
             printf("[%s]  ", mt_report_loc(r, mt_report_thread_loc(r, srows[i].thread))->function);
-        printf("%s%s%s", cyan, l->function, off);
-        if (l->file[0] && l->line > 0)
-            printf("  %s%s:%d%s\n", dim, l->file, (int)l->line, off);
-        else if (l->file[0])
-            printf("  %s%s%s\n", dim, l->file, off);
-        else if (l->object[0] && !l->is_python)
-            printf("  %s(%s)%s\n", dim, l->object, off);
-        else
-            putchar('\n');
+        printf("%s%s%s", cyan, mt_loc_name(l), off);
+        mt_loc_put_place(stdout, l, dim, off);
+        putchar('\n');
     }
     if (n < all)
         printf("%s... %u more location%s (use -n)%s\n", dim, all - n,

@@ -38,10 +38,8 @@ static void print_node(struct tree_print *p, uint32_t id, const char *connector)
                connector, off, yel, size, off,
                p->total ? 100.0 * (double)nd->bytes / (double)p->total : 0.0,
                (unsigned long long)nd->count, nd->count == 1 ? "" : "s",
-               cyan, l->function, off);
-        if (l->file[0] && l->line > 0) printf("  %s%s:%d%s", dim, l->file, (int)l->line, off);
-        else if (l->file[0]) printf("  %s%s%s", dim, l->file, off);
-        else if (!l->is_python && l->object[0]) printf("  %s(%s)%s", dim, l->object, off);
+               cyan, mt_loc_name(l), off);
+        mt_loc_put_place(stdout, l, dim, off);
         putchar('\n');
 
         /* the indentation under this node: below a connector, continue its column */

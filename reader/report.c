@@ -625,21 +625,96 @@ const char *mt_incomplete_why(const struct mt_analysis *a)
                ? "its data is damaged there" : MT_INCOMPLETE_WHY;
 }
 
-char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap)
+const char *mt_loc_name(const struct mt_loc *l)
 {
-    /* Code compiled with an empty name or file name (compile(src, "", ...))
-     * still makes a frame with a line: never an empty one. */
-    const char *fn = l->function[0] ? l->function : MT_UNNAMED;
+    /* Code compiled with an empty name (compile(src, "", ...)) still makes
+     * a frame: never an empty one. */
+    return l->function[0] ? l->function : MT_UNNAMED;
+}
+
+enum place { P_NONE, P_LINE, P_FILE, P_OBJECT };
+
+/* Which of the forms of mt_loc_place l takes, and its file or object. */
+static enum place loc_place(const struct mt_loc *l, const char **where)
+{
     const char *file = l->file ? l->file : "";
-    if (l->line > 0 && (file[0] || l->is_python))
-        snprintf(buf, cap, "%s (%s:%d)", fn, file, (int)l->line);
-    else if (file[0])
-        snprintf(buf, cap, "%s (%s)", fn, file);
-    else if (!l->is_python && l->object && l->object[0] && !strstr(fn, " ("))
-        snprintf(buf, cap, "%s (%s)", fn, l->object);
-    else
-        snprintf(buf, cap, "%s", fn);
-    return buf;
+    /* Python code from an empty file name still has its line */
+    *where = file[0] ? file : MT_NO_FILE;
+    if (l->line > 0 && (file[0] || l->is_python == 1)) return P_LINE;
+    if (file[0]) return P_FILE;
+    *where = l->object ? l->object : "";
+    if (!l->is_python && (*where)[0]) return P_OBJECT;
+    *where = "";
+    return P_NONE;
+}
+
+/* The length of s's longest prefix of at most max bytes that ends at a
+ * character boundary: a cut text stays UTF-8. */
+static size_t char_prefix(const char *s, size_t max)
+{
+    size_t n = strnlen(s, max);
+    if (n < max || !s[n]) return n;
+    while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80) n--;
+    return n;
+}
+
+/* Where l is as text ("file:line", "file", "(object)" or "") into buf,
+ * cut at a character boundary when it does not fit (buf may be NULL when
+ * cap is 0). @return the length of the whole text. */
+static size_t loc_place_text(const struct mt_loc *l, char *buf, size_t cap)
+{
+    const char *w;
+    int n = 0;
+    switch (loc_place(l, &w)) {
+    case P_LINE: n = snprintf(buf, cap, "%s:%d", w, (int)l->line); break;
+    case P_FILE: n = snprintf(buf, cap, "%s", w); break;
+    case P_OBJECT: n = snprintf(buf, cap, "(%s)", w); break;
+    case P_NONE: if (cap) buf[0] = 0; break;
+    }
+    if (n < 0) n = 0;
+    if ((size_t)n >= cap && cap)
+        buf[char_prefix(buf, cap - 1)] = 0;
+    return (size_t)n;
+}
+
+void mt_loc_put_place(FILE *f, const struct mt_loc *l, const char *dim,
+                      const char *off)
+{
+    char small[256], *s = small;
+    size_t n = loc_place_text(l, small, sizeof small);
+    if (!n) return;
+    if (n >= sizeof small) {
+        s = xrealloc(NULL, n + 1);
+        loc_place_text(l, s, n + 1);
+    }
+    fprintf(f, "  %s%s%s", dim, s, off);
+    if (s != small) free(s);
+}
+
+size_t mt_loc_format(const struct mt_loc *l, char *buf, size_t cap)
+{
+    const char *fn = mt_loc_name(l), *w;
+    enum place p = loc_place(l, &w);
+    if (p == P_OBJECT && strstr(fn, " ("))  /* a degraded name carries its object */
+        p = P_NONE;
+    char tail[32] = "";
+    if (p == P_LINE) snprintf(tail, sizeof tail, ":%d)", (int)l->line);
+    else if (p != P_NONE) strcpy(tail, ")");
+    const char *open = p == P_NONE ? "" : " (";
+    if (p == P_NONE) w = "";
+    else if (p == P_OBJECT) w = l->object;
+    size_t fl = strlen(fn), rest = strlen(open) + strlen(w) + strlen(tail);
+    if (fl + rest < cap) {
+        snprintf(buf, cap, "%s%s%s%s", fn, open, w, tail);
+    } else if (rest + sizeof "..." < cap) {
+        /* the name gives way: where it is matters more than its end */
+        int keep = (int)char_prefix(fn, cap - rest - sizeof "...");
+        snprintf(buf, cap, "%.*s...%s%s%s", keep, fn, open, w, tail);
+    } else if (cap) {
+        snprintf(buf, cap, "%s%s%s%s", fn, open, w, tail);
+        buf[char_prefix(buf, cap - 1)] = 0;
+    }
+    return fl + rest;
 }
 
 /* ---- classification and the hybrid merge -------------------------------------------- */

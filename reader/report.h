@@ -141,6 +141,9 @@ uint32_t mt_report_innermost(struct mt_report *r, const struct mt_group *g,
 
 /* What exports call a frame of code compiled with an empty name. */
 #define MT_UNNAMED "[unnamed]"
+/* What text reports show for the file of code compiled from an empty file
+ * name. */
+#define MT_NO_FILE "[no file]"
 
 /* mt_report_innermost's accept() for where a program asked for memory:
  * Python code, or native code outside the C library (and the loader). */
@@ -169,9 +172,21 @@ void mt_report_json_meta(struct mt_report *r, FILE *f);
  * short (MT_INCOMPLETE_WHY), or damaged data. */
 const char *mt_incomplete_why(const struct mt_analysis *a);
 
-/* "function (file:line)", "function (file)" or "function" into buf.
- * @return buf. */
-char *mt_loc_format(const struct mt_loc *l, char *buf, size_t cap);
+/* l's function as reports show it: MT_UNNAMED for an empty name. */
+const char *mt_loc_name(const struct mt_loc *l);
+
+/* Writes "  " and where l is, as text reports show it after its function:
+ * "file:line", "file", "(object)" for native code without source (Python
+ * code compiled from an empty file name: MT_NO_FILE":line"), between the
+ * terminal codes dim and off; nothing when nothing is known. */
+void mt_loc_put_place(FILE *f, const struct mt_loc *l, const char *dim,
+                      const char *off);
+
+/* "function (file:line)", "function (file)", "function (object)" or
+ * "function" into buf (cap > 0). When it does not fit, the function's name
+ * is cut (at a character boundary, marked "...") before where it is.
+ * @return the length of the whole text: >= cap when buf holds it cut. */
+size_t mt_loc_format(const struct mt_loc *l, char *buf, size_t cap);
 
 /* ---- the hybrid merge (pure; exposed for unit tests) ----------------------- */
 

@@ -91,8 +91,12 @@ static const uint8_t *get_bytes(struct cursor *c, uint32_t *len)
  * slots; long strings are cut (names and paths, never data). */
 static const char *keep_str(struct mt_reader *r, const uint8_t *s, uint32_t n, int slot)
 {
-    if (n > 4096)
+    if (n > 4096) {
         n = 4096;
+        /* whole characters: what is kept of a name stays UTF-8 */
+        for (uint32_t k = 0; k < 3 && n > 0 && (s[n] & 0xc0) == 0x80; k++)
+            n--;
+    }
     memcpy(r->strings[slot], s, n);
     r->strings[slot][n] = 0;
     return r->strings[slot];

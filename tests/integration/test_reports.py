@@ -565,14 +565,23 @@ KEEP = mk()
 
 def test_export_frame_without_name_or_file(tmp_path):
     """Code with an empty name and file name (compile(src, "", ...)) still
-    has its line: the collapsed and CSV stacks name it, never an empty
-    frame (it was "...;" and the line was lost)."""
+    has its line: every report names it, never an empty frame or location
+    (exports had "...;" and the line was lost; summary, tree and diff showed
+    a blank location)."""
     script = tmp_path / "nameless.py"
     script.write_text(NAMELESS)
     cap = tmp_path / "c.bin"
     proc = memtap_run(["-q", "-o", cap, "--python", DEFAULT_PYTHON, script], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    leaf = "[unnamed] (:%d)" % line_of(NAMELESS, "alloc")
+    line = line_of(NAMELESS, "alloc")
+    shown = "[unnamed]  [no file]:%d" % line
+    assert re.search(r"^ *293 KiB .*  1  " + re.escape(shown) + "$",
+                     memtap("summary", "--leaks", cap).stdout, re.M)
+    assert re.search(r"293 KiB \(.*, 1 allocation\)  " + re.escape(shown) + "$",
+                     memtap("tree", "--leaks", cap).stdout, re.M)
+    assert re.search(r"^ +293 KiB +293 KiB .* \+0  " + re.escape(shown) + "$",
+                     memtap("diff", "--leaks", cap, cap).stdout, re.M)
+    leaf = "[unnamed] ([no file]:%d)" % line
     stacks = [l.rsplit(" ", 1) for l in memtap("export", "--leaks", "--format", "collapsed",
                                                 cap).stdout.splitlines()]
     assert [w for st, w in stacks if st.split(";")[-1] == leaf] == ["300001"], stacks[:5]
@@ -582,6 +591,54 @@ def test_export_frame_without_name_or_file(tmp_path):
     austin = memtap("export", "--leaks", "--format", "austin", cap).stdout
     assert [l for l in austin.splitlines()
             if l.endswith(";?:[unnamed]:%d 0,0,300001" % line_of(NAMELESS, "alloc"))], austin
+
+
+LONG_NAMES = """\
+NAME = "f" + "\\u00e9" * 3000
+src = "def %s():\\n    return bytearray(400000)\\nKEEP = %s()\\n" % (NAME, NAME)
+exec(compile(src, "long.py", "exec"))
+# a file name that is no UTF-8 (bytes 0xff 0xfe), as os.fsdecode gives it
+exec(compile("KEEP2 = bytearray(500000)\\n", b"/tmp/x\\xff\\xfe.py".decode("utf-8", "surrogateescape"), "exec"))
+"""
+
+
+def test_exports_keep_long_names_and_write_utf8(tmp_path):
+    """A frame whose name is longer than 4 KiB keeps its (file:line) in
+    exports (the text was cut at 4,096 bytes and the line was lost), and
+    the name is cut between characters (it was cut in the middle of one); a file name that is no UTF-8 comes
+    out with U+FFFD where its bytes were, as the readers of these formats
+    take nothing else (Austin's tools failed on the raw bytes)."""
+    script = tmp_path / "names.py"
+    script.write_text(LONG_NAMES)
+    cap = tmp_path / "c.bin"
+    proc = memtap_run(["-q", "-o", cap, "--python", DEFAULT_PYTHON, script], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    name = "f" + "\u00e9" * 2047  # reports keep 4,096 bytes of a name: whole characters
+    bad = "/tmp/x\ufffd\ufffd.py"
+
+    def export(fmt):
+        out = subprocess.run([str(MEMTAP), "export", "--leaks", "--format", fmt, str(cap)],
+                             capture_output=True, timeout=TIMEOUT, env=clean_env())
+        assert out.returncode == 0, out.stderr
+        return out.stdout.decode("utf-8")  # strict: the file is UTF-8
+
+    stacks = dict(l.rsplit(" ", 1) for l in export("collapsed").splitlines())
+    assert [w for st, w in stacks.items()
+            if st.endswith(";%s (long.py:2)" % name)] == ["400001"]
+    assert [w for st, w in stacks.items()
+            if st.endswith(";<module> (%s:1)" % bad)] == ["500001"]
+    rows = list(csv.DictReader(io.StringIO(export("csv"))))
+    assert [(r["function"], r["bytes"]) for r in rows
+            if r["stack"].endswith(";%s (long.py:2)" % name)] == [(name, "400001")]
+    assert [r["file"] for r in rows if r["bytes"] == "500001"] == [bad]
+    austin = export("austin").splitlines()
+    assert [l for l in austin if l.endswith(";long.py:%s:2 0,0,400001" % name)]
+    assert [l for l in austin if l.endswith(";%s:<module>:1 0,0,500001" % bad)]
+    # the text reports cut a name too long for a line, never where it is
+    # (text reports write a name's bytes as they are, as ls does)
+    stats = subprocess.run([str(MEMTAP), "stats", str(cap)], capture_output=True,
+                           timeout=TIMEOUT, env=clean_env()).stdout.decode(errors="replace")
+    assert re.search(r"  f\u00e9+\.\.\. \(long\.py:2\)$", stats, re.M), stats
 
 
 def test_export_speedscope(main_capture, tmp_path):

@@ -498,9 +498,24 @@ static void test_misc(void)
 {
     char buf[128];
     struct mt_loc l = { "f", "x.py", 3, 1, "" };
-    CHECK(!strcmp(mt_loc_format(&l, buf, sizeof buf), "f (x.py:3)"), "%s", buf);
+    CHECK(mt_loc_format(&l, buf, sizeof buf) == 10 && !strcmp(buf, "f (x.py:3)"), "%s", buf);
     struct mt_loc n = { "0x1a2b", "", 0, 0, "libfoo.so" };
-    CHECK(!strcmp(mt_loc_format(&n, buf, sizeof buf), "0x1a2b (libfoo.so)"), "%s", buf);
+    mt_loc_format(&n, buf, sizeof buf);
+    CHECK(!strcmp(buf, "0x1a2b (libfoo.so)"), "%s", buf);
+    /* compile(src, "", "exec"): no name, no file, but a line */
+    struct mt_loc e = { "", "", 2, 1, "" };
+    mt_loc_format(&e, buf, sizeof buf);
+    CHECK(!strcmp(buf, MT_UNNAMED " (" MT_NO_FILE ":2)"), "%s", buf);
+    /* a name too long for the buffer gives way, at a character boundary,
+     * and where it is stays whole */
+    struct mt_loc g = { "f\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", "y.py", 12, 1, "" };
+    char small[16];
+    CHECK(mt_loc_format(&g, small, sizeof small) == 21, "%zu", strlen(small));
+    CHECK(!strcmp(small, "f... (y.py:12)"), "%s", small);
+    /* not even where it is fits: cut whole characters */
+    struct mt_loc h = { "f", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9.py", 1, 1, "" };
+    CHECK(mt_loc_format(&h, small, sizeof small) == 23, "%s", small);
+    CHECK(!strcmp(small, "f (\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"), "%s", small);
     CHECK(!strcmp(mt_default_output("flamegraph", "/tmp/run.bin", "html", buf, sizeof buf),
                   "memtap-flamegraph-run.html"), "%s", buf);
     mt_allocators_format((1u << MT_A_MALLOC) | (1u << MT_A_MMAP), buf, sizeof buf);
