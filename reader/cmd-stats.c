@@ -135,7 +135,8 @@ static void print_text(struct mt_report *r)
     char b1[32], b2[32], b3[32];
     printf("Capture of: %s\n", mt_report_clean(r, a->header.command));
     printf("  pid %d, %s, format %u%s\n", a->header.pid,
-           a->python_version ? a->python_version : "not Python",
+           /* null for a Python memtap cannot walk (3.8) as well */
+           a->python_version ? a->python_version : "no Python stacks",
            a->header.format_version,
            native_stacks(a) ? ", native stacks" : "");
     if (!a->complete)

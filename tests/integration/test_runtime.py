@@ -117,6 +117,31 @@ def make_dictionary_tool():
     return module
 
 
+PYTHON38 = "/root/.pyenv/versions/3.8.18/bin/python3.8"
+
+
+@pytest.mark.skipif(not os.access(PYTHON38, os.X_OK), reason="no " + PYTHON38)
+def test_a_python_too_old_to_walk_is_recorded_natively(tmp_path):
+    """3.8 (no Python stacks: before 3.9) runs as it would untracked, says
+    so in one line, and is recorded with native stacks; stats says it has no
+    Python stacks (it said "not Python")."""
+    script = write_script(tmp_path, "x = bytearray(10**7)\nprint('done', len(x))\n")
+    cap = tmp_path / "c.bin"
+    proc = memtap_run(["-q", "-o", cap, "--python", PYTHON38, script], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == b"done 10000000\n", proc
+    assert proc.stderr.decode().splitlines() == [
+        "memtap: python 3.8.18: versions before 3.9 are not supported; "
+        "recording native stacks only"]
+    stats = memtap_stats(cap)
+    assert stats["python_version"] is None and stats["native"] is True
+    text = subprocess.run([str(MEMTAP), "stats", str(cap)], capture_output=True, text=True,
+                          timeout=TIMEOUT).stdout
+    assert ", no Python stacks, format " in text.splitlines()[1], text
+    rows = json.loads(subprocess.run([str(MEMTAP), "summary", "--json", str(cap)],
+                                     capture_output=True, timeout=TIMEOUT).stdout)
+    assert any(r["own_bytes"] == 10**7 + 1 for r in rows["rows"]), rows["rows"][:5]
+
+
 @pytest.mark.parametrize("python", interpreter_params(min_version=(3, 9)))
 def test_start_up_compressed_against_its_version_dictionary(tmp_path, run_memtap, python):
     """From the block with the program's Python version on, blocks name that
