@@ -75,6 +75,11 @@ struct mt_symbolizer {
     struct str_entry *strs; /* interned strings */
     size_t strs_cap, strs_used;
 
+    /* qualified C++ names of declarations without a linkage name, by the
+     * address of their DIE (unique across objects): one CU walk each */
+    struct qual_entry { const void *die; const char *name; } *quals;
+    size_t quals_cap, quals_used;
+
     char *(*cxa_demangle)(const char *, char *, size_t *, int *);
 };
 
@@ -645,7 +650,105 @@ static const struct elf_sym *object_sym(struct object *o, uint64_t pc)
 
 /* A DIE's function name: linkage name if any (through abstract_origin and
  * specification), else its plain name. */
-static const char *die_function_name(Dwarf_Die *die)
+static int is_cplusplus(Dwarf_Die *die)
+{
+    Dwarf_Die cu;
+    if (!dwarf_diecu(die, &cu, NULL, NULL))
+        return 0;
+    int lang = dwarf_srclang(&cu);
+    return lang == DW_LANG_C_plus_plus || lang == DW_LANG_C_plus_plus_03 ||
+           lang == DW_LANG_C_plus_plus_11 || lang == DW_LANG_C_plus_plus_14;
+}
+
+/* "outer::(anonymous namespace)::Widget::name": name qualified by the
+ * namespaces and classes around die's declaration, or NULL when it has
+ * none. malloc'd. */
+static char *qualify(Dwarf_Die *die, const char *name)
+{
+    Dwarf_Die decl = *die, ref, *scopes = NULL;
+    Dwarf_Attribute attr;
+    /* an inlined copy or an out-of-class definition points at the
+     * declaration, which sits in its scope */
+    for (int k = 0; k < 8; k++) {
+        if (!dwarf_formref_die(dwarf_attr(&decl, DW_AT_abstract_origin, &attr), &ref) &&
+            !dwarf_formref_die(dwarf_attr(&decl, DW_AT_specification, &attr), &ref))
+            break;
+        decl = ref;
+    }
+    int n = dwarf_getscopes_die(&decl, &scopes);
+    size_t len = strlen(name) + 1;
+    for (int i = 1; i < n; i++)
+        len += (dwarf_diename(&scopes[i]) ? strlen(dwarf_diename(&scopes[i]))
+                                           : sizeof "(anonymous namespace)") + 2;
+    char *q = n > 1 ? malloc(len) : NULL;
+    if (q) {
+        char *p = q;
+        *p = 0;
+        for (int i = n - 1; i >= 1; i--) {  /* outermost first; scopes[0] is decl */
+            int tag = dwarf_tag(&scopes[i]);
+            const char *sn = dwarf_diename(&scopes[i]);
+            if (tag == DW_TAG_namespace)
+                sn = sn ? sn : "(anonymous namespace)";
+            else if (tag != DW_TAG_class_type && tag != DW_TAG_structure_type &&
+                     tag != DW_TAG_union_type)
+                continue;  /* the compile unit; a function around a local class */
+            else if (!sn)
+                sn = "(anonymous class)";
+            p += sprintf(p, "%s::", sn);
+        }
+        if (p == q) {
+            free(q);
+            q = NULL;
+        } else {
+            strcpy(p, name);
+        }
+    }
+    free(scopes);
+    return q;
+}
+
+/* qualify(), once per declaration. */
+static const char *qualified_name(struct mt_symbolizer *s, Dwarf_Die *die,
+                                  const char *name, int *oom)
+{
+    if (2 * (s->quals_used + 1) > s->quals_cap) {
+        size_t cap = s->quals_cap ? 2 * s->quals_cap : 64;
+        struct qual_entry *t = calloc(cap, sizeof(*t));
+        if (!t) {
+            *oom = 1;
+            return NULL;
+        }
+        for (size_t k = 0; k < s->quals_cap; k++) {
+            if (!s->quals[k].die)
+                continue;
+            size_t j = hash_ip((uintptr_t)s->quals[k].die) & (cap - 1);
+            while (t[j].die)
+                j = (j + 1) & (cap - 1);
+            t[j] = s->quals[k];
+        }
+        free(s->quals);
+        s->quals = t;
+        s->quals_cap = cap;
+    }
+    size_t mask = s->quals_cap - 1, i = hash_ip((uintptr_t)die->addr) & mask;
+    for (; s->quals[i].die; i = (i + 1) & mask)
+        if (s->quals[i].die == die->addr)
+            return s->quals[i].name;
+    char *q = qualify(die, name);
+    const char *r = intern(s, q ? q : name, oom);
+    free(q);
+    s->quals[i] = (struct qual_entry){ die->addr, r };
+    s->quals_used++;
+    return r;
+}
+
+/* The name a frame of function DIE die shows: its demangled linkage name;
+ * for C++ without one (an anonymous namespace, a file-static function),
+ * the ELF symbol's when die is the function at pc (it has the parameters,
+ * as linkage names do), else the name qualified by its scopes; for C, its
+ * name. */
+static const char *die_function_name(struct mt_symbolizer *s, Dwarf_Die *die,
+                                     const char *elfname, int *oom)
 {
     Dwarf_Attribute attr;
     const char *name;
@@ -654,9 +757,25 @@ static const char *die_function_name(Dwarf_Die *die)
     if (!name)
         name = dwarf_formstring(
             dwarf_attr_integrate(die, DW_AT_MIPS_linkage_name, &attr));
-    if (!name)
-        name = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_name, &attr));
-    return name;
+    if (name)
+        return intern_symbol(s, name, oom);
+    name = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_name, &attr));
+    if (!name || !is_cplusplus(die))
+        return intern(s, name, oom);
+    if (elfname && elfname[0] == '_' && elfname[1] == 'Z') {
+        /* without a clone's suffix (".constprop.0", ".cold"), which a
+         * linkage name never has: no mangled name holds a '.' */
+        size_t n = strcspn(elfname, ".");
+        char *base = strndup(elfname, n);
+        if (!base) {
+            *oom = 1;
+            return NULL;
+        }
+        const char *r = intern_symbol(s, base, oom);
+        free(base);
+        return r;
+    }
+    return qualified_name(s, die, name, oom);
 }
 
 static int push_frame(struct mt_symbolizer *s, const struct mt_symbol *f)
@@ -880,7 +999,8 @@ static int resolve_in_object(struct mt_symbolizer *s, struct object *o,
 
         if (tag != DW_TAG_inlined_subroutine && tag != DW_TAG_subprogram)
             continue;
-        f.function = intern_symbol(s, die_function_name(&scopes[i]), oom);
+        f.function = die_function_name(s, &scopes[i],
+                                       tag == DW_TAG_subprogram ? elfname : NULL, oom);
         f.file = intern(s, file, oom);
         f.line = lineno > 0 ? (uint32_t)lineno : 0;
         f.column = col > 0 ? (uint32_t)col : 0;
@@ -1013,6 +1133,7 @@ void mt_symbolizer_free(struct mt_symbolizer *s)
     for (size_t i = 0; i < s->strs_cap; i++)
         free(s->strs[i].s);
     free(s->strs);
+    free(s->quals);
     free(s->objs);
     free(s->kills);
     free(s->ips);

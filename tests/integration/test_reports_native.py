@@ -188,6 +188,24 @@ def test_cxx_demangled_names_and_lines(cxx_capture):
         assert "memtap" not in r["file"] or r["file"].endswith(".cpp"), r
 
 
+def test_cxx_names_of_internal_linkage(cxx_capture):
+    """Functions in an anonymous namespace and file-static ones have no
+    linkage name in the DWARF: they keep their namespaces and classes (they
+    were shown as plain "fill", "anon_inl")."""
+    cap, text = cxx_capture
+    rep = json.loads(memtap("summary", "--json", cap))
+    r = _row(rep, "ns::(anonymous namespace)::Cache::fill(unsigned long)",
+             line_of(text, "anon_static"))
+    assert (r["own_bytes"], r["own_count"]) == (111111, 1)
+    # inlined: no symbol of its own, so qualified by its declaration's scopes
+    r = _row(rep, "ns::(anonymous namespace)::anon_inl", line_of(text, "anon_inlined"))
+    assert (r["own_bytes"], r["own_count"]) == (222222, 1)
+    r = _row(rep, "main", line_of(text, "main_anon_inl"))
+    assert (r["own_bytes"], r["total_bytes"]) == (0, 222222)
+    r = _row(rep, "file_static(unsigned long)", line_of(text, "file_static"))
+    assert (r["own_bytes"], r["own_count"]) == (333333, 1)
+
+
 def test_cxx_tree_order(cxx_capture):
     cap, text = cxx_capture
     out = memtap("tree", "-n", "1", cap).splitlines()

@@ -36,9 +36,32 @@ template <typename T> T *alloc_array(std::size_t n)
     return new T[n];                      /* @template */
 }
 
+// Internal linkage: no linkage name in the DWARF of these; the names come
+// from the ELF symbol (with parameters) or, inlined, from the scopes around
+// the declaration.
+namespace {
+struct Cache {
+    static __attribute__((noinline)) char *fill(std::size_t n)
+    {
+        return static_cast<char *>(std::malloc(n)); /* @anon_static */
+    }
+};
+
+inline __attribute__((always_inline)) char *anon_inl(std::size_t n)
+{
+    return static_cast<char *>(std::malloc(n)); /* @anon_inlined */
+}
+} // namespace
+
 } // namespace ns
 
+static __attribute__((noinline)) char *file_static(std::size_t n)
+{
+    return static_cast<char *>(std::malloc(n)); /* @file_static */
+}
+
 static std::vector<ns::Widget *> keep;
+static char *internal[3];
 
 int main()
 {
@@ -46,6 +69,9 @@ int main()
     keep.push_back(ns::Widget::make(3000000));         /* @main_make */
     keep.back()->grow(1234567);                        /* @main_grow */
     long *a = ns::alloc_array<long>(250000);           /* @main_tmpl */
+    internal[0] = ns::Cache::fill(111111);
+    internal[1] = ns::anon_inl(222222);                /* @main_anon_inl */
+    internal[2] = file_static(333333);
     std::printf("%ld\n", a[0] = 7);
     return 0;
 }
