@@ -273,10 +273,13 @@ int cmd_diff(int argc, char **argv)
             o.json = 1;
         } else if (!strcmp(arg, "--show-internals")) {
             o.show_internals = 1;
-        } else if (!strcmp(arg, "-n") || !strcmp(arg, "--rows")) {
+        } else if (!strncmp(arg, "-n", 2) || !strcmp(arg, "--rows") ||
+                   !strncmp(arg, "--rows=", 7)) {
             char *end;
-            if (i + 1 >= argc) goto no_value;
-            val = argv[++i];
+            if (arg[1] == 'n' && arg[2]) val = arg + 2;           /* -n5 */
+            else if (arg[1] == '-' && arg[6] == '=') val = arg + 7;  /* --rows=5 */
+            else if (i + 1 < argc) val = argv[++i];
+            else goto no_value;
             o.rows = strtol(val, &end, 10);
             if (*end || end == val || o.rows < 1) {
                 fprintf(stderr, "memtap: bad row count '%s' (1 or more)\nusage: %s\n", val, usage);

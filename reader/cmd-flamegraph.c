@@ -215,11 +215,8 @@ int cmd_flamegraph(int argc, char **argv)
     }
     mt_write_template(f, mt_flamegraph_html, fill, &g);
     rc = mt_output_close(f, out) ? 1 : 0;
-    if (!rc && f != stdout) {
-        fputs("wrote ", stderr);
-        mt_put_printable(stderr, out, 0);
-        putc('\n', stderr);
-    }
+    if (!rc && f != stdout)
+        mt_say_wrote(out);
     free(g.leaf), free(g.index);
     mt_tree_release(&g.t);
     mt_report_free(r);

@@ -105,11 +105,8 @@ int cmd_table(int argc, char **argv)
     }
     mt_write_template(f, mt_table_html, fill, &t);
     rc = mt_output_close(f, out) ? 1 : 0;
-    if (!rc && f != stdout) {
-        fputs("wrote ", stderr);
-        mt_put_printable(stderr, out, 0);
-        putc('\n', stderr);
-    }
+    if (!rc && f != stdout)
+        mt_say_wrote(out);
     mt_report_free(r);
     return rc;
 }

@@ -141,6 +141,10 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
         if (eq && starts_with(arg, "--")) {
             *eq = 0;
             val = arg + (eq - name) + 1;
+        } else if (arg[1] != '-' && arg[2] && strchr("nof", arg[1])) {
+            /* -n5, -oFILE: a short option's value attached, as getopt takes it */
+            name[2] = 0;
+            val = arg + 2;
         }
 #define NEEDS(flag) \
         if (!(allowed & (flag))) \
@@ -1287,6 +1291,13 @@ FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback)
         f = fopen(path, "w");
     if (!f) (void)error("cannot write '%s': %s", path, strerror(errno));
     return f;
+}
+
+void mt_say_wrote(const char *path)
+{
+    fputs("memtap: wrote ", stderr);
+    mt_put_printable(stderr, path, 0);
+    putc('\n', stderr);
 }
 
 int mt_output_close(FILE *f, const char *path)

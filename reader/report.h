@@ -304,6 +304,8 @@ void mt_json_html_string(FILE *f, const char *s);
  * which reports a write error. */
 FILE *mt_output_open(const struct mt_report_opts *o, const char *fallback);
 int mt_output_close(FILE *f, const char *path);
+/* "memtap: wrote PATH" on stderr: where a page the user did not name went. */
+void mt_say_wrote(const char *path);
 
 /* "memtap-<kind>-<capture basename without .bin>.html" into buf, the
  * basename cut to keep the name within NAME_MAX. */

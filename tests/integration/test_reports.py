@@ -483,7 +483,7 @@ def test_default_report_names_have_no_control_characters(main_capture, tmp_path)
         proc = memtap(kind, odd, cwd=tmp_path)
         want = "memtap-%s-app_x_[31m_y.html" % kind
         assert (tmp_path / want).exists(), sorted(p.name for p in tmp_path.iterdir())
-        assert "wrote " + want in proc.stderr, proc.stderr
+        assert "memtap: wrote " + want in proc.stderr, proc.stderr
 
 
 def test_flamegraph_inverted_and_modes(main_capture, tmp_path):
@@ -837,6 +837,21 @@ def test_usage_errors(main_capture):
         lines = proc.stderr.splitlines()
         assert len(lines) == 2 and lines[1].startswith("usage: memtap %s " % args[0]), (
             args, proc.stderr)
+
+
+def test_short_options_take_attached_values(main_capture, tmp_path):
+    """-n5 and -oFILE as getopt takes them (-n5 was an unknown option), and
+    diff's --rows=N as the other reports take it."""
+    cap, _, _ = main_capture
+    for cmd in ("summary", "tree"):
+        assert memtap(cmd, "-n2", cap).stdout == memtap(cmd, "-n", "2", cap).stdout
+    assert memtap("diff", "-n1", cap, cap).stdout == memtap("diff", "-n", "1", cap, cap).stdout
+    assert (memtap("diff", "--rows=1", cap, cap).stdout
+            == memtap("diff", "--rows", "1", cap, cap).stdout)
+    memtap("export", "-fcsv", "-o" + str(tmp_path / "x.csv"), cap)
+    assert (tmp_path / "x.csv").read_text().startswith("thread,bytes,")
+    proc = memtap("summary", "-n0", cap, ok=False)
+    assert proc.returncode == 2 and "bad row count '0'" in proc.stderr, proc.stderr
 
 
 def test_numbers_out_of_range(main_capture):
