@@ -169,6 +169,7 @@ class Tracker:
         self._proc = None
         self._hook = _ExtensionLoaderHook()
         self._scope = None      # under memtap run: (memtap, run's capture, start, time)
+        self._started_by = None  # who started it when not the program (for errors)
         self._forks = None      # _forks in the process that started recording
 
     def __enter__(self):
@@ -185,8 +186,10 @@ class Tracker:
         with _lock:
             if _active is not None:
                 raise TrackerError(
-                    "memtap: a Tracker is already recording into '%s'; trackers "
-                    "cannot be nested or run concurrently" % _active.path)
+                    "memtap: a Tracker is already recording into '%s'%s; trackers "
+                    "cannot be nested or run concurrently" % (
+                        _active.path, " (%s)" % _active._started_by
+                        if _active._started_by else ""))
             _active = self
         self._forks = _forks
         try:

@@ -106,6 +106,7 @@ class _Plugin:
         path = self._path(item)
         tracker = Tracker(path, native=self.config.getoption("memtap_native"),
                           overwrite=True)
+        tracker._started_by = "pytest --memtap records each test inside one"
         runtest = item.runtest
         own = "runtest" in vars(item)  # another plugin's wrapper, kept
         ran = []

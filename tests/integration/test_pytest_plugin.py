@@ -144,6 +144,26 @@ def test_kept_captures_one_per_test(pkg, tmp_path):
     assert "4 passed" in proc.stdout, proc.stdout
     assert len(list((tmp_path / "keep").glob("*.bin"))) == 4
 
+
+def test_a_tracker_in_a_test_under_the_plugin_says_why(pkg, tmp_path):
+    """A test that starts its own Tracker under --memtap is refused with the
+    reason: the plugin records the test inside one (the message named a
+    Tracker the test's author never started)."""
+    (tmp_path / "test_own.py").write_text(textwrap.dedent("""\
+        import memtap
+
+        def test_own_tracker(tmp_path):
+            with memtap.Tracker(tmp_path / "own.bin"):
+                pass
+        """))
+    proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                    "test_own.py"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and "1 failed" in proc.stdout, proc.stdout + proc.stderr
+    assert ("TrackerError: memtap: a Tracker is already recording into '" in proc.stdout
+            and "(pytest --memtap records each test inside one); trackers cannot be nested"
+            in proc.stdout), proc.stdout
+
+
 def test_bad_markers_stop_the_run_first(pkg, tmp_path):
     """A marker whose size cannot be read is a usage error before any test
     runs, not a failure after the test; size= works as the argument."""
