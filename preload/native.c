@@ -235,6 +235,11 @@ int mt_native_objects_changed(void)
            c.subs != __atomic_load_n(&seen_subs, __ATOMIC_RELAXED);
 }
 
+void mt_native_forget_unloaded(void)
+{
+    mt_unwind_forget();
+}
+
 unsigned long long mt_native_unloads(void)
 {
     return loader_counters().subs;

@@ -42,6 +42,12 @@ void mt_native_objects_forget(void);
 /* The loader's count of objects unloaded so far (0 when it keeps none). */
 unsigned long long mt_native_unloads(void);
 
+/* A dlclose was called: the fast unwinder forgets the layouts it read of
+ * objects since unloaded (mt_unwind_forget). libunwind, which takes over
+ * once the fast path gives up after many unloads, never forgets
+ * (unw_backtrace's cache has no flush). */
+void mt_native_forget_unloaded(void);
+
 /* Calls fn(view, arg) for every loaded object (also remembers the loader's
  * counters for mt_native_objects_changed). Holds the loader's list lock while
  * it runs: fn must not allocate or call into the loader. */

@@ -859,6 +859,7 @@ void mt_record_dlclose(void)
 {
     if (!active || !native)
         return;
+    mt_native_forget_unloaded();
     unsigned long long now = mt_native_unloads();
     if (now != __atomic_load_n(&unloads, __ATOMIC_RELAXED))
         __atomic_store_n(&unloads, now, __ATOMIC_RELEASE);

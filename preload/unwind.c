@@ -541,6 +541,7 @@ struct table {
     unsigned shift;
     _Atomic uint64_t used;
     unsigned long long subs;  /* the loader's unload counter when made */
+    _Atomic unsigned gen;     /* unload_gen it was checked against */
     struct slot s[];
 };
 
@@ -559,6 +560,10 @@ struct table {
 
 static struct table *_Atomic layouts;
 static _Atomic unsigned stale_tables;
+/* dlclose calls seen (mt_unwind_forget): a layout found in the table is
+ * only looked at again on a miss, so a table kept from before an unload
+ * would give code loaded later at the same addresses the old layouts. */
+static _Atomic unsigned unload_gen;
 
 static struct table *table_new(uint64_t cap, unsigned long long subs)
 {
@@ -571,6 +576,7 @@ static struct table *table_new(uint64_t cap, unsigned long long subs)
     t->cap = cap;
     t->shift = 64 - (unsigned)__builtin_ctzll(cap);
     t->subs = subs;
+    t->gen = atomic_load_explicit(&unload_gen, memory_order_acquire);
     return t;
 }
 
@@ -743,9 +749,45 @@ int walk(const uint64_t regs[3], uintptr_t *ips, int max, int skip, uintptr_t to
     }
 }
 
+static int read_subs(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs)
+        *(unsigned long long *)arg = info->dlpi_subs;
+    return 1;  /* the counter is global: the first object is enough */
+}
+
+/* The loader's unload counter (its lock, briefly: once per dlclose). */
+static unsigned long long unloads_now(void)
+{
+    unsigned long long subs = 0;
+    dl_iterate_phdr(read_subs, &subs);
+    return subs;
+}
+
+void mt_unwind_forget(void)
+{
+    atomic_fetch_add_explicit(&unload_gen, 1, memory_order_acq_rel);
+}
+
+/* After a dlclose: the table is replaced when an object was unloaded
+ * since it was made (a dlclose that only drops a reference keeps it). */
+static void check_unloads(void)
+{
+    struct table *t = atomic_load_explicit(&layouts, memory_order_acquire);
+    unsigned gen = atomic_load_explicit(&unload_gen, memory_order_acquire);
+    if (!t || atomic_load_explicit(&t->gen, memory_order_relaxed) == gen)
+        return;
+    unsigned long long subs = unloads_now();
+    if (subs != t->subs)
+        table_replace(t, subs);
+    else
+        atomic_store_explicit(&t->gen, gen, memory_order_relaxed);
+}
+
 __attribute__((noinline))
 int mt_unwind_backtrace(uintptr_t *ips, int max, int skip)
 {
+    check_unloads();
     if (atomic_load_explicit(&stale_tables, memory_order_relaxed) > STALE_TABLES)
         return -1;
     uint64_t regs[3];
@@ -756,6 +798,7 @@ int mt_unwind_backtrace(uintptr_t *ips, int max, int skip)
 __attribute__((noinline))
 int mt_unwind_backtrace_below(uintptr_t *ips, int max, int skip, uintptr_t top)
 {
+    check_unloads();
     if (atomic_load_explicit(&stale_tables, memory_order_relaxed) > STALE_TABLES)
         return -1;
     uint64_t regs[3];

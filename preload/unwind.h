@@ -26,6 +26,11 @@ int mt_unwind_backtrace(uintptr_t *ips, int max, int skip);
  * stack itself: a frame that would be read there ends the stack. */
 int mt_unwind_backtrace_below(uintptr_t *ips, int max, int skip, uintptr_t top);
 
+/* A dlclose was called: the next walk checks whether an object was
+ * unloaded, and if so forgets the layouts read before (code loaded later
+ * at the same addresses may have other ones). Async-signal-safe. */
+void mt_unwind_forget(void);
+
 /* CPython's perf trampoline template (libpython's _Py_trampoline_func_start
  * and _end, 3.12+; NULLs: none): return addresses in copies of it step over
  * them, leaving them out. Call at setup, not from a hook. */

@@ -405,6 +405,74 @@ def test_unloaded_objects(memtap, tmp_path, mode):
     assert_location(stats, "plugin_b.c", take, 2000 + 200, 2, function="alloc_in_b")
 
 
+# The same code at the same addresses in two objects, but entry's frame is
+# 16 bytes in one and 96 in the other: a layout read from one is wrong for
+# the other. x86-64 assembly, so that nothing but the frame size differs.
+PLUGIN_S = """\
+    .text
+    .globl alloc_in_%(name)s
+    .type alloc_in_%(name)s, @function
+alloc_in_%(name)s:
+    .cfi_startproc
+    subq $8, %%rsp
+    .cfi_def_cfa_offset 16
+    call malloc@PLT
+    addq $8, %%rsp
+    .cfi_def_cfa_offset 8
+    ret
+    .cfi_endproc
+    .size alloc_in_%(name)s, .-alloc_in_%(name)s
+    .globl entry
+    .type entry, @function
+entry:
+    .cfi_startproc
+    subq $%(frame)d, %%rsp
+    .cfi_def_cfa_offset %(cfa)d
+    call alloc_in_%(name)s
+    addq $%(frame)d, %%rsp
+    .cfi_def_cfa_offset 8
+    ret
+    .cfi_endproc
+    .size entry, .-entry
+    .section .note.GNU-stack,"",@progbits
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 assembly")
+def test_unloaded_objects_with_other_frame_layouts(memtap, tmp_path):
+    """plugins.c with two objects whose code sits at the same addresses with
+    other frame layouts: after each unload the layouts read before are
+    forgotten (they were kept until a miss, so B's stacks were stepped with
+    A's layouts and got frames of dlsym's in the middle, on both threads)."""
+    for name, frame in (("a", 8), ("b", 88)):
+        src = tmp_path / ("plugin_%s.s" % name)
+        src.write_text(PLUGIN_S % {"name": name, "frame": frame, "cfa": frame + 8})
+        subprocess.run([shutil.which("cc"), "-shared", "-fPIC", "-o",
+                        str(tmp_path / ("plugin_%s.so" % name)), str(src)],
+                       check=True, timeout=TIMEOUT)
+    exe = compile_c(tmp_path, "plugins", (PROGRAMS / "plugins.c").read_text(), "-pthread",
+                    "-ldl")
+    out = tmp_path / "capture.bin"
+    proc = native_run(memtap, tmp_path, out, exe, tmp_path / "plugin_a.so",
+                      tmp_path / "plugin_b.so")
+    entries = proc.stdout.split()
+    assert len(entries) == 3 and len(set(entries)) == 1, (
+        "the loader put the plugins at different places: %r" % entries)
+    stacks = subprocess.run([str(memtap), "export", "--leaks", "--format", "collapsed",
+                             str(out)], capture_output=True, text=True, timeout=TIMEOUT,
+                            check=True).stdout.splitlines()
+    got = {}
+    for line in stacks:
+        frames, n = line.rsplit(" ", 1)
+        frames = frames.split(";")
+        if frames[-1].startswith("alloc_in_"):
+            # the plugin's two frames, then what called entry: plugins.c
+            key = (frames[-1].split()[0], frames[-3].split()[0])
+            got[key] = got.get(key, 0) + int(n)
+    assert got == {("alloc_in_a", "main"): 1000 + 3000, ("alloc_in_a", "worker"): 100 + 300,
+                   ("alloc_in_b", "main"): 2000, ("alloc_in_b", "worker"): 200}, stacks
+
+
 KEY_C = """\
 #include <fcntl.h>
 #include <pthread.h>
