@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "symbols.h"
 #include "rust-demangle.h"
+#include "map.h"
 
 #include <dlfcn.h>
 #include <dwarf.h>
@@ -77,8 +78,7 @@ struct mt_symbolizer {
 
     /* qualified C++ names of declarations without a linkage name, by the
      * address of their DIE (unique across objects): one CU walk each */
-    struct qual_entry { const void *die; const char *name; } *quals;
-    size_t quals_cap, quals_used;
+    struct mt_amap quals;
 
     char *(*cxa_demangle)(const char *, char *, size_t *, int *);
 };
@@ -711,35 +711,18 @@ static char *qualify(Dwarf_Die *die, const char *name)
 static const char *qualified_name(struct mt_symbolizer *s, Dwarf_Die *die,
                                   const char *name, int *oom)
 {
-    if (2 * (s->quals_used + 1) > s->quals_cap) {
-        size_t cap = s->quals_cap ? 2 * s->quals_cap : 64;
-        struct qual_entry *t = calloc(cap, sizeof(*t));
-        if (!t) {
-            *oom = 1;
-            return NULL;
-        }
-        for (size_t k = 0; k < s->quals_cap; k++) {
-            if (!s->quals[k].die)
-                continue;
-            size_t j = hash_ip((uintptr_t)s->quals[k].die) & (cap - 1);
-            while (t[j].die)
-                j = (j + 1) & (cap - 1);
-            t[j] = s->quals[k];
-        }
-        free(s->quals);
-        s->quals = t;
-        s->quals_cap = cap;
+    int found;
+    uint64_t *slot = mt_amap_upsert(&s->quals, (uintptr_t)die->addr, &found);
+    if (!slot) {
+        *oom = 1;
+        return NULL;
     }
-    size_t mask = s->quals_cap - 1, i = hash_ip((uintptr_t)die->addr) & mask;
-    for (; s->quals[i].die; i = (i + 1) & mask)
-        if (s->quals[i].die == die->addr)
-            return s->quals[i].name;
-    char *q = qualify(die, name);
-    const char *r = intern(s, q ? q : name, oom);
-    free(q);
-    s->quals[i] = (struct qual_entry){ die->addr, r };
-    s->quals_used++;
-    return r;
+    if (!found) {
+        char *q = qualify(die, name);
+        *slot = (uintptr_t)intern(s, q ? q : name, oom);
+        free(q);
+    }
+    return (const char *)(uintptr_t)*slot;
 }
 
 /* The name a frame of function DIE die shows: its demangled linkage name;
@@ -1133,7 +1116,7 @@ void mt_symbolizer_free(struct mt_symbolizer *s)
     for (size_t i = 0; i < s->strs_cap; i++)
         free(s->strs[i].s);
     free(s->strs);
-    free(s->quals);
+    mt_amap_release(&s->quals);
     free(s->objs);
     free(s->kills);
     free(s->ips);
