@@ -1574,18 +1574,25 @@ static void start_once(void)
 {
     /* A load first: dormant processes come here at every call. */
     if (!__atomic_load_n(&started, __ATOMIC_RELAXED) &&
-        !__atomic_exchange_n(&started, 1, __ATOMIC_ACQ_REL))
+        !__atomic_exchange_n(&started, 1, __ATOMIC_ACQ_REL)) {
+        int saved = errno;  /* the caller's malloc leaves errno alone */
         start();
+        errno = saved;
+    }
 }
 
 __attribute__((constructor)) static void mt_setup(void)
 {
+    /* The program's main() sees errno as it would without us (0), not
+     * what our start-up's calls left in it. */
+    int saved = errno;
     start_once();
     /* Children that are not followed start as they would without memtap. */
     Dl_info me;
     if (active && shm && !(shm->flags & MT_SHMF_FOLLOW_FORK) &&
         dladdr((void *)mt_setup, &me) && me.dli_fname)
         mt_environ_hide(MT_ENV_SHM, me.dli_fname);
+    errno = saved;
 }
 
 /* The Python API (memtap.Tracker) loads the shim at run time: these start

@@ -612,14 +612,14 @@ static int descriptors_enough(void)
 }
 
 /* Exits when output is the program's executable, its script or another
- * file it is given: the capture would replace it (`-f`) before the
- * program runs, or while it reads it. */
+ * file it is given, or will create: the capture would replace it (`-f`)
+ * before the program runs, or both would write it. */
 static void refuse_program_file(const char *output, const struct target *t)
 {
     for (char **a = t->argv; *a; a++) {
         /* `--input=FILE` names a file as much as `FILE` does */
         const char *eq = **a == '-' ? strchr(*a, '=') : NULL;
-        if (mt_same_file(output, *a) || (eq && mt_same_file(output, eq + 1)))
+        if (mt_same_path(output, *a) || (eq && mt_same_path(output, eq + 1)))
             die("'%s' is %s; give another output", output,
                 a == t->argv ? "the program memtap runs"
                 : a == t->argv + 1 && t->is_python ? "the script memtap runs"

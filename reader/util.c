@@ -166,6 +166,34 @@ int mt_same_file(const char *a, const char *b)
            sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+/* The directory holding path p (its identity in *dir) and p's last name;
+ * 0 when p has no last name of its own ("", "dir/", ".", ".."). */
+static int split_path(const char *p, struct stat *dir, const char **base)
+{
+    const char *slash = strrchr(p, '/');
+    *base = slash ? slash + 1 : p;
+    if (!**base || !strcmp(*base, ".") || !strcmp(*base, ".."))
+        return 0;
+    if (!slash)
+        return stat(".", dir) == 0;
+    char *d = strndup(p, slash == p ? 1 : (size_t)(slash - p));
+    int ok = d && stat(d, dir) == 0 && S_ISDIR(dir->st_mode);
+    free(d);
+    return ok;
+}
+
+int mt_same_path(const char *a, const char *b)
+{
+    if (mt_same_file(a, b))
+        return 1;
+    struct stat sa, sb;
+    const char *ba, *bb;
+    if (!a || !b || lstat(a, &sa) == 0 || lstat(b, &sb) == 0)
+        return 0;
+    return split_path(a, &sa, &ba) && split_path(b, &sb, &bb) && !strcmp(ba, bb) &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 const char *self_dir(void)
 {
     static char dir[PATH_MAX];

@@ -47,6 +47,11 @@ void mt_put_printable(FILE *f, const char *s, int lines);
  * links); 0 when either does not exist. */
 int mt_same_file(const char *a, const char *b);
 
+/* Whether a and b name the same regular file, or, when neither exists
+ * yet, the same name in the same directory: the file that creating
+ * either would make. */
+int mt_same_path(const char *a, const char *b);
+
 /* s (n bytes) to file descriptor 2 in as few writes as it takes: one,
  * unless a pipe is nearly full; a line of memtap's stays whole beside the
  * program's own. */

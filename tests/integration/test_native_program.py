@@ -852,3 +852,69 @@ def test_short_run_has_no_early_rss_sample(memtap, tmp_path):
         assert proc.returncode == 0, proc.stderr
         rss = memtap_stats(out)["peak_rss_bytes"]
         assert rss == 0 or rss >= 1 << 20, rss
+
+
+ERRNO_LIB = """\
+#include <errno.h>
+#include <stdlib.h>
+int errno_in_ctor = -1;
+void *kept_by_ctor;
+/* a dependency's constructor runs before the shim's: its malloc starts it */
+__attribute__((constructor)) static void early(void) {
+    errno = 0;
+    kept_by_ctor = malloc(100);
+    errno_in_ctor = errno;
+}
+"""
+
+ERRNO_MAIN = """\
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+extern int errno_in_ctor;
+static void *churn(void *arg) {
+    long changed = 0;
+    for (int i = 0; i < 200000; i++) {
+        errno = 0;
+        void *p = malloc(i % 5000 + 1);
+        p = realloc(p, i % 7000 + 1);
+        free(p);
+        if (i % 1000 == 0)
+            munmap(mmap(0, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                   1 << 20);
+        changed += errno != 0;
+    }
+    return (void *)changed;
+}
+int main(void) {
+    int at_main = errno;
+    pthread_t t;
+    void *changed;
+    pthread_create(&t, 0, churn, 0);
+    long here = (long)churn(0);
+    pthread_join(t, &changed);
+    printf("main %d ctor %d calls %ld\\n", at_main, errno_in_ctor, here + (long)changed);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("options", [[], ["--aggregate"], ["--follow-fork"]])
+def test_errno_is_the_programs_own(memtap, tmp_path, options):
+    """The program sees errno as it would untraced: 0 at main() (the shim's
+    start-up left EAGAIN there, from a read of its own pipe), unchanged by a
+    successful allocation, in a dependency's constructor that starts the
+    shim too, and on threads."""
+    lib = compile_c(tmp_path, "liberrno", ERRNO_LIB, "-shared", "-fPIC")
+    src = tmp_path / "errno_main.c"
+    src.write_text(ERRNO_MAIN)
+    exe = tmp_path / "errno_main"
+    subprocess.run(["cc", "-O0", "-g", "-pthread", "-o", str(exe), str(src), str(lib),
+                    "-Wl,-rpath,%s" % tmp_path], check=True, timeout=TIMEOUT)
+    alone = subprocess.run([str(exe)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert alone.stdout == "main 0 ctor 0 calls 0\n", alone
+    out = tmp_path / "c.bin"
+    proc = native_run(memtap, tmp_path, out, exe, options=options)
+    assert proc.stdout == alone.stdout

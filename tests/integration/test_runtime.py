@@ -951,6 +951,7 @@ def test_refuses_an_output_that_is_the_program_or_its_file(tmp_path):
     shutil.copy(os.path.realpath(DEFAULT_PYTHON), exe)
     link = tmp_path / "link.py"
     link.symlink_to(script)
+    new = tmp_path / "new.bin"
     cases = [
         (script, [script], "the script memtap runs"),
         (link, ["--python", DEFAULT_PYTHON, script], "the script memtap runs"),
@@ -958,15 +959,27 @@ def test_refuses_an_output_that_is_the_program_or_its_file(tmp_path):
         (data, ["--python", DEFAULT_PYTHON, script, data], "a file the program is given"),
         (data, ["--python", DEFAULT_PYTHON, script, "--input=%s" % data],
          "a file the program is given"),
+        # a file that does not exist yet, which both would create
+        (new, [script, "new.bin"], "a file the program is given"),
+        ("new.bin", [script, "--out=%s" % new], "a file the program is given"),
+        ("sub/../new.bin", [script, "./new.bin"], "a file the program is given"),
     ]
+    (tmp_path / "sub").mkdir()
     for out, args, what in cases:
         before = {p: p.read_bytes() for p in (script, data, exe)}
-        proc = memtap_run(["-f", "-o", out] + args, cwd=tmp_path)
-        assert proc.returncode == 1, (out, proc)
-        assert proc.stdout == b"", "the program must not run"
-        assert proc.stderr.decode() == "memtap: '%s' is %s; give another output\n" % (
-            out, what), proc.stderr
-        assert {p: p.read_bytes() for p in before} == before
+        for force in (["-f"], []):
+            if not force and os.path.exists(out):
+                continue
+            proc = memtap_run(force + ["-o", out] + args, cwd=tmp_path)
+            assert proc.returncode == 1, (out, proc)
+            assert proc.stdout == b"", "the program must not run"
+            assert proc.stderr.decode() == "memtap: '%s' is %s; give another output\n" % (
+                out, what), proc.stderr
+            assert {p: p.read_bytes() for p in before} == before
+            assert not new.exists()
+    # another name in the same directory is no such file: the program runs
+    proc = memtap_run(["-o", "other.bin", script, "new.bin"], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == b"ran\n", proc
 
 
 def test_a_program_that_cannot_be_run(tmp_path):
