@@ -154,37 +154,47 @@ int mt_native_setup(void)
  *    handler is undefined anyway.
  * Cost here: ~60 ns + ~8 ns per frame with a warm cache.
  *
- * noinline: `skip` counts frames, so this one must be a real frame. */
+ * A function of its own so that its buffer is not in every traced call's
+ * stack (2 KiB: a coroutine's small stack overflowed). noinline: `skip`
+ * counts frames; +2: unw_backtrace's first entries are the pcs in this
+ * function and in mt_native_backtrace. */
+__attribute__((noinline))
+static int libunwind_backtrace(uintptr_t *ips, int max, int skip)
+{
+    void *buf[MT_UNWIND_MAX];
+    int want = max + skip + 2;
+    int capped = want > MT_UNWIND_MAX;
+    if (capped)
+        want = MT_UNWIND_MAX;
+    int n = unw.backtrace(buf, want);
+    int full = n == want;
+    n -= skip + 2;
+    if (n <= 0)
+        return 0;
+    if (n > max)
+        n = max;
+    for (int i = 0; i < n; i++)
+        ips[i] = (uintptr_t)buf[skip + 2 + i];
+    if (capped && full)  /* it goes on past our buffer: say so, as the fast path's caller does */
+        ips[n - 1] = MT_NATIVE_CUT;
+    return n;
+}
+
+/* noinline, and no tail call below: `skip` counts frames, so this one
+ * must be a real frame. */
 __attribute__((noinline))
 int mt_native_backtrace(uintptr_t *ips, int max, int skip)
 {
-    void *buf[MT_UNWIND_MAX];
-    int n, want, i;
-
     if (max <= 0)
         return 0;
     if (skip < 0)
         skip = 0;
     /* The fast path drops its own frame, this one and skip more. */
-    n = mt_unwind_backtrace(ips, max, skip + 1);
-    if (n >= 0)
-        return n;
-    /* +1: unw_backtrace's first entry is the pc inside this function. */
-    want = max + skip + 1;
-    int capped = want > MT_UNWIND_MAX;
-    if (capped)
-        want = MT_UNWIND_MAX;
-    n = unw.backtrace(buf, want);
-    int full = n == want;
-    n -= skip + 1;
-    if (n <= 0)
-        return 0;
-    if (n > max)
-        n = max;
-    for (i = 0; i < n; i++)
-        ips[i] = (uintptr_t)buf[skip + 1 + i];
-    if (capped && full)  /* it goes on past our buffer: say so, as the fast path's caller does */
-        ips[n - 1] = MT_NATIVE_CUT;
+    int n = mt_unwind_backtrace(ips, max, skip + 1);
+    if (n < 0) {
+        n = libunwind_backtrace(ips, max, skip);
+        __asm__ volatile("" ::: "memory");
+    }
     return n;
 }
 

@@ -358,8 +358,10 @@ static int run_cfi(struct cursor c, const struct cie *cie, uint64_t loc, uint64_
     return 0;
 }
 
-/* The layout from an FDE's row at pc. */
-static uint64_t layout_of_fde(const uint8_t *fde, const uint8_t *limit, uint64_t pc)
+/* The layout from an FDE's row at pc. *outside: set when the FDE does not
+ * cover pc. */
+static uint64_t layout_of_fde(const uint8_t *fde, const uint8_t *limit, uint64_t pc,
+                              int *outside)
 {
     struct cursor c = {fde, limit, 0};
     uint64_t len = get_fixed(&c, 4);
@@ -376,7 +378,8 @@ static uint64_t layout_of_fde(const uint8_t *fde, const uint8_t *limit, uint64_t
         return LAYOUT_GIVE_UP;
     uint64_t begin = get_encoded(&c, cie.fde_enc, 0, 0);
     uint64_t range = get_encoded(&c, cie.fde_enc, 0, 1);
-    if (c.bad || pc < begin || pc - begin >= range)
+    *outside = !c.bad && (pc < begin || pc - begin >= range);
+    if (c.bad || *outside)
         return LAYOUT_GIVE_UP;
     if (cie.has_aug_len) {
         uint64_t alen = get_uleb(&c);
@@ -525,7 +528,16 @@ static uint64_t layout_read(uint64_t ip, unsigned long long *subs)
     }
     const uint8_t *fde = (const uint8_t *)(uintptr_t)(base + (uint64_t)(int64_t)table[2 * lo + 1]);
     /* An FDE's length bounds what is read of it; 1 MiB bounds the length. */
-    return layout_of_fde(fde, fde + (1u << 20), f.pc);
+    int outside = 0;
+    uint64_t l = layout_of_fde(fde, fde + (1u << 20), f.pc, &outside);
+    /* A return address at a function's first byte, after bytes no FDE
+     * covers, was put there by no call: makecontext's (glibc's
+     * __start_context). It is a coroutine's outermost frame, where
+     * libunwind ends too; handing such stacks to it cost ~6 KiB of the
+     * coroutine's stack per traced call. */
+    if (outside && lo + 1 < count && base + (uint64_t)(int64_t)table[2 * (lo + 1)] == ip)
+        return LAYOUT_END;
+    return l;
 }
 
 /* ---- the table of layouts ---------------------------------------------- */
@@ -649,14 +661,13 @@ static void table_replace(struct table *t, unsigned long long subs)
         table_drop(n);  /* another thread replaced it: use theirs */
 }
 
-static uint64_t layout_get(uint64_t ip)
+/* A miss: the layout read from the tables and kept. noinline: its locals
+ * are not in every walk's frame (the stack of each traced call). */
+__attribute__((noinline))
+static uint64_t layout_learn(struct table *t, uint64_t ip)
 {
-    struct table *t = atomic_load_explicit(&layouts, memory_order_acquire);
-    uint64_t l = t ? table_get(t, ip) : 0;
-    if (l)
-        return l;
     unsigned long long subs;
-    l = layout_read(ip, &subs);
+    uint64_t l = layout_read(ip, &subs);
     if (!t || t->subs != subs ||
         (atomic_load_explicit(&t->used, memory_order_relaxed) + 1) * 2 > t->cap) {
         table_replace(t, subs);
@@ -665,6 +676,13 @@ static uint64_t layout_get(uint64_t ip)
     if (t)
         table_put(t, ip, l);
     return l;
+}
+
+static uint64_t layout_get(uint64_t ip)
+{
+    struct table *t = atomic_load_explicit(&layouts, memory_order_acquire);
+    uint64_t l = t ? table_get(t, ip) : 0;
+    return l ? l : layout_learn(t, ip);
 }
 
 /* ---- the walk ---------------------------------------------------------- */

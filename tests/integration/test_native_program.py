@@ -918,3 +918,84 @@ def test_errno_is_the_programs_own(memtap, tmp_path, options):
     out = tmp_path / "c.bin"
     proc = native_run(memtap, tmp_path, out, exe, options=options)
     assert proc.stdout == alone.stdout
+
+
+STACK_USE = """\
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+#define SIZE (1 << 16)
+static void *volatile kept;
+static void calls(void) {
+    kept = malloc(100); /* @kept */
+    void *p = calloc(1, 200);
+    p = realloc(p, 300);
+    free(p);
+}
+static void *on_thread(void *arg) { (void)arg; calls(); return 0; }
+static ucontext_t back, co;
+/* How much of a stack filled with a pattern the calls wrote over. */
+static size_t used(const unsigned char *s) {
+    for (size_t i = 0; i < SIZE; i++)
+        if (s[i] != 0xAB)
+            return SIZE - i;
+    return 0;
+}
+static size_t thread_use(void) {
+    unsigned char *s = aligned_alloc(4096, SIZE);
+    memset(s, 0xAB, SIZE);
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setstack(&at, s, SIZE);
+    pthread_t t;
+    pthread_create(&t, &at, on_thread, 0);
+    pthread_join(t, 0);
+    return used(s);
+}
+static size_t coroutine_use(void) {
+    unsigned char *s = malloc(SIZE);
+    memset(s, 0xAB, SIZE);
+    getcontext(&co);
+    co.uc_stack.ss_sp = s;
+    co.uc_stack.ss_size = SIZE;
+    co.uc_link = &back;
+    makecontext(&co, calls, 0);
+    swapcontext(&back, &co);
+    return used(s);
+}
+int main(void) {
+    calls();
+    thread_use();
+    coroutine_use();  /* the first of each learns the frames' layouts */
+    printf("%zu %zu\\n", thread_use(), coroutine_use());
+    return 0;
+}
+"""
+
+
+def test_traced_calls_need_little_stack(memtap, tmp_path):
+    """A traced call with its native stack needs under 1 KiB of the
+    caller's stack more than untraced (3 KiB before: a 2 KiB buffer for
+    libunwind sat in every walk's frame), also in a makecontext coroutine,
+    whose stacks libunwind walked (6 KiB more) and the fast walk now ends
+    where libunwind did, at the coroutine's first frame."""
+    exe = compile_c(tmp_path, "stack_use", STACK_USE, "-pthread")
+    alone = subprocess.run([str(exe)], capture_output=True, text=True, timeout=TIMEOUT,
+                           check=True)
+    cap = tmp_path / "c.bin"
+    traced = native_run(memtap, tmp_path, cap, exe)
+    (thread0, co0), (thread1, co1) = (map(int, p.stdout.split()) for p in (alone, traced))
+    assert thread1 - thread0 < 1024 and co1 - co0 < 1024, (alone.stdout, traced.stdout)
+    # the stacks of the kept blocks: main's, the two threads' and the two
+    # coroutines', whose outermost frame is glibc's (makecontext's return)
+    rows = subprocess.run([str(memtap), "export", "--leaks", "--format", "collapsed", str(cap)],
+                          capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    leaf = "calls (%s:%d) " % (tmp_path / "stack_use.c", line_of(STACK_USE, "kept"))
+    kept = [r.rsplit(" ", 1) for r in rows.splitlines() if leaf in r]
+    outer = sorted((r[0].split(";")[0].split(" ")[0], r[0].count(";"), r[1]) for r in kept)
+    assert len(outer) == 3 and [o for o in outer if o[0] in ("__clone3", "main")] == [
+        ("__clone3", 3, "200"), ("main", 1, "100")], rows
+    co = [r[0].split(";") for r in kept if r[1] == "200" and not r[0].startswith("__clone3")]
+    assert len(co) == 1 and len(co[0]) == 2 and co[0][0].endswith(" (libc.so.6)"), rows
