@@ -42,6 +42,7 @@ struct target {
     char **argv;
     char name[128];
     int is_python;
+    int is_binary;  /* run as it is: never handed to /bin/sh */
 };
 
 static const char run_usage[] =
@@ -103,6 +104,24 @@ static int is_elf(const char *file)
     size_t n = fread(magic, 1, 4, f);
     fclose(f);
     return n == 4 && !memcmp(magic, "\x7f" "ELF", 4);
+}
+
+/* Whether file is no text for a shell: ELF's magic, or a NUL in its first
+ * line, as shells judge a file the kernel would not run. */
+static int is_binary(const char *file)
+{
+    char head[80];
+    FILE *f = fopen(file, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(head, 1, sizeof head, f);
+    fclose(f);
+    if (n >= 4 && !memcmp(head, "\x7f" "ELF", 4))
+        return 1;
+    for (size_t i = 0; i < n && head[i] != '\n'; i++)
+        if (!head[i])
+            return 1;
+    return 0;
 }
 
 /* The interpreter binary itself. A launcher script on PATH (pyenv's shims,
@@ -220,6 +239,27 @@ static __attribute__((noreturn)) void cannot_run(const char *what, const char *w
     exit(err == ENOENT ? 127 : 126);
 }
 
+/* Why exec of file failed with e, in words: for a file that is there,
+ * ENOENT means its "#!" interpreter is not (the kernel's errno names
+ * neither). */
+static const char *exec_why(const char *file, int e)
+{
+    static char why[PATH_MAX + 64];
+    char line[PATH_MAX + 3];
+    FILE *f = e == ENOENT && access(file, F_OK) == 0 ? fopen(file, "re") : NULL;
+    if (!f)
+        return strerror(e);
+    int got = fgets(line, sizeof line, f) && !strncmp(line, "#!", 2);
+    fclose(f);
+    if (!got)
+        return strerror(e);
+    char *interp = line + 2 + strspn(line + 2, " \t");
+    interp[strcspn(interp, " \t\r\n")] = 0;
+    snprintf(why, sizeof why, "its interpreter '%s' (#! line) is not there", interp);
+    mt_name_without_controls(why);
+    return why;
+}
+
 /* Works out what to run: a Python script, -m, -c, a script whose "#!"
  * names a Python (pytest), or any other executable. */
 static void target_resolve(struct target *t, const struct run_opts *o,
@@ -284,6 +324,18 @@ static void target_resolve(struct target *t, const struct run_opts *o,
     }
     t->argv = argv;
     argv[0] = file;
+    t->is_binary = is_binary(file);
+}
+
+/* Starts the program in place of this process: execvp, which hands a
+ * text file the kernel does not run to /bin/sh, as shells do, but not a
+ * binary one (sh would try its bytes as commands). Returns on failure. */
+static void exec_target(const struct target *t)
+{
+    if (t->is_binary)
+        execv(t->argv[0], t->argv);
+    else
+        execvp(t->argv[0], t->argv);
 }
 
 static const char *shim_path(void)
@@ -404,7 +456,7 @@ static void child_exec(struct target *t, int go, int failed, int shm_fd,
     sigaction(SIGINT, &inherited_int, NULL);  /* ignored stays ignored (a `&` job) */
     sigaction(SIGQUIT, &inherited_quit, NULL);
     sigaction(SIGPIPE, &inherited_pipe, NULL);
-    execvp(t->argv[0], t->argv);
+    exec_target(t);
     int e = errno;
     if (write(failed, &e, sizeof e) != sizeof e) { /* memtap sees EOF: exit 126 */ }
     _exit(e == ENOENT ? 127 : 126);
@@ -423,8 +475,9 @@ static __attribute__((noreturn)) void run_untracked(const struct target *t, cons
         error("%s; running the program untracked", why);
     rlimit_restore();
     fflush(NULL);
-    execvp(t->argv[0], t->argv);
-    cannot_run(t->argv[0], strerror(errno), errno);
+    exec_target(t);
+    int e = errno;
+    cannot_run(t->argv[0], exec_why(t->argv[0], e), e);
 }
 
 /* The program did not start (not executable, a bad interpreter line):
@@ -443,7 +496,7 @@ static void exec_check(const struct target *t, int failed, pid_t pid,
         return;  /* closed by the exec: it runs */
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
     session_capture_discard(cap);
-    cannot_run(t->argv[0], strerror(e), e);
+    cannot_run(t->argv[0], exec_why(t->argv[0], e), e);
 }
 
 static volatile sig_atomic_t forward_pid;

@@ -983,12 +983,20 @@ def test_refuses_an_output_that_is_the_program_or_its_file(tmp_path):
 
 
 def test_a_program_that_cannot_be_run(tmp_path):
-    # As a shell: 126 for a file that is not executable, 127 for a missing
-    # script, command or #! interpreter; one line, and no capture of a
+    # As a shell: 126 for a file that is not executable or not a program
+    # (an ELF file the kernel refuses is not handed to sh as a script:
+    # that ran its bytes as commands), 127 for a missing script, command or
+    # #! interpreter (which the line names); one line, and no capture of a
     # program that never ran.
     bad_interp = tmp_path / "bad-interp"
-    bad_interp.write_text("#!/nonexistent/interpreter\n")
+    bad_interp.write_text("#! /nonexistent/interpreter -x\n")
     bad_interp.chmod(0o755)
+    bad_elf = tmp_path / "bad-elf"
+    bad_elf.write_bytes(b"\x7fELF" + b"garbage" * 10)
+    bad_elf.chmod(0o755)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"echo ran\x00\x01\x02\n")
+    binary.chmod(0o755)
     not_exec = tmp_path / "not-exec"
     not_exec.write_text("#!/bin/sh\n")
     missing = tmp_path / "missing.py"
@@ -997,7 +1005,10 @@ def test_a_program_that_cannot_be_run(tmp_path):
     for target, rc, why in ((missing, 127, "No such file or directory"),
                             (tmp_path / "no-such-program", 127, "no such file or command"),
                             ("", 127, "no such file or command"),
-                            (bad_interp, 127, "No such file or directory"),
+                            (bad_interp, 127,
+                             "its interpreter '/nonexistent/interpreter' (#! line) is not there"),
+                            (bad_elf, 126, "Exec format error"),
+                            (binary, 126, "Exec format error"),
                             (not_exec, 126, "Permission denied"),
                             (no_main, 126, "a directory, with no __main__.py to run")):
         for mode in ([], ["--aggregate"]):
