@@ -261,7 +261,12 @@ int cmd_diff(int argc, char **argv)
         const char *arg = argv[i], *val = NULL;
         if (!options || arg[0] != '-' || !strcmp(arg, "-")) {
             if (nfiles == 2) goto bad;
-            files[nfiles++] = arg;
+            if (nfiles == 1 && !strcmp(arg, "-") && !strcmp(files[0], "/dev/stdin")) {
+                fprintf(stderr, "memtap: only one capture can come from standard input "
+                        "('-')\nusage: %s\n", usage);
+                return MT_EXIT_USAGE;
+            }
+            files[nfiles++] = mt_capture_arg(arg);
         } else if (!strcmp(arg, "--")) {
             options = 0;
         } else if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {

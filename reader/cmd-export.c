@@ -319,6 +319,8 @@ int cmd_export(int argc, char **argv)
     case F_CSV: write_csv(r, f); break;
     }
     rc = mt_output_close(f, o.output ? o.output : "-") ? 1 : 0;
+    if (!rc && f != stdout)
+        mt_say_wrote(o.output);
     mt_report_free(r);
     return rc;
 }

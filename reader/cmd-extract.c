@@ -98,7 +98,7 @@ int cmd_extract(int argc, char **argv)
     if (!output || from == UINT64_MAX || to == UINT64_MAX || from > to ||
         optind + 1 != argc)
         die_usage("%s", extract_usage);
-    const char *path = argv[optind];
+    const char *path = mt_capture_arg(argv[optind]);
     if (mt_same_file(output, path))
         die("'%s' is the capture this cuts; give another output", output);
 

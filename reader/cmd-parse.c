@@ -186,7 +186,7 @@ int cmd_parse(int argc, char **argv)
             fprintf(stderr, "memtap: unexpected argument '%s'\nusage: %s\n", argv[i], usage);
             return MT_EXIT_USAGE;
         }
-        file = argv[i];
+        file = mt_capture_arg(argv[i]);
     }
     if (!file) {
         fprintf(stderr, "memtap: no capture file given\nusage: %s\n", usage);

@@ -76,7 +76,7 @@ static void print_node(struct tree_print *p, uint32_t id, const char *connector)
 int cmd_tree(int argc, char **argv)
 {
     struct mt_report_opts o;
-    int rc = mt_report_parse_args(argc, argv, MT_O_METRIC | MT_O_ROWS | MT_O_SPLIT,
+    int rc = mt_report_parse_args(argc, argv, MT_O_METRIC | MT_O_ROWS | MT_O_STACKS | MT_O_SPLIT,
                                   usage, &o);
     if (rc >= 0) return rc;
     struct mt_report *r = mt_report_open(&o);

@@ -33,7 +33,8 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (commands[i].help)
             fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\nmemtap <command> --help shows a command's options.\n");
+    fprintf(f, "\nmemtap <command> --help shows a command's options; memtap --version,\n"
+               "the version and the capture format it writes.\n");
 }
 
 int main(int argc, char **argv)

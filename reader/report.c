@@ -126,7 +126,7 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
                                    o->file);
             if (o->file)
                 return usage_error(usage, "unexpected argument '%s'", arg);
-            o->file = arg;
+            o->file = mt_capture_arg(arg);
             o->file_at = i;
             continue;
         }
@@ -193,7 +193,8 @@ int mt_report_parse_args(int argc, char **argv, unsigned allowed,
             if (parse_ulong(val, &n) && all_digits(val))
                 n = ULONG_MAX;  /* all digits, too many for a number: as many as there are */
             else if (parse_ulong(val, &n) || n == 0)
-                return usage_error(usage, "bad row count '%s' (1 or more)", val);
+                return usage_error(usage, "bad %s count '%s' (1 or more)",
+                                   allowed & MT_O_STACKS ? "stack" : "row", val);
             o->rows = n > MT_ROWS_MAX ? MT_ROWS_MAX : (long)n;  /* more than any report has */
         } else if (!strcmp(name, "-o") || !strcmp(name, "--output")) {
             NEEDS(MT_O_OUTPUT);

@@ -28,6 +28,7 @@ enum mt_report_opt_flags {
     MT_O_FORMAT = 1u << 7,    /* --format NAME */
     MT_O_INTERNALS = 1u << 8, /* --show-internals, --python-only (always accepted) */
     MT_O_TEMPORAL = 1u << 9,  /* --temporal (not with --temporary) */
+    MT_O_STACKS = 1u << 10,   /* -n counts stacks, not rows (tree) */
 };
 
 enum mt_sort { MT_S_OWN = 0, MT_S_TOTAL = 1, MT_S_COUNT = 2 };

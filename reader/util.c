@@ -159,6 +159,11 @@ int mt_utf8_len(const unsigned char *p)
     return n;
 }
 
+const char *mt_capture_arg(const char *arg)
+{
+    return arg && !strcmp(arg, "-") ? "/dev/stdin" : arg;
+}
+
 int mt_same_file(const char *a, const char *b)
 {
     struct stat sa, sb;

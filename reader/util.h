@@ -43,6 +43,10 @@ void mt_name_without_controls(char *s);
  * a name in a message must not move the terminal's cursor. */
 void mt_put_printable(FILE *f, const char *s, int lines);
 
+/* The path to read a capture named arg on the command line from: "-" is
+ * standard input (a pipe or a file; read once, front to back). */
+const char *mt_capture_arg(const char *arg);
+
 /* Whether a and b name the same regular file (themselves, or through
  * links); 0 when either does not exist. */
 int mt_same_file(const char *a, const char *b);

@@ -39,9 +39,9 @@ def _parser(name, cell, rows):
     if cell:
         p.add_argument("--native", action="store_true")
     if rows:
-        p.add_argument("-n", type=int, default=None)
+        p.add_argument("-n", type=int, default=None, metavar="ROWS")
     if not cell:
-        p.add_argument("file", nargs="?")
+        p.add_argument("file", nargs="?", metavar="FILE")
     return p
 
 

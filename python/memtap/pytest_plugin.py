@@ -12,11 +12,12 @@ messages show the top locations. Works under pytest-xdist: each worker
 tracks its own tests, results travel in the reports.
 """
 
+import argparse
 import hashlib
 import os
-import re
 import shutil
 import tempfile
+import urllib.parse
 
 import pytest
 
@@ -27,11 +28,21 @@ _PEAK = "memtap_peak_bytes"
 _LEAKED = "memtap_leaked_bytes"
 
 
+def _count(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError("'%s' is not a number of tests (0 or more)" % text)
+    return n
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("memtap", "memory tracking with memtap")
     group.addoption("--memtap", action="store_true", default=False,
                     help="track each test's allocations (limit_memory, limit_leaks)")
-    group.addoption("--memtap-top", type=int, default=5, metavar="N",
+    group.addoption("--memtap-top", type=_count, default=5, metavar="N",
                     help="how many tests to show in the summary (default 5; 0: none)")
     group.addoption("--memtap-native", action="store_true", default=False,
                     help="native stacks in the captures and failure messages")
@@ -93,13 +104,15 @@ class _Plugin:
                 _limit(item, name)
 
     def _path(self, item):
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)
-        if name != item.nodeid or len(name) > 150:
-            # Tests whose ids differ only where the name was changed or cut
-            # ("[a b]", "[a/b]", "[a_b]") must not share one file.
+        # Percent-escaped, so that no two ids share a name ("[a b]", "[a/b]",
+        # "[a_b]"), and a run again replaces its tests' captures; an id
+        # too long for a file name is cut, with a hash of it to keep it
+        # apart.
+        name = urllib.parse.quote(item.nodeid, safe=":[],=+@", errors="surrogatepass")
+        if len(name) > 150:
             digest = hashlib.sha1(item.nodeid.encode("utf-8", "surrogatepass")).hexdigest()
             name = "%s-%s" % (name[-140:], digest[:10])
-        return os.path.join(self.dir, "%s.%d.bin" % (name, os.getpid()))
+        return os.path.join(self.dir, name + ".bin")
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item):

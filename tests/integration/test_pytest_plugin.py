@@ -138,11 +138,23 @@ def test_kept_captures_one_per_test(pkg, tmp_path):
         def test_coll(p):
             x = bytearray(10**5)
         """))
+    for run in range(2):
+        proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
+                        "--memtap-dir", "keep", "test_ids.py"], cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "4 passed" in proc.stdout, proc.stdout
+        # readable, one per test, and replaced by the next run
+        assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == [
+            "test_ids.py::test_coll[a%20b].bin", "test_ids.py::test_coll[a%2Fb].bin",
+            "test_ids.py::test_coll[a:b].bin", "test_ids.py::test_coll[a_b].bin"]
+
+
+def test_top_is_a_count(pkg, tmp_path):
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
     proc = pkg.run([pkg.python, "-m", "pytest", "-p", "no:cacheprovider", "--memtap",
-                    "--memtap-dir", "keep", "test_ids.py"], cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 passed" in proc.stdout, proc.stdout
-    assert len(list((tmp_path / "keep").glob("*.bin"))) == 4
+                    "--memtap-top", "-1", "test_one.py"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "'-1' is not a number of tests (0 or more)" in proc.stderr, proc.stderr
 
 
 def test_a_tracker_in_a_test_under_the_plugin_says_why(pkg, tmp_path):

@@ -1216,3 +1216,44 @@ def test_a_capture_read_from_a_pipe(main_capture):
         cat.wait()
         assert piped.returncode == 0, piped.stderr
         assert piped.stdout == from_file, cmd
+
+
+def test_a_capture_from_standard_input(main_capture, tmp_path):
+    """`-` is the capture on standard input, a pipe included, for every
+    report (it was "cannot read '-': No such file or directory"); diff takes
+    one of its two captures from it."""
+    cap, _, _ = main_capture
+    data = cap.read_bytes()
+
+    def piped(*args):
+        proc = subprocess.Popen([str(MEMTAP), *map(str, args)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=tmp_path, env=clean_env({"NO_COLOR": "1"}))
+        out, err = proc.communicate(data, timeout=TIMEOUT)
+        return proc.returncode, out.decode(), err.decode()
+
+    for cmd in (["stats"], ["summary"], ["tree"], ["parse"],
+                ["export", "--format", "collapsed"], ["summary", "--leaks", "--json"]):
+        assert piped(*cmd, "-") == (0, memtap(*cmd, cap).stdout, ""), cmd
+    rc, out, err = piped("diff", cap, "-")
+    assert (rc, out) == (0, memtap("diff", cap, cap).stdout), err
+    rc, out, err = piped("flamegraph", "-")
+    assert (rc, out, err) == (0, "", "memtap: wrote memtap-flamegraph-stdin.html\n")
+    assert (tmp_path / "memtap-flamegraph-stdin.html").stat().st_size > 10000
+    rc, out, err = piped("diff", "-", "-")
+    assert rc == 2 and err.startswith(
+        "memtap: only one capture can come from standard input ('-')\n"), err
+
+
+def test_messages_name_what_was_given(main_capture, tmp_path):
+    """tree's -n counts stacks; export -o says where it wrote, as
+    flamegraph and table do."""
+    cap, _, _ = main_capture
+    proc = memtap("tree", "-n", "0", cap, ok=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        "memtap: bad stack count '0' (1 or more)\n"), proc.stderr
+    out = tmp_path / "x.csv"
+    proc = memtap("export", "--format", "csv", "-o", out, cap)
+    assert proc.stderr == "memtap: wrote %s\n" % out and proc.stdout == ""
+    assert out.read_text().startswith("thread,bytes,")
+    assert memtap("export", "--format", "csv", cap).stderr == ""
