@@ -74,19 +74,28 @@ static char *find_on_path(const char *cmd)
 }
 
 /* The interpreter a "#!" line names, when it names a Python, else NULL. */
-static char *python_shebang(const char *file)
+/* The "#!" line of file, read into line: its interpreter and first
+ * argument (NULL when none). @return 0, or -1 when file has no such line. */
+static int read_shebang(const char *file, char *line, size_t size, char **interp, char **arg)
 {
     FILE *f = fopen(file, "re");
     if (!f)
-        return NULL;
-    char line[PATH_MAX + 64] = {0};
-    char *got = fgets(line, sizeof line, f);
+        return -1;
+    char *got = fgets(line, (int)size, f);
     fclose(f);
     if (!got || strncmp(line, "#!", 2) != 0)
-        return NULL;
+        return -1;
     char *p = line + 2 + strspn(line + 2, " \t");
-    char *interp = strsep(&p, " \t\r\n");
-    char *arg = p ? strsep(&p, " \t\r\n") : NULL;
+    *interp = strsep(&p, " \t\r\n");
+    *arg = p ? strsep(&p, " \t\r\n") : NULL;
+    return 0;
+}
+
+static char *python_shebang(const char *file)
+{
+    char line[PATH_MAX + 64], *interp, *arg;
+    if (read_shebang(file, line, sizeof line, &interp, &arg))
+        return NULL;
     const char *base = strrchr(interp, '/') ? strrchr(interp, '/') + 1 : interp;
     if (!strcmp(base, "env") && arg && *arg)
         base = interp = arg;  /* #!/usr/bin/env python3 */
@@ -111,13 +120,13 @@ static int is_elf(const char *file)
 static int is_binary(const char *file)
 {
     char head[80];
+    if (is_elf(file))
+        return 1;
     FILE *f = fopen(file, "re");
     if (!f)
         return 0;
     size_t n = fread(head, 1, sizeof head, f);
     fclose(f);
-    if (n >= 4 && !memcmp(head, "\x7f" "ELF", 4))
-        return 1;
     for (size_t i = 0; i < n && head[i] != '\n'; i++)
         if (!head[i])
             return 1;
@@ -245,16 +254,10 @@ static __attribute__((noreturn)) void cannot_run(const char *what, const char *w
 static const char *exec_why(const char *file, int e)
 {
     static char why[PATH_MAX + 64];
-    char line[PATH_MAX + 3];
-    FILE *f = e == ENOENT && access(file, F_OK) == 0 ? fopen(file, "re") : NULL;
-    if (!f)
+    char line[PATH_MAX + 64], *interp, *arg;
+    if (e != ENOENT || access(file, F_OK) != 0 ||
+        read_shebang(file, line, sizeof line, &interp, &arg))
         return strerror(e);
-    int got = fgets(line, sizeof line, f) && !strncmp(line, "#!", 2);
-    fclose(f);
-    if (!got)
-        return strerror(e);
-    char *interp = line + 2 + strspn(line + 2, " \t");
-    interp[strcspn(interp, " \t\r\n")] = 0;
     snprintf(why, sizeof why, "its interpreter '%s' (#! line) is not there", interp);
     mt_name_without_controls(why);
     return why;
